@@ -1,0 +1,1 @@
+"""Katılım: settings, CLI, wiring, scheduler and delivery."""

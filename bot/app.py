@@ -1,0 +1,136 @@
+"""Explicit wiring, in one place: settings → catalog → database → conversation engine → channels,
+HTTP server and scheduler. `katilim run`, `katilim chat`, `katilim worker` and the tests all build
+the application here."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine as DbEngine
+
+import conversations.flows  # noqa: F401  (registers every state)
+from bot.catalog import Catalog, load_catalog
+from bot.delivery import Sender, send_replies
+from bot.settings import Settings
+from conversations.engine import Engine, EngineConfig, Handled
+from conversations.messages import Inbound
+from storage.db import make_engine
+from storage.migrate import upgrade
+
+log = logging.getLogger("katilim")
+
+
+class Channel(Protocol):
+    name: str
+    sender: Sender
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def mount(self, http_app: Any) -> None: ...
+
+
+@dataclass
+class App:
+    settings: Settings
+    catalog: Catalog
+    db: DbEngine
+    engine: Engine
+    worker_id: str
+    channels: dict[str, Channel] = field(default_factory=dict)
+    senders: dict[str, Sender] = field(default_factory=dict)
+
+    async def handle(self, msg: Inbound) -> Handled:
+        """Run a conversation step off the event loop, then send its replies directly."""
+        handled = await asyncio.to_thread(self.engine.handle, msg)
+        sender = self.senders.get(msg.channel)
+        if handled.replies and sender is not None:
+            await send_replies(self.db, sender, handled.replies, msg.address)
+        return handled
+
+    def add_channel(self, channel: Channel) -> None:
+        self.channels[channel.name] = channel
+        self.senders[channel.name] = channel.sender
+
+
+def make_worker_id(role: str = "run") -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{role}"
+
+
+def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) -> App:
+    catalog = load_catalog(settings.katilim_catalog)
+    db = make_engine(settings.database_url)
+    if migrate:
+        upgrade(db)
+    worker_id = make_worker_id(role)
+    config = EngineConfig(catalog=catalog, timezone=catalog.municipality.timezone or settings.timezone,
+                          default_locale=settings.default_locale, session_expiry=settings.session_expiry,
+                          max_text_length=settings.max_text_length, notice_version=settings.privacy_notice_version,
+                          settings=settings)
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    return App(settings=settings, catalog=catalog, db=db, engine=Engine(db, config, worker_id), worker_id=worker_id)
+
+
+def add_configured_channels(app: App) -> None:
+    """Every channel whose settings are present."""
+    if app.settings.telegram_enabled:
+        from handlers.telegram import TelegramChannel
+
+        app.add_channel(TelegramChannel(app))
+    for hook in CHANNEL_HOOKS:
+        hook(app)
+
+
+# Later channels (WhatsApp) register a function here that adds their channel when configured.
+CHANNEL_HOOKS: list = []
+
+
+async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, channels: bool = True) -> None:
+    """`katilim run`: channels, the HTTP server and the scheduler, until SIGINT/SIGTERM."""
+    from bot.http import serve_http
+    from bot.scheduler import start_scheduler
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    started: list[Channel] = []
+    server = sched = None
+    try:
+        if channels:
+            for channel in app.channels.values():
+                await channel.start()
+                started.append(channel)
+                log.info("channel %s started", channel.name)
+        if http:
+            server = await serve_http(app)
+        if scheduler:
+            sched = start_scheduler(app)
+        log.info("katilim running (worker %s)", app.worker_id)
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        if sched is not None:
+            sched.shutdown(wait=False)
+            from bot.scheduler import stop_jobs
+
+            await stop_jobs(app)
+        for channel in reversed(started):
+            try:
+                await channel.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("channel %s did not stop cleanly", channel.name)
+        if server is not None:
+            server.should_exit = True
+            await server.wait_closed() if hasattr(server, "wait_closed") else None
+        app.db.dispose()
+        log.info("stopped")

@@ -1,0 +1,58 @@
+"""The `katilim` command. Each feature adds its subcommands in its own module (CLI_MODULES)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import importlib
+import logging
+import sys
+
+from bot.catalog import CatalogError
+from bot.settings import Settings, SettingsError, load_settings
+
+CLI_MODULES = ["bot.cli_core"]
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=getattr(logging, settings.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "httpx", "apscheduler.executors.default", "apscheduler.scheduler", "telegram.ext.Updater"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, settings.log_level)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="katilim", description="Katılım: the municipality's participation chatbot")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in CLI_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings)
+        result = args.func(settings, args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except (SettingsError, CatalogError) as exc:
+        print(f"katilim: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def operator_name() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001
+        return "cli:unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Delivery: the Sender each channel provides, the errors it raises, and the direct path for
+conversation replies (the dispatcher in bot/dispatcher.py delivers everything else)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.engine import Engine as DbEngine
+
+from conversations.messages import Outbound
+from storage import outbox
+from storage.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SendError(Exception):
+    """What went wrong, in the dispatcher's terms.
+
+    kind: "retry_after" (rate limited: pause the channel for retry_after seconds), "transient"
+    (timeout, 5xx, dropped connection: retry with backoff), "permanent" (400-class: fail the row),
+    "blocked" (the resident blocked us or unsubscribed: mark unreachable), "window" (outside a
+    messaging window and no template: record as unsendable)."""
+
+    kind: str
+    reason: str = ""
+    retry_after: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.reason}"
+
+
+class Sender(Protocol):
+    channel: str
+
+    async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
+        """Deliver one message; return the provider's message id; raise SendError."""
+        ...
+
+
+async def send_replies(db: DbEngine, sender: Sender, replies: list[tuple[int, Outbound]], address: str) -> None:
+    """Send a step's replies now, in order, and confirm them. Any failure leaves the row claimed;
+    its lease runs out and the dispatcher retries it with the usual rules."""
+    sent: list[int] = []
+    provider_ids: list[str] = []
+    try:
+        for row_id, out in replies:
+            try:
+                provider_ids.append(await sender.send(address, out))
+            except SendError as exc:
+                log.warning("reply %s to %s:%s not sent now (%s); the dispatcher will retry",
+                            row_id, sender.channel, address, exc)
+                await _release(db, [row_id for row_id, _ in replies if row_id not in sent])
+                break
+            sent.append(row_id)
+    finally:
+        if sent:
+            await asyncio.to_thread(_confirm, db, sent, provider_ids)
+
+
+def _confirm(db: DbEngine, ids: list[int], provider_ids: list[str]) -> None:
+    with transaction(db) as session:
+        outbox.mark_sent(session, ids, provider_ids)
+
+
+async def _release(db: DbEngine, ids: list[int]) -> None:
+    def run():
+        with transaction(db) as session:
+            outbox.release_rows(session, ids)
+
+    await asyncio.to_thread(run)

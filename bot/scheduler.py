@@ -1,0 +1,69 @@
+"""The scheduler: a few named periodic jobs that scan the database (due reminders, scheduled
+broadcasts, the outbox, housekeeping), never one APScheduler job per reminder. Its job store is
+in memory and belongs to this process; the work itself is claimed through the database, so any
+number of processes can run the same jobs safely."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Awaitable, Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import delete
+
+from storage.db import transaction, utcnow
+from storage.models import ProcessedInbound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    name: str
+    seconds: float
+    run: Callable[..., Awaitable[None]]
+    stop: Callable[..., Awaitable[None]] | None = None
+
+
+# Features register their jobs here (name, interval, coroutine taking the App).
+JOBS: list[Callable[..., Job | None]] = []
+
+
+def job(factory: Callable[..., Job | None]):
+    JOBS.append(factory)
+    return factory
+
+
+@job
+def housekeeping(app) -> Job:
+    async def run(app=app) -> None:
+        def purge():
+            with transaction(app.db) as db:
+                db.exec(delete(ProcessedInbound).where(ProcessedInbound.at < utcnow() - timedelta(days=7)))
+
+        await asyncio.to_thread(purge)
+
+    return Job("housekeeping", 3600, run)
+
+
+_RUNNING: dict[int, list[Job]] = {}
+
+
+def start_scheduler(app) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    jobs = [j for j in (factory(app) for factory in JOBS) if j is not None]
+    for j in jobs:
+        scheduler.add_job(j.run, "interval", seconds=j.seconds, id=j.name, name=j.name, max_instances=1,
+                          coalesce=True, next_run_time=utcnow(), misfire_grace_time=None)
+    scheduler.start()
+    _RUNNING[id(app)] = jobs
+    log.info("scheduler started with jobs: %s", ", ".join(j.name for j in jobs))
+    return scheduler
+
+
+async def stop_jobs(app) -> None:
+    for j in _RUNNING.pop(id(app), []):
+        if j.stop is not None:
+            await j.stop()

@@ -1,0 +1,406 @@
+"""The core conversation: onboarding (language, privacy notice, consent per purpose), the main
+menu, mahalle, language, privacy settings and the resident's data rights (see, export, delete)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from conversations.engine import (
+    COMMAND_MENU,
+    ERASERS,
+    EXPORTERS,
+    IDLE,
+    MENU_ITEMS,
+    Ctx,
+    Go,
+    Invalid,
+    Stay,
+    Transition,
+    command,
+    menu_item,
+    state,
+)
+from conversations.i18n import LANGUAGES, N_, t_in, translator
+from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.text import match_options
+from storage import repo
+from storage.models import CONSENT_PURPOSES
+
+YES, NO = "yes", "no"
+PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("consent.purpose.volunteering"),
+                "reminders": N_("consent.purpose.reminders"), "announcements": N_("consent.purpose.announcements")}
+PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
+               "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
+COMMAND_TEXTS = {"menu": N_("command.menu"), "help": N_("command.help"), "cancel": N_("command.cancel"),
+                 "language": N_("command.language"), "mydata": N_("command.mydata"),
+                 "deletedata": N_("command.deletedata")}
+# /start payloads from deep links ("ev_12" → events); features register a handler per prefix.
+START_PAYLOADS: dict[str, Callable[[Ctx, str], Transition]] = {}
+
+
+def yes_no(ctx: Ctx) -> list[Choice]:
+    return [Choice(YES, ctx.t("common.yes")), Choice(NO, ctx.t("common.no"))]
+
+
+def require_consent(ctx: Ctx, purpose: str, next_state: str, data: dict[str, Any] | None = None) -> Transition:
+    """Go on to next_state if the resident consented to purpose; otherwise ask, explaining why."""
+    if ctx.consented(purpose):
+        return Go(next_state, data)
+    return Go("consent.ask", {"purpose": purpose, "next": next_state, "next_data": data or {}})
+
+
+# ---------------------------------------------------------------- global commands
+@command("start")
+def cmd_start(ctx: Ctx, text: str) -> Transition:
+    payload = text.split(maxsplit=1)[1].strip() if text.startswith("/") and " " in text.strip() else ""
+    if ctx.resident.onboarded_at is None:
+        return Go("onboarding.language", {"payload": payload[:64]} if payload else {})
+    if payload:
+        return run_start_payload(ctx, payload)
+    ctx.say(ctx.t("start.welcome_back", municipality=ctx.catalog.municipality.name.get(ctx.lang)))
+    return Go(IDLE)
+
+
+def run_start_payload(ctx: Ctx, payload: str) -> Transition:
+    prefix, _, arg = payload.partition("_")
+    handler = START_PAYLOADS.get(prefix)
+    if handler is None:
+        ctx.say(ctx.t("start.unknown_link"))
+        return Go(IDLE)
+    return handler(ctx, arg)
+
+
+@command("menu")
+def cmd_menu(ctx: Ctx, text: str) -> Transition:
+    return Go(IDLE)
+
+
+@command("help")
+def cmd_help(ctx: Ctx, text: str) -> Transition:
+    names = COMMAND_MENU.get(ctx.lang, COMMAND_MENU["en"])
+    lines = [ctx.t("help.intro", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
+    for name in names:
+        key = COMMAND_TEXTS.get(_canonical(name))
+        if key:
+            lines.append(f"/{name} — {ctx.t(key)}")
+    lines.append(ctx.t("help.footer"))
+    ctx.say("\n".join(lines))
+    if ctx.resident.onboarded_at is None:
+        return Go("onboarding.language", keep=True)
+    return Go(ctx.state, keep=True)
+
+
+def _canonical(name: str) -> str:
+    from conversations.engine import COMMAND_ALIASES
+
+    return COMMAND_ALIASES.get(name, name)
+
+
+@command("cancel")
+def cmd_cancel(ctx: Ctx, text: str) -> Transition:
+    if ctx.resident.onboarded_at is None:
+        ctx.say(ctx.t("cancel.onboarding"))
+        return Go("onboarding.language", keep=True)
+    ctx.say(ctx.t("cancel.nothing") if ctx.state == IDLE else ctx.t("cancel.done"))
+    return Go(IDLE)
+
+
+@command("language")
+def cmd_language(ctx: Ctx, text: str) -> Transition:
+    if ctx.resident.onboarded_at is None:
+        return Go("onboarding.language", keep=True)
+    return Go("language.pick")
+
+
+@command("mydata")
+def cmd_mydata(ctx: Ctx, text: str) -> Transition:
+    send_export(ctx)
+    return Go(IDLE) if ctx.resident.onboarded_at else Go("onboarding.language", keep=True)
+
+
+@command("deletedata")
+def cmd_deletedata(ctx: Ctx, text: str) -> Transition:
+    return Go("data.delete_confirm")
+
+
+# ---------------------------------------------------------------- onboarding
+def _language_choices(ctx: Ctx) -> list[Choice]:
+    current = ctx.resident.locale
+    return [Choice(f"lang:{lang}", ("✓ " if lang == current else "") + t_in(lang, "language.name"))
+            for lang in LANGUAGES]
+
+
+@state("onboarding.language", needs_onboarding=False)
+def onboarding_language(ctx: Ctx) -> None:
+    order = [ctx.lang] + [lang for lang in LANGUAGES if lang != ctx.lang]
+    text = "\n".join(t_in(lang, "onboarding.choose_language") for lang in order)
+    ctx.ask(text, _language_choices(ctx))
+
+
+@onboarding_language.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        found = match_options(msg.text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang])
+                                         for lang in LANGUAGES])
+        if len(found) != 1:
+            return Invalid("engine.choose")
+        msg.choice = found[0]
+    ctx.resident.locale = msg.choice.removeprefix("lang:")
+    ctx.db.add(ctx.resident)
+    return Go("onboarding.notice", keep=True)
+
+
+@state("onboarding.notice", needs_onboarding=False)
+def onboarding_notice(ctx: Ctx) -> None:
+    m = ctx.catalog.municipality
+    purposes = "\n".join(f"• {ctx.t(PURPOSE_KEYS[p])}" for p in CONSENT_PURPOSES)
+    ctx.ask(ctx.t("notice.summary", municipality=m.name.get(ctx.lang), purposes=purposes,
+                  url=m.privacy_notice_url, version=ctx.config.notice_version),
+            [Choice("all", ctx.t("notice.accept_all")), Choice("choose", ctx.t("notice.choose")),
+             Choice("none", ctx.t("notice.refuse"))])
+
+
+@onboarding_notice.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice == "choose":
+        return Go("onboarding.purpose", {"i": 0, "payload": ctx.data.get("payload", "")})
+    granted = msg.choice == "all"
+    for purpose in CONSENT_PURPOSES:
+        ctx.record_consent(purpose, granted)
+    return finish_onboarding(ctx)
+
+
+@state("onboarding.purpose", needs_onboarding=False)
+def onboarding_purpose(ctx: Ctx) -> None:
+    purpose = CONSENT_PURPOSES[ctx.data.get("i", 0)]
+    ctx.ask(ctx.t("consent.question", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose])),
+            yes_no(ctx))
+
+
+@onboarding_purpose.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    i = ctx.data.get("i", 0)
+    ctx.record_consent(CONSENT_PURPOSES[i], msg.choice == YES)
+    if i + 1 < len(CONSENT_PURPOSES):
+        return Go("onboarding.purpose", {"i": i + 1}, keep=True)
+    return finish_onboarding(ctx)
+
+
+def finish_onboarding(ctx: Ctx) -> Transition:
+    ctx.resident.onboarded_at = ctx.now
+    ctx.db.add(ctx.resident)
+    payload = ctx.data.get("payload", "")
+    granted = [p for p, ok in ctx.consents().items() if ok]
+    if granted:
+        ctx.say(ctx.t("onboarding.thanks", purposes=", ".join(ctx.t(PURPOSE_KEYS[p]) for p in granted)))
+        return Go("mahalle.pick", {"onboarding": True, "payload": payload})
+    ctx.say(ctx.t("onboarding.no_consent"))
+    return run_start_payload(ctx, payload) if payload else Go(IDLE)
+
+
+# ---------------------------------------------------------------- consent asked just in time
+@state("consent.ask")
+def consent_ask(ctx: Ctx) -> None:
+    purpose = ctx.data.get("purpose", "reports")
+    ctx.ask(ctx.t("consent.needed", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose]),
+                  url=ctx.catalog.municipality.privacy_notice_url), yes_no(ctx))
+
+
+@consent_ask.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice != YES:
+        ctx.say(ctx.t("consent.declined"))
+        return Go(IDLE)
+    ctx.record_consent(ctx.data["purpose"], True)
+    ctx.say(ctx.t("consent.thanks"))
+    return Go(ctx.data.get("next", IDLE), ctx.data.get("next_data") or {})
+
+
+# ---------------------------------------------------------------- menu
+menu_item(60, "mahalle", N_("menu.mahalle"), "mahalle.pick")
+menu_item(80, "privacy", N_("menu.privacy"), "privacy")
+menu_item(85, "language", N_("menu.language"), "language.pick")
+menu_item(90, "help", N_("menu.help"), "cmd:help")
+
+
+@state(IDLE)
+def menu(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("menu.title"), [Choice(key, ctx.t(label)) for _, key, label, _ in MENU_ITEMS], columns=2)
+
+
+@menu.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("menu.choose")
+    target = next(t for _, key, _, t in MENU_ITEMS if key == msg.choice)
+    if target.startswith("cmd:"):
+        from conversations.engine import COMMANDS
+
+        return COMMANDS[target[4:]](ctx, "")
+    return Go(target)
+
+
+# ---------------------------------------------------------------- language
+@state("language.pick")
+def language_pick(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("language.prompt"), _language_choices(ctx))
+
+
+@language_pick.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    ctx.resident.locale = msg.choice.removeprefix("lang:")
+    ctx.db.add(ctx.resident)
+    ctx.say(ctx.t("language.changed"))
+    return Go(IDLE)
+
+
+# ---------------------------------------------------------------- mahalle
+@state("mahalle.pick", accepts={Kind.TEXT, Kind.CHOICE})
+def mahalle_pick(ctx: Ctx) -> None:
+    if not ctx.data.get("onboarding") and not any(ctx.consents().values()):
+        ctx.data["blocked"] = True
+        ctx.ask(ctx.t("mahalle.needs_consent"), [Choice("privacy", ctx.t("menu.privacy")),
+                                                  Choice("skip", ctx.t("common.back"))])
+        return
+    candidates = ctx.data.get("candidates")
+    hoods = [n for n in ctx.catalog.neighbourhoods if not candidates or n.key in candidates]
+    items = [Choice(f"m:{n.key}", n.name) for n in hoods]
+    skip = N_("mahalle.skip") if ctx.data.get("onboarding") else N_("common.back")
+    extra = [Choice("skip", ctx.t(skip))]
+    text = ctx.t("mahalle.did_you_mean") if candidates else ctx.t("mahalle.prompt")
+    if ctx.resident.mahalle and not candidates:
+        current = ctx.catalog.neighbourhood(ctx.resident.mahalle)
+        if current:
+            text = ctx.t("mahalle.current", mahalle=current.name) + "\n" + text
+    ctx.ask(text, ctx.paged(items, ctx.data.get("_page", 0), extra), columns=2)
+
+
+@mahalle_pick.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if ctx.data.get("blocked"):
+        if msg.kind == Kind.CHOICE and msg.choice == "privacy":
+            return Go("privacy")
+        return Go(IDLE)
+    if msg.kind == Kind.CHOICE:
+        if msg.choice == "skip":
+            return _after_mahalle(ctx)
+        return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
+    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    if len(found) == 1:
+        return _set_mahalle(ctx, found[0])
+    if not found:
+        return Invalid("mahalle.not_found")
+    ctx.data["candidates"] = found
+    ctx.data["_page"] = 0
+    return Go("mahalle.pick", keep=True)
+
+
+def _set_mahalle(ctx: Ctx, key: str) -> Transition:
+    hood = ctx.catalog.neighbourhood(key)
+    if hood is None:
+        return Invalid("mahalle.not_found")
+    ctx.resident.mahalle = hood.key
+    ctx.db.add(ctx.resident)
+    ctx.say(ctx.t("mahalle.saved", mahalle=hood.name))
+    return _after_mahalle(ctx)
+
+
+def _after_mahalle(ctx: Ctx) -> Transition:
+    payload = ctx.data.get("payload", "")
+    if payload:
+        return run_start_payload(ctx, payload)
+    return Go(IDLE)
+
+
+# ---------------------------------------------------------------- privacy settings and data rights
+@state("privacy")
+def privacy(ctx: Ctx) -> None:
+    consents = ctx.consents()
+    lines = [ctx.t("privacy.title")]
+    choices = []
+    for purpose in CONSENT_PURPOSES:
+        on = consents.get(purpose, False)
+        mark = "✅" if on else "⬜"
+        lines.append(f"{mark} {ctx.t(PURPOSE_KEYS[purpose])}")
+        label = N_("privacy.turn_off") if on else N_("privacy.turn_on")
+        choices.append(Choice(f"p:{purpose}", ctx.t(label, purpose=ctx.t(PURPOSE_KEYS[purpose]))))
+    lines.append(ctx.t("privacy.footer", url=ctx.catalog.municipality.privacy_notice_url))
+    choices += [Choice("export", ctx.t("privacy.export")), Choice("delete", ctx.t("privacy.delete")),
+                Choice("back", ctx.t("common.back"))]
+    ctx.ask("\n".join(lines), choices)
+
+
+@privacy.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice.startswith("p:"):
+        purpose = msg.choice[2:]
+        granted = not ctx.consented(purpose)
+        ctx.record_consent(purpose, granted)
+        said = N_("privacy.granted") if granted else N_("privacy.withdrawn")
+        ctx.say(ctx.t(said, purpose=ctx.t(PURPOSE_KEYS[purpose])))
+        return Go("privacy")
+    if msg.choice == "export":
+        send_export(ctx)
+        return Stay()
+    if msg.choice == "delete":
+        return Go("data.delete_confirm")
+    return Go(IDLE)
+
+
+def collect_export(ctx: Ctx) -> dict[str, Any]:
+    data = repo.export_core(ctx.db, ctx.resident.id)
+    for exporter in EXPORTERS:
+        data.update(exporter(ctx.db, ctx.resident.id))
+    data["exported_at"] = ctx.now.isoformat()
+    data["municipality"] = ctx.catalog.municipality.name.get(ctx.lang)
+    return data
+
+
+def send_export(ctx: Ctx) -> None:
+    data = collect_export(ctx)
+    resident = data["resident"]
+    consents = ctx.consents()
+    given = [ctx.t(PURPOSE_KEYS[p]) for p, ok in consents.items() if ok] or [ctx.t("common.none")]
+    hood = ctx.catalog.neighbourhood(resident["mahalle"]) if resident["mahalle"] else None
+    summary = ctx.t("data.summary", language=ctx.t("language.name"),
+                    mahalle=hood.name if hood else ctx.t("common.none"),
+                    channels=", ".join(c["channel"] for c in data["channels"]) or ctx.t("common.none"),
+                    consents=", ".join(given),
+                    since=ctx.when(ctx.resident.created_at))
+    ctx.say(summary, document=Attachment("katilim-verilerim.json", "application/json",
+                                         json.dumps(data, ensure_ascii=False, indent=2, default=str)))
+
+
+@state("data.delete_confirm")
+def delete_confirm(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("data.delete_question"), [Choice(YES, ctx.t("data.delete_yes")), Choice(NO, ctx.t("common.no"))])
+
+
+@delete_confirm.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice != YES:
+        ctx.say(ctx.t("data.delete_kept"))
+        return Go(IDLE)
+    ctx.say(ctx.t("data.deleted"))
+    ctx.erase = True
+    return Go(IDLE, prompt=False)
+
+
+def erase_resident(db, resident_id: int, actor: str) -> None:
+    """Delete a resident's personal data; records the municipality must keep stay, anonymised."""
+    for eraser in ERASERS:
+        eraser(db, resident_id)
+    repo.erase_core(db, resident_id)
+    repo.audit(db, actor, "resident.erased", f"resident:{resident_id}")

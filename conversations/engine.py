@@ -1,0 +1,468 @@
+"""The conversation engine.
+
+A step is a function from (state, inbound) to (new state, outbound messages), like goflow's
+sessions. States are named strings ("report.describe"), so a stored state survives code edits.
+`Engine.handle` runs one step inside one database transaction: the resident's session row is
+locked, the step runs, the new state, every record the step wrote and the replies (as outbox
+rows) commit together. A crash before the commit loses nothing that was acknowledged; a crash
+after it leaves the replies in the outbox for the dispatcher.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine as DbEngine
+from sqlmodel import Session, select
+
+from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
+from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.text import clean_text, fold, match_options
+from storage import outbox, repo
+from storage.db import transaction, utcnow
+from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
+
+log = logging.getLogger(__name__)
+
+IDLE = "menu"
+PAGE_SIZE = 8
+
+
+# ---------------------------------------------------------------- transitions
+@dataclass
+class Go:
+    """Move to another state (its prompt is sent). `data` replaces what was collected unless keep."""
+
+    state: str
+    data: dict[str, Any] | None = None
+    keep: bool = False
+    prompt: bool = True
+
+
+@dataclass
+class Stay:
+    """Stay in the current state; the handler already replied."""
+
+
+@dataclass
+class Invalid:
+    """The input is not usable here: say why, ask again; what was collected is kept."""
+
+    reason: str
+
+
+Transition = Go | Stay | Invalid
+
+
+class StateDef(Protocol):
+    name: str
+    accepts: frozenset[Kind]
+
+    def enter(self, ctx: "Ctx") -> None: ...
+
+    def handle(self, ctx: "Ctx", msg: Inbound) -> Transition: ...
+
+
+@dataclass
+class _FnState:
+    name: str
+    accepts: frozenset[Kind]
+    enter_fn: Callable[["Ctx"], None]
+    handle_fn: Callable[["Ctx", Inbound], Transition]
+    needs_onboarding: bool = True
+    staff_only: bool = False
+
+    def enter(self, ctx: "Ctx") -> None:
+        self.enter_fn(ctx)
+
+    def handle(self, ctx: "Ctx", msg: Inbound) -> Transition:
+        return self.handle_fn(ctx, msg)
+
+
+STATES: dict[str, _FnState] = {}
+TEXT_AND_CHOICE = frozenset({Kind.TEXT, Kind.CHOICE})
+
+
+def state(name: str, *, accepts: Iterable[Kind] = TEXT_AND_CHOICE, needs_onboarding: bool = True,
+          staff_only: bool = False):
+    """Register a state: decorate the prompt function; attach the input handler with `.on_input`."""
+
+    def deco(enter_fn):
+        entry = _FnState(name, frozenset(accepts), enter_fn, lambda ctx, msg: Invalid("engine.choose"),
+                         needs_onboarding, staff_only)
+        if name in STATES:
+            raise ValueError(f"state {name} registered twice")
+        STATES[name] = entry
+
+        def on_input(handle_fn):
+            entry.handle_fn = handle_fn
+            return handle_fn
+
+        enter_fn.on_input = on_input
+        return enter_fn
+
+    return deco
+
+
+# Global commands: every spelling (Turkish and English command names) maps to one action.
+COMMAND_ALIASES = {
+    "start": "start", "menu": "menu", "menü": "menu",
+    "yardim": "help", "help": "help",
+    "iptal": "cancel", "cancel": "cancel",
+    "dil": "language", "language": "language",
+    "verilerim": "mydata", "mydata": "mydata",
+    "verilerimisil": "deletedata", "deletemydata": "deletedata",
+}
+# Command names shown per language in the Telegram menu (names must be Latin; texts come from catalogs).
+COMMAND_MENU = {
+    "tr": ["menu", "yardim", "iptal", "dil", "verilerim", "verilerimisil"],
+    "en": ["menu", "help", "cancel", "language", "mydata", "deletemydata"],
+    "ar": ["menu", "help", "cancel", "language", "mydata", "deletemydata"],
+}
+COMMANDS: dict[str, Callable[["Ctx", str], Transition]] = {}
+# Typed words that act like a command in any state (from the catalogs, in every language).
+WORD_COMMANDS = {N_("words.cancel"): "cancel", N_("words.menu"): "menu", N_("words.help"): "help"}
+KIND_NAMES = {k: N_(f"kind.{k.value}") for k in Kind}
+N_("kind.text"), N_("kind.command"), N_("kind.choice"), N_("kind.location"), N_("kind.photo"), N_("kind.voice")
+N_("kind.document"), N_("kind.sticker"), N_("kind.contact"), N_("kind.other")
+
+
+def command(name: str, *aliases: str, menu: dict[str, str] | None = None):
+    """Register a global command handler (name is the canonical action)."""
+
+    def deco(fn):
+        COMMANDS[name] = fn
+        for alias in aliases:
+            COMMAND_ALIASES[alias] = name
+        for lang, alias in (menu or {}).items():
+            COMMAND_MENU[lang].append(alias)
+        return fn
+
+    return deco
+
+
+def word_command(catalog_key: str, action: str) -> None:
+    WORD_COMMANDS[catalog_key] = action
+
+
+# Main menu items: (order, key, label key, target state); features register theirs.
+MENU_ITEMS: list[tuple[int, str, str, str]] = []
+
+
+def menu_item(order: int, key: str, label_key: str, target: str) -> None:
+    MENU_ITEMS.append((order, key, label_key, target))
+    MENU_ITEMS.sort()
+
+
+# Exporters and erasers for the resident's data rights; features register theirs.
+EXPORTERS: list[Callable[[Session, int], dict[str, Any]]] = []
+ERASERS: list[Callable[[Session, int], None]] = []
+
+
+# ---------------------------------------------------------------- context
+@dataclass
+class EngineConfig:
+    catalog: Any
+    timezone: str = "Europe/Istanbul"
+    default_locale: str = "tr"
+    session_expiry: timedelta = timedelta(hours=24)
+    max_text_length: int = 2000
+    notice_version: str = "2026-11"
+    settings: Any = None
+
+
+@dataclass
+class Ctx:
+    db: Session
+    config: EngineConfig
+    resident: Resident
+    identity: ChannelIdentity
+    state: str
+    data: dict[str, Any]
+    now: datetime
+    replies: list[Outbound] = field(default_factory=list)
+    erase: bool = False             # set by the data-deletion step; the runtime erases after the step
+    _consents: dict[str, bool] | None = None
+
+    # -- language
+    @property
+    def lang(self) -> str:
+        return self.resident.locale if self.resident.locale in LANGUAGES else self.config.default_locale
+
+    @property
+    def t(self) -> Translator:
+        return translator(self.lang)
+
+    @property
+    def catalog(self):
+        return self.config.catalog
+
+    @property
+    def channel(self) -> str:
+        return self.identity.channel
+
+    def when(self, dt: datetime) -> str:
+        return format_when(dt, self.lang, self.config.timezone)
+
+    # -- replies
+    def say(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
+        out = Outbound(text=text, choices=list(choices or []), **kw)
+        self.replies.append(out)
+        if choices:
+            self.data["_choices"] = [[c.key, c.label] for c in choices]
+        return out
+
+    def ask(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
+        """A question: its choices are what numbers and typed words resolve to."""
+        self.data["_choices"] = [[c.key, c.label] for c in (choices or [])]
+        out = Outbound(text=text, choices=list(choices or []), **kw)
+        self.replies.append(out)
+        return out
+
+    def paged(self, items: list[Choice], page: int, extra: list[Choice] | None = None) -> list[Choice]:
+        """A page of choices with previous/next buttons."""
+        pages = max(1, (len(items) + PAGE_SIZE - 1) // PAGE_SIZE)
+        page = max(0, min(page, pages - 1))
+        self.data["_page"] = page
+        shown = items[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+        nav = []
+        if page > 0:
+            nav.append(Choice("page:prev", self.t("engine.page_prev")))
+        if page < pages - 1:
+            nav.append(Choice("page:next", self.t("engine.page_next", page=page + 2, pages=pages)))
+        return shown + nav + list(extra or [])
+
+    # -- consent
+    def consents(self) -> dict[str, bool]:
+        if self._consents is None:
+            self._consents = repo.current_consents(self.db, self.resident.id)
+        return self._consents
+
+    def consented(self, purpose: str) -> bool:
+        return self.consents().get(purpose, False)
+
+    def record_consent(self, purpose: str, granted: bool) -> None:
+        repo.record_consent(self.db, self.resident.id, purpose, granted, self.config.notice_version,
+                            self.channel)
+        self.consents()[purpose] = granted
+
+    # -- proactive messages to any resident, through the outbox, committed with this step
+    def notify(self, resident_id: int, build: Callable[[Translator, str], Outbound], *, kind: str = "notification",
+               priority: int = 3) -> int:
+        return outbox.notify_resident(self.db, resident_id, build, kind=kind, priority=priority,
+                                      tz=self.config.timezone)
+
+    @property
+    def is_staff(self) -> bool:
+        return repo.staff_for(self.db, self.channel, self.identity.address) is not None
+
+
+@dataclass
+class StepResult:
+    state: str
+    data: dict[str, Any]
+    replies: list[Outbound]
+
+
+# ---------------------------------------------------------------- the step
+def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
+    """A typed number or a typed option name becomes the choice it names."""
+    choices = ctx.data.get("_choices") or []
+    if msg.kind != Kind.TEXT or not choices:
+        return msg
+    text = msg.text.strip()
+    if re.fullmatch(r"\d{1,3}", text):
+        index = int(text) - 1
+        if 0 <= index < len(choices):
+            return _as_choice(msg, choices[index][0])
+        return msg
+    found = match_options(text, [(k, [label]) for k, label in choices])
+    exact = [k for k, label in choices if fold(label) == fold(text)]
+    if exact:
+        return _as_choice(msg, exact[0])
+    if len(found) == 1 and len(fold(text)) >= 3:
+        return _as_choice(msg, found[0])
+    return msg
+
+
+def _as_choice(msg: Inbound, key: str) -> Inbound:
+    return Inbound(**{**msg.__dict__, "kind": Kind.CHOICE, "choice": key})
+
+
+def command_of(ctx: Ctx, msg: Inbound) -> str | None:
+    """The canonical global action a message asks for, '?' for an unknown command, else None."""
+    if msg.kind == Kind.COMMAND:
+        return COMMAND_ALIASES.get(msg.command.lower(), "?")
+    if msg.kind == Kind.TEXT and len(msg.text) <= 40:
+        typed = fold(msg.text)
+        for key, action in WORD_COMMANDS.items():
+            for lang in LANGUAGES:
+                words = {fold(w) for w in translator(lang)(key).split(",") if w.strip()}
+                if typed in words:
+                    return action
+    return None
+
+
+def enter(ctx: Ctx, name: str) -> str:
+    target = STATES.get(name)
+    if target is None:
+        log.warning("unknown state %r, back to the menu", name)
+        name, target = IDLE, STATES[IDLE]
+    ctx.state = name
+    ctx.data.pop("_choices", None)
+    target.enter(ctx)
+    return name
+
+
+def apply(ctx: Ctx, result: Transition, current: _FnState) -> None:
+    if isinstance(result, Go):
+        if not result.keep:
+            ctx.data = dict(result.data or {})
+        elif result.data:
+            ctx.data.update(result.data)
+        if result.prompt:
+            enter(ctx, result.state)
+        else:
+            ctx.state = result.state
+    elif isinstance(result, Invalid):
+        ctx.say(ctx.t(result.reason))
+        current.enter(ctx)
+
+
+def step(ctx: Ctx, msg: Inbound) -> StepResult:
+    """One conversation step: (state, inbound) → (new state, outbound)."""
+    current = STATES.get(ctx.state)
+    if current is None:
+        ctx.say(ctx.t("engine.state_gone"))
+        ctx.data = {}
+        enter(ctx, IDLE)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+    if msg.kind == Kind.TEXT:
+        msg.text = clean_text(msg.text)
+        if not msg.text:
+            apply(ctx, Invalid("engine.empty"), current)
+            return StepResult(ctx.state, ctx.data, ctx.replies)
+        if len(msg.text) > ctx.config.max_text_length:
+            ctx.say(ctx.t("engine.too_long", limit=ctx.config.max_text_length))
+            current.enter(ctx)
+            return StepResult(ctx.state, ctx.data, ctx.replies)
+    action = command_of(ctx, msg)
+    if action is not None:
+        if action == "?":
+            ctx.say(ctx.t("engine.unknown_command", command="/" + msg.command[:32]))
+            current.enter(ctx)
+        else:
+            apply(ctx, COMMANDS[action](ctx, msg.text), current)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+    if ctx.resident.onboarded_at is None and current.needs_onboarding:
+        apply(ctx, COMMANDS["start"](ctx, ""), current)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+    msg = resolve_choice(ctx, msg)
+    if current.staff_only and not ctx.is_staff:
+        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", ctx.state)
+        ctx.say(ctx.t("staff.refused"))
+        ctx.data = {}
+        enter(ctx, IDLE)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+    if msg.kind == Kind.CHOICE:
+        if msg.choice in ("page:next", "page:prev") and "_page" in ctx.data:
+            ctx.data["_page"] = ctx.data["_page"] + (1 if msg.choice == "page:next" else -1)
+            current.enter(ctx)
+            return StepResult(ctx.state, ctx.data, ctx.replies)
+        known = {k for k, _ in ctx.data.get("_choices") or []}
+        if msg.choice not in known:
+            apply(ctx, Invalid("engine.stale_choice"), current)
+            return StepResult(ctx.state, ctx.data, ctx.replies)
+    if msg.kind not in current.accepts:
+        ctx.say(ctx.t("engine.wrong_kind", what=ctx.t(KIND_NAMES[msg.kind])))
+        current.enter(ctx)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+    apply(ctx, current.handle(ctx, msg), current)
+    return StepResult(ctx.state, ctx.data, ctx.replies)
+
+
+# ---------------------------------------------------------------- the transactional runtime
+@dataclass
+class Handled:
+    replies: list[tuple[int, Outbound]]   # (outbox id, message) claimed by this worker for direct sending
+    duplicate: bool = False
+    resident_id: int | None = None
+
+
+class Engine:
+    def __init__(self, db: DbEngine, config: EngineConfig, worker_id: str = "main") -> None:
+        self.db = db
+        self.config = config
+        self.worker_id = worker_id
+
+    def handle(self, msg: Inbound) -> Handled:
+        """Run one step for one inbound message, in one transaction."""
+        with transaction(self.db) as db:
+            return self._handle(db, msg)
+
+    def _handle(self, db: Session, msg: Inbound) -> Handled:
+        now = utcnow()
+        if msg.external_id:
+            seen = db.get(ProcessedInbound, (msg.channel, msg.external_id))
+            if seen is not None:
+                return Handled([], duplicate=True)
+            db.add(ProcessedInbound(channel=msg.channel, external_id=msg.external_id, at=now))
+            try:
+                db.flush()
+            except IntegrityError:
+                db.rollback()
+                return Handled([], duplicate=True)
+        identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
+                                               msg.display_name, self.config.default_locale)
+        session = _lock_session(db, resident.id)
+        ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
+                  data=dict(session.data or {}), now=now)
+        expired = (session.state != IDLE and session.updated_at is not None
+                   and now - _aware(session.updated_at) > self.config.session_expiry)
+        if expired:
+            ctx.say(ctx.t("engine.expired"))
+            ctx.data = {}
+            enter(ctx, IDLE)
+            if msg.kind != Kind.COMMAND:
+                result = StepResult(ctx.state, ctx.data, ctx.replies)
+            else:
+                result = step(ctx, msg)
+        else:
+            result = step(ctx, msg)
+        rows = outbox.enqueue_replies(db, identity, result.replies, claimed_by=self.worker_id, now=now)
+        if ctx.erase:
+            from conversations.core import erase_resident
+
+            erase_resident(db, resident.id, actor=f"resident:{resident.id}")
+            return Handled(rows, resident_id=resident.id)
+        session.state = result.state
+        session.data = result.data
+        session.updated_at = now
+        session.version += 1
+        db.add(session)
+        identity.last_inbound_at = now
+        if identity.unreachable:
+            identity.unreachable = False
+            identity.unreachable_reason = ""
+        db.add(identity)
+        return Handled(rows, resident_id=resident.id)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _lock_session(db: Session, resident_id: int) -> ConversationSession:
+    """The resident's session row, locked until commit (FOR UPDATE on PostgreSQL; SQLite's
+    BEGIN IMMEDIATE already serialises writers)."""
+    row = db.exec(select(ConversationSession).where(ConversationSession.resident_id == resident_id)
+                  .with_for_update()).first()
+    if row is None:
+        row = ConversationSession(resident_id=resident_id, state=IDLE, data={})
+        db.add(row)
+        db.flush()
+    return row

@@ -1,0 +1,99 @@
+"""One message model for every channel (like RapidPro's courier).
+
+Adapters turn a Telegram update, a Twilio webhook or a terminal line into an `Inbound`, and render
+an `Outbound` as Telegram keyboards, WhatsApp numbered choices or numbered terminal lines.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    TEXT = "text"
+    COMMAND = "command"      # /start, /iptal ... (command without the slash, lower-case; args in text)
+    CHOICE = "choice"        # a tapped button or a numbered answer resolved to a choice key
+    LOCATION = "location"
+    PHOTO = "photo"
+    VOICE = "voice"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+    CONTACT = "contact"
+    OTHER = "other"          # anything else (video, poll, game...)
+
+
+@dataclass
+class Media:
+    """A file the channel holds; `ref` is what the adapter needs to download it (file id, URL)."""
+
+    ref: str
+    content_type: str = ""
+    size: int | None = None
+    filename: str = ""
+
+
+@dataclass
+class Inbound:
+    channel: str                    # "telegram", "whatsapp", "console"
+    address: str                    # chat id, phone number, terminal name
+    kind: Kind
+    text: str = ""
+    command: str = ""
+    choice: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    media: list[Media] = field(default_factory=list)
+    phone: str = ""                 # a shared contact's number
+    display_name: str = ""
+    language_hint: str = ""         # e.g. Telegram's language_code
+    external_id: str = ""           # update id / MessageSid, for idempotency
+    received_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["received_at"] = self.received_at.isoformat() if self.received_at else None
+        return d
+
+
+@dataclass
+class Choice:
+    key: str
+    label: str
+
+
+@dataclass
+class Attachment:
+    filename: str
+    content_type: str
+    data: str                       # text content (JSON export, .ics); binary files go through `path`
+    path: str = ""
+
+
+@dataclass
+class Outbound:
+    text: str = ""
+    choices: list[Choice] = field(default_factory=list)
+    columns: int = 1                # how many buttons per row where the channel has buttons
+    document: Attachment | None = None
+    photo_path: str = ""            # a stored media file to send as a photo (caption = text)
+    latitude: float | None = None
+    longitude: float | None = None
+    venue_title: str = ""
+    remove_keyboard: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v not in (None, "", [], False) or k == "text"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Outbound":
+        d = dict(d)
+        d["choices"] = [Choice(**c) for c in d.get("choices", [])]
+        if d.get("document"):
+            d["document"] = Attachment(**d["document"])
+        return cls(**d)
+
+    def choice_label(self, key: str) -> str | None:
+        return next((c.label for c in self.choices if c.key == key), None)

@@ -1,0 +1,68 @@
+"""Turkish-aware text matching: casing (İ/ı) and diacritics-free typing ("kozagac" finds Kozağaç)."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_TR_LOWER = str.maketrans({"I": "ı", "İ": "i"})
+_FOLD = str.maketrans({"ı": "i", "ğ": "g", "ü": "u", "ş": "s", "ö": "o", "ç": "c", "â": "a", "î": "i", "û": "u"})
+_ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
+_SPACES = re.compile(r"[\s\-_.,;:!?'\"’`()]+")
+
+
+def tr_lower(text: str) -> str:
+    """Lower-case with Turkish rules: I → ı, İ → i."""
+    return text.translate(_TR_LOWER).lower()
+
+
+def fold(text: str) -> str:
+    """A key for matching: Turkish-lowered, diacritics removed, Arabic marks dropped, spaces squeezed.
+
+    >>> fold("KOZAĞAÇ") == fold("kozagac") == fold("Kozağaç")
+    True
+    >>> fold("İPTAL") == fold("Iptal") == fold("iptal")
+    True
+    """
+    text = tr_lower(unicodedata.normalize("NFC", text)).translate(_FOLD)
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    text = _ARABIC_MARKS.sub("", text)
+    text = text.replace("أ", "ا").replace("إ", "ا").replace("آ", "ا").replace("ة", "ه").replace("ى", "ي")
+    return _SPACES.sub(" ", text).strip()
+
+
+def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]:
+    """Keys of the options whose names match what was typed, best first.
+
+    ``options`` is a list of (key, [names...]). An exact folded match wins alone; otherwise names
+    starting with the text, then names containing it, then names whose words all start with the
+    typed words ("vali rahmi" → "Vali Rahmi Bey").
+    """
+    q = fold(typed)
+    if not q:
+        return []
+    exact, prefix, contains = [], [], []
+    q_words = q.split()
+    for key, names in options:
+        folded = [fold(n) for n in names if n]
+        if q in folded:
+            exact.append(key)
+        elif any(f.startswith(q) for f in folded):
+            prefix.append(key)
+        elif any(q in f for f in folded) or any(_words_match(q_words, f.split()) for f in folded):
+            contains.append(key)
+    if exact:
+        return exact[:1] if len(exact) == 1 else exact
+    return prefix + contains
+
+
+def _words_match(q_words: list[str], words: list[str]) -> bool:
+    return len(q_words) <= len(words) and all(w.startswith(q) for q, w in zip(q_words, words))
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
+
+
+def clean_text(text: str) -> str:
+    """Drop control characters (keeping newlines and tabs) and trim."""
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C" or c in "\u200f\u200e").strip()

@@ -1,0 +1,126 @@
+"""The terminal channel: `katilim chat [--as NAME]`, the same engine and database as Telegram.
+
+Choices are shown numbered and answered by number or text. A few console verbs stand in for what a
+phone sends: `/konum 38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
+note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves.
+"""
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import re
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+from conversations.messages import Inbound, Kind, Media, Outbound
+
+CHANNEL = "console"
+QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
+
+
+class ConsoleSender:
+    channel = CHANNEL
+
+    def __init__(self, out: TextIO | None = None, files_dir: Path | None = None) -> None:
+        self.out = out or sys.stdout
+        self.files_dir = files_dir or Path.cwd()
+        self.sent = 0
+
+    async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
+        self.out.write(render(out, self.files_dir) + "\n")
+        self.out.flush()
+        self.sent += 1
+        return f"console-{self.sent}"
+
+
+def render(out: Outbound, files_dir: Path) -> str:
+    lines = []
+    if out.photo_path:
+        lines.append(f"🖼  {out.photo_path}")
+    if out.text:
+        lines.append(out.text)
+    if out.latitude is not None and out.longitude is not None:
+        title = f"{out.venue_title} " if out.venue_title else ""
+        lines.append(f"📍 {title}({out.latitude:.5f}, {out.longitude:.5f})")
+    if out.document is not None:
+        path = files_dir / Path(out.document.filename).name
+        if out.document.path:
+            path.write_bytes(Path(out.document.path).read_bytes())
+        else:
+            path.write_text(out.document.data, encoding="utf-8")
+        lines.append(f"📎 {path}")
+    for i, choice in enumerate(out.choices, 1):
+        lines.append(f"  {i} · {choice.label}")
+    return "\n".join(lines)
+
+
+def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
+    """A typed line → an inbound message (None to quit)."""
+    text = line.rstrip("\n")
+    stripped = text.strip()
+    if stripped.lower() in QUIT:
+        return None
+    base = dict(channel=CHANNEL, address=address, display_name=address)
+    if stripped.startswith("/"):
+        verb, _, rest = stripped[1:].partition(" ")
+        verb = verb.lower()
+        if verb in ("konum", "location"):
+            numbers = re.findall(r"-?\d+(?:[.,]\d+)?", rest)
+            if len(numbers) == 2:
+                lat, lon = (float(n.replace(",", ".")) for n in numbers)
+                return Inbound(kind=Kind.LOCATION, latitude=lat, longitude=lon, **base)
+        if verb in ("foto", "photo", "ses", "voice") and rest.strip():
+            path = Path(rest.strip()).expanduser()
+            kind = Kind.PHOTO if verb in ("foto", "photo") else Kind.VOICE
+            content_type = mimetypes.guess_type(path.name)[0] or ("image/jpeg" if kind == Kind.PHOTO else "audio/ogg")
+            size = path.stat().st_size if path.exists() else None
+            return Inbound(kind=kind, media=[Media(ref=str(path), content_type=content_type, size=size,
+                                                    filename=path.name)], **base)
+        if verb in ("cikartma", "sticker"):
+            return Inbound(kind=Kind.STICKER, **base)
+        return Inbound(kind=Kind.COMMAND, command=verb, text=stripped, **base)
+    return Inbound(kind=Kind.TEXT, text=text, **base)
+
+
+class ConsoleChannel:
+    """Reads lines from stdin and hands them to the app; replies are printed by ConsoleSender."""
+
+    name = CHANNEL
+
+    def __init__(self, app, address: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 prompt: str = "› ") -> None:
+        self.app = app
+        self.address = address
+        self.stdin = stdin or sys.stdin
+        self.sender = ConsoleSender(stdout or sys.stdout)
+        self.prompt = prompt
+
+    async def start(self) -> None:  # the chat loop is driven by run()
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def mount(self, http_app) -> None:
+        return None
+
+    def _readline(self) -> str:
+        if self.stdin.isatty():
+            try:
+                return input(self.prompt) + "\n"
+            except EOFError:
+                return ""
+        return self.stdin.readline()
+
+    async def run(self, on_idle: Callable[[], object] | None = None) -> None:
+        while True:
+            line = await asyncio.to_thread(self._readline)
+            if line == "":
+                break
+            if not line.strip():
+                continue
+            msg = parse_line(self.address, line)
+            if msg is None:
+                break
+            await self.app.handle(msg)

@@ -1,0 +1,1 @@
+"""Storage: SQLModel models, repositories, the outbox and Alembic migrations."""

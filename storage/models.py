@@ -1,0 +1,121 @@
+"""SQLModel tables. Times are aware UTC datetimes. Schema changes go through Alembic (storage/migrations)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from storage.db import utcnow
+
+CONSENT_PURPOSES = ("reports", "volunteering", "reminders", "announcements")
+
+
+class Resident(SQLModel, table=True):
+    __tablename__ = "resident"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    locale: str = Field(default="tr", max_length=8)
+    mahalle: Optional[str] = Field(default=None, max_length=64, index=True)
+    display_name: str = Field(default="", max_length=128)
+    phone: Optional[str] = Field(default=None, max_length=32, index=True)
+    onboarded_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    anonymised_at: Optional[datetime] = None
+
+
+class ChannelIdentity(SQLModel, table=True):
+    """How a resident is reached: a Telegram chat, a WhatsApp number, a terminal name."""
+
+    __tablename__ = "channel_identity"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_identity_channel_address"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    resident_id: int = Field(foreign_key="resident.id", index=True)
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=64)
+    unreachable: bool = Field(default=False)
+    unreachable_reason: str = Field(default="", max_length=255)
+    last_inbound_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ConversationSession(SQLModel, table=True):
+    """Where a resident is in a conversation: a named state and what was collected so far."""
+
+    __tablename__ = "conversation_session"
+    resident_id: int = Field(foreign_key="resident.id", primary_key=True)
+    state: str = Field(default="menu", max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)
+    version: int = Field(default=0)
+
+
+class ConsentRecord(SQLModel, table=True):
+    """Append-only: each grant or withdrawal, per purpose, with the notice version shown."""
+
+    __tablename__ = "consent_record"
+    __table_args__ = (Index("ix_consent_resident_purpose", "resident_id", "purpose", "id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    resident_id: int = Field(foreign_key="resident.id")
+    purpose: str = Field(max_length=32)
+    granted: bool
+    notice_version: str = Field(max_length=32)
+    channel: str = Field(default="", max_length=16)
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Staff(SQLModel, table=True):
+    __tablename__ = "staff"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    telegram_id: Optional[str] = Field(default=None, max_length=32, unique=True)
+    whatsapp: Optional[str] = Field(default=None, max_length=32, unique=True)
+    name: str = Field(default="", max_length=128)
+    role: str = Field(default="staff", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditLog(SQLModel, table=True):
+    __tablename__ = "audit_log"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=64, index=True)
+    target: str = Field(default="", max_length=128)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ProcessedInbound(SQLModel, table=True):
+    """Inbound ids already handled (Telegram update_id, Twilio MessageSid): retries are ignored."""
+
+    __tablename__ = "processed_inbound"
+    channel: str = Field(max_length=16, primary_key=True)
+    external_id: str = Field(max_length=64, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Every message that leaves: persisted first, delivered by a dispatcher second."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "channel", "available_at", "priority"),
+        Index("ix_outbox_broadcast", "broadcast_id", "status"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=64)
+    resident_id: Optional[int] = Field(default=None, index=True)
+    kind: str = Field(default="reply", max_length=32)  # reply, notification, broadcast, reminder
+    priority: int = Field(default=5)  # lower is sooner: replies 0, notifications 3, broadcasts 8
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending, sending, sent, failed, unsendable, cancelled
+    attempts: int = Field(default=0)
+    available_at: datetime = Field(default_factory=utcnow)
+    claimed_by: str = Field(default="", max_length=64)
+    claimed_until: Optional[datetime] = None
+    sent_at: Optional[datetime] = None
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    provider_id: str = Field(default="", max_length=64)
+    broadcast_id: Optional[int] = Field(default=None)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,112 @@
+"""Repositories: small functions over a Session, used inside one transaction."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, select
+
+from storage.db import utcnow
+from storage.models import (
+    CONSENT_PURPOSES,
+    AuditLog,
+    ChannelIdentity,
+    ConsentRecord,
+    ConversationSession,
+    Resident,
+    Staff,
+)
+
+
+def identity_for(db: Session, channel: str, address: str, language_hint: str = "", display_name: str = "",
+                 default_locale: str = "tr") -> tuple[ChannelIdentity, Resident]:
+    """The identity and resident for a channel address, created on first contact."""
+    identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.channel == channel,
+                                                     ChannelIdentity.address == address)).first()
+    if identity is not None:
+        resident = db.get(Resident, identity.resident_id)
+        return identity, resident
+    hint = (language_hint or "").split("-")[0].lower()
+    resident = Resident(locale=hint if hint in ("tr", "en", "ar") else default_locale,
+                        display_name=(display_name or "")[:128])
+    db.add(resident)
+    db.flush()
+    identity = ChannelIdentity(resident_id=resident.id, channel=channel, address=address)
+    db.add(identity)
+    db.flush()
+    return identity, resident
+
+
+def identities_of(db: Session, resident_id: int) -> list[ChannelIdentity]:
+    return list(db.exec(select(ChannelIdentity).where(ChannelIdentity.resident_id == resident_id)))
+
+
+def current_consents(db: Session, resident_id: int) -> dict[str, bool]:
+    rows = db.exec(select(ConsentRecord).where(ConsentRecord.resident_id == resident_id)
+                   .order_by(ConsentRecord.id)).all()
+    state = {p: False for p in CONSENT_PURPOSES}
+    for row in rows:
+        state[row.purpose] = row.granted
+    return state
+
+
+def record_consent(db: Session, resident_id: int, purpose: str, granted: bool, notice_version: str,
+                   channel: str = "") -> None:
+    if purpose not in CONSENT_PURPOSES:
+        raise ValueError(f"unknown consent purpose {purpose}")
+    db.add(ConsentRecord(resident_id=resident_id, purpose=purpose, granted=granted,
+                         notice_version=notice_version, channel=channel, recorded_at=utcnow()))
+
+
+def audit(db: Session, actor: str, action: str, target: str = "", **details: Any) -> None:
+    db.add(AuditLog(actor=actor, action=action, target=str(target)[:128], details=details, at=utcnow()))
+
+
+def staff_for(db: Session, channel: str, address: str) -> Staff | None:
+    if channel == "telegram":
+        return db.exec(select(Staff).where(Staff.telegram_id == address)).first()
+    if channel == "whatsapp":
+        number = address.removeprefix("whatsapp:")
+        return db.exec(select(Staff).where(Staff.whatsapp == number)).first()
+    if channel == "console":
+        return db.exec(select(Staff).where(Staff.name == f"console:{address}")).first()
+    return None
+
+
+def export_core(db: Session, resident_id: int) -> dict[str, Any]:
+    resident = db.get(Resident, resident_id)
+    session = db.get(ConversationSession, resident_id)
+    consents = db.exec(select(ConsentRecord).where(ConsentRecord.resident_id == resident_id)
+                       .order_by(ConsentRecord.id)).all()
+    return {
+        "resident": {
+            "id": resident.id, "language": resident.locale, "mahalle": resident.mahalle,
+            "name": resident.display_name, "phone": resident.phone,
+            "created_at": _iso(resident.created_at), "onboarded_at": _iso(resident.onboarded_at),
+        },
+        "channels": [{"channel": i.channel, "address": i.address, "unreachable": i.unreachable,
+                      "last_message_at": _iso(i.last_inbound_at)} for i in identities_of(db, resident_id)],
+        "consents": [{"purpose": c.purpose, "granted": c.granted, "notice_version": c.notice_version,
+                      "channel": c.channel, "at": _iso(c.recorded_at)} for c in consents],
+        "conversation": {"state": session.state if session else None,
+                         "data": {k: v for k, v in (session.data or {}).items() if not k.startswith("_")}
+                         if session else {}},
+    }
+
+
+def erase_core(db: Session, resident_id: int) -> None:
+    """Delete personal data; keep the anonymised resident row (consent history points at it)."""
+    resident = db.get(Resident, resident_id)
+    for identity in identities_of(db, resident_id):
+        db.delete(identity)
+    session = db.get(ConversationSession, resident_id)
+    if session is not None:
+        db.delete(session)
+    resident.display_name = ""
+    resident.phone = None
+    resident.mahalle = None
+    resident.anonymised_at = utcnow()
+    db.add(resident)
+
+
+def _iso(dt) -> str | None:
+    return dt.isoformat() if dt else None
