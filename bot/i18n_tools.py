@@ -4,6 +4,8 @@ check that every key has a translation in every language.
     python -m bot.i18n_tools update    # add new keys to locales/<lang>/LC_MESSAGES/<domain>.po
     python -m bot.i18n_tools compile   # write the .mo files next to them
     python -m bot.i18n_tools check     # exit 1 and list what is missing or stale
+    python -m bot.i18n_tools set FILE.json   # write translations {"key": ["tr", "en", "ar"]}
+                                             # (a plural key: [["tr1","tr2"], ["en1","en2"], [six ar forms]])
 
 A key's domain is its first part ("report.title" lives in report.po); the base conversation's
 keys share core.po. Plural keys (used with
@@ -12,6 +14,7 @@ keys share core.po. Plural keys (used with
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -179,12 +182,38 @@ def check() -> list[str]:
     return problems
 
 
+def set_translations(data: dict) -> None:
+    """Write translations for the given keys only (their domains' .po files), in every language."""
+    by_domain: dict[str, dict] = defaultdict(dict)
+    for key, values in data.items():
+        by_domain[domain_of(key)][key] = values
+    for lang_index, lang in enumerate(LANGUAGES):
+        for domain, entries in by_domain.items():
+            cat = load(lang, domain)
+            for key, values in entries.items():
+                value = values[lang_index]
+                plural = isinstance(value, list)
+                existing = cat.get(key)
+                if existing is not None and isinstance(existing.id, tuple) != plural:
+                    cat.delete(key)
+                    existing = None
+                if existing is None:
+                    cat.add((key, key) if plural else key, string=tuple(value) if plural else value)
+                else:
+                    existing.string = tuple(value) if plural else value
+            save(cat, lang, domain)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     what = args[0] if args else "check"
     if what == "update":
         update()
     elif what == "compile":
+        compile_all()
+    elif what == "set":
+        for name in args[1:]:
+            set_translations(json.loads(Path(name).read_text(encoding="utf-8")))
         compile_all()
     elif what == "check":
         problems = check()

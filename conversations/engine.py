@@ -334,7 +334,24 @@ def apply(ctx: Ctx, result: Transition, current: _FnState) -> None:
 
 
 def step(ctx: Ctx, msg: Inbound) -> StepResult:
-    """One conversation step: (state, inbound) → (new state, outbound)."""
+    """One conversation step: (state, inbound) → (new state, outbound).
+
+    A bug in a state never leaves the resident without an answer: the step is logged, the
+    resident gets an apology in their language and is taken back to the menu."""
+    saved = dict(ctx.data)
+    try:
+        return _step(ctx, msg)
+    except Exception:  # noqa: BLE001
+        log.exception("step failed in state %s for %s:%s", ctx.state, ctx.channel, ctx.identity.address)
+        ctx.replies.clear()
+        ctx.data = {k: v for k, v in saved.items() if not k.startswith("_")}
+        ctx.say(ctx.t("engine.error"))
+        ctx.data = {}
+        enter(ctx, IDLE)
+        return StepResult(ctx.state, ctx.data, ctx.replies)
+
+
+def _step(ctx: Ctx, msg: Inbound) -> StepResult:
     current = STATES.get(ctx.state)
     if current is None:
         ctx.say(ctx.t("engine.state_gone"))

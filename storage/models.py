@@ -119,3 +119,43 @@ class OutboxMessage(SQLModel, table=True):
     provider_id: str = Field(default="", max_length=64)
     broadcast_id: Optional[int] = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ChannelRate(SQLModel, table=True):
+    """The shared send pace of a channel (GCRA): every dispatcher reserves its slots here, so any
+    number of workers together stay under the platform's limit; a 429 pauses all of them."""
+
+    __tablename__ = "channel_rate"
+    channel: str = Field(max_length=16, primary_key=True)
+    tat: datetime = Field(default_factory=utcnow)  # theoretical arrival time of the next free slot
+    paused_until: Optional[datetime] = None
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """Running processes (run, worker, chat): a dispatcher on SQLite refuses to start beside a live one."""
+
+    __tablename__ = "worker_heartbeat"
+    worker_id: str = Field(max_length=96, primary_key=True)
+    role: str = Field(max_length=16)
+    dispatching: bool = Field(default=False)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Broadcast(SQLModel, table=True):
+    """A staff announcement: texts per language, an audience, now or at a set time."""
+
+    __tablename__ = "broadcast"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    texts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    photo_path: str = Field(default="", max_length=255)
+    audience: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    scheduled_at: Optional[datetime] = Field(default=None, index=True)
+    status: str = Field(default="draft", max_length=16, index=True)  # draft, scheduled, sending, done, cancelled
+    total: int = Field(default=0)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    cancelled_by: str = Field(default="", max_length=64)
+    notify_address: str = Field(default="", max_length=96)  # channel:address of the staff member to update
