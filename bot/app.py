@@ -45,14 +45,37 @@ class App:
     worker_id: str
     channels: dict[str, Channel] = field(default_factory=dict)
     senders: dict[str, Sender] = field(default_factory=dict)
+    # channel → async fetch(media, media_dir) -> Path: downloads a channel's file into MEDIA_DIR
+    media_fetchers: dict[str, Any] = field(default_factory=dict)
 
     async def handle(self, msg: Inbound) -> Handled:
-        """Run a conversation step off the event loop, then send its replies directly."""
+        """Run a conversation step off the event loop, then send its replies directly.
+
+        Photos, voice notes and files are downloaded into MEDIA_DIR first (never kept only as a
+        channel file id), outside the database transaction; Media.ref becomes the local path."""
+        if msg.media and msg.channel in self.media_fetchers:
+            await self._fetch_media(msg)
         handled = await asyncio.to_thread(self.engine.handle, msg)
         sender = self.senders.get(msg.channel)
         if handled.replies and sender is not None:
             await send_replies(self.db, sender, handled.replies, msg.address)
         return handled
+
+    async def _fetch_media(self, msg: Inbound) -> None:
+        fetch = self.media_fetchers[msg.channel]
+        kept = []
+        for media in msg.media:
+            try:
+                path = await fetch(media, self.settings.media_dir)
+            except Exception as exc:  # noqa: BLE001  (too large, gone, network): the step says so
+                log.warning("media %s from %s not downloaded: %s", media.ref, msg.channel, exc)
+                media.ref, media.size = "", None
+                media.filename = f"error:{type(exc).__name__}"
+            else:
+                media.ref = str(path)
+                media.size = path.stat().st_size
+            kept.append(media)
+        msg.media = kept
 
     def add_channel(self, channel: Channel) -> None:
         self.channels[channel.name] = channel

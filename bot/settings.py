@@ -50,12 +50,24 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///katilim.db"
     katilim_catalog: Path = SAMPLE_CATALOG
     media_dir: Path = Path("media")
+    media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # largest photo/voice/file downloaded
     default_locale: str = "tr"
     timezone: str = "Europe/Istanbul"
 
     # HTTP server (health, webhooks, APIs)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Public root URL of this server (https://katilim.example.org): links in Open311 media_url,
+    # WhatsApp media. Empty: relative links.
+    public_base_url: str = ""
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     # Conversations
     session_expiry: timedelta = timedelta(hours=24)
@@ -66,6 +78,11 @@ class Settings(BaseSettings):
     outbox_poll_interval: float = Field(default=0.5, gt=0, le=60)
 
     log_level: str = "INFO"
+
+    @field_validator("katilim_catalog", mode="before")
+    @classmethod
+    def _catalog(cls, value):
+        return SAMPLE_CATALOG if value in (None, "") else value
 
     @field_validator("session_expiry", mode="before")
     @classmethod

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Protocol
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine as DbEngine
 from sqlmodel import Session, select
 
@@ -300,11 +303,15 @@ def command_of(ctx: Ctx, msg: Inbound) -> str | None:
     if msg.kind == Kind.TEXT and len(msg.text) <= 40:
         typed = fold(msg.text)
         for key, action in WORD_COMMANDS.items():
-            for lang in LANGUAGES:
-                words = {fold(w) for w in translator(lang)(key).split(",") if w.strip()}
-                if typed in words:
-                    return action
+            if typed in _command_words(key):
+                return action
     return None
+
+
+@lru_cache(maxsize=128)
+def _command_words(key: str) -> frozenset[str]:
+    """The typed words of a word command in every language, folded (catalog: "iptal, vazgeç")."""
+    return frozenset(fold(w) for lang in LANGUAGES for w in translator(lang)(key).split(",") if w.strip())
 
 
 def enter(ctx: Ctx, name: str) -> str:
@@ -423,19 +430,15 @@ class Engine:
 
     def _handle(self, db: Session, msg: Inbound) -> Handled:
         now = utcnow()
-        if msg.external_id:
-            seen = db.get(ProcessedInbound, (msg.channel, msg.external_id))
-            if seen is not None:
-                return Handled([], duplicate=True)
-            db.add(ProcessedInbound(channel=msg.channel, external_id=msg.external_id, at=now))
-            try:
-                db.flush()
-            except IntegrityError:
-                db.rollback()
-                return Handled([], duplicate=True)
-        identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
-                                               msg.display_name, self.config.default_locale)
-        session = _lock_session(db, resident.id)
+        if msg.external_id and not _first_delivery(db, msg.channel, msg.external_id, now):
+            return Handled([], duplicate=True)
+        identity, resident, session = _load_locked(db, msg.channel, msg.address)
+        if identity is None:
+            identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
+                                                   msg.display_name, self.config.default_locale)
+        if session is None:
+            session = ConversationSession(resident_id=resident.id, state=IDLE, data={})
+            db.add(session)
         ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
                   data=dict(session.data or {}), now=now)
         expired = (session.state != IDLE and session.updated_at is not None
@@ -461,11 +464,14 @@ class Engine:
         session.updated_at = now
         session.version += 1
         db.add(session)
-        identity.last_inbound_at = now
-        if identity.unreachable:
+        # The last inbound time matters to the minute (WhatsApp's 24-hour window): skip the write
+        # when it is fresh, so a busy conversation costs one UPDATE fewer per message.
+        last = identity.last_inbound_at
+        if last is None or now - _aware(last) > timedelta(seconds=60) or identity.unreachable:
+            identity.last_inbound_at = now
             identity.unreachable = False
             identity.unreachable_reason = ""
-        db.add(identity)
+            db.add(identity)
         return Handled(rows, resident_id=resident.id)
 
 
@@ -473,13 +479,27 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def _lock_session(db: Session, resident_id: int) -> ConversationSession:
-    """The resident's session row, locked until commit (FOR UPDATE on PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already serialises writers)."""
-    row = db.exec(select(ConversationSession).where(ConversationSession.resident_id == resident_id)
-                  .with_for_update()).first()
-    if row is None:
-        row = ConversationSession(resident_id=resident_id, state=IDLE, data={})
-        db.add(row)
-        db.flush()
-    return row
+def _first_delivery(db: Session, channel: str, external_id: str, now: datetime) -> bool:
+    """Record an inbound id; False when it was seen before (a re-delivered update or webhook)."""
+    stmt = _INSERT_PROCESSED["postgresql" if db.get_bind().dialect.name == "postgresql" else "sqlite"]
+    return db.execute(stmt, {"channel": channel, "external_id": external_id[:64], "at": now}).rowcount == 1
+
+
+# Statements built once (building them per message costs more than running them on SQLite).
+_INSERT_PROCESSED = {
+    name: fn(ProcessedInbound.__table__).on_conflict_do_nothing()
+    for name, fn in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_LOAD_LOCKED = (select(ChannelIdentity, Resident, ConversationSession)
+                .join(Resident, Resident.id == ChannelIdentity.resident_id)
+                .outerjoin(ConversationSession, ConversationSession.resident_id == Resident.id)
+                .where(ChannelIdentity.channel == bindparam("channel"), ChannelIdentity.address == bindparam("address"))
+                .with_for_update(of=Resident))
+
+
+def _load_locked(db: Session, channel: str, address: str):
+    """Identity, resident and session in one query; the resident row is locked until commit
+    (FOR UPDATE OF resident on PostgreSQL, so one resident's steps run one at a time across
+    workers; SQLite's BEGIN IMMEDIATE already serialises writers)."""
+    row = db.exec(_LOAD_LOCKED, params={"channel": channel, "address": address}).first()
+    return row if row is not None else (None, None, None)

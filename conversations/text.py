@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 _TR_LOWER = str.maketrans({"I": "ı", "İ": "i"})
 _FOLD = str.maketrans({"ı": "i", "ğ": "g", "ü": "u", "ş": "s", "ö": "o", "ç": "c", "â": "a", "î": "i", "û": "u"})
@@ -43,7 +44,7 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
     exact, prefix, contains = [], [], []
     q_words = q.split()
     for key, names in options:
-        folded = [fold(n) for n in names if n]
+        folded = _folded(tuple(names))
         if q in folded:
             exact.append(key)
         elif any(f.startswith(q) for f in folded):
@@ -53,6 +54,11 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
     if exact:
         return exact[:1] if len(exact) == 1 else exact
     return prefix + contains
+
+
+@lru_cache(maxsize=4096)
+def _folded(names: tuple[str, ...]) -> list[str]:
+    return [fold(n) for n in names if n]
 
 
 def _words_match(q_words: list[str], words: list[str]) -> bool:

@@ -2,6 +2,7 @@
 PostgreSQL (postgresql+psycopg://) is the scale-out path with several workers on one database."""
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -13,6 +14,8 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# FULL: every commit is on disk before the step answers (survives power loss, not only a crash).
+SQLITE_SYNCHRONOUS = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").upper()
 
 
 def utcnow() -> datetime:
@@ -37,7 +40,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

@@ -39,4 +39,6 @@ def current(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        # Features add independent branches (down_revision "0002"): there may be several heads.
+        heads = MigrationContext.configure(conn).get_current_heads()
+        return ", ".join(sorted(heads)) or None

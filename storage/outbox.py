@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, insert, or_, update
 from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
 from storage.db import utcnow
-from storage.models import ChannelIdentity, OutboxMessage, Resident
+from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
 REPLY_LEASE = timedelta(seconds=30)
 PRIORITY_REPLY = 0
@@ -35,17 +35,16 @@ def enqueue_replies(db: Session, identity: ChannelIdentity, replies: Iterable[Ou
                     claimed_by: str, now: datetime) -> list[tuple[int, Outbound]]:
     """Replies to the message being handled: claimed by this worker for direct sending; if the
     worker dies before confirming, the lease runs out and the dispatcher delivers them."""
-    rows = []
-    for out in replies:
-        row = OutboxMessage(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
-                            kind="reply", priority=PRIORITY_REPLY, payload=out.to_dict(), status="sending",
-                            claimed_by=claimed_by, claimed_until=now + REPLY_LEASE, available_at=now,
-                            created_at=now)
-        db.add(row)
-        rows.append((row, out))
-    if rows:
-        db.flush()
-    return [(row.id, out) for row, out in rows]
+    replies = list(replies)
+    if not replies:
+        return []
+    table = OutboxMessage.__table__
+    values = [dict(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
+                   kind="reply", priority=PRIORITY_REPLY, payload=out.to_dict(), status="sending", attempts=1,
+                   claimed_by=claimed_by, claimed_until=now + REPLY_LEASE, available_at=now, created_at=now,
+                   error="", provider_id="") for out in replies]
+    ids = db.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), values).scalars().all()
+    return list(zip(ids, replies))
 
 
 def reachable_identity(db: Session, resident_id: int) -> ChannelIdentity | None:
@@ -115,3 +114,224 @@ def release_rows(db: Session, ids: list[int]) -> None:
     if ids:
         db.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
                 .values(status="pending", claimed_until=None, claimed_by=""))
+
+
+# ---------------------------------------------------------------- dispatcher support (bot/dispatcher.py)
+# Outcome bookkeeping, the shared pace of a channel (GCRA on ChannelRate), worker heartbeats and
+# broadcast progress. Every status change below is guarded by status == "sending" (and, where a
+# worker settles its own rows, claimed_by == worker): a row whose lease ran out and was claimed by
+# another worker is never overwritten by a late answer for an older attempt, except mark_sent
+# (a row that really went out is recorded as sent, whoever holds it now).
+
+WAITING_STATUSES = ("pending", "sending")
+FAILED_STATUSES = ("failed", "unsendable")
+
+
+def _mine(worker_id: str | None):
+    cond = OutboxMessage.status == "sending"
+    return and_(cond, OutboxMessage.claimed_by == worker_id) if worker_id else cond
+
+
+def defer(db: Session, ids: list[int], *, until: datetime | None = None, worker_id: str | None = None,
+          uncount: bool = True, error: str | None = None) -> int:
+    """Put claimed rows back as pending (not sent yet, not a failure: the channel is paused, the
+    chat's pace is used up, the worker is stopping). `uncount` gives back the attempt the claim took."""
+    if not ids:
+        return 0
+    values: dict = {"status": "pending", "claimed_by": "", "claimed_until": None}
+    if uncount:
+        values["attempts"] = OutboxMessage.attempts - 1
+    if until is not None:
+        values["available_at"] = until
+    if error is not None:
+        values["error"] = error
+    result = db.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids), _mine(worker_id)).values(**values))
+    return result.rowcount or 0
+
+
+def retry_later(db: Session, row_id: int, until: datetime, error: str, *, worker_id: str | None = None) -> int:
+    """A transient failure: pending again at `until`, the attempt stays counted."""
+    result = db.exec(update(OutboxMessage).where(OutboxMessage.id == row_id, _mine(worker_id))
+                     .values(status="pending", claimed_by="", claimed_until=None, available_at=until,
+                             error=error[:2000]))
+    return result.rowcount or 0
+
+
+def finish(db: Session, ids: list[int], status: str, error: str, *, worker_id: str | None = None) -> int:
+    """End claimed rows without sending: failed, unsendable or cancelled, with the reason."""
+    if not ids:
+        return 0
+    result = db.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids), _mine(worker_id))
+                     .values(status=status, claimed_by="", claimed_until=None, error=error[:2000]))
+    return result.rowcount or 0
+
+
+def unreachable_addresses(db: Session, channel: str, addresses: Iterable[str]) -> set[str]:
+    """Which of these addresses belong to an identity marked unreachable (blocked the bot)."""
+    addresses = sorted(set(addresses))
+    if not addresses:
+        return set()
+    return set(db.exec(select(ChannelIdentity.address).where(
+        ChannelIdentity.channel == channel, ChannelIdentity.address.in_(addresses),
+        ChannelIdentity.unreachable == True)))  # noqa: E712
+
+
+def mark_unreachable(db: Session, channel: str, address: str, reason: str) -> int:
+    """The resident blocked us (or unsubscribed): mark the identity unreachable and cancel its other
+    waiting rows (status "unsendable" with the reason). Nothing is sent to it again until the
+    resident writes again (the engine clears `unreachable` on inbound). Returns the rows cancelled."""
+    reason = reason[:255]
+    db.exec(update(ChannelIdentity).where(ChannelIdentity.channel == channel, ChannelIdentity.address == address)
+            .values(unreachable=True, unreachable_reason=reason))
+    result = db.exec(update(OutboxMessage).where(
+        OutboxMessage.channel == channel, OutboxMessage.address == address,
+        or_(OutboxMessage.status == "pending",
+            and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < utcnow())))
+        .values(status="unsendable", claimed_by="", claimed_until=None, error=f"blocked: {reason}"))
+    return result.rowcount or 0
+
+
+def release_dead_workers(db: Session, channels: Iterable[str], live_worker_ids: Iterable[str]) -> int:
+    """Give back the 'sending' rows of these channels held by workers that are not alive (SQLite:
+    the only dispatcher starting up need not wait for their leases to run out)."""
+    channels = list(channels)
+    if not channels:
+        return 0
+    result = db.exec(update(OutboxMessage).where(
+        OutboxMessage.status == "sending", OutboxMessage.channel.in_(channels),
+        OutboxMessage.claimed_by.not_in(list(live_worker_ids)))
+        .values(status="pending", claimed_until=None, claimed_by=""))
+    return result.rowcount or 0
+
+
+# ------------------------------------------------ the shared pace of a channel (GCRA on ChannelRate)
+@dataclass
+class Reservation:
+    """k consecutive send slots: slot i is due `start_in + i * interval` seconds from now (relative
+    to the database's clock on PostgreSQL, so workers on hosts with skewed clocks still agree)."""
+
+    start_in: float
+    interval: float
+    paused_for: float = 0.0  # > 0: the channel is paused (a 429); nothing was reserved
+
+    def at(self, i: int) -> float:
+        return self.start_in + i * self.interval
+
+
+def _ensure_rate_row(db: Session, channel: str) -> None:
+    if db.get_bind().dialect.name == "postgresql":
+        db.exec(text("INSERT INTO channel_rate (channel, tat) VALUES (:c, clock_timestamp()) "
+                     "ON CONFLICT (channel) DO NOTHING"), params={"c": channel})
+    elif db.get(ChannelRate, channel) is None:
+        db.add(ChannelRate(channel=channel, tat=utcnow()))
+        db.flush()
+
+
+_PG_RESERVE = text(
+    "UPDATE channel_rate SET tat = CASE WHEN paused_until > clock_timestamp() THEN tat "
+    "ELSE GREATEST(tat, clock_timestamp()) + make_interval(secs => :span) END "
+    "WHERE channel = :c "
+    "RETURNING tat, paused_until, clock_timestamp() AS now")
+
+
+def reserve_slots(db: Session, channel: str, k: int, rate: float) -> Reservation:
+    """Reserve k send slots of a channel paced at `rate` messages per second, shared by every
+    worker (GCRA): start = max(tat, now); tat = start + k/rate; one atomic UPDATE ... RETURNING on
+    PostgreSQL (SQLite: the transaction's BEGIN IMMEDIATE already serialises it). While the
+    channel is paused nothing is reserved and `paused_for` says for how long."""
+    interval = 1.0 / rate
+    span = k * interval
+    if db.get_bind().dialect.name == "postgresql":
+        for _ in range(2):
+            row = db.exec(_PG_RESERVE, params={"c": channel, "span": span}).first()
+            if row is not None:
+                break
+            _ensure_rate_row(db, channel)
+        tat, paused_until, now = row
+        if paused_until is not None and paused_until > now:
+            return Reservation(0.0, interval, (paused_until - now).total_seconds())
+        return Reservation(max(0.0, (tat - now).total_seconds() - span), interval)
+    _ensure_rate_row(db, channel)
+    rate_row = db.get(ChannelRate, channel, with_for_update=True)
+    now = utcnow()
+    if rate_row.paused_until is not None and rate_row.paused_until > now:
+        return Reservation(0.0, interval, (rate_row.paused_until - now).total_seconds())
+    start = max(rate_row.tat, now)
+    rate_row.tat = start + timedelta(seconds=span)
+    db.add(rate_row)
+    db.flush()
+    return Reservation((start - now).total_seconds(), interval)
+
+
+def channel_paused_for(db: Session, channel: str) -> float:
+    """Seconds the channel stays paused (0 when it is not)."""
+    row = db.get(ChannelRate, channel)
+    if row is None or row.paused_until is None:
+        return 0.0
+    return max(0.0, (row.paused_until - utcnow()).total_seconds())
+
+
+def pause_channel(db: Session, channel: str, seconds: float) -> datetime:
+    """A 429: every worker pauses the channel until then (the later pause wins)."""
+    _ensure_rate_row(db, channel)
+    until = utcnow() + timedelta(seconds=seconds)
+    db.exec(update(ChannelRate).where(ChannelRate.channel == channel,
+                                      or_(ChannelRate.paused_until == None,  # noqa: E711
+                                          ChannelRate.paused_until < until))
+            .values(paused_until=until))
+    return until
+
+
+# ---------------------------------------------------------------- worker heartbeats
+def beat(db: Session, worker_id: str, role: str, dispatching: bool) -> None:
+    row = db.get(WorkerHeartbeat, worker_id)
+    now = utcnow()
+    if row is None:
+        row = WorkerHeartbeat(worker_id=worker_id, role=role, dispatching=dispatching, started_at=now)
+    row.dispatching = dispatching
+    row.heartbeat_at = now
+    db.add(row)
+    db.flush()
+
+
+def live_workers(db: Session, stale_after: timedelta) -> list[WorkerHeartbeat]:
+    return list(db.exec(select(WorkerHeartbeat).where(WorkerHeartbeat.heartbeat_at > utcnow() - stale_after)))
+
+
+def forget_worker(db: Session, worker_id: str) -> None:
+    row = db.get(WorkerHeartbeat, worker_id)
+    if row is not None:
+        db.delete(row)
+
+
+# ---------------------------------------------------------------- broadcast progress
+@dataclass
+class BroadcastProgress:
+    sent: int = 0
+    failed: int = 0      # failed + unsendable (blocked, outside the window)
+    waiting: int = 0     # pending + sending
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.failed + self.waiting + self.cancelled
+
+    @property
+    def done(self) -> bool:
+        return self.waiting == 0
+
+
+def broadcast_progress(db: Session, broadcast_id: int) -> BroadcastProgress:
+    """A broadcast's rows counted by status, for progress reports (one grouped query)."""
+    progress = BroadcastProgress()
+    for status, count in db.exec(select(OutboxMessage.status, func.count()).where(
+            OutboxMessage.broadcast_id == broadcast_id).group_by(OutboxMessage.status)):
+        if status == "sent":
+            progress.sent += count
+        elif status in FAILED_STATUSES:
+            progress.failed += count
+        elif status in WAITING_STATUSES:
+            progress.waiting += count
+        else:
+            progress.cancelled += count
+    return progress
