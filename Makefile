@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/katilim run
+	$(BIN)/katilim run --or-chat
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
