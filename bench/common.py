@@ -44,3 +44,80 @@ def pg_url_or_none():
 
     sep = "&" if "?" in PG_URL else "?"
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", cleanup
+
+
+# ---------------------------------------------------------------- helpers shared by the scenarios
+def databases(tmpdir: str, *, postgres: bool = True):
+    """[(name, url, cleanup or None)]: a SQLite file in tmpdir, and a fresh PostgreSQL schema when
+    one is reachable (and asked for)."""
+    from pathlib import Path
+
+    found = [("SQLite", f"sqlite:///{Path(tmpdir) / 'bench.db'}", None)]
+    if postgres:
+        pg = pg_url_or_none()
+        if pg:
+            found.append(("PostgreSQL", pg[0], pg[1]))
+    return found
+
+
+def numbers(lo: int, hi: int, name: str = "seq"):
+    """A CTE of the integers lo..hi (column x), generated inside the database (SQLite and
+    PostgreSQL): setup inserts millions of rows with one INSERT ... SELECT, nothing built in Python."""
+    from sqlalchemy import Integer, literal, select
+
+    seq = select(literal(lo, Integer).label("x")).cte(name, recursive=True)
+    return seq.union_all(select((seq.c.x + 1).label("x")).where(seq.c.x < hi))
+
+
+def seed_residents(conn, n: int, *, purposes=("announcements",), first_chat: int = 10_000_000,
+                   chunk: int = 100_000) -> None:
+    """n onboarded residents (ids 1..n; a tenth English, a tenth Arabic) with a Telegram identity
+    (chat first_chat + id) and a granted consent per purpose, in chunks of INSERT ... SELECT."""
+    from sqlalchemy import Boolean, String, case, cast, insert, literal, select
+
+    from storage.db import utcnow
+    from storage.models import ChannelIdentity, ConsentRecord, Resident
+
+    R, CI, CR = Resident.__table__, ChannelIdentity.__table__, ConsentRecord.__table__
+    now = utcnow()
+    for lo in range(1, n + 1, chunk):
+        hi = min(n, lo + chunk - 1)
+        s = numbers(lo, hi)
+        when = literal(now, R.c.created_at.type)
+        locale = case((s.c.x % 10 == 1, "en"), (s.c.x % 10 == 2, "ar"), else_="tr")
+        conn.execute(insert(R).from_select(
+            ["id", "locale", "mahalle", "display_name", "onboarded_at", "created_at", "updated_at"],
+            select(s.c.x, locale, literal("kozagac", String), literal("r", String), when, when, when)))
+        s = numbers(lo, hi)
+        conn.execute(insert(CI).from_select(
+            ["id", "resident_id", "channel", "address", "unreachable", "unreachable_reason", "last_inbound_at",
+             "created_at"],
+            select(s.c.x, s.c.x, literal("telegram", String), cast(s.c.x + first_chat, String),
+                   literal(False, Boolean), literal("", String), literal(now, CI.c.last_inbound_at.type),
+                   literal(now, CI.c.created_at.type))))
+        for purpose in purposes:
+            s = numbers(lo, hi)
+            conn.execute(insert(CR).from_select(
+                ["resident_id", "purpose", "granted", "notice_version", "channel", "recorded_at"],
+                select(s.c.x, literal(purpose, String), literal(True, Boolean), literal("bench", String),
+                       literal("telegram", String), literal(now, CR.c.recorded_at.type))))
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM... of a process in kB, from /proc/<pid>/status."""
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Vm"):
+                key, _, rest = line.partition(":")
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:.1f} MB"
+
+
+def failed(scenario: str, why: str, target: str = "") -> Result:
+    """The row of a scenario that could not run."""
+    return Result(scenario, f"not measured: {why}", "—", target, None)

@@ -25,6 +25,10 @@ from storage.migrate import upgrade
 log = logging.getLogger("katilim")
 
 
+class StartupError(Exception):
+    """A channel cannot start (a refused token...): `katilim` prints the one-line reason and exits 2."""
+
+
 class Channel(Protocol):
     name: str
     sender: Sender
@@ -47,15 +51,39 @@ class App:
     senders: dict[str, Sender] = field(default_factory=dict)
     # channel → async fetch(media, media_dir) -> Path: downloads a channel's file into MEDIA_DIR
     media_fetchers: dict[str, Any] = field(default_factory=dict)
+    flood: Any = None  # bot.flood.FloodGuard: FLOOD_MESSAGES per FLOOD_WINDOW per account
 
-    async def handle(self, msg: Inbound) -> Handled:
+    def __post_init__(self) -> None:
+        if self.flood is None:
+            from bot.flood import FloodGuard
+
+            self.flood = FloodGuard.from_settings(self.settings)
+
+    async def accept(self, msg: Inbound) -> int:
+        """Persist a message before answering its webhook; handle it with handle(msg, inbox_id)."""
+        from storage import inbox
+        from storage.db import transaction
+
+        def run() -> int:
+            with transaction(self.db) as db:
+                return inbox.persist(db, msg)
+
+        return await asyncio.to_thread(run)
+
+    async def handle(self, msg: Inbound, inbox_id: int | None = None) -> Handled:
         """Run a conversation step off the event loop, then send its replies directly.
 
+        A flood from one account is throttled first (bot/flood.py: not processed, one notice).
         Photos, voice notes and files are downloaded into MEDIA_DIR first (never kept only as a
         channel file id), outside the database transaction; Media.ref becomes the local path."""
+        verdict = self.flood.admit(msg.channel, msg.address)
+        if verdict != "pass":
+            from bot.flood import throttled
+
+            return Handled(await throttled(self, msg, verdict))
         if msg.media and msg.channel in self.media_fetchers:
             await self._fetch_media(msg)
-        handled = await asyncio.to_thread(self.engine.handle, msg)
+        handled = await asyncio.to_thread(self.engine.handle, msg, inbox_id)
         sender = self.senders.get(msg.channel)
         if handled.replies and sender is not None:
             await send_replies(self.db, sender, handled.replies, msg.address)
@@ -78,8 +106,10 @@ class App:
         msg.media = kept
 
     def add_channel(self, channel: Channel) -> None:
+        from bot.dispatcher import paced  # direct replies count toward the channel's shared pace
+
         self.channels[channel.name] = channel
-        self.senders[channel.name] = channel.sender
+        self.senders[channel.name] = paced(self, channel.sender)
 
 
 def make_worker_id(role: str = "run") -> str:
@@ -106,6 +136,8 @@ def add_configured_channels(app: App) -> None:
         from handlers.telegram import TelegramChannel
 
         app.add_channel(TelegramChannel(app))
+    import handlers.whatsapp  # noqa: F401  (adds its CHANNEL_HOOKS entry)
+
     for hook in CHANNEL_HOOKS:
         hook(app)
 

@@ -8,10 +8,11 @@ import importlib
 import logging
 import sys
 
+from bot.app import StartupError
 from bot.catalog import CatalogError
 from bot.settings import Settings, SettingsError, load_settings
 
-CLI_MODULES = ["bot.cli_core"]
+CLI_MODULES = ["bot.cli_core", "bot.cli_apikey", "bot.cli_worker", "bot.cli_reports", "bot.cli_broadcast", "bot.cli_events", "bot.cli_volunteer"]
 
 
 def configure_logging(settings: Settings) -> None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
-    except (SettingsError, CatalogError) as exc:
+    except (SettingsError, CatalogError, StartupError) as exc:
         print(f"katilim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

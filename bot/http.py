@@ -72,3 +72,7 @@ async def serve_http(app) -> _Server:
     log.info("HTTP server on http://%s:%s", app.settings.http_host, wrapped.port)
     app.http_port = wrapped.port
     return wrapped
+
+
+# Features that register HTTP_HOOKS (imported last: they import HTTP_HOOKS from here).
+import bot.open311  # noqa: E402,F401  (Open311 GeoReport v2 under /open311/v2/)

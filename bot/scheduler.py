@@ -52,6 +52,10 @@ _RUNNING: dict[int, list[Job]] = {}
 
 
 def start_scheduler(app) -> AsyncIOScheduler:
+    import bot.dispatcher  # noqa: F401  (registers the "outbox" job)
+    import bot.broadcasts  # noqa: F401  (registers the "broadcasts" job)
+    import bot.participation_jobs  # noqa: F401  (registers the "reminders" and "feedback" jobs)
+
     scheduler = AsyncIOScheduler(timezone="UTC")
     jobs = [j for j in (factory(app) for factory in JOBS) if j is not None]
     for j in jobs:
@@ -67,3 +71,24 @@ async def stop_jobs(app) -> None:
     for j in _RUNNING.pop(id(app), []):
         if j.stop is not None:
             await j.stop()
+
+
+@job
+def inbox(app) -> Job:
+    """Messages a webhook accepted but whose process died before handling them."""
+
+    async def run(app=app) -> None:
+        from storage import inbox as queue
+
+        def load():
+            with transaction(app.db) as db:
+                return queue.stale(db, timedelta(seconds=60))
+
+        for row_id, msg in await asyncio.to_thread(load):
+            log.warning("handling %s message %s accepted before a restart", msg.channel, msg.external_id)
+            try:
+                await app.handle(msg, inbox_id=row_id)
+            except Exception:  # noqa: BLE001
+                log.exception("inbox message %s not handled; will retry", row_id)
+
+    return Job("inbox", 15, run)

@@ -1,11 +1,12 @@
 """The one Settings object: environment variables and `.env`, validated at start-up."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SAMPLE_CATALOG = Path(__file__).parent / "catalogs" / "buca.toml"
@@ -45,6 +46,52 @@ class Settings(BaseSettings):
     telegram_api_url: str = "https://api.telegram.org"
     telegram_webhook_url: str = ""
     telegram_webhook_secret: str = ""
+    # WhatsApp through Twilio (handlers/whatsapp.py): on when the account SID, the auth token and the
+    # sending number are all set; Twilio signs its webhooks against PUBLIC_BASE_URL.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_whatsapp_from: str = Field(default="", validate_default=True)  # whatsapp:+90...
+    twilio_api_url: str = "https://api.twilio.com"
+    # Approved WhatsApp templates (content SIDs, HX...) for proactive messages outside the 24-hour
+    # window, per outbox kind; a kind without one is not sent outside the window (unsendable).
+    twilio_template_notification: str = ""
+    twilio_template_reminder: str = ""
+    twilio_template_broadcast: str = ""
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _twilio_sid(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"AC[0-9a-fA-F]{32}", value):
+            raise ValueError("must be AC followed by 32 hexadecimal characters (Twilio console)")
+        return value
+
+    @field_validator("twilio_whatsapp_from")
+    @classmethod
+    def _twilio_from(cls, value: str, info: ValidationInfo) -> str:
+        value = re.sub(r"[\s().-]", "", value or "").removeprefix("whatsapp:")
+        if value and not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+            raise ValueError("must be a WhatsApp number in international form, e.g. whatsapp:+905551234567")
+        given = [bool(info.data.get("twilio_account_sid")), bool(info.data.get("twilio_auth_token")), bool(value)]
+        if any(given) and not all(given):
+            raise ValueError("set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_WHATSAPP_FROM together")
+        return f"whatsapp:{value}" if value else ""
+
+    @field_validator("twilio_api_url")
+    @classmethod
+    def _twilio_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("twilio_template_notification", "twilio_template_reminder", "twilio_template_broadcast")
+    @classmethod
+    def _twilio_template(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"HX[0-9a-fA-F]{32}", value):
+            raise ValueError("must be a content SID: HX followed by 32 hexadecimal characters")
+        return value
 
     # Storage and content
     database_url: str = "sqlite:///katilim.db"
@@ -73,9 +120,75 @@ class Settings(BaseSettings):
     session_expiry: timedelta = timedelta(hours=24)
     max_text_length: int = Field(default=2000, ge=10, le=100_000)
     privacy_notice_version: str = "2026-11"
+    # Problem reports a resident may file per hour (conversations/reports.py).
+    reports_per_hour: int = Field(default=5, ge=1, le=1000)
+    # Flood control (bot/flood.py): one account may send FLOOD_MESSAGES messages per FLOOD_WINDOW;
+    # more are not processed and the resident is told once per window.
+    flood_messages: int = Field(default=20, ge=1, le=100_000)
+    flood_window: timedelta = timedelta(seconds=10)
+
+    @field_validator("flood_window", mode="before")
+    @classmethod
+    def _flood_window(cls, value):
+        duration = parse_duration(value)
+        if duration < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return duration
 
     # Outbox and scheduler
     outbox_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    # The dispatcher (bot/dispatcher.py): rows claimed per round, how long a claim holds, retries.
+    outbox_batch_size: int = Field(default=10, ge=1, le=500)
+    outbox_lease: timedelta = timedelta(seconds=30)
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    outbox_backoff_cap: timedelta = timedelta(seconds=300)
+    # Platform limits; the dispatcher paces a little under them (30/s → 29/s), shared by every worker.
+    telegram_messages_per_second: float = Field(default=30, gt=0, le=1000)
+    telegram_per_chat_per_second: float = Field(default=1, gt=0, le=100)
+    telegram_per_chat_burst: int = Field(default=3, ge=1, le=100)
+    twilio_messages_per_second: float = Field(default=10, gt=0, le=1000)
+
+    @field_validator("outbox_lease", "outbox_backoff_cap", mode="before")
+    @classmethod
+    def _outbox_duration(cls, value):
+        duration = parse_duration(value)
+        if duration < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return duration
+
+    # Volunteer pools, events and reminders (conversations/participation.py, bot/participation_jobs.py).
+    # Reminders before events and volunteer shifts, comma-separated ("24h,2h"; empty: none).
+    katilim_reminder_offsets: str = "24h,2h"
+    # A reminder whose time passed while the bot was down is still sent this late; older: dropped.
+    reminder_grace: timedelta = timedelta(minutes=30)
+    # Seconds between scans for due reminders.
+    reminder_scan_interval: float = Field(default=5, gt=0, le=600)
+    # The bot's username for deep links (https://t.me/<name>?start=ev_12); empty: asked with getMe.
+    telegram_bot_username: str = ""
+
+    @field_validator("katilim_reminder_offsets")
+    @classmethod
+    def _reminder_offsets(cls, value: str) -> str:
+        for part in str(value).split(","):
+            if part.strip() and parse_duration(part) <= timedelta(0):
+                raise ValueError("every offset must be longer than 0 (e.g. 24h,2h)")
+        return str(value)
+
+    @field_validator("reminder_grace", mode="before")
+    @classmethod
+    def _reminder_grace(cls, value):
+        return parse_duration(value)
+
+    @field_validator("telegram_bot_username")
+    @classmethod
+    def _bot_username(cls, value: str) -> str:
+        return value.strip().removeprefix("@")
+
+    @property
+    def reminder_offsets(self) -> list[timedelta]:
+        """KATILIM_REMINDER_OFFSETS parsed, longest first, without duplicates."""
+        found = {parse_duration(part) for part in self.katilim_reminder_offsets.split(",") if part.strip()}
+        return sorted(found, reverse=True)
 
     log_level: str = "INFO"
 
@@ -137,6 +250,10 @@ class Settings(BaseSettings):
     @property
     def telegram_enabled(self) -> bool:
         return bool(self.telegram_bot_token)
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_whatsapp_from)
 
     @property
     def is_sqlite(self) -> bool:

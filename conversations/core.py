@@ -217,7 +217,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != YES:
         ctx.say(ctx.t("consent.declined"))
         return Go(IDLE)
-    ctx.record_consent(ctx.data["purpose"], True)
+    ctx.record_consent(ctx.data.get("purpose", "reports"), True)  # the purpose the prompt showed
     ctx.say(ctx.t("consent.thanks"))
     return Go(ctx.data.get("next", IDLE), ctx.data.get("next_data") or {})
 
@@ -381,7 +381,7 @@ def send_export(ctx: Ctx) -> None:
                                          json.dumps(data, ensure_ascii=False, indent=2, default=str)))
 
 
-@state("data.delete_confirm")
+@state("data.delete_confirm", needs_onboarding=False)  # the notice offers /verilerimisil during onboarding
 def delete_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("data.delete_question"), [Choice(YES, ctx.t("data.delete_yes")), Choice(NO, ctx.t("common.no"))])
 

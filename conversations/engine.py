@@ -9,6 +9,7 @@ after it leaves the replies in the outbox for the dispatcher.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from functools import lru_cache
@@ -161,9 +162,34 @@ def menu_item(order: int, key: str, label_key: str, target: str) -> None:
     MENU_ITEMS.sort()
 
 
+# Global choices: buttons on proactive messages (a notification's "was it solved?") must work
+# whatever state the resident is in. A choice key "PREFIX:..." that the current state did not
+# offer goes to GLOBAL_CHOICES[PREFIX](ctx, msg) -> Transition, checked before the stale-choice
+# check; the handler validates the rest of the key itself (it may come from an old message).
+# Prefixes are unique across features and never used by a state's own choices; a handler that
+# replies without moving the resident returns Stay() and must not overwrite ctx.data["_choices"]
+# (append to ctx.replies instead of ctx.say/ctx.ask with choices).
+GLOBAL_CHOICES: dict[str, Callable[["Ctx", Inbound], Transition]] = {}
+
+
+def global_choice(prefix: str):
+    """Register the handler of proactive buttons whose keys start with "prefix:"."""
+
+    def deco(fn):
+        if prefix in GLOBAL_CHOICES:
+            raise ValueError(f"global choice prefix {prefix} registered twice")
+        GLOBAL_CHOICES[prefix] = fn
+        return fn
+
+    return deco
+
+
 # Exporters and erasers for the resident's data rights; features register theirs.
 EXPORTERS: list[Callable[[Session, int], dict[str, Any]]] = []
 ERASERS: list[Callable[[Session, int], None]] = []
+# Mergers: when two residents become one (conversations/linking.py), (db, gone_id, keep_id) for
+# what the generic move of resident_id rows (storage/linking.py) cannot do alone.
+MERGERS: list[Callable[[Session, int, int], None]] = []
 
 
 # ---------------------------------------------------------------- context
@@ -299,7 +325,8 @@ def _as_choice(msg: Inbound, key: str) -> Inbound:
 def command_of(ctx: Ctx, msg: Inbound) -> str | None:
     """The canonical global action a message asks for, '?' for an unknown command, else None."""
     if msg.kind == Kind.COMMAND:
-        return COMMAND_ALIASES.get(msg.command.lower(), "?")
+        # "/İPTAL" lower-cases to "i̇ptal" (i + combining dot): fall back to the Turkish-aware fold
+        return COMMAND_ALIASES.get(msg.command.lower()) or COMMAND_ALIASES.get(fold(msg.command), "?")
     if msg.kind == Kind.TEXT and len(msg.text) <= 40:
         typed = fold(msg.text)
         for key, action in WORD_COMMANDS.items():
@@ -318,6 +345,12 @@ def enter(ctx: Ctx, name: str) -> str:
     target = STATES.get(name)
     if target is None:
         log.warning("unknown state %r, back to the menu", name)
+        name, target = IDLE, STATES[IDLE]
+    if target.staff_only and not ctx.is_staff:
+        # a command or menu item leading to a staff screen: refused before its prompt shows anything
+        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", name)
+        ctx.say(ctx.t("staff.refused"))
+        ctx.data = {}
         name, target = IDLE, STATES[IDLE]
     ctx.state = name
     ctx.data.pop("_choices", None)
@@ -398,6 +431,10 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
             current.enter(ctx)
             return StepResult(ctx.state, ctx.data, ctx.replies)
         known = {k for k, _ in ctx.data.get("_choices") or []}
+        handler = GLOBAL_CHOICES.get(msg.choice.split(":", 1)[0]) if msg.choice not in known else None
+        if handler is not None:
+            apply(ctx, handler(ctx, msg), current)
+            return StepResult(ctx.state, ctx.data, ctx.replies)
         if msg.choice not in known:
             apply(ctx, Invalid("engine.stale_choice"), current)
             return StepResult(ctx.state, ctx.data, ctx.replies)
@@ -423,9 +460,14 @@ class Engine:
         self.config = config
         self.worker_id = worker_id
 
-    def handle(self, msg: Inbound) -> Handled:
-        """Run one step for one inbound message, in one transaction."""
+    def handle(self, msg: Inbound, inbox_id: int | None = None) -> Handled:
+        """Run one step for one inbound message, in one transaction (which also removes the
+        message from the inbox when it was queued there)."""
         with transaction(self.db) as db:
+            if inbox_id is not None:
+                from storage import inbox
+
+                inbox.done(db, inbox_id)
             return self._handle(db, msg)
 
     def _handle(self, db: Session, msg: Inbound) -> Handled:
@@ -440,7 +482,7 @@ class Engine:
             session = ConversationSession(resident_id=resident.id, state=IDLE, data={})
             db.add(session)
         ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
-                  data=dict(session.data or {}), now=now)
+                  data=copy.deepcopy(session.data or {}), now=now)  # nested edits must show as changes
         expired = (session.state != IDLE and session.updated_at is not None
                    and now - _aware(session.updated_at) > self.config.session_expiry)
         if expired:
@@ -453,7 +495,9 @@ class Engine:
                 result = step(ctx, msg)
         else:
             result = step(ctx, msg)
-        rows = outbox.enqueue_replies(db, identity, result.replies, claimed_by=self.worker_id, now=now)
+        # Claimed under a name of their own: a dispatcher stopping in this process releases its own
+        # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
+        rows = outbox.enqueue_replies(db, identity, result.replies, claimed_by=f"{self.worker_id}/direct", now=now)
         if ctx.erase:
             from conversations.core import erase_resident
 
@@ -482,12 +526,14 @@ def _aware(dt: datetime) -> datetime:
 def _first_delivery(db: Session, channel: str, external_id: str, now: datetime) -> bool:
     """Record an inbound id; False when it was seen before (a re-delivered update or webhook)."""
     stmt = _INSERT_PROCESSED["postgresql" if db.get_bind().dialect.name == "postgresql" else "sqlite"]
-    return db.execute(stmt, {"channel": channel, "external_id": external_id[:64], "at": now}).rowcount == 1
+    # RETURNING, not rowcount: with psycopg, rowcount of INSERT .. ON CONFLICT DO NOTHING reads -1
+    row = db.execute(stmt, {"channel": channel, "external_id": external_id[:64], "at": now}).first()
+    return row is not None
 
 
 # Statements built once (building them per message costs more than running them on SQLite).
 _INSERT_PROCESSED = {
-    name: fn(ProcessedInbound.__table__).on_conflict_do_nothing()
+    name: fn(ProcessedInbound.__table__).on_conflict_do_nothing().returning(ProcessedInbound.__table__.c.at)
     for name, fn in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
 _LOAD_LOCKED = (select(ChannelIdentity, Resident, ConversationSession)
@@ -502,4 +548,14 @@ def _load_locked(db: Session, channel: str, address: str):
     (FOR UPDATE OF resident on PostgreSQL, so one resident's steps run one at a time across
     workers; SQLite's BEGIN IMMEDIATE already serialises writers)."""
     row = db.exec(_LOAD_LOCKED, params={"channel": channel, "address": address}).first()
+    if row is not None and db.get_bind().dialect.name == "postgresql":
+        # After waiting for the lock, PostgreSQL re-reads the locked resident row, but the joined
+        # session row still comes from the snapshot taken before the wait: read it again, or the
+        # step would run on stale state and overwrite the previous step (a lost update).
+        identity, resident, session = row
+        if session is not None:
+            db.refresh(session)
+        else:
+            session = db.get(ConversationSession, resident.id)
+        row = (identity, resident, session)
     return row if row is not None else (None, None, None)

@@ -82,6 +82,8 @@ class Outbound:
     longitude: float | None = None
     venue_title: str = ""
     remove_keyboard: bool = False
+    request_contact: str = ""       # a "share my phone number" button with this label (Telegram);
+                                    # channels without one show the text only
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

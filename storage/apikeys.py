@@ -106,7 +106,10 @@ def authenticate(db: Session, plain: str | None, *, now: datetime | None = None)
     """The active key for a plain key (and its last use recorded), or None."""
     if not plain or len(plain) > 200:
         return None
-    digest = hash_key(plain)
+    try:
+        digest = hash_key(plain)
+    except UnicodeEncodeError:  # a lone surrogate from a JSON body: no key looks like that
+        return None
     key = db.exec(select(ApiKey).where(ApiKey.key_hash == digest)).first()
     # the lookup is by hash (an index); compare again in constant time all the same
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, digest):

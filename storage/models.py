@@ -116,7 +116,11 @@ class OutboxMessage(SQLModel, table=True):
     claimed_until: Optional[datetime] = None
     sent_at: Optional[datetime] = None
     error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    provider_id: str = Field(default="", max_length=64)
+    provider_id: str = Field(default="", max_length=64, index=True)  # the channel's message id (Twilio SM...)
+    # What the provider reported after sending (WhatsApp status callbacks): delivered, read, failed,
+    # undelivered; and its error code and message when it failed.
+    delivery_status: str = Field(default="", max_length=16)
+    delivery_error: str = Field(default="", max_length=255)
     broadcast_id: Optional[int] = Field(default=None)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -159,3 +163,12 @@ class Broadcast(SQLModel, table=True):
     finished_at: Optional[datetime] = None
     cancelled_by: str = Field(default="", max_length=64)
     notify_address: str = Field(default="", max_length=96)  # channel:address of the staff member to update
+    # fan-out progress (revision b3_broadcast_fanout): residents with id <= fanout_cursor have their rows
+    fanout_cursor: int = Field(default=0)
+    fanout_by: str = Field(default="", max_length=96)
+    fanout_until: Optional[datetime] = None
+    fanout_done_at: Optional[datetime] = None
+    progress_pct: int = Field(default=0)
+    progress_at: Optional[datetime] = None
+    sent: int = Field(default=0)
+    failed: int = Field(default=0)

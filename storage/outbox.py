@@ -4,10 +4,11 @@ rows are picked up again after `lease` passes; on PostgreSQL claims use FOR UPDA
 several workers share one outbox."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
-from sqlalchemy import and_, insert, or_, update
+from sqlalchemy import and_, delete, func, insert, or_, text, update
 from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
@@ -157,6 +158,16 @@ def retry_later(db: Session, row_id: int, until: datetime, error: str, *, worker
     return result.rowcount or 0
 
 
+def hold_back_after(db: Session, row: int, channel: str, address: str, until: datetime) -> int:
+    """Keep one chat in order: the chat's later waiting rows wait until `until` too (the retry time
+    of row `row`, which failed transiently), so the retried row is claimed again before them."""
+    result = db.exec(update(OutboxMessage).where(
+        OutboxMessage.channel == channel, OutboxMessage.address == address, OutboxMessage.id > row,
+        OutboxMessage.status.in_(WAITING_STATUSES), OutboxMessage.available_at < until)
+        .values(available_at=until))
+    return result.rowcount or 0
+
+
 def finish(db: Session, ids: list[int], status: str, error: str, *, worker_id: str | None = None) -> int:
     """End claimed rows without sending: failed, unsendable or cancelled, with the reason."""
     if not ids:
@@ -197,9 +208,11 @@ def release_dead_workers(db: Session, channels: Iterable[str], live_worker_ids: 
     channels = list(channels)
     if not channels:
         return 0
+    live = list(live_worker_ids)
+    live += [f"{worker}/direct" for worker in live]  # replies a live worker is sending right now
     result = db.exec(update(OutboxMessage).where(
         OutboxMessage.status == "sending", OutboxMessage.channel.in_(channels),
-        OutboxMessage.claimed_by.not_in(list(live_worker_ids)))
+        OutboxMessage.claimed_by.not_in(live))
         .values(status="pending", claimed_until=None, claimed_by=""))
     return result.rowcount or 0
 
@@ -302,6 +315,12 @@ def forget_worker(db: Session, worker_id: str) -> None:
     row = db.get(WorkerHeartbeat, worker_id)
     if row is not None:
         db.delete(row)
+
+
+def forget_workers_except(db: Session, live_worker_ids: Iterable[str]) -> int:
+    """Remove the heartbeat rows of workers that are gone (killed, crashed)."""
+    result = db.exec(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id.not_in(list(live_worker_ids))))
+    return result.rowcount or 0
 
 
 # ---------------------------------------------------------------- broadcast progress

@@ -1,0 +1,123 @@
+"""Flood control on the inbound path: one account (a script, a stuck client) sending many messages
+in a few seconds is throttled, the other residents are not affected.
+
+`App.handle` asks `FloodGuard.admit(channel, address)` before anything else (no media download, no
+database work for a message that is dropped). Each (channel, address) has a token bucket in this
+process: FLOOD_MESSAGES tokens, refilled at FLOOD_MESSAGES per FLOOD_WINDOW. A message without a
+token is not processed; the first one in a throttle window gets one polite notice ("flood.slow_down",
+in the resident's language) through the outbox like any reply, the next ones in the same window get
+nothing. The terminal (`katilim chat`) is local and never throttled.
+
+The buckets live in memory: several workers each allow FLOOD_MESSAGES per window (one resident's
+updates normally reach one worker), and a restart forgets them. The map is pruned of full buckets
+when it grows past MAX_KEYS.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import select
+
+from conversations.i18n import N_, translator
+from conversations.messages import Inbound, Outbound
+from storage import outbox
+from storage.db import transaction, utcnow
+from storage.models import ChannelIdentity, Resident
+
+log = logging.getLogger(__name__)
+
+LOCAL_CHANNELS = frozenset({"console"})  # the operator's own terminal: never throttled
+NOTICE_KEY = N_("flood.slow_down")
+
+PASS, NOTICE, DROP = "pass", "notice", "drop"
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    last: float
+    noticed: float | None = None  # monotonic time of the last notice
+
+
+class FloodGuard:
+    """A token bucket per (channel, address); thread-safe."""
+
+    MAX_KEYS = 50_000
+
+    def __init__(self, messages: int, window: timedelta | float, clock=time.monotonic) -> None:
+        seconds = window.total_seconds() if isinstance(window, timedelta) else float(window)
+        self.capacity = float(max(1, messages))
+        self.window = max(seconds, 0.001)
+        self.rate = self.capacity / self.window
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> "FloodGuard":
+        return cls(settings.flood_messages, settings.flood_window)
+
+    def admit(self, channel: str, address: str) -> str:
+        """PASS (process it), NOTICE (throttled: tell the resident once) or DROP (throttled, already told)."""
+        if channel in LOCAL_CHANNELS:
+            return PASS
+        now = self.clock()
+        key = (channel, address)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(self.capacity, now)
+                if len(self._buckets) > self.MAX_KEYS:
+                    self._prune(now)
+            bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.last) * self.rate)
+            bucket.last = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return PASS
+            if bucket.noticed is None or now - bucket.noticed >= self.window:
+                bucket.noticed = now
+                return NOTICE
+            return DROP
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, b in self._buckets.items()
+                if b.tokens + (now - b.last) * self.rate >= self.capacity
+                and (b.noticed is None or now - b.noticed >= self.window)]
+        for key in full:
+            del self._buckets[key]
+
+
+def _queue_notice(app, msg: Inbound) -> list[tuple[int, Outbound]]:
+    """The notice as a reply row claimed by this worker (sent at once; the dispatcher retries it)."""
+    with transaction(app.db) as db:
+        row = db.exec(select(ChannelIdentity, Resident).join(Resident, Resident.id == ChannelIdentity.resident_id)
+                      .where(ChannelIdentity.channel == msg.channel, ChannelIdentity.address == msg.address)).first()
+        if row is None:  # nothing processed from this account yet: nobody to answer in a known language
+            return []
+        identity, resident = row
+        text = translator(resident.locale or app.settings.default_locale)(NOTICE_KEY)
+        return outbox.enqueue_replies(db, identity, [Outbound(text=text)], claimed_by=app.worker_id, now=utcnow())
+
+
+async def throttled(app, msg: Inbound, verdict: str) -> list[tuple[int, Outbound]]:
+    """A throttled message: not processed; on NOTICE the resident is told once (best effort)."""
+    if verdict != NOTICE:
+        return []
+    log.warning("flood from %s:%s: throttled (more than %d messages per %gs)", msg.channel, msg.address,
+                app.settings.flood_messages, app.settings.flood_window.total_seconds())
+    try:
+        rows = await asyncio.to_thread(_queue_notice, app, msg)
+    except Exception as exc:  # noqa: BLE001  (the database is busy: the flood is dropped all the same)
+        log.warning("flood notice to %s:%s not queued: %s", msg.channel, msg.address, exc)
+        return []
+    sender = app.senders.get(msg.channel)
+    if rows and sender is not None:
+        from bot.delivery import send_replies
+
+        await send_replies(app.db, sender, rows, msg.address)
+    return rows

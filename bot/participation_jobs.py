@@ -1,0 +1,75 @@
+"""The scheduler jobs of volunteer pools and events (issue 5), registered with bot.scheduler's @job:
+
+* "reminders" (every REMINDER_SCAN_INTERVAL seconds): due reminders become outbox rows, claimed
+  race-free in the transaction that writes them (conversations.participation.send_due_reminders);
+  several processes may run it at once.
+* "feedback" (every minute): after an event ends, everyone who came gets the 1-5 rating question.
+
+Both read the database only: nothing is kept in the scheduler, so a restart loses nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bot.scheduler import Job, job
+from conversations import participation as P
+from storage.db import retrying, transaction, utcnow
+
+log = logging.getLogger(__name__)
+BATCH = 200
+FEEDBACK_INTERVAL = 60
+
+
+def scan_reminders(app) -> P.ScanResult:
+    """Send every due reminder (in batches of BATCH, one transaction each)."""
+    total = P.ScanResult()
+    tz, grace = app.engine.config.timezone, P.grace_of(app.settings)
+    while True:
+        def batch():
+            with transaction(app.db) as db:
+                return P.send_due_reminders(db, utcnow(), grace=grace, tz=tz, limit=BATCH)
+
+        result = retrying(batch)
+        total.sent += result.sent
+        total.dropped += result.dropped
+        if result.sent + result.dropped < BATCH:
+            break
+    if total.sent or total.dropped:
+        log.info("reminders: %d queued, %d dropped", total.sent, total.dropped)
+    return total
+
+
+def ask_feedback(app) -> int:
+    def run():
+        with transaction(app.db) as db:
+            return P.request_feedback(db, utcnow(), tz=app.engine.config.timezone)
+
+    asked = retrying(run)
+    if asked:
+        log.info("feedback asked from %d attendees", asked)
+    return asked
+
+
+@job
+def reminders_job(app) -> Job:
+    P.configure(app.engine.config.timezone, P.offsets_of(app.settings))
+
+    async def run(app=app) -> None:
+        try:
+            await asyncio.to_thread(scan_reminders, app)
+        except Exception:  # noqa: BLE001  (the next scan tries again; nothing was committed)
+            log.exception("reminder scan failed")
+
+    return Job("reminders", app.settings.reminder_scan_interval, run)
+
+
+@job
+def feedback_job(app) -> Job:
+    async def run(app=app) -> None:
+        try:
+            await asyncio.to_thread(ask_feedback, app)
+        except Exception:  # noqa: BLE001
+            log.exception("feedback requests failed")
+
+    return Job("feedback", FEEDBACK_INTERVAL, run)

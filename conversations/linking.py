@@ -1,0 +1,130 @@
+"""One resident, two channels: /bagla (link) joins a resident's Telegram and WhatsApp conversations.
+
+On Telegram (or any channel but WhatsApp) the resident shares their own phone contact (the
+adapter only passes a contact that is the sender's own); when a WhatsApp conversation with that
+number exists, the two residents become one: identities, consents and every feature's rows move
+to the resident writing now (storage/linking.py; features add MERGERS for anything more). On
+WhatsApp the number is already known, so /bagla explains the Telegram side and shows a one-time
+6-digit code (10 minutes) that can be typed on Telegram's /bagla instead of sharing the contact.
+Staff then see one person, reached on the channel they used last.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from datetime import timedelta
+
+from sqlmodel import func, select
+
+from conversations.core import COMMAND_TEXTS
+from conversations.engine import ERASERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
+from conversations.i18n import N_
+from conversations.messages import Inbound, Kind
+from storage import linking, repo
+from storage.models import AuditLog, ChannelIdentity
+
+log = logging.getLogger(__name__)
+
+WHATSAPP = "whatsapp"
+MAX_WRONG_CODES = 5          # per conversation and hour: a code is 6 digits, guessing must not pay
+CODE_RE = re.compile(r"\d{3}\s?\d{3}")
+
+COMMAND_TEXTS["link"] = N_("link.command")
+menu_item(70, "link", N_("link.menu"), "link.start")
+ERASERS.append(linking.erase_codes)
+
+
+@command("link", "bagla", "bağla", menu={"tr": "bagla", "en": "link", "ar": "link"})
+def cmd_link(ctx: Ctx, text: str) -> Transition:
+    return Go("link.start")
+
+
+def _available(ctx: Ctx) -> bool:
+    settings = ctx.config.settings
+    return settings is None or bool(getattr(settings, "whatsapp_enabled", False))
+
+
+def _after(ctx: Ctx) -> Transition:
+    return Go(IDLE) if ctx.resident.onboarded_at is not None else Go("onboarding.language")
+
+
+@state("link.start", accepts={Kind.TEXT, Kind.CONTACT}, needs_onboarding=False)
+def link_start(ctx: Ctx) -> None:
+    if not _available(ctx):
+        ctx.say(ctx.t("link.unavailable"))
+        _leave(ctx)
+        return
+    if ctx.channel == WHATSAPP:
+        others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
+        if others:
+            ctx.say(ctx.t("link.already"))
+        code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
+        ctx.say(ctx.t("link.whatsapp_code", code=code.code, minutes=int(linking.CODE_TTL.total_seconds() // 60)))
+        _leave(ctx)
+        return
+    if ctx.channel == "telegram":
+        ctx.ask(ctx.t("link.ask_contact"), request_contact=ctx.t("link.share_button"))
+    else:
+        ctx.ask(ctx.t("link.ask_code"))
+
+
+def _leave(ctx: Ctx) -> None:
+    """link.start shown on a channel with nothing to answer: back to the menu (or onboarding)."""
+    from conversations.engine import enter
+
+    ctx.data = {}
+    enter(ctx, IDLE if ctx.resident.onboarded_at is not None else "onboarding.language")
+
+
+@link_start.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CONTACT:
+        phone = linking.normalize_phone(msg.phone)
+        if not phone:
+            return Invalid("link.not_own")
+        identity = ctx.db.exec(select(ChannelIdentity).where(
+            ChannelIdentity.channel == WHATSAPP, ChannelIdentity.address == f"whatsapp:{phone}")).first()
+        if identity is None:
+            ctx.say(ctx.t("link.no_match", phone=phone), remove_keyboard=True)
+            return _after(ctx)
+        return _link(ctx, identity.resident_id, phone)
+    text = msg.text.strip()
+    if not CODE_RE.fullmatch(text):
+        return Invalid("link.expecting")
+    actor = f"{ctx.channel}:{ctx.identity.address}"
+    wrong = ctx.db.exec(select(func.count()).select_from(AuditLog).where(
+        AuditLog.actor == actor, AuditLog.action == "link.code_wrong",
+        AuditLog.at > ctx.now - timedelta(hours=1))).one()
+    if wrong >= MAX_WRONG_CODES:
+        ctx.say(ctx.t("link.too_many"), remove_keyboard=True)
+        return _after(ctx)
+    code = linking.take_code(ctx.db, text.replace(" ", ""), ctx.now)
+    if code is None:
+        repo.audit(ctx.db, actor, "link.code_wrong", f"resident:{ctx.resident.id}")
+        return Invalid("link.code_invalid")
+    phone = ""
+    for identity in repo.identities_of(ctx.db, code.resident_id):
+        if identity.channel == WHATSAPP:
+            phone = linking.normalize_phone(identity.address)
+    return _link(ctx, code.resident_id, phone)
+
+
+def _link(ctx: Ctx, other_id: int, phone: str) -> Transition:
+    if other_id == ctx.resident.id:
+        ctx.say(ctx.t("link.already"), remove_keyboard=True)
+        return _after(ctx)
+    try:
+        with ctx.db.begin_nested():
+            resident = linking.merge_residents(ctx.db, ctx.resident.id, other_id, mergers=MERGERS,
+                                               actor=f"{ctx.channel}:{ctx.identity.address}")
+            if phone:
+                resident.phone = phone
+                ctx.db.add(resident)
+                ctx.db.flush()
+    except Exception:  # noqa: BLE001  (a feature's rows could not follow: nothing was changed)
+        log.exception("resident %s could not be merged into %s", other_id, ctx.resident.id)
+        ctx.say(ctx.t("link.failed"), remove_keyboard=True)
+        return _after(ctx)
+    ctx._consents = None
+    ctx.say(ctx.t("link.done"), remove_keyboard=True)
+    return _after(ctx)

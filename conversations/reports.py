@@ -1,0 +1,639 @@
+"""Problem reports, the resident's side (issue 4): /bildir files a report, /raporlarim lists them.
+
+/bildir → consent "reports" → category → description (text or a voice note) → location (a pin, or
+mahalle + street/landmark) → up to 3 photos → summary with edit buttons → (an open report of the
+same category nearby? follow it instead, or file anyway) → the tracking code.
+
+Status changes reach the reporter and the followers through the outbox (storage/reports.py); on
+"resolved" they are asked whether it is solved, with buttons that work from any state
+(engine.GLOBAL_CHOICES "rs:yes|no:CODE", and the rating "rr:1..5:CODE").
+"""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from conversations.core import COMMAND_TEXTS, require_consent
+from conversations.engine import (
+    ERASERS,
+    EXPORTERS,
+    IDLE,
+    Ctx,
+    Go,
+    Invalid,
+    Stay,
+    Transition,
+    command,
+    global_choice,
+    menu_item,
+    state,
+)
+from conversations.i18n import N_
+from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.text import match_options, truncate
+from storage import repo
+from storage import reports as rp
+
+MAX_PHOTOS = 3
+MAX_DESCRIPTION = 1000
+MIN_DESCRIPTION = 3
+NEARBY_METRES = 100
+NEARBY_DAYS = 30
+DEFAULT_PER_HOUR = 5
+CODE_RE = re.compile(r"\b([A-Z]{2,6}-\d{4}-\d{6})\b")
+# The command names a resident types, per language (Telegram menu names must be Latin).
+REPORT_COMMAND = {"tr": "bildir", "en": "report", "ar": "report"}
+MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
+
+COMMAND_TEXTS["report"] = N_("report.command")
+COMMAND_TEXTS["myreports"] = N_("report.command_mine")
+menu_item(10, "report", N_("report.menu"), "cmd:report")
+menu_item(15, "myreports", N_("report.menu_mine"), "cmd:myreports")
+EXPORTERS.append(rp.export_resident)
+ERASERS.append(rp.erase_resident)
+
+
+# ---------------------------------------------------------------- helpers
+def _per_hour(ctx: Ctx) -> int:
+    return int(getattr(ctx.config.settings, "reports_per_hour", DEFAULT_PER_HOUR) or DEFAULT_PER_HOUR)
+
+
+def _rate_limited(ctx: Ctx) -> bool:
+    """Say so and return True when the resident filed their hourly number of reports already."""
+    limit = _per_hour(ctx)
+    since = ctx.now - timedelta(hours=1)
+    if rp.count_for_resident_since(ctx.db, ctx.resident.id, since) < limit:
+        return False
+    recent = [r for r in rp.list_for_resident(ctx.db, ctx.resident.id, limit=limit) if _aware(r.created_at) >= since]
+    oldest = min((_aware(r.created_at) for r in recent), default=ctx.now)
+    ctx.say(ctx.t("report.rate_limited", limit=limit, when=ctx.when(oldest + timedelta(hours=1))))
+    return True
+
+
+def _aware(dt):
+    from datetime import timezone
+
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def category_name(ctx: Ctx, key: str) -> str:
+    cat = ctx.catalog.category(key)
+    return cat.name.get(ctx.lang) if cat else key
+
+
+def mahalle_name(ctx: Ctx, key: str | None) -> str:
+    hood = ctx.catalog.neighbourhood(key) if key else None
+    return hood.name if hood else (key or "")
+
+
+def status_name(ctx: Ctx, status: str) -> str:
+    return ctx.t(rp.STATUS_KEYS.get(status, status))
+
+
+def location_text(ctx: Ctx, lat: float | None, lon: float | None, mahalle: str | None, street: str) -> str:
+    if lat is not None and lon is not None:
+        text = ctx.t("report.location_pin", lat=f"{lat:.5f}", lon=f"{lon:.5f}")
+        if mahalle:
+            text += " · " + ctx.t("report.location_mahalle", mahalle=mahalle_name(ctx, mahalle))
+        return text + (f" · {street}" if street else "")
+    if mahalle:
+        return ctx.t("report.location_mahalle", mahalle=mahalle_name(ctx, mahalle)) + (f" · {street}" if street else "")
+    return street or ctx.t("common.none")
+
+
+def _media_ok(ctx: Ctx, msg: Inbound) -> dict[str, Any] | None:
+    """The first attachment of a message as stored media, or None (and a message) when it failed."""
+    media = msg.media[0] if msg.media else None
+    if media is None or not media.ref:
+        ctx.say(ctx.t("report.media_failed"))
+        return None
+    return {"path": media.ref, "content_type": media.content_type, "size": media.size}
+
+
+def _after(ctx: Ctx, next_state: str) -> Transition:
+    """Next step of the flow, or back to the summary when the resident was editing one part."""
+    if ctx.data.pop("edit", False):
+        return Go("report.summary", keep=True)
+    return Go(next_state, keep=True)
+
+
+# ---------------------------------------------------------------- /bildir
+@command("report", "bildir", "report", menu=REPORT_COMMAND)
+def cmd_report(ctx: Ctx, text: str) -> Transition:
+    if ctx.resident.onboarded_at is None:
+        return Go("onboarding.language", keep=True)
+    if _rate_limited(ctx):
+        return Go(IDLE)
+    return require_consent(ctx, "reports", "report.category", {})
+
+
+@state("report.category")
+def report_category(ctx: Ctx) -> None:
+    candidates = ctx.data.get("candidates")
+    cats = [c for c in ctx.catalog.categories if not candidates or c.key in candidates]
+    text = ctx.t("report.category_ambiguous") if candidates else ctx.t("report.category_prompt")
+    ctx.ask(text, [Choice(f"c:{c.key}", c.name.get(ctx.lang)) for c in cats], columns=2)
+
+
+@report_category.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        key = msg.choice.removeprefix("c:")
+    else:
+        found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
+        if not found:
+            ctx.data.pop("candidates", None)
+            return Invalid("report.category_unknown")
+        if len(found) > 1:
+            ctx.data["candidates"] = found
+            return Go("report.category", keep=True)
+        key = found[0]
+    if ctx.catalog.category(key) is None:
+        return Invalid("report.category_unknown")
+    ctx.data.pop("candidates", None)
+    ctx.data["category"] = key
+    return _after(ctx, "report.describe")
+
+
+@state("report.describe", accepts={Kind.TEXT, Kind.VOICE, Kind.PHOTO, Kind.STICKER})
+def report_describe(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("report.describe_prompt", category=category_name(ctx, ctx.data.get("category", ""))))
+
+
+@report_describe.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.STICKER:
+        return Invalid("report.describe_sticker")
+    if msg.kind == Kind.VOICE:
+        media = _media_ok(ctx, msg)
+        if media is None:
+            return Stay()
+        ctx.data["voice"] = {**media, "content_type": media["content_type"] or "audio/ogg"}
+        ctx.say(ctx.t("report.voice_saved"))
+        return _after(ctx, "report.location")
+    if msg.kind == Kind.PHOTO:
+        media = _media_ok(ctx, msg)
+        if media is None:
+            return Stay()
+        photos = list(ctx.data.get("photos") or [])  # copy on write: the session's JSON must change
+        if len(photos) < MAX_PHOTOS:
+            photos.append({**media, "content_type": media["content_type"] or "image/jpeg"})
+        ctx.data["photos"] = photos
+        if (msg.text or "").strip():
+            return _describe_text(ctx, msg.text)
+        ctx.say(ctx.t("report.photo_early"))
+        return Stay()
+    return _describe_text(ctx, msg.text)
+
+
+def _describe_text(ctx: Ctx, text: str) -> Transition:
+    text = text.strip()
+    if len(text) < MIN_DESCRIPTION:
+        return Invalid("report.describe_short")
+    if len(text) > MAX_DESCRIPTION:
+        text = truncate(text, MAX_DESCRIPTION)
+        ctx.say(ctx.t("report.describe_trimmed", limit=MAX_DESCRIPTION))
+    ctx.data["description"] = text
+    return _after(ctx, "report.location")
+
+
+@state("report.location", accepts={Kind.LOCATION, Kind.TEXT, Kind.CHOICE})
+def report_location(ctx: Ctx) -> None:
+    choices = []
+    if ctx.resident.mahalle and ctx.catalog.neighbourhood(ctx.resident.mahalle):
+        choices.append(Choice(f"m:{ctx.resident.mahalle}",
+                              ctx.t("report.location_mine", mahalle=mahalle_name(ctx, ctx.resident.mahalle))))
+    choices.append(Choice("list", ctx.t("report.location_list")))
+    ctx.ask(ctx.t("report.location_prompt"), choices)
+
+
+@report_location.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.LOCATION:
+        if msg.latitude is None or msg.longitude is None or not (-90 <= msg.latitude <= 90) \
+                or not (-180 <= msg.longitude <= 180):
+            return Invalid("report.location_bad")
+        ctx.data.update(lat=msg.latitude, lon=msg.longitude, mahalle=None, street="")
+        ctx.say(ctx.t("report.location_saved"))
+        return _after(ctx, "report.photos")
+    if msg.kind == Kind.CHOICE:
+        if msg.choice == "list":
+            return Go("report.mahalle", {"_page": 0}, keep=True)
+        return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
+    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    if len(found) == 1:
+        return _set_mahalle(ctx, found[0])
+    if not found:
+        return Invalid("report.mahalle_unknown")
+    return Go("report.mahalle", {"candidates": found, "_page": 0}, keep=True)
+
+
+def _set_mahalle(ctx: Ctx, key: str) -> Transition:
+    if ctx.catalog.neighbourhood(key) is None:
+        return Invalid("report.mahalle_unknown")
+    ctx.data.pop("candidates", None)
+    ctx.data.update(lat=None, lon=None, mahalle=key)
+    return Go("report.street", keep=True)
+
+
+@state("report.mahalle")
+def report_mahalle(ctx: Ctx) -> None:
+    candidates = ctx.data.get("candidates")
+    hoods = [n for n in ctx.catalog.neighbourhoods if not candidates or n.key in candidates]
+    items = [Choice(f"m:{n.key}", n.name) for n in hoods]
+    ctx.ask(ctx.t("report.mahalle_prompt"), ctx.paged(items, ctx.data.get("_page", 0)), columns=2)
+
+
+@report_mahalle.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
+    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    if len(found) == 1:
+        return _set_mahalle(ctx, found[0])
+    if not found:
+        return Invalid("report.mahalle_unknown")
+    ctx.data.update(candidates=found, _page=0)
+    return Go("report.mahalle", keep=True)
+
+
+@state("report.street", accepts={Kind.TEXT, Kind.LOCATION})
+def report_street(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("report.street_prompt", mahalle=mahalle_name(ctx, ctx.data.get("mahalle"))))
+
+
+@report_street.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.LOCATION:  # a pin is even better: keep the mahalle, ask nothing more
+        ctx.data.update(lat=msg.latitude, lon=msg.longitude)
+        ctx.say(ctx.t("report.location_saved"))
+        return _after(ctx, "report.photos")
+    street = msg.text.strip()
+    if len(street) < 3:
+        return Invalid("report.street_short")
+    ctx.data["street"] = truncate(street, 200)
+    return _after(ctx, "report.photos")
+
+
+@state("report.photos", accepts={Kind.PHOTO, Kind.CHOICE, Kind.TEXT})
+def report_photos(ctx: Ctx) -> None:
+    n = len(ctx.data.get("photos") or [])
+    done = N_("report.photos_done") if n else N_("report.photos_skip")
+    ctx.ask(ctx.t("report.photos_prompt", max=MAX_PHOTOS, n=n), [Choice("done", ctx.t(done))])
+
+
+@report_photos.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        ctx.data.pop("edit", None)
+        return Go("report.summary", keep=True)
+    if msg.kind == Kind.TEXT:
+        return Invalid("report.photos_hint")
+    return _add_photo(ctx, msg, then="report.photos")
+
+
+def _add_photo(ctx: Ctx, msg: Inbound, then: str) -> Transition:
+    photos = list(ctx.data.get("photos") or [])  # copy on write: the session's JSON must change
+    if len(photos) >= MAX_PHOTOS:
+        ctx.say(ctx.t("report.photos_max", max=MAX_PHOTOS))
+        return Go("report.summary", keep=True)
+    media = _media_ok(ctx, msg)
+    if media is None:
+        return Stay()
+    photos.append({**media, "content_type": media["content_type"] or "image/jpeg"})
+    ctx.data["photos"] = photos
+    ctx.say(ctx.t("report.photo_saved", n=len(photos), max=MAX_PHOTOS))
+    if len(photos) >= MAX_PHOTOS or then == "report.summary":
+        ctx.data.pop("edit", None)
+        return Go("report.summary", keep=True)
+    return Stay()
+
+
+@state("report.summary", accepts={Kind.CHOICE, Kind.TEXT, Kind.PHOTO})
+def report_summary(ctx: Ctx) -> None:
+    d = ctx.data
+    description = truncate(d.get("description") or "", 300)
+    if d.get("voice"):
+        description = (description + " · " if description else "") + ctx.t("report.summary_voice")
+    ctx.ask(ctx.t("report.summary", category=category_name(ctx, d.get("category", "")),
+                  description=description or ctx.t("common.none"),
+                  location=location_text(ctx, d.get("lat"), d.get("lon"), d.get("mahalle"), d.get("street", "")),
+                  photos=len(d.get("photos") or [])),
+            [Choice("confirm", ctx.t("report.confirm")),
+             Choice("e:category", ctx.t("report.edit_category")),
+             Choice("e:description", ctx.t("report.edit_description")),
+             Choice("e:location", ctx.t("report.edit_location")),
+             Choice("e:photos", ctx.t("report.edit_photos")),
+             Choice("cancel", ctx.t("report.discard"))], columns=2)
+
+
+@report_summary.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.PHOTO:
+        return _add_photo(ctx, msg, then="report.summary")
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice == "cancel":
+        ctx.say(ctx.t("cancel.done"))
+        return Go(IDLE)
+    if msg.choice.startswith("e:"):
+        part = msg.choice[2:]
+        ctx.data["edit"] = True
+        if part == "category":
+            return Go("report.category", keep=True)
+        if part == "description":
+            ctx.data.pop("voice", None)
+            return Go("report.describe", keep=True)
+        if part == "location":
+            ctx.data.update(lat=None, lon=None, mahalle=None, street="")
+            return Go("report.location", keep=True)
+        ctx.data["photos"] = []
+        return Go("report.photos", keep=True)
+    # confirm: first, is the same problem already reported nearby?
+    missing = _missing_part(ctx)
+    if missing:
+        return Go(missing, keep=True)
+    d = ctx.data
+    dups = rp.find_nearby_open(ctx.db, d["category"], d.get("lat"), d.get("lon"), d.get("mahalle"),
+                               within_m=NEARBY_METRES, days=NEARBY_DAYS, now=ctx.now,
+                               exclude_resident=ctx.resident.id)
+    if dups:
+        return Go("report.duplicate", {"dups": [r.code for r in dups]}, keep=True)
+    return file_report(ctx)
+
+
+def _missing_part(ctx: Ctx) -> str | None:
+    """The step to ask again when something the report needs is missing (an old or edited session)."""
+    d = ctx.data
+    if not d.get("category") or ctx.catalog.category(d["category"]) is None:
+        return "report.category"
+    if not d.get("description") and not d.get("voice"):
+        return "report.describe"
+    if d.get("lat") is None and not d.get("mahalle"):
+        return "report.location"
+    return None
+
+
+def file_report(ctx: Ctx) -> Transition:
+    """Write the report, its attachments and its first event in this step's transaction."""
+    missing = _missing_part(ctx)
+    if missing:
+        return Go(missing, keep=True)
+    if _rate_limited(ctx):
+        return Go(IDLE)
+    d = ctx.data
+    media = [{**p, "kind": "photo"} for p in d.get("photos") or []]
+    if d.get("voice"):
+        media.append({**d["voice"], "kind": "voice"})
+    report = rp.create_report(ctx.db, prefix=ctx.catalog.municipality.tracking_prefix, resident_id=ctx.resident.id,
+                              category=d["category"], description=d.get("description", ""),
+                              latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
+                              address=d.get("street", ""), media=media, channel=ctx.channel, now=ctx.now)
+    ctx.say(ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports")))
+    return Go(IDLE)
+
+
+@state("report.duplicate")
+def report_duplicate(ctx: Ctx) -> None:
+    codes = ctx.data.get("dups") or []
+    reports = [r for r in (rp.get_by_code(ctx.db, c) for c in codes) if r is not None]
+    if not ctx.data.get("dups_shown"):
+        ctx.say(ctx.t("report.duplicate_intro"))
+        for report in reports:
+            text = _duplicate_text(ctx, report)
+            photos = rp.media_of(ctx.db, report.id, kind="photo")
+            ctx.say(text, photo_path=photos[0].path if photos else "")
+        ctx.data["dups_shown"] = True
+    choices = [Choice(f"f:{r.code}", ctx.t("report.duplicate_follow", code=r.code)) for r in reports]
+    choices += [Choice("file", ctx.t("report.duplicate_file")), Choice("back", ctx.t("report.duplicate_back"))]
+    ctx.ask(ctx.t("report.duplicate_question"), choices)
+
+
+def _duplicate_text(ctx: Ctx, report: rp.Report) -> str:
+    d = ctx.data
+    distance = ""
+    if d.get("lat") is not None and report.latitude is not None:
+        metres = rp.haversine_m(d["lat"], d["lon"], report.latitude, report.longitude)
+        distance = ctx.t("report.duplicate_distance", meters=int(round(metres)))
+    return ctx.t("report.duplicate_item", code=report.code, category=category_name(ctx, report.category),
+                 status=status_name(ctx, report.status), when=ctx.when(report.created_at),
+                 location=location_text(ctx, None, None, report.mahalle, report.address), distance=distance,
+                 supporters=report.supporters)
+
+
+@report_duplicate.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice == "file":
+        return file_report(ctx)
+    if msg.choice == "back":
+        ctx.data.pop("dups_shown", None)
+        return Go("report.summary", keep=True)
+    code = msg.choice.removeprefix("f:")
+    report = rp.get_by_code(ctx.db, code)
+    if report is None:
+        return Invalid("engine.stale_choice")
+    _follow(ctx, report)
+    return Go(IDLE)
+
+
+def _follow(ctx: Ctx, report: rp.Report) -> None:
+    if rp.follow(ctx.db, report, ctx.resident.id, now=ctx.now):
+        repo.audit(ctx.db, f"resident:{ctx.resident.id}", "report.followed", report.code)
+        ctx.say(ctx.t("report.followed", code=report.code))
+    else:
+        ctx.say(ctx.t("report.already_following", code=report.code))
+
+
+# ---------------------------------------------------------------- /raporlarim
+@command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND)
+def cmd_myreports(ctx: Ctx, text: str) -> Transition:
+    if ctx.resident.onboarded_at is None:
+        return Go("onboarding.language", keep=True)
+    found = CODE_RE.search((text or "").upper())
+    if found:
+        return _open_detail(ctx, found.group(1))
+    return Go("report.mine", {"_page": 0})
+
+
+def _open_detail(ctx: Ctx, code: str) -> Transition:
+    report = rp.get_by_code(ctx.db, code)
+    if report is None:
+        ctx.say(ctx.t("report.unknown_code", code=code))
+        return Go("report.mine", {"_page": 0}) if ctx.state != "report.mine" else Stay()
+    return Go("report.detail", {"code": report.code, "_page": ctx.data.get("_page", 0)})
+
+
+def _my_items(ctx: Ctx) -> list[Choice]:
+    own = rp.list_for_resident(ctx.db, ctx.resident.id)
+    followed = rp.followed_by(ctx.db, ctx.resident.id)
+    rows = sorted([(r, False) for r in own] + [(r, True) for r in followed],
+                  key=lambda x: (_aware(x[0].created_at), x[0].id), reverse=True)
+    return [Choice(f"r:{r.code}", ("👍 " if f else "") + f"{r.code} · {category_name(ctx, r.category)} · "
+                   f"{status_name(ctx, r.status)}") for r, f in rows]
+
+
+@state("report.mine")
+def report_mine(ctx: Ctx) -> None:
+    items = _my_items(ctx)
+    if not items:
+        ctx.ask(ctx.t("report.mine_empty", command="/" + REPORT_COMMAND.get(ctx.lang, "report")),
+                [Choice("new", ctx.t("report.menu")), Choice("back", ctx.t("common.back"))])
+        return
+    ctx.ask(ctx.t("report.mine_title", n=len(items)),
+            ctx.paged(items, ctx.data.get("_page", 0), [Choice("back", ctx.t("common.back"))]))
+
+
+@report_mine.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        found = CODE_RE.search(msg.text.upper())
+        if found:
+            return _open_detail(ctx, found.group(1))
+        return Invalid("report.mine_hint")
+    if msg.choice == "back":
+        return Go(IDLE)
+    if msg.choice == "new":
+        return cmd_report(ctx, "")
+    return _open_detail(ctx, msg.choice.removeprefix("r:"))
+
+
+@state("report.detail")
+def report_detail(ctx: Ctx) -> None:
+    report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
+    if report is None:
+        ctx.ask(ctx.t("report.unknown_code", code=ctx.data.get("code", "")), [Choice("list", ctx.t("report.back_to_list"))])
+        return
+    mine = report.resident_id == ctx.resident.id
+    following = rp.is_following(ctx.db, report.id, ctx.resident.id)
+    if (mine or following) and ctx.data.get("shown") != report.code:
+        for photo in rp.media_of(ctx.db, report.id, kind="photo"):
+            ctx.say("", photo_path=photo.path)
+    ctx.data["shown"] = report.code
+    ctx.ask(detail_text(ctx, report, with_description=mine), _detail_choices(ctx, report, mine, following))
+
+
+def detail_text(ctx: Ctx, report: rp.Report, *, with_description: bool) -> str:
+    lines = [ctx.t("report.detail", code=report.code, category=category_name(ctx, report.category),
+                   status=status_name(ctx, report.status), created=ctx.when(report.created_at),
+                   location=location_text(ctx, report.latitude, report.longitude, report.mahalle, report.address),
+                   supporters=report.supporters)]
+    if with_description and report.description:
+        lines.append(ctx.t("report.detail_description", description=truncate(report.description, 600)))
+    if report.status == "rejected" and report.reject_reason:
+        lines.append(ctx.t("report.notify.reason", reason=report.reject_reason))
+    if report.merged_into_id:
+        target = rp.get_report(ctx.db, report.merged_into_id)
+        if target is not None:
+            lines.append(ctx.t("report.detail_merged", code=target.code))
+    if with_description and report.rating:
+        lines.append(ctx.t("report.detail_rating", rating=report.rating))
+    lines.append(ctx.t("report.detail_history"))
+    for event in rp.history_of(ctx.db, report.id):
+        if event.kind not in ("created", "status", "reopened", "merged") or not event.to_status:
+            continue
+        line = ctx.t("report.history_line", when=ctx.when(event.at), status=status_name(ctx, event.to_status))
+        if event.note and event.kind != "merged":
+            line += f" — {truncate(event.note, 200)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) -> list[Choice]:
+    choices = []
+    if not mine and not following and report.status in rp.OPEN_STATUSES:
+        choices.append(Choice("follow", ctx.t("report.detail_follow")))
+    return choices + [Choice("list", ctx.t("report.back_to_list")), Choice("menu", ctx.t("report.to_menu"))]
+
+
+@report_detail.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        found = CODE_RE.search(msg.text.upper())
+        if found:
+            return _open_detail(ctx, found.group(1))
+        return Invalid("engine.choose")
+    if msg.choice == "follow":
+        report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
+        if report is not None:
+            _follow(ctx, report)
+        return Go("report.detail", keep=True)
+    if msg.choice == "list":
+        return Go("report.mine", {"_page": ctx.data.get("_page", 0)})
+    return Go(IDLE)
+
+
+# ---------------------------------------------------------------- proactive buttons: solved? rating
+def _answerable(ctx: Ctx, code: str) -> rp.Report | None:
+    """The report a proactive button names, if this resident is its reporter or a follower."""
+    report = rp.get_by_code(ctx.db, code)
+    if report is None:
+        ctx.replies.append(Outbound(text=ctx.t("report.unknown_code", code=code)))
+        return None
+    if ctx.resident.id not in rp.audience_of(ctx.db, report):
+        ctx.replies.append(Outbound(text=ctx.t("report.not_yours", code=code)))
+        return None
+    return report
+
+
+def rating_choices(ctx: Ctx, code: str) -> list[Choice]:
+    return [Choice(f"{rp.RATING_PREFIX}:{n}:{code}", f"{n} ⭐") for n in range(1, 6)]
+
+
+@global_choice(rp.RESOLVED_PREFIX)
+def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
+    """rs:yes:CODE / rs:no:CODE from a "resolved" notification, whatever state the resident is in."""
+    _, answer, code = (msg.choice.split(":", 2) + ["", ""])[:3]
+    report = _answerable(ctx, code)
+    if report is None:
+        return Stay()
+    if answer == "yes":
+        if report.status != "resolved":
+            ctx.replies.append(Outbound(text=ctx.t("report.reopen_not_resolved", code=code,
+                                                   status=status_name(ctx, report.status))))
+            return Stay()
+        if ctx.state == IDLE:  # nothing in progress: a real state, so typed numbers work too
+            return Go("report.rate", {"code": report.code})
+        ctx.replies.append(Outbound(text=ctx.t("report.rate_prompt", code=report.code),
+                                    choices=rating_choices(ctx, report.code), columns=5))
+        return Stay()
+    result = rp.reopen(ctx.db, report.code, ctx.resident.id, now=ctx.now, tz=ctx.config.timezone)
+    if result == "reopened":
+        text = ctx.t("report.reopened", code=report.code)
+    elif result == "too_late":
+        text = ctx.t("report.reopen_too_late", code=report.code, days=rp.REOPEN_WINDOW.days,
+                     command="/" + REPORT_COMMAND.get(ctx.lang, "report"))
+    else:
+        text = ctx.t("report.reopen_not_resolved", code=report.code, status=status_name(ctx, report.status))
+    ctx.replies.append(Outbound(text=text))
+    return Stay()
+
+
+@global_choice(rp.RATING_PREFIX)
+def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
+    """rr:N:CODE: a 1-5 rating after a resident said the problem is solved."""
+    _, value, code = (msg.choice.split(":", 2) + ["", ""])[:3]
+    report = _answerable(ctx, code)
+    if report is None or not value.isdigit() or not 1 <= int(value) <= 5:
+        return Stay()
+    rp.rate(ctx.db, report.code, ctx.resident.id, int(value), now=ctx.now)
+    ctx.replies.append(Outbound(text=ctx.t("report.rated", rating=int(value), code=report.code)))
+    return Go(IDLE) if ctx.state == "report.rate" else Stay()
+
+
+@state("report.rate")
+def report_rate(ctx: Ctx) -> None:
+    code = ctx.data.get("code", "")
+    ctx.ask(ctx.t("report.rate_prompt", code=code), rating_choices(ctx, code) + [
+        Choice("skip", ctx.t("report.rate_skip"))], columns=5)
+
+
+@report_rate.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("report.rate_hint")
+    if msg.choice == "skip":
+        return Go(IDLE)
+    return on_rating(ctx, msg)

@@ -1,0 +1,328 @@
+"""Problem reports, the staff side (issue 4): /raporlar to filter, list, open and triage reports.
+
+Every state is staff_only: the engine refuses a non-staff account (and audits the attempt) both
+when a command leads here and when an input arrives. Status changes go through
+storage.reports.set_status / merge, which notify the reporter and the followers in their language.
+"""
+from __future__ import annotations
+
+from conversations.engine import (
+    PAGE_SIZE,
+    Ctx,
+    Go,
+    Invalid,
+    Stay,
+    Transition,
+    command,
+    state,
+)
+from conversations.i18n import N_
+from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
+from conversations.text import match_options, truncate
+from storage import repo
+from storage import reports as rp
+
+TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_in_progress"),
+           "resolved": N_("staffreport.to_resolved"), "rejected": N_("staffreport.to_rejected")}
+
+
+def _actor(ctx: Ctx) -> str:
+    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
+    return f"staff:{staff.id}" if staff else f"{ctx.channel}:{ctx.identity.address}"
+
+
+def _filter(ctx: Ctx) -> dict:
+    return dict(ctx.data.get("f") or {})
+
+
+def _set_filter(ctx: Ctx, **values) -> None:
+    """Copy on write: the session's JSON column only changes when the stored value is a new object."""
+    f = _filter(ctx)
+    f.update(values)
+    ctx.data["f"] = {k: v for k, v in f.items() if v}
+
+
+def _filter_text(ctx: Ctx) -> str:
+    f = _filter(ctx)
+    parts = []
+    if f.get("status"):
+        parts.append(ctx.t("staffreport.all_open") if f["status"] == "open" else status_name(ctx, f["status"]))
+    if f.get("category"):
+        parts.append(category_name(ctx, f["category"]))
+    if f.get("mahalle"):
+        parts.append(mahalle_name(ctx, f["mahalle"]))
+    return ", ".join(parts) or ctx.t("staffreport.filter_none")
+
+
+def _query_args(ctx: Ctx) -> dict:
+    f = _filter(ctx)
+    status = f.get("status")
+    args = {"category": f.get("category"), "mahalle": f.get("mahalle")}
+    if status == "open":
+        args["statuses"] = rp.OPEN_STATUSES
+    elif status and status != "all":
+        args["status"] = status
+    return args
+
+
+@command("reports", "raporlar", "reports")
+def cmd_reports(ctx: Ctx, text: str) -> Transition:
+    found = CODE_RE.search((text or "").upper())
+    if found:
+        return Go("staffreport.view", {"code": found.group(1), "f": {}})
+    return Go("staffreport.home", {"f": {}})
+
+
+def _open_code(ctx: Ctx, text: str) -> Transition | None:
+    found = CODE_RE.search(text.upper())
+    if not found:
+        return None
+    if rp.get_by_code(ctx.db, found.group(1)) is None:
+        ctx.say(ctx.t("report.unknown_code", code=found.group(1)))
+        return Stay()
+    ctx.data.pop("shown", None)
+    return Go("staffreport.view", {"code": found.group(1)}, keep=True)
+
+
+# ---------------------------------------------------------------- home: counts and filters
+@state("staffreport.home", staff_only=True)
+def staff_home(ctx: Ctx) -> None:
+    f = _filter(ctx)
+    scope = {"category": f.get("category"), "mahalle": f.get("mahalle")}
+    counts = {s: rp.count_reports(ctx.db, status=s, **scope) for s in rp.STATUSES}
+    choices = [Choice(f"st:{s}", f"{status_name(ctx, s)} ({counts[s]})") for s in rp.OPEN_STATUSES]
+    choices += [Choice("st:open", f"{ctx.t('staffreport.all_open')} ({sum(counts[s] for s in rp.OPEN_STATUSES)})"),
+                Choice("st:resolved", f"{status_name(ctx, 'resolved')} ({counts['resolved']})"),
+                Choice("st:rejected", f"{status_name(ctx, 'rejected')} ({counts['rejected']})"),
+                Choice("st:all", ctx.t("staffreport.all")),
+                Choice("cat", ctx.t("staffreport.by_category")), Choice("mah", ctx.t("staffreport.by_mahalle"))]
+    if f.get("category") or f.get("mahalle"):
+        choices.append(Choice("clear", ctx.t("staffreport.clear")))
+    ctx.ask(ctx.t("staffreport.home", filter=_filter_text(ctx), new=counts["new"], seen=counts["seen"],
+                  in_progress=counts["in_progress"]), choices, columns=2)
+
+
+@staff_home.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
+    if msg.choice.startswith("st:"):
+        _set_filter(ctx, status=msg.choice[3:])
+        return Go("staffreport.list", {"_page": 0}, keep=True)
+    if msg.choice == "cat":
+        return Go("staffreport.category", keep=True)
+    if msg.choice == "mah":
+        return Go("staffreport.mahalle", {"_page": 0}, keep=True)
+    _set_filter(ctx, category=None, mahalle=None)
+    return Go("staffreport.home", keep=True)
+
+
+@state("staffreport.category", staff_only=True)
+def staff_category(ctx: Ctx) -> None:
+    choices = [Choice(f"c:{c.key}", c.name.get(ctx.lang)) for c in ctx.catalog.categories]
+    ctx.ask(ctx.t("staffreport.pick_category"), choices + [Choice("any", ctx.t("staffreport.any"))], columns=2)
+
+
+@staff_category.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
+        if len(found) != 1:
+            return Invalid("report.category_unknown")
+        key = found[0]
+    else:
+        key = None if msg.choice == "any" else msg.choice.removeprefix("c:")
+    _set_filter(ctx, category=key)
+    return Go("staffreport.home", keep=True)
+
+
+@state("staffreport.mahalle", staff_only=True)
+def staff_mahalle(ctx: Ctx) -> None:
+    items = [Choice(f"m:{n.key}", n.name) for n in ctx.catalog.neighbourhoods]
+    ctx.ask(ctx.t("staffreport.pick_mahalle"),
+            ctx.paged(items, ctx.data.get("_page", 0), [Choice("any", ctx.t("staffreport.any"))]), columns=2)
+
+
+@staff_mahalle.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+        if len(found) != 1:
+            return Invalid("report.mahalle_unknown")
+        key = found[0]
+    else:
+        key = None if msg.choice == "any" else msg.choice.removeprefix("m:")
+    _set_filter(ctx, mahalle=key)
+    ctx.data.pop("_page", None)
+    return Go("staffreport.home", keep=True)
+
+
+# ---------------------------------------------------------------- the list
+@state("staffreport.list", staff_only=True)
+def staff_list(ctx: Ctx) -> None:
+    args = _query_args(ctx)
+    total = rp.count_reports(ctx.db, **args)
+    pages = max(1, (total + PAGE_SIZE - 1) // PAGE_SIZE)
+    page = max(0, min(ctx.data.get("_page", 0), pages - 1))
+    ctx.data["_page"] = page
+    rows = rp.list_reports(ctx.db, limit=PAGE_SIZE, offset=page * PAGE_SIZE, **args)
+    choices = [Choice(f"r:{r.code}", f"{r.code} · {category_name(ctx, r.category)} · {status_name(ctx, r.status)}"
+                      + (f" · {mahalle_name(ctx, r.mahalle)}" if r.mahalle else "")) for r in rows]
+    if page > 0:
+        choices.append(Choice("page:prev", ctx.t("engine.page_prev")))
+    if page < pages - 1:
+        choices.append(Choice("page:next", ctx.t("engine.page_next", page=page + 2, pages=pages)))
+    choices.append(Choice("filter", ctx.t("staffreport.change_filter")))
+    text = ctx.t("staffreport.list_title", n=total, filter=_filter_text(ctx)) if total \
+        else ctx.t("staffreport.list_empty", filter=_filter_text(ctx))
+    ctx.ask(text, choices)
+
+
+@staff_list.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
+    if msg.choice == "filter":
+        return Go("staffreport.home", keep=True)
+    ctx.data.pop("shown", None)
+    return Go("staffreport.view", {"code": msg.choice.removeprefix("r:")}, keep=True)
+
+
+# ---------------------------------------------------------------- one report
+@state("staffreport.view", staff_only=True)
+def staff_view(ctx: Ctx) -> None:
+    report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
+    if report is None:
+        ctx.ask(ctx.t("report.unknown_code", code=ctx.data.get("code", "")),
+                [Choice("back", ctx.t("staffreport.back"))])
+        return
+    if ctx.data.get("shown") != report.code:  # photos, voice and pin once; the buttons every time
+        for media in rp.media_of(ctx.db, report.id):
+            if media.kind == "photo":
+                ctx.say(report.code, photo_path=media.path)
+            else:
+                ctx.say(ctx.t("staffreport.voice", code=report.code),
+                        document=Attachment(filename=media.path.rsplit("/", 1)[-1] or "voice.ogg",
+                                            content_type=media.content_type or "audio/ogg", data="", path=media.path))
+        if report.latitude is not None and report.longitude is not None:
+            ctx.say("", latitude=report.latitude, longitude=report.longitude, venue_title=report.code)
+        ctx.data["shown"] = report.code
+    ctx.ask(staff_text(ctx, report), _view_choices(ctx, report))
+
+
+def staff_text(ctx: Ctx, report: rp.Report) -> str:
+    lines = [ctx.t("staffreport.view", code=report.code, status=status_name(ctx, report.status),
+                   category=category_name(ctx, report.category),
+                   description=truncate(report.description, 1500) or "—",
+                   location=location_text(ctx, report.latitude, report.longitude, report.mahalle, report.address),
+                   created=ctx.when(report.created_at), updated=ctx.when(report.updated_at),
+                   supporters=report.supporters, reopened=report.reopened_count,
+                   rating=report.rating if report.rating else "—")]
+    if report.reject_reason:
+        lines.append(ctx.t("report.notify.reason", reason=report.reject_reason))
+    if report.merged_into_id:
+        target = rp.get_report(ctx.db, report.merged_into_id)
+        lines.append(ctx.t("report.detail_merged", code=target.code if target else "?"))
+    lines.append(ctx.t("report.detail_history"))
+    for event in rp.history_of(ctx.db, report.id)[-12:]:
+        what = status_name(ctx, event.to_status) if event.to_status else event.kind
+        note = f" — {truncate(event.note, 160)}" if event.note else ""
+        lines.append(f"• {ctx.when(event.at)} · {what} · {event.actor}{note}")
+    return "\n".join(lines)
+
+
+def _view_choices(ctx: Ctx, report: rp.Report) -> list[Choice]:
+    choices = []
+    if report.status != "merged":
+        for status, label in TARGETS.items():
+            if status != report.status and not (status == "seen" and report.status != "new"):
+                choices.append(Choice(f"to:{status}", ctx.t(label)))
+        choices.append(Choice("merge", ctx.t("staffreport.merge")))
+    return choices + [Choice("back", ctx.t("staffreport.back"))]
+
+
+@staff_view.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        return _open_code(ctx, msg.text) or Invalid("engine.choose")
+    if msg.choice == "back":
+        return Go("staffreport.list", keep=True)
+    if msg.choice == "merge":
+        return Go("staffreport.merge", keep=True)
+    target = msg.choice.removeprefix("to:")
+    ctx.data["to"] = target
+    return Go("staffreport.reason" if target == "rejected" else "staffreport.note", keep=True)
+
+
+@state("staffreport.note", staff_only=True)
+def staff_note(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""), status=status_name(ctx, ctx.data.get("to", ""))),
+            [Choice("none", ctx.t("staffreport.no_note")), Choice("cancel", ctx.t("staffreport.back"))])
+
+
+@staff_note.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE and msg.choice == "cancel":
+        return Go("staffreport.view", keep=True)
+    note = msg.text.strip() if msg.kind == Kind.TEXT else ""
+    return _change(ctx, ctx.data.get("to", ""), note=note)
+
+
+@state("staffreport.reason", staff_only=True)
+def staff_reason(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("staffreport.reason_prompt", code=ctx.data.get("code", "")),
+            [Choice("cancel", ctx.t("staffreport.back"))])
+
+
+@staff_reason.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        return Go("staffreport.view", keep=True)
+    reason = msg.text.strip()
+    if len(reason) < 3:
+        return Invalid("staffreport.reason_short")
+    return _change(ctx, "rejected", note=reason, reason=reason)
+
+
+def _change(ctx: Ctx, status: str, *, note: str = "", reason: str = "") -> Transition:
+    code = ctx.data.get("code", "")
+    try:
+        report = rp.get_by_code(ctx.db, code)
+        people = len(rp.audience_of(ctx.db, report)) if report else 0
+        report = rp.set_status(ctx.db, code, status, _actor(ctx), note, reason=reason, catalog=ctx.catalog,
+                               tz=ctx.config.timezone, now=ctx.now)
+    except rp.ReportError as err:
+        ctx.say(ctx.t(err.key, **err.params))
+        return Go("staffreport.view", keep=True)
+    ctx.data.pop("to", None)
+    ctx.say(ctx.t("staffreport.status_changed", code=report.code, status=status_name(ctx, status), n=people))
+    return Go("staffreport.view", keep=True)
+
+
+@state("staffreport.merge", staff_only=True)
+def staff_merge(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("staffreport.merge_prompt", code=ctx.data.get("code", "")),
+            [Choice("cancel", ctx.t("staffreport.back"))])
+
+
+@staff_merge.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        return Go("staffreport.view", keep=True)
+    found = CODE_RE.search(msg.text.upper())
+    if not found:
+        return Invalid("staffreport.merge_hint")
+    code = ctx.data.get("code", "")
+    try:
+        source = rp.get_by_code(ctx.db, code)
+        people = len(rp.audience_of(ctx.db, source)) if source else 0
+        report = rp.merge(ctx.db, code, found.group(1), _actor(ctx), catalog=ctx.catalog, tz=ctx.config.timezone,
+                          now=ctx.now)
+    except rp.ReportError as err:
+        ctx.say(ctx.t(err.key, **err.params))
+        return Go("staffreport.merge", keep=True)
+    target = rp.get_report(ctx.db, report.merged_into_id)
+    ctx.say(ctx.t("staffreport.merged", code=report.code, into=target.code, n=people))
+    ctx.data.pop("shown", None)
+    return Go("staffreport.view", {"code": target.code}, keep=True)

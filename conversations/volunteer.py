@@ -1,0 +1,448 @@
+"""Volunteer pools: /gonullu shows the municipality's pools (with their Sustainable Development
+Goals); a resident joins with skills (catalog tags and free text), availability (weekdays,
+weekends, evenings) and mahalle, sees and leaves pools, and sees their duties. Staff post a call
+for volunteers with /gonullucagri (or `katilim volunteers call`); matching volunteers get it with
+accept / decline buttons that work whatever they are doing (global choices "vc:...").
+
+Everything here needs the "volunteering" consent, asked just in time.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from conversations import participation as P
+from conversations.core import COMMAND_TEXTS, require_consent, yes_no
+from conversations.engine import (
+    IDLE,
+    Ctx,
+    Go,
+    Invalid,
+    Stay,
+    Transition,
+    command,
+    global_choice,
+    menu_item,
+    state,
+)
+from conversations.i18n import N_
+from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.text import match_options, truncate
+from storage.participation import AVAILABILITY
+
+COMMAND_TEXTS["volunteer"] = N_("volunteer.command")
+COMMAND_TEXTS["volunteercall"] = N_("volunteer.call_new.command")
+menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
+
+
+def _tz(ctx: Ctx) -> str:
+    return ctx.config.timezone
+
+
+def _offsets(ctx: Ctx):
+    offsets = P.offsets_of(ctx.config.settings)
+    P.configure(ctx.config.timezone, offsets)
+    return offsets
+
+
+def _sdg(ctx: Ctx, goals) -> str:
+    return ctx.t("volunteer.sdg", goals=", ".join(str(g) for g in goals)) if goals else ""
+
+
+def _pool_name(ctx: Ctx, key: str) -> str:
+    pool = ctx.catalog.pool(key)
+    return pool.name.get(ctx.lang) if pool else key
+
+
+def _skill_name(ctx: Ctx, key: str) -> str:
+    return next((name.get(ctx.lang) for k, name in ctx.catalog.skills if k == key), key)
+
+
+def _hood_name(ctx: Ctx, key: str | None) -> str:
+    hood = ctx.catalog.neighbourhood(key) if key else None
+    return hood.name if hood else ctx.t("common.none")
+
+
+# ---------------------------------------------------------------- entry
+@command("volunteer", "gonullu", "gönüllü", "volunteer", menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"})
+def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
+    return require_consent(ctx, "volunteering", "volunteer.home")
+
+
+@state("volunteer.home")
+def home(ctx: Ctx) -> None:
+    joined = {m.pool for m in P.memberships_of(ctx.db, ctx.resident.id)}
+    lines = [ctx.t("volunteer.home", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
+    choices = []
+    for pool in ctx.catalog.pools:
+        mark = "✓ " if pool.key in joined else ""
+        lines.append(f"• {mark}{pool.name.get(ctx.lang)} — {_sdg(ctx, pool.sdg)}")
+        choices.append(Choice(f"p:{pool.key}", mark + pool.name.get(ctx.lang)))
+    if not ctx.catalog.pools:
+        lines.append(ctx.t("volunteer.no_pools"))
+    choices += [Choice("mine", ctx.t("volunteer.my_calls")), Choice("menu", ctx.t("common.back"))]
+    ctx.ask("\n".join(lines), choices)
+
+
+@home.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice == "menu":
+        return Go(IDLE)
+    if msg.choice == "mine":
+        return Go("volunteer.mine")
+    return Go("volunteer.pool", {"pool": msg.choice[2:]})
+
+
+@state("volunteer.pool")
+def pool_detail(ctx: Ctx) -> None:
+    pool = ctx.catalog.pool(ctx.data.get("pool", ""))
+    if pool is None:
+        ctx.ask(ctx.t("volunteer.no_pools"), [Choice("back", ctx.t("common.back"))])
+        return
+    member = P.membership(ctx.db, ctx.resident.id, pool.key)
+    lines = [ctx.t("volunteer.pool_detail", name=pool.name.get(ctx.lang), description=pool.description.get(ctx.lang),
+                   sdg=_sdg(ctx, pool.sdg))]
+    choices = []
+    if member is not None:
+        lines.append(ctx.t("volunteer.you_are_member", since=ctx.when(member.joined_at),
+                           availability=_availability(ctx, member.weekdays, member.weekends, member.evenings)))
+        choices += [Choice("join", ctx.t("volunteer.update")), Choice("leave", ctx.t("volunteer.leave"))]
+    else:
+        choices.append(Choice("join", ctx.t("volunteer.join")))
+    choices.append(Choice("back", ctx.t("common.back")))
+    ctx.ask("\n".join(lines), choices)
+
+
+@pool_detail.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE or msg.choice == "back":
+        return Go("volunteer.home")
+    pool = ctx.data.get("pool", "")
+    if msg.choice == "leave":
+        return Go("volunteer.leave", {"pool": pool})
+    member = P.membership(ctx.db, ctx.resident.id, pool)
+    data = {"pool": pool, "tags": list(member.skill_tags) if member else [],
+            "skills": member.skills if member else "",
+            "avail": [a for a in AVAILABILITY if member and getattr(member, a)],
+            "mahalle": (member.mahalle if member else None) or ctx.resident.mahalle}
+    return Go("volunteer.skills" if ctx.catalog.skills else "volunteer.skills_text", data)
+
+
+def _availability(ctx: Ctx, weekdays: bool, weekends: bool, evenings: bool) -> str:
+    chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings)) if on]
+    return ", ".join(ctx.t(P.AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
+
+
+# ---------------------------------------------------------------- joining
+@state("volunteer.skills")
+def skills(ctx: Ctx) -> None:
+    chosen = set(ctx.data.get("tags", []))
+    choices = [Choice(f"s:{key}", ("✅ " if key in chosen else "⬜ ") + name.get(ctx.lang))
+               for key, name in ctx.catalog.skills]
+    choices.append(Choice("done", ctx.t("volunteer.done")))
+    ctx.ask(ctx.t("volunteer.skills_prompt", pool=_pool_name(ctx, ctx.data.get("pool", ""))), choices, columns=2)
+
+
+@skills.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("volunteer.tap_to_select")
+    if msg.choice == "done":
+        return Go("volunteer.skills_text", keep=True)
+    tags = set(ctx.data.get("tags", []))
+    tags ^= {msg.choice[2:]}
+    return Go("volunteer.skills", {"tags": sorted(tags)}, keep=True)
+
+
+@state("volunteer.skills_text")
+def skills_text(ctx: Ctx) -> None:
+    current = ctx.data.get("skills") or ""
+    choices = [Choice("skip", ctx.t(N_("volunteer.keep") if current else N_("volunteer.skip")))]
+    text = ctx.t("volunteer.skills_text_prompt")
+    if current:
+        text += "\n" + ctx.t("volunteer.current", value=current)
+    ctx.ask(text, choices)
+
+
+@skills_text.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        ctx.data["skills"] = msg.text.strip()[:1000]
+    return Go("volunteer.availability", keep=True)
+
+
+@state("volunteer.availability")
+def availability(ctx: Ctx) -> None:
+    chosen = set(ctx.data.get("avail", []))
+    choices = [Choice(f"a:{a}", ("✅ " if a in chosen else "⬜ ") + ctx.t(P.AVAILABILITY_KEYS[a])) for a in AVAILABILITY]
+    choices.append(Choice("done", ctx.t("volunteer.done")))
+    ctx.ask(ctx.t("volunteer.availability_prompt"), choices)
+
+
+@availability.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("volunteer.tap_to_select")
+    if msg.choice == "done":
+        if not ctx.data.get("avail"):
+            return Invalid("volunteer.availability_needed")
+        return Go("volunteer.mahalle", keep=True)
+    avail = set(ctx.data.get("avail", []))
+    avail ^= {msg.choice[2:]}
+    return Go("volunteer.availability", {"avail": [a for a in AVAILABILITY if a in avail]}, keep=True)
+
+
+@state("volunteer.mahalle")
+def mahalle(ctx: Ctx) -> None:
+    current = ctx.data.get("mahalle")
+    candidates = ctx.data.get("candidates")
+    hoods = [n for n in ctx.catalog.neighbourhoods if not candidates or n.key in candidates]
+    extra = []
+    if current and not candidates:
+        extra.append(Choice("keep", ctx.t("volunteer.mahalle_keep", mahalle=_hood_name(ctx, current))))
+    extra.append(Choice("skip", ctx.t("volunteer.skip")))
+    text = (ctx.t("volunteer.mahalle_current", mahalle=_hood_name(ctx, current)) if current
+            else ctx.t("volunteer.mahalle_prompt"))
+    items = [Choice(f"m:{n.key}", n.name) for n in hoods]
+    ctx.ask(text, extra + ctx.paged(items, ctx.data.get("_page", 0)), columns=2)
+
+
+@mahalle.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        if msg.choice == "keep":
+            return Go("volunteer.confirm", {"candidates": None}, keep=True)
+        if msg.choice == "skip":
+            return Go("volunteer.confirm", {"mahalle": None, "candidates": None}, keep=True)
+        return Go("volunteer.confirm", {"mahalle": msg.choice[2:], "candidates": None}, keep=True)
+    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    if len(found) == 1:
+        return Go("volunteer.confirm", {"mahalle": found[0], "candidates": None}, keep=True)
+    if not found:
+        return Invalid("mahalle.not_found")
+    return Go("volunteer.mahalle", {"candidates": found, "_page": 0}, keep=True)
+
+
+@state("volunteer.confirm")
+def confirm(ctx: Ctx) -> None:
+    d = ctx.data
+    skill_names = [_skill_name(ctx, k) for k in d.get("tags", [])] + ([d["skills"]] if d.get("skills") else [])
+    ctx.ask(ctx.t("volunteer.confirm", pool=_pool_name(ctx, d.get("pool", "")),
+                  skills=", ".join(skill_names) or ctx.t("common.none"),
+                  availability=_availability(ctx, *(a in d.get("avail", []) for a in AVAILABILITY)),
+                  mahalle=_hood_name(ctx, d.get("mahalle"))),
+            [Choice("save", ctx.t("volunteer.save")), Choice("drop", ctx.t("volunteer.discard"))])
+
+
+@confirm.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice != "save":
+        ctx.say(ctx.t("cancel.done"))
+        return Go("volunteer.home")
+    d = ctx.data
+    if ctx.catalog.pool(d.get("pool", "")) is None:
+        return Go("volunteer.home")
+    valid_tags = {k for k, _ in ctx.catalog.skills}
+    avail = d.get("avail", [])
+    P.join_pool(ctx.db, ctx.resident.id, d["pool"], skills=d.get("skills", ""),
+                skill_tags=[t for t in d.get("tags", []) if t in valid_tags], weekdays="weekdays" in avail,
+                weekends="weekends" in avail, evenings="evenings" in avail, mahalle=d.get("mahalle"), now=ctx.now)
+    ctx.say(ctx.t("volunteer.joined", pool=_pool_name(ctx, d["pool"])))
+    return Go("volunteer.home")
+
+
+@state("volunteer.leave")
+def leave(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("volunteer.leave_question", pool=_pool_name(ctx, ctx.data.get("pool", ""))), yes_no(ctx))
+
+
+@leave.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice == "yes" and P.leave_pool(ctx.db, ctx.resident.id, ctx.data.get("pool", "")):
+        ctx.say(ctx.t("volunteer.left", pool=_pool_name(ctx, ctx.data.get("pool", ""))))
+    return Go("volunteer.home")
+
+
+# ---------------------------------------------------------------- my duties
+@state("volunteer.mine")
+def mine(ctx: Ctx) -> None:
+    rows = P.calls_of(ctx.db, ctx.resident.id, ctx.now)
+    if not rows:
+        ctx.ask(ctx.t("volunteer.mine_empty"), [Choice("back", ctx.t("common.back"))])
+        return
+    lines = [ctx.t("volunteer.mine_title")]
+    choices = []
+    for response, call in rows:
+        when = P.span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
+        status = (ctx.t("volunteer.status.accepted") if response.status == "accepted"
+                  else ctx.t("volunteer.status.reserve", position=response.position))
+        lines.append(f"• {call.what} — {when}, {call.place} ({status})")
+        choices.append(Choice(f"c:{call.id}", ctx.t("volunteer.cancel_duty", what=truncate(call.what, 24))))
+    choices.append(Choice("back", ctx.t("common.back")))
+    ctx.ask("\n".join(lines), choices)
+
+
+@mine.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE or msg.choice == "back":
+        return Go("volunteer.home")
+    outcome = P.respond_to_call(ctx.db, int(msg.choice[2:]), ctx.resident.id, "c", lang=ctx.lang, tz=_tz(ctx),
+                                now=ctx.now, offsets=_offsets(ctx))
+    ctx.replies.append(outcome.outbound(ctx.t))
+    return Stay()
+
+
+# ---------------------------------------------------------------- the buttons of a call
+@global_choice(P.CALL_PREFIX)
+def call_button(ctx: Ctx, msg: Inbound) -> Transition:
+    """vc:<call>:y accept · n decline · c cancel (asks) · cy cancel · t take a freed place."""
+    parts = msg.choice.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        ctx.replies.append(Outbound(ctx.t("engine.stale_choice")))
+        return Stay()
+    outcome = P.respond_to_call(ctx.db, int(parts[1]), ctx.resident.id, parts[2], lang=ctx.lang, tz=_tz(ctx),
+                                now=ctx.now, offsets=_offsets(ctx))
+    ctx.replies.append(outcome.outbound(ctx.t))
+    return Stay()
+
+
+# ---------------------------------------------------------------- staff: a call for volunteers
+@command("volunteercall", "gonullucagri", "volunteercall")
+def cmd_volunteer_call(ctx: Ctx, text: str) -> Transition:
+    if not ctx.is_staff:
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    return Go("volunteer.call_pools", {"pools": []})
+
+
+@state("volunteer.call_pools", staff_only=True)
+def call_pools(ctx: Ctx) -> None:
+    chosen = set(ctx.data.get("pools", []))
+    choices = [Choice(f"p:{p.key}", ("✅ " if p.key in chosen else "⬜ ") + p.name.get(ctx.lang))
+               for p in ctx.catalog.pools]
+    choices.append(Choice("done", ctx.t("volunteer.done")))
+    ctx.ask(ctx.t("volunteer.call_new.pools"), choices, columns=2)
+
+
+@call_pools.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("volunteer.tap_to_select")
+    if msg.choice == "done":
+        if not ctx.data.get("pools"):
+            return Invalid("volunteer.call_new.pick_pool")
+        return Go("volunteer.call_what", keep=True)
+    pools = set(ctx.data.get("pools", []))
+    pools ^= {msg.choice[2:]}
+    return Go("volunteer.call_pools", {"pools": [p.key for p in ctx.catalog.pools if p.key in pools]}, keep=True)
+
+
+def _text_state(name: str, prompt_key: str, next_state: str, data_key: str, limit: int):
+    @state(name, staff_only=True)
+    def prompt(ctx: Ctx) -> None:
+        ctx.ask(ctx.t(prompt_key))
+
+    @prompt.on_input
+    def _(ctx: Ctx, msg: Inbound) -> Transition:
+        if msg.kind != Kind.TEXT:
+            return Invalid(prompt_key)
+        return Go(next_state, {data_key: msg.text.strip()[:limit]}, keep=True)
+
+    return prompt
+
+
+_text_state("volunteer.call_what", N_("volunteer.call_new.what"), "volunteer.call_where", "what", 2000)
+_text_state("volunteer.call_where", N_("volunteer.call_new.where"), "volunteer.call_start", "place", 255)
+
+
+@state("volunteer.call_start", staff_only=True)
+def call_start(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("volunteer.call_new.start"))
+
+
+@call_start.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.TEXT:
+        return Invalid("event.bad_datetime")
+    try:
+        when = P.parse_local(msg.text, _tz(ctx))
+    except P.ParticipationError as exc:
+        return Invalid(exc.key)
+    if when <= ctx.now:
+        return Invalid("event.in_past")
+    return Go("volunteer.call_end", {"starts_at": when.isoformat()}, keep=True)
+
+
+@state("volunteer.call_end", staff_only=True)
+def call_end(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("volunteer.call_new.end"))
+
+
+@call_end.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.TEXT:
+        return Invalid("event.bad_datetime")
+    if not ctx.data.get("starts_at"):
+        return Go("volunteer.call_start", keep=True)
+    start = datetime.fromisoformat(ctx.data["starts_at"])
+    try:
+        end = P.parse_local(msg.text, _tz(ctx), base=start)
+    except P.ParticipationError as exc:
+        return Invalid(exc.key)
+    if end <= start:
+        return Invalid("event.end_before_start")
+    return Go("volunteer.call_count", {"ends_at": end.isoformat()}, keep=True)
+
+
+@state("volunteer.call_count", staff_only=True)
+def call_count(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("volunteer.call_new.count"))
+
+
+@call_count.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    text = msg.text.strip() if msg.kind == Kind.TEXT else ""
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        return Invalid("event.bad_number")
+    return Go("volunteer.call_confirm", {"capacity": int(text)}, keep=True)
+
+
+@state("volunteer.call_confirm", staff_only=True)
+def call_confirm(ctx: Ctx) -> None:
+    d = ctx.data
+    none = ctx.t("common.none")
+    start, end = d.get("starts_at"), d.get("ends_at")
+    when = (P.span_text(datetime.fromisoformat(start), datetime.fromisoformat(end), ctx.lang, _tz(ctx))
+            if start and end else none)
+    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=", ".join(_pool_name(ctx, p) for p in d.get("pools", [])) or none,
+                  what=d.get("what") or none, place=d.get("place") or none, when=when,
+                  capacity=d.get("capacity") or none),
+            [Choice("send", ctx.t("volunteer.call_new.send")), Choice("drop", ctx.t("volunteer.discard"))])
+
+
+@call_confirm.on_input
+def _(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind != Kind.CHOICE:
+        return Invalid("engine.choose")
+    if msg.choice != "send":
+        ctx.say(ctx.t("cancel.done"))
+        return Go(IDLE)
+    d = ctx.data
+    if not all(d.get(k) for k in ("pools", "what", "place", "starts_at", "ends_at", "capacity")):
+        return Go("volunteer.call_pools", {"pools": []})  # incomplete (never through the normal path)
+    try:
+        call = P.create_call(ctx.db, pools=d["pools"], what=d["what"], place=d["place"],
+                             starts_at=datetime.fromisoformat(d["starts_at"]),
+                             ends_at=datetime.fromisoformat(d["ends_at"]), capacity=d["capacity"],
+                             created_by=f"{ctx.channel}:{ctx.identity.address}", catalog=ctx.catalog, tz=_tz(ctx),
+                             now=ctx.now)
+    except P.ParticipationError as exc:
+        ctx.say(ctx.t(exc.key))
+        return Go(IDLE)
+    ctx.say(ctx.t("volunteer.call_new.sent", id=call.id, invited=call.invited))
+    return Go(IDLE)

@@ -1,0 +1,619 @@
+"""The Telegram channel: python-telegram-bot's Application, long polling or a webhook.
+
+Every update becomes an `Inbound` (conversations/messages.py) and goes to `App.handle`, which runs
+the step in one database transaction and sends the replies through `TelegramSender`. Our state is
+in the database, so the Application has no persistence; the outbox paces sending, so it has no
+rate limiter. `external_id` is the update id: a re-delivered update is ignored by the engine.
+
+    TELEGRAM_BOT_TOKEN      set: the channel is on
+    TELEGRAM_API_URL        the Bot API root (a self-hosted server, or tests' fake server)
+    TELEGRAM_WEBHOOK_URL    set: webhook mode (POST /telegram/webhook); empty: long polling
+    TELEGRAM_WEBHOOK_SECRET checked against X-Telegram-Bot-Api-Secret-Token (empty: derived from the token)
+
+A webhook call with a wrong secret gets 403, a body over MAX_WEBHOOK_BYTES 413; neither writes anything.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+import os
+import re
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterable
+
+from fastapi import Request, Response
+from sqlalchemy.exc import OperationalError
+from telegram import (
+    BotCommand,
+    BotCommandScopeDefault,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    Update,
+)
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from bot.delivery import SendError
+from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message", "callback_query"]
+TEXT_LIMIT = 4096          # sendMessage text, in UTF-16 code units
+CAPTION_LIMIT = 1024       # sendPhoto / sendDocument caption
+POLL_TIMEOUT = 10          # seconds a getUpdates long poll waits
+ROW_WIDTH = 32             # characters a full-width inline button shows comfortably on a phone
+LONG_LABEL = 40            # longer labels are spelled out in the message text
+CALLBACK_LIMIT = 64        # bytes of callback_data
+NUMBERED = "#"             # callback_data "#3": the choice numbered 3 (its key was too long)
+CONCURRENT_UPDATES = 64    # different chats are handled concurrently; one chat's updates in order
+MAX_WEBHOOK_BYTES = 256 * 1024  # an update is a few KB (text up to 4096 characters); larger: 413
+
+
+class MediaTooLarge(ValueError):
+    """A file over MEDIA_MAX_BYTES: not downloaded."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"file of {size} bytes is over the {limit} byte limit (MEDIA_MAX_BYTES)")
+        self.size = size
+        self.limit = limit
+
+
+# ---------------------------------------------------------------- pure helpers
+def utf16_len(text: str) -> int:
+    """Length as Telegram counts it (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _prefix_within(text: str, limit: int) -> int:
+    """The number of characters of text whose UTF-16 length is at most limit."""
+    if utf16_len(text) <= limit:
+        return len(text)
+    used = 0
+    for i, char in enumerate(text):
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > limit:
+            return i
+    return len(text)
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Split text into pieces of at most `limit` UTF-16 units, on a paragraph, line or word
+    boundary where there is one (a word longer than the limit is cut). No piece is empty."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    pieces: list[str] = []
+    rest = text.strip()
+    while rest:
+        if utf16_len(rest) <= limit:
+            pieces.append(rest)
+            break
+        cut = max(1, _prefix_within(rest, limit))
+        window = rest[:cut + 1]  # a boundary right after the window still counts
+        at = -1
+        for sep in ("\n\n", "\n", " "):
+            found = window.rfind(sep, 0, cut + 1)
+            if found > 0 and (found >= cut // 2 or sep == " "):
+                at = found
+                break
+        if at <= 0:
+            found = max(window.rfind(c, 0, cut + 1) for c in ("\n", " ", "\t"))
+            at = found if found > 0 else cut
+        pieces.append(rest[:at].rstrip())  # rest starts with no whitespace: never empty
+        rest = rest[at:].lstrip()
+    return pieces
+
+
+def callback_data(key: str, number: int) -> str:
+    """The choice key; a key over Telegram's 64 bytes becomes "#<number>", answered as the typed
+    number, which the engine resolves to the choice like any numbered answer."""
+    return key if len(key.encode("utf-8")) <= CALLBACK_LIMIT else f"{NUMBERED}{number}"
+
+
+def keyboard_rows(choices: list[Choice], columns: int = 1) -> tuple[list[list[Choice]], list[str]]:
+    """Choices laid out `columns` to a row; a label too long for its column gets a row of its own,
+    and a label too long even for that is spelled out (numbered) in lines for the message text,
+    the button showing its number and its start."""
+    columns = max(1, columns)
+    rows: list[list[Choice]] = []
+    lines: list[str] = []
+    row: list[Choice] = []
+    for number, choice in enumerate(choices, 1):
+        label = choice.label
+        if len(label) > LONG_LABEL:
+            lines.append(f"{number}. {label}")
+            label = f"{number}. {label[:LONG_LABEL - 6].rstrip()}…"
+            choice = Choice(choice.key, label)
+        if columns > 1 and len(label) > ROW_WIDTH // columns:
+            if row:
+                rows.append(row)
+                row = []
+            rows.append([choice])
+            continue
+        row.append(choice)
+        if len(row) == columns:
+            rows.append(row)
+            row = []
+    if row:
+        rows.append(row)
+    return rows, lines
+
+
+def send_error(exc: Exception) -> SendError | None:
+    """A Telegram error in the dispatcher's terms; None when it means success."""
+    if isinstance(exc, RetryAfter):
+        return SendError("retry_after", str(exc), _retry_after_seconds(exc))
+    if isinstance(exc, Forbidden):
+        return SendError("blocked", exc.message)
+    if isinstance(exc, BadRequest):
+        if "message is not modified" in exc.message.lower():
+            return None
+        return SendError("permanent", exc.message)
+    if isinstance(exc, (TimedOut, NetworkError)):
+        return SendError("transient", getattr(exc, "message", "") or type(exc).__name__)
+    return SendError("transient", f"{type(exc).__name__}: {exc}")
+
+
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    value = getattr(exc, "_retry_after", None)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _phone(number: str) -> str:
+    digits = re.sub(r"[^\d+]", "", number or "")
+    return digits if digits.startswith("+") or not digits else "+" + digits
+
+
+def to_inbound(update: Update) -> Inbound | None:
+    """An update as an Inbound, or None for what we do not serve (groups, edits, other updates)."""
+    query = update.callback_query
+    message = update.message
+    if query is not None:
+        user = query.from_user
+        chat = query.message.chat if query.message is not None else None
+    elif message is not None:
+        user = message.from_user
+        chat = message.chat
+    else:
+        return None  # edited messages, channel posts, chat member updates...
+    if user is None or user.is_bot:
+        return None
+    if chat is not None and chat.type != "private":
+        log.info("ignoring a message from %s chat %s (only private chats are served)", chat.type, chat.id)
+        return None
+    base: dict[str, Any] = dict(channel=CHANNEL, address=str(chat.id if chat is not None else user.id),
+                                display_name=(user.first_name or "")[:128], language_hint=user.language_code or "",
+                                external_id=str(update.update_id))
+    if query is not None:
+        data = query.data or ""
+        if re.fullmatch(re.escape(NUMBERED) + r"\d{1,3}", data):
+            return Inbound(kind=Kind.TEXT, text=data[len(NUMBERED):], **base)
+        return Inbound(kind=Kind.CHOICE, choice=data, **base)
+    base["received_at"] = message.date
+    text = message.text
+    if text is not None:
+        if re.match(r"/[^\s/]", text):
+            head, _, rest = text.partition(" ")
+            name = head[1:].split("@", 1)[0].lower()
+            return Inbound(kind=Kind.COMMAND, command=name, text=f"/{name} {rest}".strip(), **base)
+        return Inbound(kind=Kind.TEXT, text=text, **base)
+    caption = message.caption or ""
+    if message.location is not None:
+        return Inbound(kind=Kind.LOCATION, latitude=message.location.latitude,
+                       longitude=message.location.longitude, text=message.venue.title if message.venue else "",
+                       **base)
+    if message.photo:
+        size = max(message.photo, key=lambda p: (p.file_size or 0, p.width * p.height))
+        return Inbound(kind=Kind.PHOTO, text=caption, media=[Media(size.file_id, "image/jpeg", size.file_size)], **base)
+    if message.voice is not None:
+        voice = message.voice
+        return Inbound(kind=Kind.VOICE, text=caption, media=[Media(voice.file_id, voice.mime_type or "audio/ogg",
+                                                                   voice.file_size)], **base)
+    if message.audio is not None:
+        audio = message.audio
+        return Inbound(kind=Kind.VOICE, text=caption, media=[Media(audio.file_id, audio.mime_type or "audio/mpeg",
+                                                                   audio.file_size, audio.file_name or "")], **base)
+    if message.document is not None and message.animation is None:
+        doc = message.document
+        content_type = doc.mime_type or mimetypes.guess_type(doc.file_name or "")[0] or "application/octet-stream"
+        kind = Kind.PHOTO if content_type.startswith("image/") else Kind.DOCUMENT
+        return Inbound(kind=kind, text=caption, media=[Media(doc.file_id, content_type, doc.file_size,
+                                                             doc.file_name or "")], **base)
+    if message.sticker is not None:
+        return Inbound(kind=Kind.STICKER, **base)
+    if message.contact is not None:
+        contact = message.contact
+        if contact.user_id is not None and contact.user_id == user.id:
+            return Inbound(kind=Kind.CONTACT, phone=_phone(contact.phone_number), **base)
+        return Inbound(kind=Kind.OTHER, **base)
+    return Inbound(kind=Kind.OTHER, text=caption, **base)  # video, poll, dice, animation, game...
+
+
+def button_label(message: Message | None, data: str) -> str | None:
+    markup = message.reply_markup if message is not None else None
+    for row in (markup.inline_keyboard if markup else ()):
+        for button in row:
+            if button.callback_data == data:
+                return button.text
+    return None
+
+
+def webhook_secret(settings) -> str:
+    """TELEGRAM_WEBHOOK_SECRET, or a stable secret derived from the token (A-Z a-z 0-9 _ - only)."""
+    if settings.telegram_webhook_secret:
+        return settings.telegram_webhook_secret
+    return hashlib.sha256(f"katilim-webhook:{settings.telegram_bot_token}".encode()).hexdigest()
+
+
+def command_menu(lang: str) -> list[tuple[str, str]]:
+    """(name, description) of the commands shown in Telegram's menu for a language, built when
+    asked: features add commands to COMMAND_MENU and COMMAND_TEXTS as they are imported."""
+    from conversations.core import COMMAND_TEXTS
+    from conversations.engine import COMMAND_ALIASES, COMMAND_MENU
+    from conversations.i18n import translator
+
+    t = translator(lang)
+    result, seen = [], set()
+    for name in COMMAND_MENU.get(lang, []):
+        key = COMMAND_TEXTS.get(COMMAND_ALIASES.get(name, name))
+        if not key or not t.has(key) or name in seen or not re.fullmatch(r"[a-z0-9_]{1,32}", name):
+            continue
+        seen.add(name)
+        result.append((name, t(key)[:256]))
+    return result
+
+
+# ---------------------------------------------------------------- sending
+class TelegramSender:
+    """Renders an Outbound as Telegram messages (bot.delivery.Sender)."""
+
+    channel = CHANNEL
+
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self._init_lock = asyncio.Lock()
+        self._ready_done = False
+
+    async def _ready(self) -> None:
+        """A sender used without its channel started (katilim worker) initialises the Bot itself
+        (Bot.initialize does nothing when the Application already did it)."""
+        if not self._ready_done:
+            async with self._init_lock:
+                if not self._ready_done:
+                    await self.bot.initialize()
+                    self._ready_done = True
+
+    async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
+        try:
+            await self._ready()
+            return await self._send(address, out)
+        except TelegramError as exc:
+            error = send_error(exc)
+            if error is None:
+                return ""
+            raise error from exc
+        except OSError as exc:  # a file to send is gone
+            raise SendError("permanent", f"{type(exc).__name__}: {exc}") from exc
+
+    async def _send(self, address: str, out: Outbound) -> str:
+        chat = int(address) if re.fullmatch(r"-?\d+", address) else address
+        rows, long_lines = keyboard_rows(out.choices, out.columns)
+        text = "\n".join([out.text, "", *long_lines]) if long_lines and out.text else "\n".join([out.text, *long_lines])
+        markup: Any = None
+        if out.request_contact:  # Telegram asks before sharing the resident's own number
+            # A reply keyboard cannot carry inline buttons: choices become buttons that type their
+            # label, which the engine resolves to the choice like any typed label.
+            markup = ReplyKeyboardMarkup([[KeyboardButton(out.request_contact, request_contact=True)]]
+                                         + [[KeyboardButton(c.label) for c in row] for row in rows],
+                                         resize_keyboard=True, one_time_keyboard=True)
+        elif rows:
+            numbers: dict[str, int] = {}
+            for n, c in enumerate(out.choices, 1):
+                numbers.setdefault(c.key, n)
+            markup = InlineKeyboardMarkup([
+                [InlineKeyboardButton(c.label, callback_data=callback_data(c.key, numbers[c.key])) for c in row]
+                for row in rows])
+        elif out.remove_keyboard:
+            markup = ReplyKeyboardRemove()
+        last = ""
+        if out.photo_path:
+            path = Path(out.photo_path)
+            caption, overflow = _caption_split(text)
+            photo = InputFile(path.read_bytes(), filename=path.name)
+            sent = await self.bot.send_photo(chat, photo, caption=caption or None,
+                                             reply_markup=None if overflow else markup)
+            last = str(sent.message_id)
+            return await self._texts(chat, overflow, markup) or last
+        if out.document is not None:
+            doc = out.document
+            data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
+            fits = utf16_len(text) <= CAPTION_LIMIT
+            if not fits:
+                await self._texts(chat, split_text(text), None)
+            sent = await self.bot.send_document(chat, InputFile(data, filename=doc.filename),
+                                                caption=(text or None) if fits else None, reply_markup=markup)
+            return str(sent.message_id)
+        if out.latitude is not None and out.longitude is not None:
+            await self._texts(chat, split_text(text), None)
+            if out.venue_title:
+                sent = await self.bot.send_venue(chat, out.latitude, out.longitude, out.venue_title[:256],
+                                                 f"{out.latitude:.5f}, {out.longitude:.5f}", reply_markup=markup)
+            else:
+                sent = await self.bot.send_location(chat, out.latitude, out.longitude, reply_markup=markup)
+            return str(sent.message_id)
+        return await self._texts(chat, split_text(text), markup)
+
+    async def _texts(self, chat, pieces: list[str], markup) -> str:
+        last = ""
+        for i, piece in enumerate(pieces):
+            sent = await self.bot.send_message(chat, piece, reply_markup=markup if i == len(pieces) - 1 else None)
+            last = str(sent.message_id)
+        return last
+
+
+def _caption_split(text: str) -> tuple[str, list[str]]:
+    """A caption of at most CAPTION_LIMIT, and the rest of the text as following messages."""
+    if utf16_len(text) <= CAPTION_LIMIT:
+        return text, []
+    first = split_text(text, CAPTION_LIMIT)[0]
+    rest = text.strip()[len(first):]
+    return first, split_text(rest)
+
+
+# ---------------------------------------------------------------- the channel
+class TelegramChannel:
+    """The Telegram channel (bot.app.Channel)."""
+
+    name = CHANNEL
+
+    def __init__(self, app) -> None:
+        self.app = app
+        settings = app.settings
+        self.settings = settings
+        root = settings.telegram_api_url.rstrip("/")
+        self.application: Application = (
+            ApplicationBuilder()
+            .token(settings.telegram_bot_token)
+            .base_url(f"{root}/bot")
+            .base_file_url(f"{root}/file/bot")
+            .job_queue(None)
+            .concurrent_updates(CONCURRENT_UPDATES)
+            .build()
+        )
+        self.application.add_handler(TypeHandler(Update, self._on_update))
+        self.application.add_error_handler(self._on_error)
+        self.sender = TelegramSender(self.application.bot)
+        self.webhook = bool(settings.telegram_webhook_url)
+        self.secret = webhook_secret(settings) if self.webhook else ""
+        self.completed: collections.deque[int] = collections.deque(maxlen=1000)  # recently handled update ids
+        self._failed: set[int] = set()
+        self._locks: dict[str, list] = {}
+        self._started = False
+        self._inflight = 0                 # webhook updates being handled right now
+        self._idle = asyncio.Event()
+        self._idle.set()
+        app.media_fetchers[self.name] = self.download
+
+    # -- lifecycle
+    async def start(self) -> None:
+        try:
+            await self.application.initialize()
+        except InvalidToken:
+            from bot.app import StartupError
+
+            raise StartupError("Telegram refused TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
+        await self.set_commands()
+        await self.application.start()
+        self._started = True
+        if self.webhook:
+            await self.application.bot.set_webhook(self.settings.telegram_webhook_url, secret_token=self.secret,
+                                                   allowed_updates=ALLOWED_UPDATES)
+            log.info("Telegram webhook mode: %s", self.settings.telegram_webhook_url)
+        else:  # start_polling deletes any webhook first
+            await self.application.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES,
+                                                         bootstrap_retries=3, error_callback=self._poll_error)
+            log.info("Telegram long polling as @%s", self.application.bot.username)
+
+    async def stop(self) -> None:
+        application = self.application
+        self._started = False  # webhook calls from now on get 503: Telegram sends them again later
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=15)
+        except asyncio.TimeoutError:
+            log.warning("stopping with %d Telegram webhook updates still being handled", self._inflight)
+        try:
+            if application.updater is not None and application.updater.running:
+                await asyncio.wait_for(application.updater.stop(), timeout=15)
+            if application.running:
+                await asyncio.wait_for(application.stop(), timeout=15)
+        finally:
+            await asyncio.wait_for(application.shutdown(), timeout=15)
+
+    async def set_commands(self) -> None:
+        """The command menu per language (the default scope shows the Turkish one)."""
+        bot = self.application.bot
+        try:
+            menus = {lang: [BotCommand(n, d) for n, d in command_menu(lang)] for lang in ("tr", "en", "ar")}
+            await bot.set_my_commands(menus["tr"], scope=BotCommandScopeDefault())
+            for lang, commands in menus.items():
+                await bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=lang)
+        except TelegramError as exc:
+            log.warning("Telegram command menu not set: %s", exc)
+
+    def _poll_error(self, exc: TelegramError) -> None:
+        log.warning("Telegram polling: %s", exc)
+
+    # -- webhook
+    def mount(self, http_app) -> None:
+        if not self.webhook:
+            return
+
+        async def telegram_webhook(request: Request) -> Response:
+            given = request.headers.get(SECRET_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self.secret.encode()):
+                log.warning("Telegram webhook call with a wrong or missing secret from %s",
+                            request.client.host if request.client else "?")
+                return Response(status_code=403)
+            if not self._started:
+                return Response(status_code=503)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+                return Response(status_code=413)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_WEBHOOK_BYTES:
+                    return Response(status_code=413)
+            try:
+                data = json.loads(bytes(body))
+                update = Update.de_json(data, self.application.bot)
+            except Exception:  # noqa: BLE001
+                return Response(status_code=400)
+            if update is None:
+                return Response(status_code=400)
+            ok = await self.process(update)
+            return Response(status_code=200 if ok else 500)
+
+        http_app.add_api_route(WEBHOOK_PATH, telegram_webhook, methods=["POST"], include_in_schema=False)
+
+    async def process(self, update: Update) -> bool:
+        """Handle one update now (webhook); False when it failed and Telegram should send it again."""
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self.application.process_update(update)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        failed = update.update_id in self._failed
+        self._failed.discard(update.update_id)
+        return not failed
+
+    # -- updates
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        inbound = to_inbound(update)
+        if inbound is None:
+            self.completed.append(update.update_id)
+            return
+        # The chat's lock is taken before anything is awaited: its updates are handled in order.
+        async with self._chat_lock(inbound.address):
+            if update.callback_query is not None:
+                await self._settle_callback(update)
+            for attempt in range(3):
+                try:
+                    await self.app.handle(inbound)
+                    break
+                except OperationalError:
+                    if attempt == 2:
+                        raise
+                    log.warning("database busy or unreachable; handling update %s again", update.update_id)
+                    await asyncio.sleep(0.5 * 4 ** attempt)
+        self.completed.append(update.update_id)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if isinstance(update, Update):
+            self._failed.add(update.update_id)
+            log.error("Telegram update %s not handled", update.update_id, exc_info=context.error)
+        else:
+            log.error("Telegram error", exc_info=context.error)
+
+    async def _settle_callback(self, update: Update) -> None:
+        """Answer the tapped button and take the keyboard away, showing what was chosen."""
+        query = update.callback_query
+        bot = self.application.bot
+        try:
+            await query.answer()
+        except TelegramError as exc:
+            log.debug("callback not answered: %s", exc)
+        message = query.message if isinstance(query.message, Message) else None
+        label = button_label(message, query.data or "")
+        if message is None or label is None:
+            return
+        try:
+            new_text = f"{message.text}\n\n→ {label}" if message.text else ""
+            if new_text and utf16_len(new_text) <= TEXT_LIMIT:
+                await bot.edit_message_text(new_text, chat_id=message.chat.id, message_id=message.message_id,
+                                            reply_markup=None)
+            else:
+                await bot.edit_message_reply_markup(chat_id=message.chat.id, message_id=message.message_id,
+                                                    reply_markup=None)
+        except TelegramError as exc:
+            if send_error(exc) is not None:
+                log.info("buttons of message %s not removed: %s", message.message_id, exc)
+
+    @contextlib.asynccontextmanager
+    async def _chat_lock(self, address: str):
+        """One chat's updates are handled one at a time, in order; other chats go on meanwhile."""
+        entry = self._locks.setdefault(address, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._locks.pop(address, None)
+
+    # -- media
+    async def download(self, media: Media, media_dir: Path | str | None = None) -> Path:
+        """Download a Telegram file into MEDIA_DIR, named by the SHA-256 of its bytes; refuse files
+        over MEDIA_MAX_BYTES (MediaTooLarge). Telegram failures raise SendError."""
+        limit = self.settings.media_max_bytes
+        if media.size and media.size > limit:
+            raise MediaTooLarge(media.size, limit)
+        try:
+            await self.sender._ready()
+            tg_file = await self.application.bot.get_file(media.ref)
+            if tg_file.file_size and tg_file.file_size > limit:
+                raise MediaTooLarge(tg_file.file_size, limit)
+            data = bytes(await tg_file.download_as_bytearray())
+        except TelegramError as exc:
+            raise (send_error(exc) or SendError("transient", str(exc))) from exc
+        if len(data) > limit:
+            raise MediaTooLarge(len(data), limit)
+        folder = Path(media_dir or self.settings.media_dir)
+        target = folder / f"{hashlib.sha256(data).hexdigest()}{_extension(tg_file.file_path, media)}"
+        if not target.exists():
+            await asyncio.to_thread(_write_atomically, target, data)
+        return target
+
+
+def _extension(file_path: str | None, media: Media) -> str:
+    for candidate in (Path(file_path or "").suffix, Path(media.filename or "").suffix):
+        if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", candidate or ""):
+            return candidate.lower()
+    guessed = mimetypes.guess_extension(media.content_type or "") if media.content_type else None
+    return guessed or ".bin"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+__all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_text", "keyboard_rows",
+                          "send_error", "to_inbound", "command_menu", "webhook_secret"]

@@ -1,0 +1,49 @@
+"""The inbox: webhooks that must answer at once (Twilio) write the inbound message here before
+answering; the step that handles it deletes the row in its own transaction. If the process dies
+in between, the scheduler's "inbox" job hands the message to the engine again (which ignores it if
+it was in fact handled: ProcessedInbound)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, delete
+from sqlmodel import Field, Session, SQLModel, select
+
+from conversations.messages import Inbound, Kind, Media
+from storage.db import utcnow
+
+
+class InboundQueue(SQLModel, table=True):
+    __tablename__ = "inbound_queue"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+def persist(db: Session, msg: Inbound) -> int:
+    row = InboundQueue(channel=msg.channel, payload=msg.to_dict(), received_at=utcnow())
+    db.add(row)
+    db.flush()
+    return row.id
+
+
+def done(db: Session, row_id: int) -> None:
+    db.exec(delete(InboundQueue).where(InboundQueue.id == row_id))
+
+
+def stale(db: Session, older_than: timedelta, limit: int = 100) -> list[tuple[int, Inbound]]:
+    """Messages accepted but not handled for a while (their process died)."""
+    rows = db.exec(select(InboundQueue).where(InboundQueue.received_at < utcnow() - older_than)
+                   .order_by(InboundQueue.id).limit(limit)).all()
+    return [(row.id, from_dict(row.payload)) for row in rows]
+
+
+def from_dict(d: dict[str, Any]) -> Inbound:
+    d = dict(d)
+    d["kind"] = Kind(d["kind"])
+    d["media"] = [Media(**m) for m in d.get("media") or []]
+    if d.get("received_at"):
+        d["received_at"] = datetime.fromisoformat(d["received_at"])
+    return Inbound(**d)

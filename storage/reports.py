@@ -1,0 +1,539 @@
+"""Problem reports (issue 4): tables and repository functions.
+
+A report is a record the municipality keeps: when a resident erases their data the report stays,
+with `resident_id` detached. Tracking codes are `{prefix}-{year}-{number:06d}` (BCA-2026-000123)
+from a per-year counter row bumped with an atomic upsert in the creating transaction, so two
+workers never hand out the same number (PostgreSQL row lock; SQLite's BEGIN IMMEDIATE).
+
+Every status change writes a `ReportEvent`, an audit row and, through the outbox in the same
+transaction, a notification to the reporter and every follower in their own language.
+
+Stable API (other features build on it): STATUSES, OPEN_STATUSES, Report, ReportMedia,
+ReportFollower, ReportEvent, ReportCounter, next_code, create_report, get_report, get_by_code,
+find_nearby_open, follow, is_following, followers_of, set_status, merge, reopen, rate,
+list_for_resident, count_for_resident_since, list_reports, count_reports, media_of, history_of,
+export_rows, export_resident, erase_resident, notify_staff, ReportError.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint, func
+from sqlmodel import Field, Session, SQLModel, select
+
+from conversations.i18n import N_, Translator, translator
+from conversations.messages import Choice, Outbound
+from storage import outbox, repo
+from storage.db import utcnow
+from storage.models import ChannelIdentity, Resident, Staff
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("new", "seen", "in_progress", "resolved", "rejected", "merged")
+OPEN_STATUSES = ("new", "seen", "in_progress")
+CLOSED_STATUSES = ("resolved", "rejected", "merged")
+MEDIA_KINDS = ("photo", "voice")
+REOPEN_WINDOW = timedelta(days=14)
+STATUS_KEYS = {"new": N_("report.status.new"), "seen": N_("report.status.seen"),
+               "in_progress": N_("report.status.in_progress"), "resolved": N_("report.status.resolved"),
+               "rejected": N_("report.status.rejected"), "merged": N_("report.status.merged")}
+# The notification each status change sends to the reporter and the followers.
+NOTIFY_KEYS = {"new": N_("report.notify.new"), "seen": N_("report.notify.seen"),
+               "in_progress": N_("report.notify.in_progress"), "resolved": N_("report.notify.resolved"),
+               "rejected": N_("report.notify.rejected"), "merged": N_("report.notify.merged")}
+# Prefix of the proactive "was it solved?" buttons: rs:yes:CODE / rs:no:CODE; rating rr:N:CODE.
+RESOLVED_PREFIX = "rs"
+RATING_PREFIX = "rr"
+
+
+class ReportError(ValueError):
+    """A repository call that cannot be done (unknown code, bad status...); `key` is a catalog key."""
+
+    def __init__(self, key: str, **params: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.params = params
+
+
+# ---------------------------------------------------------------- tables
+class ReportCounter(SQLModel, table=True):
+    """The last number handed out per tracking prefix and year."""
+
+    __tablename__ = "report_counter"
+    prefix: str = Field(max_length=8, primary_key=True)
+    year: int = Field(primary_key=True)
+    last: int = Field(default=0)
+
+
+class Report(SQLModel, table=True):
+    __tablename__ = "report"
+    __table_args__ = (
+        Index("ix_report_open_nearby", "category", "status", "created_at"),
+        Index("ix_report_resident_created", "resident_id", "created_at"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    code: str = Field(max_length=24, unique=True)
+    resident_id: Optional[int] = Field(default=None, foreign_key="resident.id")
+    category: str = Field(max_length=32, index=True)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    latitude: Optional[float] = None
+    longitude: Optional[float] = None
+    mahalle: Optional[str] = Field(default=None, max_length=64, index=True)
+    address: str = Field(default="", max_length=255)
+    status: str = Field(default="new", max_length=16, index=True)
+    reject_reason: str = Field(default="", max_length=500)
+    merged_into_id: Optional[int] = Field(default=None, foreign_key="report.id")
+    channel: str = Field(default="", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    resolved_at: Optional[datetime] = None
+    reopened_count: int = Field(default=0)
+    rating: Optional[int] = None
+    supporters: int = Field(default=0)
+
+
+class ReportMedia(SQLModel, table=True):
+    __tablename__ = "report_media"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    path: str = Field(max_length=500)
+    content_type: str = Field(default="", max_length=64)
+    size: Optional[int] = None
+    kind: str = Field(default="photo", max_length=8)  # photo, voice
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReportFollower(SQLModel, table=True):
+    """A resident who follows (supports) someone else's report: notified like the reporter."""
+
+    __tablename__ = "report_follower"
+    __table_args__ = (UniqueConstraint("report_id", "resident_id", name="uq_report_follower"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    resident_id: int = Field(foreign_key="resident.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReportEvent(SQLModel, table=True):
+    """The history of a report: created, status changes, merges, reopenings, ratings."""
+
+    __tablename__ = "report_event"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=64)
+    kind: str = Field(default="status", max_length=16)  # created, status, merged, reopened, rated, followed
+    from_status: str = Field(default="", max_length=16)
+    to_status: str = Field(default="", max_length=16)
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+# ---------------------------------------------------------------- codes
+def next_code(db: Session, prefix: str, year: int) -> str:
+    """The next tracking code of the year; the counter row is bumped in this transaction
+    (INSERT .. ON CONFLICT DO UPDATE .. RETURNING: the row lock orders concurrent creators)."""
+    dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = ReportCounter.__table__
+    stmt = insert(table).values(prefix=prefix, year=year, last=1)
+    stmt = stmt.on_conflict_do_update(index_elements=[table.c.prefix, table.c.year],
+                                      set_={"last": table.c.last + 1}).returning(table.c.last)
+    number = db.execute(stmt).scalar_one()
+    return f"{prefix}-{year}-{number:06d}"
+
+
+# ---------------------------------------------------------------- create and read
+def create_report(db: Session, *, prefix: str, resident_id: int | None, category: str, description: str,
+                  latitude: float | None = None, longitude: float | None = None, mahalle: str | None = None,
+                  address: str = "", media: Iterable[dict[str, Any]] = (), channel: str = "",
+                  actor: str = "", now: datetime | None = None) -> Report:
+    """A new report with its attachments (dicts: path, content_type, size, kind) and its first event."""
+    now = now or utcnow()
+    report = Report(code=next_code(db, prefix, now.year), resident_id=resident_id, category=category,
+                    description=description, latitude=latitude, longitude=longitude, mahalle=mahalle,
+                    address=(address or "")[:255], status="new", channel=channel, created_at=now, updated_at=now)
+    db.add(report)
+    db.flush()
+    for item in media:
+        kind = item.get("kind", "photo")
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"unknown media kind {kind}")
+        db.add(ReportMedia(report_id=report.id, path=str(item["path"])[:500],
+                           content_type=(item.get("content_type") or "")[:64], size=item.get("size"),
+                           kind=kind, created_at=now))
+    actor = actor or (f"resident:{resident_id}" if resident_id else "system")
+    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="created", to_status="new"))
+    repo.audit(db, actor, "report.created", report.code, category=category)
+    db.flush()
+    return report
+
+
+def get_report(db: Session, report_id: int) -> Report | None:
+    return db.get(Report, report_id)
+
+
+def get_by_code(db: Session, code: str) -> Report | None:
+    code = (code or "").strip().upper()
+    if not code:
+        return None
+    return db.exec(select(Report).where(Report.code == code)).first()
+
+
+def _require(db: Session, code: str) -> Report:
+    report = get_by_code(db, code)
+    if report is None:
+        raise ReportError(N_("report.error.unknown_code"), code=code)
+    return report
+
+
+def media_of(db: Session, report_id: int, kind: str | None = None) -> list[ReportMedia]:
+    query = select(ReportMedia).where(ReportMedia.report_id == report_id)
+    if kind:
+        query = query.where(ReportMedia.kind == kind)
+    return list(db.exec(query.order_by(ReportMedia.id)))
+
+
+def history_of(db: Session, report_id: int) -> list[ReportEvent]:
+    return list(db.exec(select(ReportEvent).where(ReportEvent.report_id == report_id).order_by(ReportEvent.id)))
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    r = 6_371_000.0
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(min(1.0, math.sqrt(a)))
+
+
+def find_nearby_open(db: Session, category: str, lat: float | None, lon: float | None, mahalle: str | None,
+                     within_m: float = 100, days: int = 30, *, now: datetime | None = None,
+                     exclude_resident: int | None = None, limit: int = 3) -> list[Report]:
+    """Open reports of a category from the last `days` days: within `within_m` metres of the pin
+    (a bounding box in SQL, then haversine), or in the same mahalle when there is no pin. Nearest first."""
+    now = now or utcnow()
+    query = select(Report).where(Report.category == category, Report.status.in_(OPEN_STATUSES),
+                                 Report.created_at >= now - timedelta(days=days))
+    if exclude_resident is not None:
+        query = query.where((Report.resident_id.is_(None)) | (Report.resident_id != exclude_resident))
+    if lat is not None and lon is not None:
+        dlat = within_m / 111_320.0
+        dlon = within_m / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
+        query = query.where(Report.latitude.between(lat - dlat, lat + dlat),
+                            Report.longitude.between(lon - dlon, lon + dlon))
+        found = [(haversine_m(lat, lon, r.latitude, r.longitude), r) for r in db.exec(query)]
+        found = sorted(((d, r) for d, r in found if d <= within_m), key=lambda x: (x[0], x[1].id))
+        return [r for _, r in found[:limit]]
+    if not mahalle:
+        return []
+    query = query.where(Report.mahalle == mahalle).order_by(Report.supporters.desc(), Report.created_at.desc())
+    return list(db.exec(query.limit(limit)))
+
+
+def list_for_resident(db: Session, resident_id: int, limit: int | None = None, offset: int = 0) -> list[Report]:
+    """The resident's own reports, newest first."""
+    query = (select(Report).where(Report.resident_id == resident_id)
+             .order_by(Report.created_at.desc(), Report.id.desc()).offset(offset))
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.exec(query))
+
+
+def followed_by(db: Session, resident_id: int) -> list[Report]:
+    return list(db.exec(select(Report).join(ReportFollower, ReportFollower.report_id == Report.id)
+                        .where(ReportFollower.resident_id == resident_id)
+                        .order_by(Report.created_at.desc(), Report.id.desc())))
+
+
+def count_for_resident_since(db: Session, resident_id: int, since: datetime) -> int:
+    return db.exec(select(func.count()).select_from(Report)
+                   .where(Report.resident_id == resident_id, Report.created_at >= since)).one()
+
+
+def _filtered(query, status: str | None, category: str | None, mahalle: str | None, since: datetime | None,
+              statuses: Iterable[str] | None = None):
+    if status:
+        query = query.where(Report.status == status)
+    if statuses:
+        query = query.where(Report.status.in_(list(statuses)))
+    if category:
+        query = query.where(Report.category == category)
+    if mahalle:
+        query = query.where(Report.mahalle == mahalle)
+    if since is not None:
+        query = query.where(Report.created_at >= since)
+    return query
+
+
+def list_reports(db: Session, *, status: str | None = None, category: str | None = None,
+                 mahalle: str | None = None, since: datetime | None = None, limit: int | None = None,
+                 offset: int = 0, newest_first: bool = True, statuses: Iterable[str] | None = None) -> list[Report]:
+    order = (Report.created_at.desc(), Report.id.desc()) if newest_first else (Report.created_at, Report.id)
+    query = _filtered(select(Report), status, category, mahalle, since, statuses).order_by(*order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.exec(query))
+
+
+def count_reports(db: Session, *, status: str | None = None, category: str | None = None,
+                  mahalle: str | None = None, since: datetime | None = None,
+                  statuses: Iterable[str] | None = None) -> int:
+    return db.exec(_filtered(select(func.count()).select_from(Report), status, category, mahalle, since,
+                             statuses)).one()
+
+
+# ---------------------------------------------------------------- followers
+def is_following(db: Session, report_id: int, resident_id: int) -> bool:
+    return db.exec(select(ReportFollower).where(ReportFollower.report_id == report_id,
+                                                ReportFollower.resident_id == resident_id)).first() is not None
+
+
+def follow(db: Session, code_or_report: str | Report, resident_id: int, *, now: datetime | None = None) -> bool:
+    """Follow (support) a report: notified of its changes, counted as a supporter.
+    False when the resident is its reporter or already follows it."""
+    report = code_or_report if isinstance(code_or_report, Report) else _require(db, code_or_report)
+    if report.resident_id == resident_id or is_following(db, report.id, resident_id):
+        return False
+    now = now or utcnow()
+    db.add(ReportFollower(report_id=report.id, resident_id=resident_id, created_at=now))
+    report.supporters += 1
+    report.updated_at = now
+    db.add(report)
+    db.add(ReportEvent(report_id=report.id, at=now, actor=f"resident:{resident_id}", kind="followed"))
+    db.flush()
+    return True
+
+
+def followers_of(db: Session, report_id: int) -> list[int]:
+    return list(db.exec(select(ReportFollower.resident_id).where(ReportFollower.report_id == report_id)
+                        .order_by(ReportFollower.id)))
+
+
+def audience_of(db: Session, report: Report) -> list[int]:
+    """Everyone told about a report's changes: its reporter and its followers."""
+    people = [report.resident_id] if report.resident_id else []
+    return people + [r for r in followers_of(db, report.id) if r not in people]
+
+
+# ---------------------------------------------------------------- notifications
+def _category_name(catalog, key: str, lang: str) -> str:
+    if catalog is not None:
+        cat = catalog.category(key)
+        if cat is not None:
+            return cat.name.get(lang)
+    return key
+
+
+def _notify_all(db: Session, report: Report, build: Callable[[Translator, str, int], Outbound], tz: str) -> int:
+    sent = 0
+    for resident_id in audience_of(db, report):
+        sent += outbox.notify_resident(db, resident_id, lambda t, lang, rid=resident_id: build(t, lang, rid),
+                                       kind="notification", tz=tz)
+    return sent
+
+
+def status_notification(t: Translator, lang: str, report: Report, *, note: str = "", catalog=None,
+                        into_code: str = "") -> Outbound:
+    """The message a status change sends (in the resident's language)."""
+    lines = [t(NOTIFY_KEYS[report.status], code=report.code, category=_category_name(catalog, report.category, lang),
+               into=into_code)]
+    if report.status == "rejected" and report.reject_reason:
+        lines.append(t("report.notify.reason", reason=report.reject_reason))
+    elif note:
+        lines.append(t("report.notify.note", note=note))
+    choices = []
+    if report.status == "resolved":
+        lines.append(t("report.notify.resolved_question"))
+        choices = [Choice(f"{RESOLVED_PREFIX}:yes:{report.code}", t("report.notify.resolved_yes")),
+                   Choice(f"{RESOLVED_PREFIX}:no:{report.code}", t("report.notify.resolved_no"))]
+    return Outbound(text="\n".join(lines), choices=choices)
+
+
+def set_status(db: Session, code: str, status: str, actor: str, note: str = "", *, reason: str = "",
+               catalog=None, tz: str = "Europe/Istanbul", now: datetime | None = None, notify: bool = True) -> Report:
+    """Change a report's status: history, audit log and notifications (reporter and followers,
+    each in their language, through the outbox) in the caller's transaction."""
+    if status not in STATUSES or status == "merged":
+        raise ReportError(N_("report.error.bad_status"), status=status)
+    report = _require(db, code)
+    if report.status == "merged":
+        raise ReportError(N_("report.error.merged"), code=report.code)
+    previous = report.status
+    now = now or utcnow()
+    note = (note or "").strip()[:1000]
+    if status == "rejected":
+        report.reject_reason = (reason or note)[:500]
+    report.status = status
+    report.updated_at = now
+    if status == "resolved":
+        report.resolved_at = now
+    db.add(report)
+    event_note = (note or report.reject_reason) if status == "rejected" else note
+    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="status", from_status=previous,
+                       to_status=status, note=event_note))
+    repo.audit(db, actor, "report.status", report.code, from_status=previous, to_status=status, note=note)
+    if notify and previous != status:
+        _notify_all(db, report, lambda t, lang, rid: status_notification(t, lang, report, note=note,
+                                                                          catalog=catalog), tz)
+    db.flush()
+    return report
+
+
+def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, tz: str = "Europe/Istanbul",
+          now: datetime | None = None) -> Report:
+    """Merge a duplicate into another report: its reporter and followers follow the target (and
+    count as its supporters); they are told the code to follow."""
+    report, target = _require(db, code), _require(db, into_code)
+    if report.id == target.id:
+        raise ReportError(N_("report.error.merge_self"), code=report.code)
+    while target.status == "merged" and target.merged_into_id:
+        target = db.get(Report, target.merged_into_id)
+    if target.id == report.id or report.status == "merged":
+        raise ReportError(N_("report.error.merged"), code=report.code)
+    now = now or utcnow()
+    previous = report.status
+    people = audience_of(db, report)
+    report.status = "merged"
+    report.merged_into_id = target.id
+    report.updated_at = now
+    db.add(report)
+    for resident_id in people:
+        follow(db, target, resident_id, now=now)
+    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="merged", from_status=previous,
+                       to_status="merged", note=target.code))
+    db.add(ReportEvent(report_id=target.id, at=now, actor=actor[:64], kind="merged", note=report.code))
+    repo.audit(db, actor, "report.merged", report.code, into=target.code)
+    for resident_id in people:
+        outbox.notify_resident(db, resident_id, lambda t, lang: status_notification(
+            t, lang, report, catalog=catalog, into_code=target.code), tz=tz)
+    db.flush()
+    return report
+
+
+def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", note: str = "",
+           window: timedelta = REOPEN_WINDOW, tz: str = "Europe/Istanbul", now: datetime | None = None) -> str:
+    """A resident says a resolved report is not solved: "reopened" (back to in progress, staff
+    told), "too_late" (more than `window` after resolution) or "not_resolved" (nothing to reopen)."""
+    report = _require(db, code)
+    now = now or utcnow()
+    if report.status != "resolved":
+        return "not_resolved"
+    resolved_at = _aware(report.resolved_at or report.updated_at)
+    if now - resolved_at > window:
+        return "too_late"
+    actor = actor or (f"resident:{resident_id}" if resident_id else "system")
+    report.status = "in_progress"
+    report.reopened_count += 1
+    report.resolved_at = None
+    report.updated_at = now
+    db.add(report)
+    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="reopened", from_status="resolved",
+                       to_status="in_progress", note=note[:1000]))
+    repo.audit(db, actor, "report.reopened", report.code, count=report.reopened_count)
+    notify_staff(db, lambda t: Outbound(text=t("report.staff.reopened", code=report.code,
+                                                count=report.reopened_count)))
+    db.flush()
+    return "reopened"
+
+
+def rate(db: Session, code: str, resident_id: int | None, rating: int, *, now: datetime | None = None) -> Report:
+    """A 1-5 rating of how a resolved report was handled. The reporter's rating is the report's;
+    a follower's is kept in the history."""
+    if not 1 <= int(rating) <= 5:
+        raise ReportError(N_("report.error.bad_rating"))
+    report = _require(db, code)
+    now = now or utcnow()
+    if resident_id is not None and report.resident_id == resident_id:
+        report.rating = int(rating)
+        report.updated_at = now
+        db.add(report)
+    db.add(ReportEvent(report_id=report.id, at=now, actor=f"resident:{resident_id}" if resident_id else "system",
+                       kind="rated", note=str(int(rating))))
+    db.flush()
+    return report
+
+
+def notify_staff(db: Session, build: Callable[[Translator], Outbound]) -> int:
+    """A message to every staff member with a Telegram id (in their resident language if they
+    also use the bot as a resident, else Turkish), through the outbox."""
+    count = 0
+    for staff in db.exec(select(Staff).where(Staff.telegram_id.is_not(None))):
+        identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.channel == "telegram",
+                                                         ChannelIdentity.address == staff.telegram_id)).first()
+        resident = db.get(Resident, identity.resident_id) if identity else None
+        lang = resident.locale if resident else "tr"
+        outbox.enqueue(db, "telegram", staff.telegram_id, build(translator(lang)),
+                       resident_id=resident.id if resident else None, kind="notification")
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------- export and erase
+EXPORT_FIELDS = ("code", "category", "status", "mahalle", "latitude", "longitude", "created_at", "updated_at",
+                 "supporters", "rating")
+
+
+def export_rows(db: Session, *, since: datetime | None = None, status: str | None = None,
+                category: str | None = None, mahalle: str | None = None) -> list[dict[str, Any]]:
+    """Open-data rows, oldest first: never the resident's identity, nor the free-text description."""
+    return [{"code": r.code, "category": r.category, "status": r.status, "mahalle": r.mahalle,
+             "latitude": r.latitude, "longitude": r.longitude, "created_at": _iso(r.created_at),
+             "updated_at": _iso(r.updated_at), "supporters": r.supporters, "rating": r.rating}
+            for r in list_reports(db, status=status, category=category, mahalle=mahalle, since=since,
+                                  newest_first=False)]
+
+
+def report_dict(db: Session, report: Report, *, with_history: bool = True) -> dict[str, Any]:
+    data = {"code": report.code, "category": report.category, "description": report.description,
+            "status": report.status, "latitude": report.latitude, "longitude": report.longitude,
+            "mahalle": report.mahalle, "address": report.address, "reject_reason": report.reject_reason,
+            "created_at": _iso(report.created_at), "updated_at": _iso(report.updated_at),
+            "resolved_at": _iso(report.resolved_at), "rating": report.rating, "supporters": report.supporters,
+            "media": [{"kind": m.kind, "path": m.path, "content_type": m.content_type, "size": m.size}
+                      for m in media_of(db, report.id)]}
+    if report.merged_into_id:
+        target = db.get(Report, report.merged_into_id)
+        data["merged_into"] = target.code if target else None
+    if with_history:
+        data["history"] = [{"at": _iso(e.at), "kind": e.kind, "from": e.from_status, "to": e.to_status,
+                            "note": e.note} for e in history_of(db, report.id)]
+    return data
+
+
+def export_resident(db: Session, resident_id: int) -> dict[str, Any]:
+    """For the resident's data export: their reports and the reports they follow."""
+    return {"reports": [report_dict(db, r) for r in list_for_resident(db, resident_id)],
+            "followed_reports": [{"code": r.code, "status": r.status} for r in followed_by(db, resident_id)]}
+
+
+def erase_resident(db: Session, resident_id: int) -> None:
+    """Detach the resident from their reports (kept, anonymised), drop their follows and their
+    voice notes (a voice identifies a person; photos of the street stay with the report)."""
+    for report in list_for_resident(db, resident_id):
+        for media in media_of(db, report.id, kind="voice"):
+            try:
+                Path(media.path).unlink(missing_ok=True)
+            except OSError:
+                log.warning("voice note %s not removed", media.path)
+            db.delete(media)
+        report.resident_id = None
+        db.add(report)
+    for row in db.exec(select(ReportFollower).where(ReportFollower.resident_id == resident_id)):
+        db.delete(row)  # the supporters count stays: an anonymous number
+    db.flush()
+
+
+def _aware(dt: datetime) -> datetime:
+    from datetime import timezone
+
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return _aware(dt).isoformat() if dt else None

@@ -1,0 +1,44 @@
+"""The layout rules that keep the code base channel-agnostic."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = ("telegram", "twilio", "fastapi", "starlette", "uvicorn", "handlers")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_conversations_never_import_a_channel_library():
+    offenders = []
+    for path in sorted((ROOT / "conversations").rglob("*.py")):
+        for name in imported_modules(path):
+            if name.split(".")[0] in FORBIDDEN:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []
+
+
+def test_storage_never_imports_a_channel_library():
+    offenders = []
+    for path in sorted((ROOT / "storage").rglob("*.py")):
+        for name in imported_modules(path):
+            if name.split(".")[0] in FORBIDDEN:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []
+
+
+def test_states_are_named_strings():
+    import conversations.flows  # noqa: F401
+    from conversations.engine import STATES
+
+    import re
+
+    assert STATES and all(re.fullmatch(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", name) for name in STATES)

@@ -1,0 +1,118 @@
+"""The real `katilim` command in a subprocess: the terminal chat, `run --or-chat` without a channel,
+and the staff commands."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conversations.i18n import translator
+from tests import conftest
+
+tr, en = translator("tr"), translator("en")
+
+
+def katilim(tmp_path: Path, *args: str, stdin: str = "", db: Path | None = None) -> subprocess.CompletedProcess:
+    env = conftest.test_env(DATABASE_URL=f"sqlite:///{db or tmp_path / 'katilim.db'}",
+                            MEDIA_DIR=str(tmp_path / "media"))
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin, env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def in_order(output: str, *texts: str) -> None:
+    """Every text appears in the output, in this order."""
+    at = 0
+    for text in texts:
+        found = output.find(text, at)
+        assert found >= 0, f"{text!r} not found after position {at} in:\n{output[at:at + 1500]}"
+        at = found + len(text)
+
+
+def test_chat_session(tmp_path):
+    lines = [
+        "merhaba",
+        "1",                    # 1 · Türkçe
+        "tek tek",              # typed: "Tek tek seçeyim"
+        "evet",                 # reports: yes (typed)
+        "2",                    # volunteering: no (numbered)
+        "1",                    # reminders: yes
+        "Evet",                 # announcements: yes
+        "kozagac",              # the mahalle, typed without Turkish letters
+        "/verilerim",
+        "/dil",
+        "/iptal",
+        "/dil",
+        "2",                    # English
+        "/cikartma",
+        "/konum 38.39 27.17",
+        "/verilerimisil",
+        "1",                    # yes, delete
+    ]
+    done = katilim(tmp_path, "chat", "--as", "ayse", stdin="\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Traceback" not in done.stderr and tr("engine.error") not in out
+    assert tr("console.intro", name="ayse") in done.stderr
+    in_order(out,
+             tr("onboarding.choose_language"), "1 · ✓ Türkçe", "2 · English",
+             tr("notice.accept_all"),
+             tr("consent.question", purpose=tr("consent.purpose.reports"), why=tr("consent.why.reports")),
+             tr("consent.question", purpose=tr("consent.purpose.volunteering"), why=tr("consent.why.volunteering")),
+             tr("consent.question", purpose=tr("consent.purpose.reminders"), why=tr("consent.why.reminders")),
+             tr("consent.question", purpose=tr("consent.purpose.announcements"),
+                why=tr("consent.why.announcements")),
+             tr("mahalle.prompt"),
+             tr("mahalle.saved", mahalle="Kozağaç"), tr("menu.title"),
+             "Mahalle: Kozağaç", "📎 ", tr("menu.title"),
+             tr("language.prompt"), tr("cancel.done"), tr("menu.title"),
+             tr("language.prompt"), en("language.changed"), en("menu.title"),
+             en("engine.wrong_kind", what=en("kind.sticker")), en("menu.title"),
+             en("engine.wrong_kind", what=en("kind.location")), en("menu.title"),
+             en("data.delete_question"), en("data.deleted"))
+    assert out.count("📎 ") == 1
+    exported = json.loads((tmp_path / "katilim-verilerim.json").read_text(encoding="utf-8"))
+    assert f"📎 {tmp_path / 'katilim-verilerim.json'}" in out
+    assert exported["resident"]["name"] == "ayse" and exported["resident"]["mahalle"] == "kozagac"
+    assert exported["resident"]["language"] == "tr"
+    assert exported["channels"][0]["channel"] == "console" and exported["channels"][0]["address"] == "ayse"
+    assert [(c["purpose"], c["granted"]) for c in exported["consents"]] == [
+        ("reports", True), ("volunteering", False), ("reminders", True), ("announcements", True)]
+    assert exported["municipality"] == "Buca Belediyesi"
+
+
+def test_chat_after_deletion_starts_afresh_and_quits(tmp_path):
+    first = katilim(tmp_path, "chat", "--as", "ali", stdin="merhaba\n/verilerimisil\n1\n")
+    assert first.returncode == 0, first.stderr
+    assert tr("data.deleted") in first.stdout
+    again = katilim(tmp_path, "chat", "--as", "ali", stdin="merhaba\n/cikis\nthis line is never read\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count(tr("onboarding.choose_language")) == 1
+
+
+def test_run_without_a_channel_opens_the_chat(tmp_path):
+    done = katilim(tmp_path, "run", "--or-chat", stdin="merhaba\n")
+    assert done.returncode == 0, done.stderr
+    assert tr("console.no_channel") in done.stderr
+    assert tr("onboarding.choose_language") in done.stdout
+
+
+def test_staff_commands(tmp_path):
+    added = katilim(tmp_path, "staff", "add", "--telegram", "42", "--role", "admin")
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "staff 1 saved: telegram=42 whatsapp=- role=admin"
+    listed = katilim(tmp_path, "staff", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.strip().splitlines()[1:]]
+    assert rows == [["1", "admin", "42", "-"]]
+    removed = katilim(tmp_path, "staff", "remove", "1")
+    assert removed.returncode == 0 and removed.stdout.strip() == "staff 1 removed", removed.stderr
+    listed = katilim(tmp_path, "staff", "list")
+    assert listed.stdout.strip().splitlines()[1:] == []
+    missing = katilim(tmp_path, "staff", "remove", "1")
+    assert missing.returncode == 1 and "no staff member 1" in missing.stderr
+
+
+def test_staff_add_needs_an_identity(tmp_path):
+    done = katilim(tmp_path, "staff", "add", "--role", "admin")
+    assert done.returncode == 2 and "--telegram" in done.stderr

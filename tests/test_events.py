@@ -1,0 +1,405 @@
+"""Events through the real engine, the real CLI (subprocess) and the real PTB Application against
+the fake Bot API server: listing in Turkish dates, RSVP with a calendar file, the waiting list and
+its automatic promotion, notices when an event changes or is cancelled, deep links (/start ev_ID),
+the QR code of the link, the venue check-in link, and feedback after the event."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from conversations import participation as P
+from conversations.i18n import t_in
+from storage.db import transaction, utcnow
+from storage.participation import Event, EventFeedback, Reminder, Rsvp
+from tests.conftest import test_env as subprocess_env
+from tests.fakes.telegram_api import FakeTelegramServer
+from tests.participation_support import Person, make_staff
+
+START = "2030-11-30 14:00"  # a Saturday, Istanbul time
+
+
+def add_event(app, *, start: str = START, hours: float = 2, capacity: int | None = None, **kw) -> Event:
+    tz = app.engine.config.timezone
+    starts = P.parse_local(start, tz) if isinstance(start, str) else start
+    values = dict(title={"tr": "İklim Paneli", "en": "Climate Panel", "ar": "ندوة المناخ"},
+                  description={"tr": "Buca'nın iklim eylem planı; soru-cevap.", "en": "Buca's climate plan; Q&A."},
+                  type="panel", place="Buca Kent Konseyi, Salon A", latitude=38.3886, longitude=27.1751)
+    values.update(kw)
+    with transaction(app.db) as db:
+        return P.create_event(db, starts_at=starts, ends_at=starts + timedelta(hours=hours), capacity=capacity,
+                              created_by="test", **values)
+
+
+def rsvps(app, event_id) -> dict[int, tuple[str, int | None]]:
+    with Session(app.db) as db:
+        return {r.resident_id: (r.status, r.position) for r in db.exec(select(Rsvp).where(Rsvp.event_id == event_id))}
+
+
+def katilim(tmp_path, app, *args, **env):
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env=subprocess_env(DATABASE_URL=app.settings.database_url,
+                                                         MEDIA_DIR=str(tmp_path / "media"), **env))
+
+
+def test_list_detail_rsvp_and_calendar_file(make_app):
+    app = make_app()
+    event = add_event(app, capacity=10)
+    add_event(app, start="2030-12-01 18:30", title={"tr": "Kompost Atölyesi"}, type="atolye")
+    ayse = Person(app, "ayse").onboard()
+    ayse.send("/etkinlikler")
+    assert "İklim Paneli — 30 Kasım 2030 Cumartesi 14:00" in ayse.texts()
+    assert "Kompost Atölyesi — 1 Aralık 2030 Pazar 18:30" in ayse.texts()
+    ayse.tap(f"e:{event.id}")
+    (detail,) = ayse.last
+    assert "30 Kasım 2030 Cumartesi 14:00–16:00" in detail.text and "Panel" in detail.text
+    assert t_in("tr", "event.places_free", free=10, capacity=10) in detail.text
+    assert (detail.latitude, detail.longitude, detail.venue_title) == (38.3886, 27.1751, "Buca Kent Konseyi, Salon A")
+    ayse.tap("rsvp")
+    registered = ayse.last[0]
+    assert registered.text.startswith(t_in("tr", "event.registered", title="İklim Paneli", when="")[:20])
+    ics = registered.document
+    assert (ics.filename, ics.content_type) == (f"etkinlik-{event.id}.ics", "text/calendar")
+    assert f"UID:event-{event.id}@katilim.bca\r\n" in ics.data
+    assert "DTSTART:20301130T110000Z\r\n" in ics.data and "DTEND:20301130T130000Z\r\n" in ics.data
+    assert "SUMMARY:İklim Paneli\r\n" in ics.data
+    assert "LOCATION:Buca Kent Konseyi\\, Salon A\r\n" in ics.data
+    assert "DESCRIPTION:Buca'nın iklim eylem planı\\; soru-cevap.\r\n" in ics.data
+    assert ics.data.startswith("BEGIN:VCALENDAR\r\nVERSION:2.0\r\n") and ics.data.endswith("END:VCALENDAR\r\n")
+    assert t_in("tr", "event.status.going") in ayse.texts() and "ics" in ayse.keys()
+    assert rsvps(app, event.id) == {ayse.resident_id: ("going", None)}
+    ayse.tap("rsvp") if "rsvp" in ayse.keys() else None
+    assert rsvps(app, event.id)[ayse.resident_id] == ("going", None)
+
+
+def test_ics_escaping_and_folding():
+    event = Event(id=7, title={"tr": "Panel; iklim, su\\enerji\nikinci satır " + "ç" * 80}, description={},
+                  starts_at=P.parse_local("2030-06-01 09:00", "Europe/Istanbul"),
+                  ends_at=P.parse_local("2030-06-01 10:30", "Europe/Istanbul"), place="A, B; C", checkin_token="x")
+    text = P.event_ics(event, "tr")
+    lines = text.split("\r\n")
+    assert all(len(line.encode("utf-8")) <= 75 for line in lines)
+    unfolded = text.replace("\r\n ", "")
+    assert "SUMMARY:Panel\\; iklim\\, su\\\\enerji\\nikinci satır " + "ç" * 80 + "\r\n" in unfolded
+    assert "LOCATION:A\\, B\\; C\r\n" in unfolded
+    assert "DTSTART:20300601T060000Z" in unfolded and "DTEND:20300601T073000Z" in unfolded
+    assert "\n" not in text.replace("\r\n", "")
+
+
+def test_waitlist_and_automatic_promotion_with_a_message(make_app):
+    app = make_app()
+    event = add_event(app, capacity=1)
+    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard(lang="en")
+    ali.send(f"/start ev_{event.id}")
+    ali.tap("rsvp")
+    berk.send(f"/start ev_{event.id}")
+    assert t_in("en", "event.places_full") in berk.texts() and "rsvp" in berk.keys()
+    berk.tap("rsvp")
+    assert berk.texts().startswith(t_in("en", "event.waitlisted", title="Climate Panel", position=1))
+    assert rsvps(app, event.id) == {ali.resident_id: ("going", None), berk.resident_id: ("waitlist", 1)}
+
+    ali.tap("cancel")
+    ali.tap("yes")
+    assert t_in("tr", "event.rsvp_cancelled") in ali.texts()
+    assert rsvps(app, event.id)[berk.resident_id] == ("going", None)
+    (promoted,) = berk.notifications()
+    assert promoted.text.startswith("Good news! A place opened for Climate Panel")
+    assert promoted.document.content_type == "text/calendar"
+    assert [c.key for c in promoted.choices] == [f"ev:{event.id}:c"]
+    # the promoted resident can give the place back from the notice, whatever they are doing
+    berk.send("/menu")
+    berk.tap(f"ev:{event.id}:c")
+    berk.tap(f"ev:{event.id}:cy")
+    assert berk.texts() == t_in("en", "event.rsvp_cancelled")
+    with Session(app.db) as db:
+        assert db.get(Event, event.id).going == 0
+
+
+def test_last_place_race_exactly_one_is_going(make_app, db_url):
+    app = make_app(database_url=db_url)
+    event = add_event(app, capacity=1)
+    people = [Person(app, f"p{i}").onboard() for i in range(2)]
+    for p in people:
+        p.send(f"/start ev_{event.id}")
+    barrier = threading.Barrier(2)
+
+    def tap(p):
+        barrier.wait()
+        p.tap("rsvp")
+
+    threads = [threading.Thread(target=tap, args=(p,)) for p in people]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(s for s, _ in rsvps(app, event.id).values()) == ["going", "waitlist"]
+    with Session(app.db) as db:
+        assert db.get(Event, event.id).going == 1
+
+
+def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app, tmp_path):
+    app = make_app()
+    event = add_event(app, capacity=1)
+    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard(lang="en")
+    for p in (ali, berk):
+        p.send(f"/start ev_{event.id}")
+        p.tap("rsvp")
+    with Session(app.db) as db:
+        (before,) = db.exec(select(Reminder).where(Reminder.offset_seconds == 7200)).all()  # ali's (berk waits)
+
+    moved = katilim(tmp_path, app, "events", "edit", str(event.id), "--start", "2030-12-02 10:00", "--end", "12:00",
+                    "--place", "Buca Belediyesi Meclis Salonu", "--capacity", "2")
+    assert moved.returncode == 0, moved.stderr
+    assert "2 residents told" in moved.stdout
+    (tr_notice,) = ali.notifications()
+    assert tr_notice.text.startswith("📢 İklim Paneli değişti")
+    assert "2 Aralık 2030 Pazartesi 10:00–12:00" in tr_notice.text and "Meclis Salonu" in tr_notice.text
+    assert "SEQUENCE:1" in tr_notice.document.data and "DTSTART:20301202T070000Z" in tr_notice.document.data
+    en_notice, promoted = berk.notifications()
+    assert en_notice.text.startswith("📢 Climate Panel has changed") and "Monday" in en_notice.text
+    assert en_notice.document is None  # still waiting when told: no calendar file
+    assert promoted.text.startswith("Good news!") and "DTSTART:20301202T070000Z" in promoted.document.data
+    assert rsvps(app, event.id)[berk.resident_id] == ("going", None)  # the larger capacity promoted berk
+    with Session(app.db) as db:
+        after = {r.resident_id: r for r in db.exec(select(Reminder).where(Reminder.offset_seconds == 7200))}
+    assert after[ali.resident_id].id == before.id  # the same reminder, moved with the event
+    new_due = P.parse_local("2030-12-02 08:00", "Europe/Istanbul")
+    assert P.aware(after[ali.resident_id].due_at) == new_due == P.aware(after[berk.resident_id].due_at)
+
+    listed = katilim(tmp_path, app, "events", "attendees", str(event.id))
+    assert "going 2, waiting 0" in listed.stdout
+
+    cancelled = katilim(tmp_path, app, "events", "cancel", str(event.id))
+    assert cancelled.returncode == 0 and "2 residents told" in cancelled.stdout
+    assert ali.notifications()[-1].text.startswith("❌ İklim Paneli")
+    assert berk.notifications()[-1].text.startswith("❌ Climate Panel")
+    with Session(app.db) as db:
+        assert {r.status for r in db.exec(select(Reminder))} == {"dropped"}
+
+
+def test_cli_add_validates_and_lists(make_app, tmp_path):
+    app = make_app()
+    bad = katilim(tmp_path, app, "events", "add", "--title", "X", "--start", "2030-11-30 14:00", "--end", "13:00")
+    assert bad.returncode == 1 and t_in("tr", "event.end_before_start") in bad.stderr
+    ok = katilim(tmp_path, app, "events", "add", "--title", "Odak Grubu: Parklar", "--title-en", "Focus group: parks",
+                 "--type", "odak_grup", "--start", "30.11.2030 14:00", "--end", "15:30", "--place", "Kent Konseyi",
+                 "--capacity", "12", "--deadline", "2030-11-29 18:00", TELEGRAM_BOT_USERNAME="buca_katilim_bot")
+    assert ok.returncode == 0, ok.stderr
+    assert "https://t.me/buca_katilim_bot?start=ev_1" in ok.stdout
+    assert "Odak Grubu: Parklar · odak_grup · 30 Kasım 2030 Cumartesi 14:00–15:30" in ok.stdout
+    with Session(app.db) as db:
+        event = db.get(Event, 1)
+    assert (event.title, event.capacity) == ({"tr": "Odak Grubu: Parklar", "en": "Focus group: parks"}, 12)
+    assert P.aware(event.registration_deadline) == P.parse_local("2030-11-29 18:00", "Europe/Istanbul")
+
+
+def test_staff_add_and_edit_an_event_on_the_chat(make_app):
+    app = make_app(telegram_bot_username="buca_katilim_bot")
+    resident = Person(app, "resident").onboard()
+    resident.send("/etkinlikekle")
+    assert resident.texts().startswith(t_in("tr", "staff.refused"))
+    staff = make_staff(app, Person(app, "memur").onboard())
+    staff.send("/etkinlikekle")
+    assert staff.keys() == []  # the Turkish title cannot be skipped
+    staff.send("Gençlik Atölyesi")
+    staff.send("Youth Workshop")
+    staff.tap("skip")
+    staff.send("Dijital beceriler atölyesi")
+    staff.tap("skip")
+    staff.tap("skip")
+    staff.tap("t:atolye")
+    staff.send("01.12.2020 10:00")
+    assert t_in("tr", "event.in_past") in staff.texts()
+    staff.send("01.12.2030 10:00")
+    staff.send("12:00")
+    staff.send("Gençlik Merkezi")
+    staff.location(38.39, 27.16)
+    staff.send("20")
+    staff.tap("skip")
+    assert "Gençlik Atölyesi / Youth Workshop" in staff.texts() and "1 Aralık 2030 Pazar 10:00–12:00" in staff.texts()
+    staff.tap("save")
+    assert "https://t.me/buca_katilim_bot?start=ev_1" in staff.texts()
+    assert "edit" in staff.keys()
+    with Session(app.db) as db:
+        event = db.get(Event, 1)
+    assert (event.type, event.capacity, event.latitude, event.title["en"]) == ("atolye", 20, 38.39, "Youth Workshop")
+
+    resident.send("/start ev_1")
+    assert "edit" not in resident.keys()
+    resident.tap("rsvp")
+    staff.tap("edit")
+    staff.tap("time")
+    staff.send("01.12.2030 11:00")
+    staff.tap("same")
+    assert t_in("tr", "event.edit.saved", told=1) in staff.texts()
+    assert "11:00–13:00" in resident.notifications()[-1].text
+    staff.tap("edit")
+    staff.tap("cancel_event")
+    staff.tap("yes")
+    assert t_in("tr", "event.edit.cancelled", told=1) in staff.texts()
+
+
+def test_deep_link_through_the_engine_for_new_and_known_residents(make_app):
+    app = make_app()
+    event = add_event(app)
+    newcomer = Person(app, "newcomer")
+    newcomer.send(f"/start ev_{event.id}")
+    newcomer.tap("lang:tr")
+    newcomer.tap("all")
+    newcomer.tap("skip")  # mahalle
+    assert "İklim Paneli" in newcomer.texts() and "rsvp" in newcomer.keys()
+    known = Person(app, "known").onboard()
+    known.send(f"/start ev_{event.id}")
+    assert "İklim Paneli" in known.texts() and "rsvp" in known.keys()
+    known.send("/start ev_999")
+    assert t_in("tr", "event.not_found") in known.texts()
+
+
+async def test_deep_link_through_the_real_telegram_application(make_app):
+    from bot.app import add_configured_channels
+
+    with FakeTelegramServer() as tg:
+        app = make_app(telegram_bot_token=tg.token, telegram_api_url=tg.root)
+        event = add_event(app)
+        add_configured_channels(app)
+        channel = app.channels["telegram"]
+        await channel.start()
+        try:
+            chat = 5151
+
+            async def push(fn):
+                uid = fn()["update_id"]
+                await tg.async_wait_for(lambda s: uid in channel.completed, timeout=10)
+
+            await push(lambda: tg.push_text(chat, f"/start ev_{event.id}"))
+            await push(lambda: tg.push_callback(chat, "lang:tr"))
+            await push(lambda: tg.push_callback(chat, "all"))
+            await push(lambda: tg.push_callback(chat, "skip"))
+            venue = tg.calls_of("sendVenue")[-1]
+            assert venue.params["title"] == "Buca Kent Konseyi, Salon A" and venue.params["latitude"] == 38.3886
+            assert any("İklim Paneli" in t and "30 Kasım 2030 Cumartesi 14:00" in t for t in tg.delivered_texts(chat))
+            buttons = {b["callback_data"] for row in venue.params["reply_markup"]["inline_keyboard"] for b in row}
+            assert "rsvp" in buttons
+            await push(lambda: tg.push_callback(chat, "rsvp"))
+            document = tg.calls_of("sendDocument")[-1]
+            assert document.params["document"]["filename"] == f"etkinlik-{event.id}.ics"
+            assert b"BEGIN:VEVENT" in document.params["document"]["content"]
+        finally:
+            await channel.stop()
+
+
+def test_qr_code_of_the_deep_link_decodes_back(make_app, tmp_path):
+    zxingcpp = pytest.importorskip("zxingcpp")
+    from PIL import Image
+
+    app = make_app()
+    event = add_event(app)
+    with FakeTelegramServer(bot_username="buca_test_bot") as tg:  # no TELEGRAM_BOT_USERNAME: getMe
+        result = katilim(tmp_path, app, "events", "qr", str(event.id), "-o", str(tmp_path / "qr.png"),
+                         TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.root)
+    assert result.returncode == 0, result.stderr
+    decoded = [r.text for r in zxingcpp.read_barcodes(Image.open(tmp_path / "qr.png"))]
+    assert decoded == [f"https://t.me/buca_test_bot?start=ev_{event.id}"]
+
+    result = katilim(tmp_path, app, "events", "qr", str(event.id), "--checkin", "-o", str(tmp_path / "ci.png"),
+                     TELEGRAM_BOT_USERNAME="buca_katilim_bot")
+    assert result.returncode == 0, result.stderr
+    decoded = [r.text for r in zxingcpp.read_barcodes(Image.open(tmp_path / "ci.png"))]
+    assert decoded == [f"https://t.me/buca_katilim_bot?start=ci_{event.checkin_token}"]
+
+
+def test_check_in_link_records_attendance(make_app):
+    app = make_app()
+    later = add_event(app)
+    now_event = add_event(app, start=utcnow() + timedelta(minutes=30), capacity=1)
+    ali, walk_in = Person(app, "ali").onboard(), Person(app, "walkin").onboard()
+    ali.send(f"/start ev_{now_event.id}")
+    ali.tap("rsvp")
+    ali.send(f"/start ci_{later.checkin_token}")
+    assert ali.texts().startswith(t_in("tr", "event.checkin.not_now", title="İklim Paneli"))
+    ali.send("/start ci_nonsense")
+    assert t_in("tr", "event.checkin.invalid") in ali.texts()
+    ali.send(f"/start ci_{now_event.checkin_token}")
+    assert ali.texts().startswith(t_in("tr", "event.checkin.done", title="İklim Paneli"))
+    ali.send(f"/start ci_{now_event.checkin_token}")
+    assert ali.texts().startswith(t_in("tr", "event.checkin.already", title="İklim Paneli"))
+    walk_in.send(f"/start ci_{now_event.checkin_token}")  # full on paper, but there: counted
+    assert walk_in.texts().startswith(t_in("tr", "event.checkin.done", title="İklim Paneli"))
+    with Session(app.db) as db:
+        rows = db.exec(select(Rsvp).where(Rsvp.event_id == now_event.id)).all()
+        assert [(r.status, r.checked_in_at is not None) for r in rows] == [("going", True), ("going", True)]
+        assert db.get(Event, now_event.id).going == 2
+
+
+def test_feedback_after_the_event(make_app, tmp_path):
+    app = make_app()
+    event = add_event(app, start=utcnow() + timedelta(minutes=1))
+    ali, berk, cem = (Person(app, n).onboard() for n in ("ali", "berk", "cem"))
+    for p in (ali, berk):
+        p.send(f"/start ev_{event.id}")
+        p.tap("rsvp")
+    ended = utcnow() + timedelta(hours=3)
+    with transaction(app.db) as db:
+        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 2
+    with transaction(app.db) as db:
+        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 0  # asked once
+    (ask,) = ali.notifications()
+    assert ask.text == t_in("tr", "event.feedback.ask", title="İklim Paneli")
+    assert [c.key for c in ask.choices] == [f"fb:{event.id}:{n}" for n in range(1, 6)]
+
+    ali.send("/gonullu")  # elsewhere: the rating still works, then ali is back where they were
+    ali.tap(f"fb:{event.id}:4")
+    assert ali.keys() == ["skip"]
+    ali.send("Çok verimliydi, teşekkürler")
+    assert t_in("tr", "event.feedback.thanks") in ali.texts() and "p:environment" in ali.keys()
+    berk.tap(f"fb:{event.id}:2")
+    berk.tap("skip")
+    cem.tap(f"fb:{event.id}:5")
+    assert cem.texts() == t_in("tr", "event.feedback.not_attended")
+    with Session(app.db) as db:
+        assert sorted(f.rating for f in db.exec(select(EventFeedback))) == [2, 4]
+
+    shown = katilim(tmp_path, app, "events", "feedback", str(event.id))
+    assert shown.returncode == 0, shown.stderr
+    assert "ratings: 2, average 3.00" in shown.stdout and "Çok verimliydi, teşekkürler" in shown.stdout
+
+
+def test_erasing_a_resident_frees_the_place_and_keeps_anonymous_ratings(make_app):
+    app = make_app()
+    event = add_event(app, capacity=1)
+    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard()
+    for p in (ali, berk):
+        p.send(f"/start ev_{event.id}")
+        p.tap("rsvp")
+    with transaction(app.db) as db:
+        db.add(EventFeedback(event_id=event.id, resident_id=ali.resident_id, rating=5, comment="adım soyadım"))
+    ali.send("/verilerimisil")
+    ali.tap("yes")
+    with Session(app.db) as db:
+        assert db.get(Event, event.id).going == 1  # ali's place went to berk, who was waiting
+        (feedback,) = db.exec(select(EventFeedback)).all()
+        assert (feedback.resident_id, feedback.rating, feedback.comment) == (None, 5, "")
+    assert list(rsvps(app, event.id).values()) == [("going", None)]
+    assert berk.notifications()[-1].text.startswith("Müjde!")
+
+
+def test_merging_two_residents_keeps_one_place(make_app):
+    from conversations.engine import MERGERS
+    from storage.linking import merge_residents
+
+    app = make_app()
+    event = add_event(app, capacity=2)
+    phone, laptop, waiting = (Person(app, n).onboard() for n in ("phone", "laptop", "waiting"))
+    for p in (phone, laptop, waiting):
+        p.send(f"/start ev_{event.id}")
+        p.tap("rsvp")
+    keep, gone, waiting_id = phone.resident_id, laptop.resident_id, waiting.resident_id
+    with transaction(app.db) as db:
+        merge_residents(db, keep, gone, mergers=MERGERS)
+    assert rsvps(app, event.id) == {keep: ("going", None), waiting_id: ("going", None)}
+    with Session(app.db) as db:
+        assert db.get(Event, event.id).going == 2

@@ -1,0 +1,211 @@
+"""Reminders: rows only with the "reminders" consent; the scan claims due rows race-free and
+writes their outbox rows in the same transaction (never twice, even with two scanners at once);
+a reminder past the grace window is dropped; delivery through the real scheduler, dispatcher and
+PTB Application at the right time; exactly once across a SIGKILL and restart of `katilim run`."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from conversations import participation as P
+from conversations.i18n import t_in
+from storage.db import transaction, utcnow
+from storage.models import OutboxMessage
+from storage.participation import Event, Reminder
+from tests.conftest import test_env as subprocess_env
+from tests.fakes.telegram_api import FakeTelegramServer
+from tests.participation_support import Person
+
+TZ = "Europe/Istanbul"
+
+
+def add_event(app, title: str, starts_in: timedelta, **kw) -> Event:
+    starts = utcnow() + starts_in
+    with transaction(app.db) as db:
+        return P.create_event(db, title={"tr": title, "en": title}, starts_at=starts,
+                              ends_at=starts + timedelta(hours=1), place="Buca Kent Konseyi", created_by="test", **kw)
+
+
+def register(app, event: Event, resident_id: int, offsets) -> None:
+    with transaction(app.db) as db:
+        outcome, _ = P.register(db, event.id, resident_id, now=utcnow(), offsets=offsets)
+    assert outcome == "going"
+
+
+def reminders(app) -> list[Reminder]:
+    with Session(app.db) as db:
+        return list(db.exec(select(Reminder).order_by(Reminder.id)))
+
+
+def reminder_rows(app) -> list[OutboxMessage]:
+    with Session(app.db) as db:
+        return list(db.exec(select(OutboxMessage).where(OutboxMessage.kind == "reminder").order_by(OutboxMessage.id)))
+
+
+def test_reminders_need_consent_and_follow_the_event(make_app):
+    app = make_app()
+    event = add_event(app, "İklim Paneli", timedelta(days=3))
+    ayse = Person(app, "ayse").onboard(consent="none")
+    ayse.send(f"/start ev_{event.id}")
+    ayse.tap("rsvp")  # registering needs no consent of its own
+    assert t_in("tr", "event.reminders_off_hint") in ayse.texts() and "remind" in ayse.keys()
+    assert reminders(app) == []
+    ayse.tap("remind")
+    assert ayse.texts().startswith(t_in("tr", "consent.needed").split("{")[0])
+    ayse.tap("yes")
+    assert t_in("tr", "event.reminders_enabled") in ayse.texts() and "remind" not in ayse.keys()
+    rows = reminders(app)
+    assert [(r.offset_seconds, r.status) for r in rows] == [(86400, "pending"), (7200, "pending")]
+    assert P.aware(rows[0].due_at) == P.aware(event.starts_at) - timedelta(hours=24)
+
+    # consent withdrawn later: the reminder is dropped when it comes due
+    ayse.send("/menu")
+    ayse.tap("privacy")
+    ayse.tap("p:reminders")
+    with transaction(app.db) as db:
+        result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
+    assert (result.sent, result.dropped) == (0, 2)
+    assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}
+
+
+def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(make_app, db_url):
+    app = make_app(database_url=db_url)
+    people = [Person(app, f"p{i}").onboard() for i in range(3)]
+    event = add_event(app, "Kompost Atölyesi", timedelta(hours=1))
+    offsets = [timedelta(minutes=50)]  # due 10 minutes ago
+    for p in people:
+        register(app, event, p.resident_id, offsets)
+    ids = [p.resident_id for p in people]
+    # made while "the bot was down": due long ago
+    with transaction(app.db) as db:
+        for row in db.exec(select(Reminder)).all():
+            row.due_at = utcnow() - (timedelta(hours=2) if row.resident_id == ids[0] else timedelta(minutes=10))
+            db.add(row)
+
+    barrier = threading.Barrier(2)
+    results = []
+
+    def scan():
+        barrier.wait()
+        with transaction(app.db) as db:
+            results.append(P.send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ))
+
+    threads = [threading.Thread(target=scan) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(r.sent for r in results) == 2 and sum(r.dropped for r in results) == 1
+    with transaction(app.db) as db:
+        again = P.send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ)
+    assert (again.sent, again.dropped) == (0, 0)
+    sent = reminder_rows(app)
+    assert sorted(r.resident_id for r in sent) == sorted(ids[1:])
+    assert sent[0].payload["text"].startswith("⏰ Hatırlatma: Kompost Atölyesi")
+    assert {(r.resident_id, r.status, r.note) for r in reminders(app)} == {
+        (ids[0], "dropped", "missed"), (ids[1], "sent", ""), (ids[2], "sent", "")}
+
+
+async def test_reminder_delivered_through_telegram_at_the_right_time(make_app):
+    from bot.app import add_configured_channels
+    from bot.scheduler import start_scheduler, stop_jobs
+
+    with FakeTelegramServer() as tg:
+        app = make_app(telegram_bot_token=tg.token, telegram_api_url=tg.root, katilim_reminder_offsets="3s",
+                       reminder_scan_interval=0.5)
+        add_configured_channels(app)
+        channel = app.channels["telegram"]
+        await channel.start()
+        scheduler = start_scheduler(app)
+        assert scheduler.get_job("reminders") is not None and scheduler.get_job("feedback") is not None
+        try:
+            chat = 6262
+
+            async def push(fn):
+                uid = fn()["update_id"]
+                await tg.async_wait_for(lambda s: uid in channel.completed, timeout=10)
+
+            for step in (lambda: tg.push_text(chat, "/start"), lambda: tg.push_callback(chat, "lang:tr"),
+                         lambda: tg.push_callback(chat, "all"), lambda: tg.push_callback(chat, "skip")):
+                await push(step)
+            event = add_event(app, "Gençlik Forumu", timedelta(seconds=9))
+            due_in = (P.aware(event.starts_at) - timedelta(seconds=3) - utcnow()).total_seconds()
+            due_mono = time.monotonic() + due_in
+            await push(lambda: tg.push_text(chat, f"/start ev_{event.id}"))
+            await push(lambda: tg.push_callback(chat, "rsvp"))
+
+            def reminder_calls(s):
+                return [c for c in s.delivered if c.text and c.text.startswith("⏰ Hatırlatma: Gençlik Forumu")]
+
+            (call,) = await tg.async_wait_for(reminder_calls, timeout=15)
+            assert due_mono - 0.2 <= call.time <= due_mono + 4, (call.time - due_mono)  # never early
+            assert "ev:%d:c" % event.id in str(call.params["reply_markup"])
+            await asyncio.sleep(1.5)
+            assert len(reminder_calls(tg)) == 1
+        finally:
+            scheduler.shutdown(wait=False)
+            await stop_jobs(app)
+            await channel.stop()
+
+
+def katilim_run(env: dict, cwd: Path, log) -> subprocess.Popen:
+    script = Path(sys.executable).parent / "katilim"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bot.cli"]
+    return subprocess.Popen([*cmd, "run"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_exactly_once_across_a_restart_of_katilim_run(make_app, tmp_path):
+    app = make_app()
+    chat = "7373"
+    person = Person(app, chat, channel="telegram").onboard()
+    log_path = tmp_path / "run.log"
+    with FakeTelegramServer() as tg, log_path.open("w") as log:
+        env = subprocess_env(TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.root,
+                             DATABASE_URL=app.settings.database_url, HTTP_PORT="0",
+                             MEDIA_DIR=str(tmp_path / "media"), KATILIM_REMINDER_OFFSETS="3s",
+                             REMINDER_SCAN_INTERVAL="0.5", REMINDER_GRACE="30m")
+
+        def texts(title):
+            return [t for t in tg.delivered_texts(chat) if t.startswith(f"⏰ Hatırlatma: {title}")]
+
+        first = katilim_run(env, tmp_path, log)
+        second = None
+        try:
+            tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+            a = add_event(app, "Etkinlik A", timedelta(seconds=60))
+            register(app, a, person.resident_id, [timedelta(seconds=58)])  # due in 2 s
+            tg.wait_for(lambda s: texts("Etkinlik A"), timeout=20)
+            deadline = time.monotonic() + 10
+            while not any(r.status == "sent" for r in reminder_rows(app)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            first.send_signal(signal.SIGKILL)  # no clean stop
+            first.wait(10)
+
+            b = add_event(app, "Etkinlik B", timedelta(seconds=60))
+            register(app, b, person.resident_id, [timedelta(seconds=59)])  # due in 1 s
+            time.sleep(2)  # B's reminder comes due while nothing runs
+            assert texts("Etkinlik B") == []
+            second = katilim_run(env, tmp_path, log)
+            tg.wait_for(lambda s: texts("Etkinlik B"), timeout=30)  # late, within the grace window
+            time.sleep(2)  # a few more scans: nothing is sent again
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        output = log_path.read_text()
+        assert len(texts("Etkinlik A")) == 1, output
+        assert len(texts("Etkinlik B")) == 1, output
+    assert [(r.subject_id, r.status) for r in reminders(app)] == [(a.id, "sent"), (b.id, "sent")]
+    assert "Traceback" not in output, output
