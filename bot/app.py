@@ -116,11 +116,17 @@ def make_worker_id(role: str = "run") -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{role}"
 
 
-def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) -> App:
-    catalog = load_catalog(settings.katilim_catalog)
-    db = make_engine(settings.database_url)
+def open_db(settings: Settings, *, migrate: bool = True) -> DbEngine:
+    """The database as the settings describe it, with every migration applied."""
+    db = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     if migrate:
         upgrade(db)
+    return db
+
+
+def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) -> App:
+    catalog = load_catalog(settings.katilim_catalog)
+    db = open_db(settings, migrate=migrate)
     worker_id = make_worker_id(role)
     config = EngineConfig(catalog=catalog, timezone=catalog.municipality.timezone or settings.timezone,
                           default_locale=settings.default_locale, session_expiry=settings.session_expiry,

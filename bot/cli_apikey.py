@@ -7,10 +7,10 @@ import argparse
 import sys
 
 from bot.cli import operator_name
+from bot.app import open_db
 from bot.settings import Settings
 from storage import apikeys, repo
-from storage.db import make_engine, transaction
-from storage.migrate import upgrade
+from storage.db import transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_revoke)
 
 
-def _db(settings: Settings):
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
+_db = open_db
 
 
 def _when(dt) -> str:

@@ -25,13 +25,13 @@ from sqlmodel import select
 from bot.app import make_worker_id
 from bot.catalog import load_catalog
 from bot.cli import operator_name
+from bot.app import open_db
 from bot.settings import Settings
 from conversations.i18n import LANGUAGES, format_when
 from conversations.text import fold, match_options
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
-from storage.db import make_engine, transaction, utcnow
-from storage.migrate import upgrade
+from storage.db import transaction, utcnow
 from storage.models import Broadcast
 
 WHEN_ERRORS = {"format": "cannot read the time {text!r} (use e.g. \"2026-11-25 18:00\", \"yarın 09:00\", \"18:00\")",
@@ -66,10 +66,7 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _engine(settings: Settings):
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
+_engine = open_db
 
 
 def _timezone(settings: Settings, catalog) -> str:

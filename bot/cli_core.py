@@ -7,13 +7,13 @@ import sys
 
 from sqlmodel import select
 
-from bot.app import add_configured_channels, build_app, run_forever
+from bot.app import add_configured_channels, build_app, open_db, run_forever
 from bot.cli import operator_name
 from bot.settings import Settings
 from conversations.i18n import t_in
 from storage import repo
-from storage.db import make_engine, transaction
-from storage.migrate import current, upgrade
+from storage.db import transaction
+from storage.migrate import current
 from storage.models import Staff
 
 
@@ -76,21 +76,17 @@ async def _chat(app, name: str | None) -> int:
 
 
 def cmd_db_upgrade(settings: Settings, args) -> int:
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
+    engine = open_db(settings)
     print(f"database at revision {current(engine)}")
     return 0
 
 
 def cmd_db_current(settings: Settings, args) -> int:
-    print(current(make_engine(settings.database_url)) or "empty")
+    print(current(open_db(settings, migrate=False)) or "empty")
     return 0
 
 
-def _db(settings: Settings):
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
+_db = open_db
 
 
 def cmd_staff_add(settings: Settings, args) -> int:

@@ -15,11 +15,11 @@ from sqlmodel import select
 
 from bot.catalog import load_catalog
 from bot.cli import operator_name
+from bot.app import open_db
 from bot.settings import Settings
 from conversations import participation as P
 from conversations.i18n import t_in
-from storage.db import make_engine, transaction, utcnow
-from storage.migrate import upgrade
+from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, Resident
 from storage.participation import EVENT_TYPES, Event, Rsvp
 
@@ -86,8 +86,7 @@ class _Fail(Exception):
 
 def _context(settings: Settings):
     catalog = load_catalog(settings.katilim_catalog)
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
+    engine = open_db(settings)
     tz = catalog.municipality.timezone or settings.timezone
     return engine, catalog, tz, f"katilim.{catalog.municipality.tracking_prefix.lower()}"
 

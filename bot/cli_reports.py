@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo
 
 from bot.catalog import load_catalog
 from bot.cli import operator_name
+from bot.app import open_db
 from bot.settings import Settings
 from storage import reports as rp
-from storage.db import make_engine, transaction
-from storage.migrate import upgrade
+from storage.db import transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,10 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_export)
 
 
-def _db(settings: Settings):
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
+_db = open_db
 
 
 def _tz(settings: Settings, catalog) -> str:

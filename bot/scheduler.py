@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
 
+from storage import outbox
 from storage.db import transaction, utcnow
 from storage.models import ProcessedInbound
 
@@ -42,6 +43,9 @@ def housekeeping(app) -> Job:
         def purge():
             with transaction(app.db) as db:
                 db.exec(delete(ProcessedInbound).where(ProcessedInbound.at < utcnow() - timedelta(days=7)))
+                purged = outbox.purge_sent(db, app.settings.outbox_retention)
+            if purged:
+                log.info("housekeeping: %d delivered outbox rows past OUTBOX_RETENTION deleted", purged)
 
         await asyncio.to_thread(purge)
 

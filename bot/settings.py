@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -95,6 +96,7 @@ class Settings(BaseSettings):
 
     # Storage and content
     database_url: str = "sqlite:///katilim.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     katilim_catalog: Path = SAMPLE_CATALOG
     media_dir: Path = Path("media")
     media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # largest photo/voice/file downloaded
@@ -118,6 +120,8 @@ class Settings(BaseSettings):
 
     # Conversations
     session_expiry: timedelta = timedelta(hours=24)
+    # Delivered outbox rows (address, text) are deleted after this long (data minimisation).
+    outbox_retention: timedelta = timedelta(days=30)
     max_text_length: int = Field(default=2000, ge=10, le=100_000)
     privacy_notice_version: str = "2026-11"
     # Problem reports a resident may file per hour (conversations/reports.py).
@@ -197,7 +201,7 @@ class Settings(BaseSettings):
     def _catalog(cls, value):
         return SAMPLE_CATALOG if value in (None, "") else value
 
-    @field_validator("session_expiry", mode="before")
+    @field_validator("session_expiry", "outbox_retention", mode="before")
     @classmethod
     def _duration(cls, value):
         return parse_duration(value)

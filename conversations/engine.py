@@ -502,6 +502,8 @@ class Engine:
             from conversations.core import erase_resident
 
             erase_resident(db, resident.id, actor=f"resident:{resident.id}")
+            # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
+            outbox.erase_resident(db, resident.id, keep_ids=[row_id for row_id, _ in rows])
             return Handled(rows, resident_id=resident.id)
         session.state = result.state
         session.data = result.data

@@ -10,9 +10,11 @@ import asyncio
 import mimetypes
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
+from bot.delivery import send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
 
 CHANNEL = "console"
@@ -114,13 +116,43 @@ class ConsoleChannel:
         return self.stdin.readline()
 
     async def run(self, on_idle: Callable[[], object] | None = None) -> None:
+        proactive = asyncio.create_task(self._print_proactive())
+        try:
+            while True:
+                line = await asyncio.to_thread(self._readline)
+                if line == "":
+                    break
+                if not line.strip():
+                    continue
+                msg = parse_line(self.address, line)
+                if msg is None:
+                    break
+                await self.app.handle(msg)
+        finally:
+            proactive.cancel()
+            await self.deliver_pending()
+
+    async def _print_proactive(self, interval: float = 1.0) -> None:
+        """Messages queued for this terminal resident by someone else (a staff status change, a
+        reminder, an announcement) are printed as they fall due."""
         while True:
-            line = await asyncio.to_thread(self._readline)
-            if line == "":
-                break
-            if not line.strip():
-                continue
-            msg = parse_line(self.address, line)
-            if msg is None:
-                break
-            await self.app.handle(msg)
+            try:
+                await self.deliver_pending()
+            except Exception:  # noqa: BLE001  (a busy database: try again next round)
+                pass
+            await asyncio.sleep(interval)
+
+    async def deliver_pending(self) -> int:
+        from storage import outbox
+        from storage.db import transaction
+
+        def claim():
+            with transaction(self.app.db) as db:
+                rows = outbox.claim(db, f"{self.app.worker_id}/console", CHANNEL, 20, timedelta(seconds=30),
+                                    address=self.address)
+                return [(row.id, Outbound.from_dict(row.payload)) for row in rows]
+
+        rows = await asyncio.to_thread(claim)
+        if rows:
+            await send_replies(self.app.db, self.sender, rows, self.address)
+        return len(rows)

@@ -2,7 +2,6 @@
 PostgreSQL (postgresql+psycopg://) is the scale-out path with several workers on one database."""
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -14,8 +13,6 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# FULL: every commit is on disk before the step answers (survives power loss, not only a crash).
-SQLITE_SYNCHRONOUS = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").upper()
 
 
 def utcnow() -> datetime:
@@ -27,7 +24,12 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL") -> Engine:
+    """sqlite_synchronous FULL: every commit is on disk before the step answers (survives a power
+    loss, not only a crash of the process); NORMAL: faster, survives a crash of the process."""
+    synchronous = sqlite_synchronous.upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError("sqlite_synchronous must be FULL or NORMAL")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
@@ -40,7 +42,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

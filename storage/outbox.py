@@ -72,13 +72,16 @@ def notify_resident(db: Session, resident_id: int, build: Callable[[Translator, 
 
 
 def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelta,
-          now: datetime | None = None) -> list[OutboxMessage]:
-    """Claim up to `limit` due rows of a channel for this worker (pending, or whose lease ran out)."""
+          now: datetime | None = None, address: str | None = None) -> list[OutboxMessage]:
+    """Claim up to `limit` due rows of a channel for this worker (pending, or whose lease ran out);
+    `address` narrows it to one recipient (a terminal chat prints only its own messages)."""
     now = now or utcnow()
     due = or_(and_(OutboxMessage.status == "pending", OutboxMessage.available_at <= now),
               and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now))
     query = (select(OutboxMessage).where(OutboxMessage.channel == channel, due)
              .order_by(OutboxMessage.priority, OutboxMessage.id).limit(limit))
+    if address is not None:
+        query = query.where(OutboxMessage.address == address)
     if db.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = list(db.exec(query))
@@ -354,3 +357,19 @@ def broadcast_progress(db: Session, broadcast_id: int) -> BroadcastProgress:
         else:
             progress.cancelled += count
     return progress
+
+
+def erase_resident(db: Session, resident_id: int, keep_ids: list[int]) -> int:
+    """Delete a resident's outbox rows (queued messages and the archive of sent ones, with their
+    address and payloads) when they delete their data; `keep_ids` (the goodbye) still goes out."""
+    query = delete(OutboxMessage).where(OutboxMessage.resident_id == resident_id)
+    if keep_ids:
+        query = query.where(OutboxMessage.id.not_in(keep_ids))
+    return db.exec(query).rowcount or 0
+
+
+def purge_sent(db: Session, older_than: timedelta) -> int:
+    """Data minimisation: delivered and finished rows are kept only for the retention period."""
+    return db.exec(delete(OutboxMessage).where(
+        OutboxMessage.status.in_(("sent", "failed", "unsendable", "cancelled")),
+        OutboxMessage.created_at < utcnow() - older_than)).rowcount or 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from storage.db import utcnow
@@ -26,13 +27,22 @@ def identity_for(db: Session, channel: str, address: str, language_hint: str = "
         resident = db.get(Resident, identity.resident_id)
         return identity, resident
     hint = (language_hint or "").split("-")[0].lower()
-    resident = Resident(locale=hint if hint in ("tr", "en", "ar") else default_locale,
-                        display_name=(display_name or "")[:128])
-    db.add(resident)
-    db.flush()
-    identity = ChannelIdentity(resident_id=resident.id, channel=channel, address=address)
-    db.add(identity)
-    db.flush()
+    try:
+        # A savepoint: two first messages from one new address at once (two workers) both try to
+        # create the identity; the loser rolls back to here and takes the winner's.
+        with db.begin_nested():
+            resident = Resident(locale=hint if hint in ("tr", "en", "ar") else default_locale,
+                                display_name=(display_name or "")[:128])
+            db.add(resident)
+            db.flush()
+            identity = ChannelIdentity(resident_id=resident.id, channel=channel, address=address)
+            db.add(identity)
+            db.flush()
+    except IntegrityError:
+        identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.channel == channel,
+                                                         ChannelIdentity.address == address)
+                           .execution_options(populate_existing=True)).one()
+        resident = db.get(Resident, identity.resident_id)
     return identity, resident
 
 

@@ -42,3 +42,21 @@ def test_states_are_named_strings():
     import re
 
     assert STATES and all(re.fullmatch(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", name) for name in STATES)
+
+
+def test_env_example_lists_every_setting_with_a_comment():
+    from bot.settings import Settings
+
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    missing, uncommented = [], []
+    for name in Settings.model_fields:
+        key = name.upper()
+        index = next((i for i, line in enumerate(lines) if line.startswith(f"{key}=")), None)
+        if index is None:
+            missing.append(key)
+            continue
+        # a comment right above it, or above the group of settings it belongs to
+        above = lines[max(0, index - 4):index]
+        if not any(line.startswith("#") for line in above):
+            uncommented.append(key)
+    assert missing == [] and uncommented == []

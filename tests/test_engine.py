@@ -813,8 +813,6 @@ def test_change_language(make_app):
     assert replies[0].text.startswith(T("ar", "help.intro", municipality="بلدية بوجا"))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: erasure leaves the resident's earlier outbox rows (the "
-                   "address, and the export JSON with name and mahalle); the outbox needs an eraser or a purge")
 def test_erasure_leaves_no_personal_data_in_the_outbox(make_app):
     app = make_app()
     chat = Chat(app)
