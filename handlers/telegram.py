@@ -22,7 +22,6 @@ import hmac
 import json
 import logging
 import mimetypes
-import os
 import re
 import warnings
 from datetime import timedelta
@@ -46,6 +45,9 @@ from telegram import (
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
+from bot.app import DB_RETRY_DELAYS
+from storage import media as media_store
+from storage.media import MediaTooLarge
 from bot.delivery import SendError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 
@@ -64,15 +66,6 @@ CALLBACK_LIMIT = 64        # bytes of callback_data
 NUMBERED = "#"             # callback_data "#3": the choice numbered 3 (its key was too long)
 CONCURRENT_UPDATES = 64    # different chats are handled concurrently; one chat's updates in order
 MAX_WEBHOOK_BYTES = 256 * 1024  # an update is a few KB (text up to 4096 characters); larger: 413
-
-
-class MediaTooLarge(ValueError):
-    """A file over MEDIA_MAX_BYTES: not downloaded."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"file of {size} bytes is over the {limit} byte limit (MEDIA_MAX_BYTES)")
-        self.size = size
-        self.limit = limit
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -521,15 +514,15 @@ class TelegramChannel:
         async with self._chat_lock(inbound.address):
             if update.callback_query is not None:
                 await self._settle_callback(update)
-            for attempt in range(3):
+            for attempt in range(len(DB_RETRY_DELAYS) + 1):  # the database restarting: about a minute
                 try:
                     await self.app.handle(inbound)
                     break
                 except OperationalError:
-                    if attempt == 2:
+                    if attempt == len(DB_RETRY_DELAYS):
                         raise
                     log.warning("database busy or unreachable; handling update %s again", update.update_id)
-                    await asyncio.sleep(0.5 * 4 ** attempt)
+                    await asyncio.sleep(DB_RETRY_DELAYS[attempt])
         self.completed.append(update.update_id)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -581,23 +574,17 @@ class TelegramChannel:
         """Download a Telegram file into MEDIA_DIR, named by the SHA-256 of its bytes; refuse files
         over MEDIA_MAX_BYTES (MediaTooLarge). Telegram failures raise SendError."""
         limit = self.settings.media_max_bytes
-        if media.size and media.size > limit:
-            raise MediaTooLarge(media.size, limit)
+        media_store.check_size(media.size or None, limit)
         try:
             await self.sender._ready()
             tg_file = await self.application.bot.get_file(media.ref)
-            if tg_file.file_size and tg_file.file_size > limit:
-                raise MediaTooLarge(tg_file.file_size, limit)
+            media_store.check_size(tg_file.file_size or None, limit)
             data = bytes(await tg_file.download_as_bytearray())
         except TelegramError as exc:
             raise (send_error(exc) or SendError("transient", str(exc))) from exc
-        if len(data) > limit:
-            raise MediaTooLarge(len(data), limit)
-        folder = Path(media_dir or self.settings.media_dir)
-        target = folder / f"{hashlib.sha256(data).hexdigest()}{_extension(tg_file.file_path, media)}"
-        if not target.exists():
-            await asyncio.to_thread(_write_atomically, target, data)
-        return target
+        media_store.check_size(len(data), limit)
+        return await asyncio.to_thread(media_store.store, media_dir or self.settings.media_dir, data,
+                                       _extension(tg_file.file_path, media))
 
 
 def _extension(file_path: str | None, media: Media) -> str:
@@ -606,13 +593,6 @@ def _extension(file_path: str | None, media: Media) -> str:
             return candidate.lower()
     guessed = mimetypes.guess_extension(media.content_type or "") if media.content_type else None
     return guessed or ".bin"
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
 
 
 __all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_text", "keyboard_rows",

@@ -58,6 +58,8 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
+from storage import media as media_store
+from storage.media import MediaTooLarge
 from bot.delivery import SendError
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
@@ -95,15 +97,6 @@ DOCUMENT_TYPES = {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
 }
-
-
-class MediaTooLarge(ValueError):
-    """A file over MEDIA_MAX_BYTES: not downloaded (or not sent)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"file of {size} bytes is over the {limit} byte limit (MEDIA_MAX_BYTES)")
-        self.size = size
-        self.limit = limit
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -265,13 +258,6 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-
-
 # ---------------------------------------------------------------- files sent as media
 class OutboundFiles:
     """Files WhatsApp fetches from us: written to MEDIA_DIR/whatsapp-out named by their SHA-256,
@@ -288,11 +274,11 @@ class OutboundFiles:
             raise MediaTooLarge(len(data), self.limit)
         name = re.sub(r"[^\w.\-]", "_", Path(filename or "file").name)[:80] or "file"
         suffix = Path(name).suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", Path(name).suffix) else ""
-        target = self.dir / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+        target = media_store.path_for(self.dir, data, suffix)
         if target.exists():
             os.utime(target)  # published again: the clean-up keeps it for another FILE_TTL
         else:
-            _write_atomically(target, data)
+            media_store.write_atomically(target, data)
         served = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
         if (not served.startswith(("image/", "audio/", "video/")) and served not in DOCUMENT_TYPES
                 and (served.startswith("text/") or served.endswith(("json", "xml", "calendar")))):
@@ -668,11 +654,8 @@ class WhatsAppChannel:
         suffix = mimetypes.guess_extension(media.content_type) if media.content_type else None
         if media.content_type in ("audio/ogg", "audio/opus"):
             suffix = ".ogg"
-        folder = Path(media_dir or self.settings.media_dir)
-        target = folder / f"{hashlib.sha256(data).hexdigest()}{suffix or '.bin'}"
-        if not target.exists():
-            await asyncio.to_thread(_write_atomically, target, bytes(data))
-        return target
+        return await asyncio.to_thread(media_store.store, media_dir or self.settings.media_dir, bytes(data),
+                                       suffix or ".bin")
 
 
 def record_status(db, sid: str, status: str, error: str = "") -> bool:
