@@ -24,6 +24,10 @@ from storage.migrate import upgrade
 
 log = logging.getLogger("katilim")
 
+# Channel adapters run a step again when the database is unavailable (locked past its busy timeout,
+# restarting, failing over), after these pauses (about a minute in all), before giving a message up.
+DB_RETRY_DELAYS = (0.5, 1.0, 2.0) + (3.0,) * 18
+
 
 class StartupError(Exception):
     """A channel cannot start (a refused token...): `katilim` prints the one-line reason and exits 2."""
@@ -76,11 +80,11 @@ class App:
         A flood from one account is throttled first (bot/flood.py: not processed, one notice).
         Photos, voice notes and files are downloaded into MEDIA_DIR first (never kept only as a
         channel file id), outside the database transaction; Media.ref becomes the local path."""
-        verdict = self.flood.admit(msg.channel, msg.address)
+        verdict = self.flood.admit(msg.channel, msg.address, msg.external_id)
         if verdict != "pass":
             from bot.flood import throttled
 
-            return Handled(await throttled(self, msg, verdict))
+            return Handled(await throttled(self, msg, verdict, inbox_id))
         if msg.media and msg.channel in self.media_fetchers:
             await self._fetch_media(msg)
         handled = await asyncio.to_thread(self.engine.handle, msg, inbox_id)

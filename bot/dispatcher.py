@@ -20,7 +20,8 @@ How it works
   (a few per transaction) as sends finish; a restarted or other dispatcher takes over expired leases.
 - Errors (bot.delivery.SendError kinds): "retry_after" pauses the channel for every worker
   (ChannelRate.paused_until) and puts the row back without counting it; "transient" retries with
-  exponential backoff and jitter up to OUTBOX_BACKOFF_CAP, failed after OUTBOX_MAX_ATTEMPTS;
+  exponential backoff and jitter up to OUTBOX_BACKOFF_CAP, failed after OUTBOX_MAX_ATTEMPTS (the
+  chat's later rows wait for the retry: a resident never reads a chat's messages out of order);
   "permanent" fails the row; "blocked" marks the resident's identity unreachable and cancels its
   other waiting rows (nothing more goes to it until the resident writes again); "window" marks
   the row unsendable.

@@ -6,7 +6,9 @@ database work for a message that is dropped). Each (channel, address) has a toke
 process: FLOOD_MESSAGES tokens, refilled at FLOOD_MESSAGES per FLOOD_WINDOW. A message without a
 token is not processed; the first one in a throttle window gets one polite notice ("flood.slow_down",
 in the resident's language) through the outbox like any reply, the next ones in the same window get
-nothing. The terminal (`katilim chat`) is local and never throttled.
+nothing; a throttled message that a webhook put in the inbox leaves it (it is not handled later).
+A message admitted once (same external id: retried after a database error, delivered again) takes
+no second token. The terminal (`katilim chat`) is local and never throttled.
 
 The buckets live in memory: several workers each allow FLOOD_MESSAGES per window (one resident's
 updates normally reach one worker), and a restart forgets them. The map is pruned of full buckets
@@ -15,10 +17,11 @@ when it grows past MAX_KEYS.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlmodel import select
@@ -42,6 +45,7 @@ class _Bucket:
     tokens: float
     last: float
     noticed: float | None = None  # monotonic time of the last notice
+    seen: collections.deque = field(default_factory=lambda: collections.deque(maxlen=16))  # admitted ids
 
 
 class FloodGuard:
@@ -62,8 +66,10 @@ class FloodGuard:
     def from_settings(cls, settings) -> "FloodGuard":
         return cls(settings.flood_messages, settings.flood_window)
 
-    def admit(self, channel: str, address: str) -> str:
-        """PASS (process it), NOTICE (throttled: tell the resident once) or DROP (throttled, already told)."""
+    def admit(self, channel: str, address: str, external_id: str = "") -> str:
+        """PASS (process it), NOTICE (throttled: tell the resident once) or DROP (throttled, already told).
+        A message admitted before (same external id: a step retried after a database error, an update
+        delivered again) passes without taking another token."""
         if channel in LOCAL_CHANNELS:
             return PASS
         now = self.clock()
@@ -74,10 +80,14 @@ class FloodGuard:
                 bucket = self._buckets[key] = _Bucket(self.capacity, now)
                 if len(self._buckets) > self.MAX_KEYS:
                     self._prune(now)
+            if external_id and external_id in bucket.seen:
+                return PASS
             bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.last) * self.rate)
             bucket.last = now
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
+                if external_id:
+                    bucket.seen.append(external_id)
                 return PASS
             if bucket.noticed is None or now - bucket.noticed >= self.window:
                 bucket.noticed = now
@@ -92,9 +102,16 @@ class FloodGuard:
             del self._buckets[key]
 
 
-def _queue_notice(app, msg: Inbound) -> list[tuple[int, Outbound]]:
-    """The notice as a reply row claimed by this worker (sent at once; the dispatcher retries it)."""
+def _drop(app, msg: Inbound, inbox_id: int | None, notice: bool) -> list[tuple[int, Outbound]]:
+    """The message leaves the inbox (a webhook persisted it: it must not be handled later); on a
+    notice, the notice as a reply row claimed by this worker (sent at once; the dispatcher retries it)."""
     with transaction(app.db) as db:
+        if inbox_id is not None:
+            from storage import inbox
+
+            inbox.done(db, inbox_id)
+        if not notice:
+            return []
         row = db.exec(select(ChannelIdentity, Resident).join(Resident, Resident.id == ChannelIdentity.resident_id)
                       .where(ChannelIdentity.channel == msg.channel, ChannelIdentity.address == msg.address)).first()
         if row is None:  # nothing processed from this account yet: nobody to answer in a known language
@@ -104,14 +121,20 @@ def _queue_notice(app, msg: Inbound) -> list[tuple[int, Outbound]]:
         return outbox.enqueue_replies(db, identity, [Outbound(text=text)], claimed_by=app.worker_id, now=utcnow())
 
 
-async def throttled(app, msg: Inbound, verdict: str) -> list[tuple[int, Outbound]]:
-    """A throttled message: not processed; on NOTICE the resident is told once (best effort)."""
+async def throttled(app, msg: Inbound, verdict: str, inbox_id: int | None = None) -> list[tuple[int, Outbound]]:
+    """A throttled message: not processed (and out of the inbox); on NOTICE the resident is told
+    once (best effort)."""
     if verdict != NOTICE:
+        if inbox_id is not None:
+            try:
+                await asyncio.to_thread(_drop, app, msg, inbox_id, False)
+            except Exception as exc:  # noqa: BLE001  (the inbox job will offer it again, throttled again)
+                log.warning("flood message %s not removed from the inbox: %s", msg.external_id, exc)
         return []
     log.warning("flood from %s:%s: throttled (more than %d messages per %gs)", msg.channel, msg.address,
                 app.settings.flood_messages, app.settings.flood_window.total_seconds())
     try:
-        rows = await asyncio.to_thread(_queue_notice, app, msg)
+        rows = await asyncio.to_thread(_drop, app, msg, inbox_id, True)
     except Exception as exc:  # noqa: BLE001  (the database is busy: the flood is dropped all the same)
         log.warning("flood notice to %s:%s not queued: %s", msg.channel, msg.address, exc)
         return []

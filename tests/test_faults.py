@@ -38,10 +38,10 @@ from bot.scheduler import start_scheduler, stop_jobs
 from bot.settings import SettingsError
 from conversations.engine import STATES, Ctx, step
 from conversations.i18n import LANGUAGES, t_in, translator
-from conversations.messages import Inbound, Kind, Outbound
+from conversations.messages import Inbound, Kind
 from handlers.telegram import MAX_WEBHOOK_BYTES, webhook_secret
-from storage import outbox
 from storage.db import transaction, utcnow
+from storage.inbox import InboundQueue
 from storage.models import ChannelIdentity, OutboxMessage, ProcessedInbound, Resident, Staff
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer
@@ -264,6 +264,9 @@ def test_flood_guard_token_bucket():
         assert steady.admit("whatsapp", "x") == PASS
         now[0] += 0.5
     assert all(guard.admit("console", "me") == PASS for _ in range(100))  # the local terminal
+    retried = FloodGuard(2, 10, clock=lambda: now[0])  # a step retried after a database error, a re-delivery
+    assert [retried.admit("telegram", "r", "u1") for _ in range(5)] == [PASS] * 5
+    assert retried.admit("telegram", "r", "u2") == PASS and retried.admit("telegram", "r", "u3") == NOTICE
 
 
 def test_flood_settings_are_validated(make_settings):
@@ -341,12 +344,14 @@ async def test_a_whatsapp_flood_is_throttled_in_arabic(make_app):
             took = time.monotonic() - started
             with Session(app.db) as db:
                 processed = len(db.exec(select(ProcessedInbound).where(ProcessedInbound.external_id.in_(sids))).all())
+                waiting = db.exec(select(func.count()).select_from(InboundQueue)).one()
         finally:
             await h.close()
     bodies = [m.body for m in twilio.sent_to(AYSE)[before:]]
     notice = t_in("ar", "flood.slow_down")
     assert bodies.count(notice) == 1
     assert 1 <= processed <= 8 + took + 1  # the onboarding used 2 of the 10 tokens; 1 a second refills
+    assert waiting == 0  # the throttled ones left the inbox too: its job will not handle them later
     assert answered and t_in("tr", "onboarding.choose_language") in answered[0].body
 
 
