@@ -47,19 +47,6 @@ def pg_url_or_none():
 
 
 # ---------------------------------------------------------------- helpers shared by the scenarios
-def databases(tmpdir: str, *, postgres: bool = True):
-    """[(name, url, cleanup or None)]: a SQLite file in tmpdir, and a fresh PostgreSQL schema when
-    one is reachable (and asked for)."""
-    from pathlib import Path
-
-    found = [("SQLite", f"sqlite:///{Path(tmpdir) / 'bench.db'}", None)]
-    if postgres:
-        pg = pg_url_or_none()
-        if pg:
-            found.append(("PostgreSQL", pg[0], pg[1]))
-    return found
-
-
 def numbers(lo: int, hi: int, name: str = "seq"):
     """A CTE of the integers lo..hi (column x), generated inside the database (SQLite and
     PostgreSQL): setup inserts millions of rows with one INSERT ... SELECT, nothing built in Python."""
@@ -117,7 +104,3 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
 def mb(kb: float) -> str:
     return f"{kb / 1024:.1f} MB"
 
-
-def failed(scenario: str, why: str, target: str = "") -> Result:
-    """The row of a scenario that could not run."""
-    return Result(scenario, f"not measured: {why}", "—", target, None)

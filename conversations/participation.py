@@ -50,7 +50,7 @@ from storage.participation import (
     lock_call,
     lock_event,
     next_position,
-    settle_reminder,
+    settle_reminders,
     take_call_place,
     take_event_place,
 )
@@ -272,39 +272,71 @@ def send_due_reminders(db: Session, now: datetime, *, grace: timedelta = DEFAULT
                        tz: str = "Europe/Istanbul", limit: int = 200) -> ScanResult:
     """The "reminders" job: due pending reminders become outbox rows in this transaction.
 
-    Claimed race-free (storage.participation.claim_due_reminders + a conditional status update),
-    so a reminder is never sent twice, and pending rows survive a restart. One whose time passed
-    more than `grace` ago (the bot was down) is dropped and logged, as is one whose subject is gone
-    (cancelled, started, the resident cancelled, consent withdrawn)."""
+    Claimed race-free (storage.participation.claim_due_reminders: FOR UPDATE SKIP LOCKED on
+    PostgreSQL, BEGIN IMMEDIATE on SQLite) and settled with a conditional status update, so a
+    reminder is never sent twice, and pending rows survive a restart. One whose time passed more
+    than `grace` ago (the bot was down) is dropped and logged, as is one whose subject is gone
+    (cancelled, started, the resident cancelled, consent withdrawn). The whole batch costs a fixed
+    number of queries (consents, subjects, registrations, recipients, outbox rows, settlement),
+    whatever its size."""
     result = ScanResult()
-    for reminder in claim_due_reminders(db, now, limit):
-        reason, build = _reminder_message(db, reminder, now, grace, tz)
+    due = claim_due_reminders(db, now, limit)
+    if not due:
+        return result
+    consents = repo.current_consents_many(db, {r.resident_id for r in due})
+    subjects = _ReminderSubjects(db, due)
+    builds: dict[int, Callable[[Translator, str], Outbound]] = {}
+    dropped: dict[int, str] = {}
+    for reminder in due:
+        reason, build = _reminder_message(reminder, now, grace, tz, consents, subjects)
         if reason is None:
-            if not settle_reminder(db, reminder.id, "sent", now):
-                continue  # settled by another worker in the meantime
-            if outbox.notify_resident(db, reminder.resident_id, build, kind="reminder", tz=tz):
-                result.sent += 1
-                continue
-            reason = "unreachable"
-            db.exec(update(Reminder).where(Reminder.id == reminder.id)
-                    .values(status="dropped", note=reason, sent_at=None).execution_options(synchronize_session=False))
-        elif not settle_reminder(db, reminder.id, "dropped", now, reason):
-            continue
-        result.dropped += 1
-        log.info("reminder %s (%s %s, resident %s, due %s) dropped: %s", reminder.id, reminder.subject_kind,
-                 reminder.subject_id, reminder.resident_id, aware(reminder.due_at).isoformat(), reason)
+            builds[reminder.id] = build
+        else:
+            dropped[reminder.id] = reason
+    by_id = {r.id: r for r in due}
+    reached = outbox.notify_residents(db, [(by_id[rid].resident_id, build) for rid, build in builds.items()],
+                                      kind="reminder", tz=tz)
+    sent = [rid for rid in builds if by_id[rid].resident_id in reached]
+    for rid in builds:
+        if by_id[rid].resident_id not in reached:
+            dropped[rid] = "unreachable"
+    settle_reminders(db, sent, "sent", now)
+    for reason in set(dropped.values()):
+        settle_reminders(db, [rid for rid, why in dropped.items() if why == reason], "dropped", now, reason)
+    for rid, reason in dropped.items():
+        r = by_id[rid]
+        log.info("reminder %s (%s %s, resident %s, due %s) dropped: %s", rid, r.subject_kind, r.subject_id,
+                 r.resident_id, aware(r.due_at).isoformat(), reason)
+    result.sent, result.dropped = len(sent), len(dropped)
     return result
 
 
-def _reminder_message(db: Session, reminder: Reminder, now: datetime, grace: timedelta, tz: str):
+class _ReminderSubjects:
+    """The events and calls of a batch of reminders with their registrations, in four queries."""
+
+    def __init__(self, db: Session, due: list[Reminder]) -> None:
+        event_ids = {r.subject_id for r in due if r.subject_kind == "event"}
+        call_ids = {r.subject_id for r in due if r.subject_kind != "event"}
+        residents = {r.resident_id for r in due}
+        self.events = {e.id: e for e in db.exec(select(Event).where(Event.id.in_(event_ids)))} if event_ids else {}
+        self.rsvps = {(x.event_id, x.resident_id): x for x in db.exec(
+            select(Rsvp).where(Rsvp.event_id.in_(event_ids), Rsvp.resident_id.in_(residents)))} if event_ids else {}
+        self.calls = {c.id: c for c in db.exec(
+            select(VolunteerCall).where(VolunteerCall.id.in_(call_ids)))} if call_ids else {}
+        self.responses = {(x.call_id, x.resident_id): x for x in db.exec(
+            select(CallResponse).where(CallResponse.call_id.in_(call_ids),
+                                       CallResponse.resident_id.in_(residents)))} if call_ids else {}
+
+
+def _reminder_message(reminder: Reminder, now: datetime, grace: timedelta, tz: str,
+                      consents: dict[int, dict[str, bool]], subjects: _ReminderSubjects):
     if now - aware(reminder.due_at) > grace:
         return "missed", None
-    if not repo.current_consents(db, reminder.resident_id).get("reminders"):
+    if not consents.get(reminder.resident_id, {}).get("reminders"):
         return "no_consent", None
     if reminder.subject_kind == "event":
-        event = db.get(Event, reminder.subject_id)
-        rsvp = db.exec(select(Rsvp).where(Rsvp.event_id == reminder.subject_id,
-                                          Rsvp.resident_id == reminder.resident_id)).first()
+        event = subjects.events.get(reminder.subject_id)
+        rsvp = subjects.rsvps.get((reminder.subject_id, reminder.resident_id))
         if event is None or event.status != "active" or rsvp is None or rsvp.status != "going":
             return "not_going", None
         if aware(event.starts_at) <= now:
@@ -316,9 +348,8 @@ def _reminder_message(db: Session, reminder: Reminder, now: datetime, grace: tim
                             [Choice(f"{EVENT_PREFIX}:{event.id}:c", t("event.cancel_rsvp"))])
 
         return None, build
-    call = db.get(VolunteerCall, reminder.subject_id)
-    response = db.exec(select(CallResponse).where(CallResponse.call_id == reminder.subject_id,
-                                                  CallResponse.resident_id == reminder.resident_id)).first()
+    call = subjects.calls.get(reminder.subject_id)
+    response = subjects.responses.get((reminder.subject_id, reminder.resident_id))
     if call is None or call.status != "open" or response is None or response.status != "accepted":
         return "not_going", None
     if aware(call.starts_at) <= now:

@@ -71,6 +71,34 @@ def notify_resident(db: Session, resident_id: int, build: Callable[[Translator, 
     return 1
 
 
+def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, str], Outbound]]], *,
+                     kind: str = "notification", priority: int = PRIORITY_NOTIFICATION,
+                     tz: str = "Europe/Istanbul") -> set[int]:
+    """notify_resident for many residents in a fixed number of queries; the ids reached."""
+    ids = {rid for rid, _ in items}
+    if not ids:
+        return set()
+    locales = dict(db.exec(select(Resident.id, Resident.locale).where(Resident.id.in_(ids))).all())
+    best: dict[int, ChannelIdentity] = {}
+    for identity in db.exec(select(ChannelIdentity)
+                            .where(ChannelIdentity.resident_id.in_(ids), ChannelIdentity.unreachable == False)  # noqa: E712
+                            .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
+        best.setdefault(identity.resident_id, identity)
+    now = utcnow()
+    values = []
+    for rid, build in items:
+        identity = best.get(rid)
+        if identity is None or rid not in locales:
+            continue
+        out = build(translator(locales[rid]), locales[rid])
+        values.append(dict(channel=identity.channel, address=identity.address, resident_id=rid, kind=kind,
+                           priority=priority, payload=out.to_dict(), status="pending", attempts=0,
+                           available_at=now, created_at=now, claimed_by="", error="", provider_id=""))
+    if values:
+        db.execute(insert(OutboxMessage.__table__), values)
+    return {v["resident_id"] for v in values}
+
+
 def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelta,
           now: datetime | None = None, address: str | None = None) -> list[OutboxMessage]:
     """Claim up to `limit` due rows of a channel for this worker (pending, or whose lease ran out);

@@ -216,6 +216,18 @@ def claim_due_reminders(db: Session, now: datetime, limit: int = 200) -> list[Re
     return list(db.exec(query.execution_options(populate_existing=True)))
 
 
+def settle_reminders(db: Session, reminder_ids: list[int], status: str, now: datetime, note: str = "") -> int:
+    """pending → sent or dropped for a batch (claimed by this transaction); how many changed."""
+    if not reminder_ids:
+        return 0
+    values: dict[str, Any] = {"status": status, "note": note[:64]}
+    if status == "sent":
+        values["sent_at"] = now
+    result = db.exec(update(Reminder).where(Reminder.id.in_(reminder_ids), Reminder.status == "pending")
+                     .values(**values).execution_options(synchronize_session=False))
+    return result.rowcount or 0
+
+
 def settle_reminder(db: Session, reminder_id: int, status: str, now: datetime, note: str = "") -> bool:
     """pending → sent or dropped; False when another transaction settled it first."""
     values: dict[str, Any] = {"status": status, "note": note[:64]}

@@ -59,6 +59,17 @@ def current_consents(db: Session, resident_id: int) -> dict[str, bool]:
     return state
 
 
+def current_consents_many(db: Session, resident_ids) -> dict[int, dict[str, bool]]:
+    """current_consents for many residents in one query."""
+    ids = list(resident_ids)
+    state = {rid: {p: False for p in CONSENT_PURPOSES} for rid in ids}
+    if ids:
+        for row in db.exec(select(ConsentRecord).where(ConsentRecord.resident_id.in_(ids))
+                           .order_by(ConsentRecord.id)):
+            state[row.resident_id][row.purpose] = row.granted
+    return state
+
+
 def record_consent(db: Session, resident_id: int, purpose: str, granted: bool, notice_version: str,
                    channel: str = "") -> None:
     if purpose not in CONSENT_PURPOSES:

@@ -381,7 +381,7 @@ async def test_direct_replies_count_toward_the_pace(make_app, tg):
         assert settled(app.db)
     finally:
         await close(app)
-    assert paced_rate(30) == 29
+    assert 29 < paced_rate(30) < 30
 
 
 async def test_outbox_job_runs_inside_katilim_run(make_app):
