@@ -540,24 +540,26 @@ _INSERT_PROCESSED = {
 }
 _LOAD_LOCKED = (select(ChannelIdentity, Resident, ConversationSession)
                 .join(Resident, Resident.id == ChannelIdentity.resident_id)
-                .outerjoin(ConversationSession, ConversationSession.resident_id == Resident.id)
+                .join(ConversationSession, ConversationSession.resident_id == Resident.id)
                 .where(ChannelIdentity.channel == bindparam("channel"), ChannelIdentity.address == bindparam("address"))
-                .with_for_update(of=Resident))
+                .with_for_update(of=[Resident, ConversationSession]))
+_LOAD_NEW = (select(ChannelIdentity, Resident)
+             .join(Resident, Resident.id == ChannelIdentity.resident_id)
+             .where(ChannelIdentity.channel == bindparam("channel"), ChannelIdentity.address == bindparam("address"))
+             .with_for_update(of=Resident))
 
 
 def _load_locked(db: Session, channel: str, address: str):
-    """Identity, resident and session in one query; the resident row is locked until commit
-    (FOR UPDATE OF resident on PostgreSQL, so one resident's steps run one at a time across
-    workers; SQLite's BEGIN IMMEDIATE already serialises writers)."""
+    """Identity, resident and session in one query, the resident and session rows locked until
+    commit (PostgreSQL: FOR UPDATE OF both, so one resident's steps run one at a time across
+    workers, and a step that waited for the lock reads the session as the previous step left it;
+    SQLite's BEGIN IMMEDIATE already serialises writers). A resident without a session yet (their
+    first message) takes a second query."""
     row = db.exec(_LOAD_LOCKED, params={"channel": channel, "address": address}).first()
-    if row is not None and db.get_bind().dialect.name == "postgresql":
-        # After waiting for the lock, PostgreSQL re-reads the locked resident row, but the joined
-        # session row still comes from the snapshot taken before the wait: read it again, or the
-        # step would run on stale state and overwrite the previous step (a lost update).
-        identity, resident, session = row
-        if session is not None:
-            db.refresh(session)
-        else:
-            session = db.get(ConversationSession, resident.id)
-        row = (identity, resident, session)
-    return row if row is not None else (None, None, None)
+    if row is not None:
+        return row
+    row = db.exec(_LOAD_NEW, params={"channel": channel, "address": address}).first()
+    if row is None:
+        return None, None, None
+    identity, resident = row
+    return identity, resident, db.get(ConversationSession, resident.id, with_for_update=True)

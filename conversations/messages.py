@@ -71,6 +71,10 @@ class Attachment:
     path: str = ""
 
 
+_OPTIONAL_FIELDS = ("columns", "photo_path", "latitude", "longitude", "venue_title", "remove_keyboard",
+                   "request_contact")
+
+
 @dataclass
 class Outbound:
     text: str = ""
@@ -86,8 +90,20 @@ class Outbound:
                                     # channels without one show the text only
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: v for k, v in d.items() if v not in (None, "", [], False) or k == "text"}
+        """The outbox payload: only the fields set (built by hand: asdict's deep copy costs more
+        than the rest of a conversation step's bookkeeping)."""
+        d: dict[str, Any] = {"text": self.text}
+        if self.choices:
+            d["choices"] = [{"key": c.key, "label": c.label} for c in self.choices]
+        if self.document is not None:
+            doc = self.document
+            d["document"] = {"filename": doc.filename, "content_type": doc.content_type, "data": doc.data,
+                             "path": doc.path}
+        for name in _OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value != "" and value is not False:  # 0.0 is a coordinate
+                d[name] = value
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Outbound":
