@@ -75,7 +75,7 @@ class DispatcherRefused(RuntimeError):
 
 
 # ---------------------------------------------------------------- limits and pacing
-PACE_SHARE = 0.98  # of the platform's limit: 30/s → 29.4/s (98%), 10/s → 9.8/s
+PACE_SHARE = 0.975  # of the platform's limit: 30/s → 29.25/s, 10/s → 9.75/s
 
 
 def paced_rate(limit: float) -> float:

@@ -317,8 +317,9 @@ class _ReminderSubjects:
     def __init__(self, db: Session, due: list[Reminder]) -> None:
         event_ids = {r.subject_id for r in due if r.subject_kind == "event"}
         call_ids = {r.subject_id for r in due if r.subject_kind != "event"}
-        residents = {r.resident_id for r in due}
         self.events = {e.id: e for e in db.exec(select(Event).where(Event.id.in_(event_ids)))} if event_ids else {}
+        residents = {r.resident_id for r in due}
+        # both IN lists: the (event_id, resident_id) unique index is probed for each pair
         self.rsvps = {(x.event_id, x.resident_id): x for x in db.exec(
             select(Rsvp).where(Rsvp.event_id.in_(event_ids), Rsvp.resident_id.in_(residents)))} if event_ids else {}
         self.calls = {c.id: c for c in db.exec(

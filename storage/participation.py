@@ -217,13 +217,15 @@ def claim_due_reminders(db: Session, now: datetime, limit: int = 200) -> list[Re
 
 
 def settle_reminders(db: Session, reminder_ids: list[int], status: str, now: datetime, note: str = "") -> int:
-    """pending → sent or dropped for a batch (claimed by this transaction); how many changed."""
+    """pending → sent or dropped for a batch claimed by this transaction (its rows are locked:
+    FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite, so no status guard is needed; one would
+    also lead SQLite's planner to the status index, scanning every pending reminder)."""
     if not reminder_ids:
         return 0
     values: dict[str, Any] = {"status": status, "note": note[:64]}
     if status == "sent":
         values["sent_at"] = now
-    result = db.exec(update(Reminder).where(Reminder.id.in_(reminder_ids), Reminder.status == "pending")
+    result = db.exec(update(Reminder).where(Reminder.id.in_(reminder_ids))
                      .values(**values).execution_options(synchronize_session=False))
     return result.rowcount or 0
 
