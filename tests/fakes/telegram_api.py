@@ -28,18 +28,19 @@ import collections
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.base import LocalServer
 
 try:  # used to really drop connections (drop_next); optional
     from uvicorn.protocols.http.h11_impl import H11Protocol as _H11Protocol
@@ -196,8 +197,10 @@ def _make_protocol(registry: dict[tuple, Any], lock: threading.Lock):
     return _Protocol
 
 
-class FakeTelegramServer:
+class FakeTelegramServer(LocalServer):
     """A local, thread-safe fake of the Telegram Bot API (see module docstring)."""
+
+    name = "fake-telegram"
 
     def __init__(
         self,
@@ -207,6 +210,7 @@ class FakeTelegramServer:
         per_chat_limit_per_second: float | None = None,
         retry_after: int = 1,
     ) -> None:
+        super().__init__()
         self.token = token
         self.bot_username = bot_username
         self.rate_limit_per_second = rate_limit_per_second
@@ -249,20 +253,10 @@ class FakeTelegramServer:
         # server
         self._transports: dict[tuple, Any] = {}
         self._transport_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def root(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeTelegramServer is not started")
-        return f"http://127.0.0.1:{self._port}"
-
     @property
     def base_url(self) -> str:
         return f"{self.root}/bot"
@@ -271,68 +265,20 @@ class FakeTelegramServer:
     def base_file_url(self) -> str:
         return f"{self.root}/file/bot"
 
-    def start(self, timeout: float = 10.0) -> "FakeTelegramServer":
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._build_app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            http=_make_protocol(self._transports, self._transport_lock),
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._run, args=(sock,), name=f"fake-telegram-{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("FakeTelegramServer failed to start")
-            time.sleep(0.005)
-        return self
+    def _uvicorn_options(self) -> dict[str, Any]:
+        return {"http": _make_protocol(self._transports, self._transport_lock)}
 
-    def _run(self, sock: socket.socket) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+    async def _on_loop(self) -> None:
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
 
-        async def main() -> None:
-            self._wake = asyncio.Event()
-            self._stop_event = asyncio.Event()
-            self._loop = loop
-            assert self._server is not None
-            await self._server.serve(sockets=[sock])
-
-        try:
-            loop.run_until_complete(main())
-        finally:
-            sock.close()
-            loop.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is None or self._server is None:
-            return
+    def _before_stop(self) -> None:
         if self._loop is not None and self._stop_event is not None:
             try:
                 self._loop.call_soon_threadsafe(self._stop_event.set)
                 self._loop.call_soon_threadsafe(self._notify)
             except RuntimeError:  # loop already closed
                 pass
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        self._thread = None
-
-    def __enter__(self) -> "FakeTelegramServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ faults & limits
     def block_chat(self, chat_id: Any) -> None:
@@ -414,26 +360,6 @@ class FakeTelegramServer:
             lines = [c.short() for c in self.calls[-last:]]
             pending = len(self._pending)
         return "\n".join([f"pending updates: {pending}; last {len(lines)} calls:", *lines])
-
-    def wait_for(self, predicate: Callable[["FakeTelegramServer"], Any], timeout: float = 10) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s\n{self.dump()}")
-            time.sleep(0.01)
-
-    async def async_wait_for(self, predicate: Callable[["FakeTelegramServer"], Any], timeout: float = 10) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s\n{self.dump()}")
-            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ files
     def add_file(self, content: bytes, suffix: str = ".bin", *, kind: str = "documents") -> str:

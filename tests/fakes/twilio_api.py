@@ -23,27 +23,27 @@ and answers what the *real* twilio-python ``Client`` calls to send WhatsApp mess
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
+
+from tests.fakes.base import LocalServer
 
 __all__ = ["FakeTwilioServer", "SentMessage", "signature"]
 
@@ -104,11 +104,14 @@ class SentMessage:
         return self.params.get("ContentVariables", "")
 
 
-class FakeTwilioServer:
+class FakeTwilioServer(LocalServer):
     """A local, thread-safe fake of Twilio's Messages API (see the module docstring)."""
+
+    name = "fake-twilio"
 
     def __init__(self, account_sid: str | None = None, auth_token: str = "test-auth-token",
                  fetch_media: bool = True) -> None:
+        super().__init__()
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.auth_token = auth_token
         self.fetch_media = fetch_media
@@ -118,59 +121,9 @@ class FakeTwilioServer:
         self._fail: list[int] = []
         self._media: dict[str, tuple[bytes, str]] = {}
         self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def root(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeTwilioServer is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    def start(self, timeout: float = 10.0) -> "FakeTwilioServer":
-        if self._thread is not None:
-            return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self._build_app(), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name=f"fake-twilio-{self._port}",
-                                        daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("FakeTwilioServer failed to start")
-            time.sleep(0.005)
-        return self
-
-    def _run(self, sock: socket.socket) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            assert self._server is not None
-            loop.run_until_complete(self._server.serve(sockets=[sock]))
-        finally:
-            sock.close()
-            loop.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is None or self._server is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        self._thread = None
-
-    def __enter__(self) -> "FakeTwilioServer":
-        return self.start()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+    def dump(self) -> str:
+        return f"sent: {self.bodies()[-10:]}"
 
     def reset(self) -> None:
         with self._lock:
@@ -206,26 +159,6 @@ class FakeTwilioServer:
 
     def bodies(self, to: str | None = None) -> list[str]:
         return [m.body for m in self.messages if to is None or m.to == to]
-
-    def wait_for(self, predicate: Callable[["FakeTwilioServer"], Any], timeout: float = 10) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; sent: {self.bodies()[-10:]}")
-            time.sleep(0.01)
-
-    async def async_wait_for(self, predicate: Callable[["FakeTwilioServer"], Any], timeout: float = 10) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; sent: {self.bodies()[-10:]}")
-            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ webhook parameters
     def inbound(self, from_: str, body: str = "", *, to: str = "whatsapp:+905550000000",
