@@ -3,6 +3,7 @@ free 127.0.0.1 port, a context manager, and waiting for a condition on what the 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any, Callable
 import uvicorn
 
 
-class LocalServer:
+class LocalServer(ABC):
     name = "fake"
 
     def __init__(self) -> None:
@@ -21,8 +22,9 @@ class LocalServer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- what a server provides
+    @abstractmethod
     def _build_app(self) -> Any:
-        raise NotImplementedError  # each fake server builds its own Starlette app
+        """Each fake server builds its own Starlette app."""
 
     def _uvicorn_options(self) -> dict[str, Any]:
         return {}
