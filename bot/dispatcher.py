@@ -9,7 +9,7 @@ How it works
   channel's shared pace: GCRA on `ChannelRate` (`storage.outbox.reserve_slots`, one atomic
   UPDATE ... RETURNING: start = max(tat, now), tat = start + k/rate). Slot i goes out at
   start + i/rate, so any number of workers together stay under the limit. Telegram is paced at
-  29.4/s for its 30/s (2% headroom: a server counting 30 per sliding second sees no 429),
+  29.25/s for its 30/s (2.5% headroom: a server counting 30 per sliding second sees no 429),
   WhatsApp at 90% of TWILIO_MESSAGES_PER_SECOND, the terminal is unlimited.
 - Per-chat pacing (TELEGRAM_PER_CHAT_PER_SECOND with a burst of TELEGRAM_PER_CHAT_BURST) is a token
   bucket per chat in this process: a row whose chat is out of tokens goes back to pending until
@@ -81,7 +81,7 @@ PACE_SHARE = 0.975  # of the platform's limit: 30/s → 29.25/s, 10/s → 9.75/s
 def paced_rate(limit: float) -> float:
     """A little under the platform's limit, so no sliding second ever holds more than the limit:
     with sends at most a quarter interval late (LATE_TOLERANCE), a second holds at most
-    floor(29.4 × (1 + 0.25/29.4)) + 1 = 30 at 30/s, with some 20 ms to spare for network jitter."""
+    floor(29.25 × (1 + 0.25/29.25)) + 1 = 30 at 30/s, with some 25 ms to spare for network jitter."""
     return limit * PACE_SHARE
 
 
@@ -595,7 +595,7 @@ class _ChannelRunner:
         if self.interval and now - at > self.interval * LATE_TOLERANCE:
             # Woken too late (a busy machine, a slow first connection): sent now it would bunch
             # with the slots after it, so it goes back to pending and takes a fresh slot. Every
-            # message leaves within a quarter interval of its slot: at 29.4/s no second holds 31.
+            # message leaves within a quarter interval of its slot: at 29.25/s no second holds 31.
             return _Outcome(row, "skip", "late for its send slot")
         if self._is_blocked(row.address):  # an earlier message to this chat answered 403
             return _Outcome(row, "gone", self.blocked[row.address][1])

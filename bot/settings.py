@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     outbox_lease: timedelta = timedelta(seconds=30)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
     outbox_backoff_cap: timedelta = timedelta(seconds=300)
-    # Platform limits; the dispatcher paces a little under them (30/s → 29.4/s), shared by every worker.
+    # Platform limits; the dispatcher paces a little under them (30/s → 29.25/s), shared by every worker.
     telegram_messages_per_second: float = Field(default=30, gt=0, le=1000)
     telegram_per_chat_per_second: float = Field(default=1, gt=0, le=100)
     telegram_per_chat_burst: int = Field(default=3, ge=1, le=100)
