@@ -84,6 +84,13 @@ class _Fail(Exception):
     pass
 
 
+def _event(db, event_id: int) -> Event:
+    event = db.get(Event, event_id)
+    if event is None:
+        raise _Fail(f"no event {event_id}")
+    return event
+
+
 def _context(settings: Settings):
     catalog = load_catalog(settings.katilim_catalog)
     engine = open_db(settings)
@@ -158,9 +165,7 @@ def cmd_edit(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     lat, lon = _pin(args)
     with transaction(engine) as db:
-        event = db.get(Event, args.id)
-        if event is None:
-            raise _Fail(f"no event {args.id}")
+        event = _event(db, args.id)
         start = _time(settings, args.start, tz)
         end = _time(settings, args.end, tz, base=start or event.starts_at)
         change = P.EventChange(title=_texts(args, "title"), description=_texts(args, "description"), type=args.type,
@@ -204,9 +209,7 @@ def cmd_list(settings: Settings, args) -> int:
 def cmd_attendees(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
-        event = db.get(Event, args.id)
-        if event is None:
-            raise _Fail(f"no event {args.id}")
+        event = _event(db, args.id)
         print(_show(event, tz))
         rows = P.attendees(db, event.id, ("going", "waitlist"))
         print(f"{'resident':>8}  {'status':<9} {'pos':>4}  {'checked in':<17} {'channel':<9} name")
@@ -245,9 +248,7 @@ def cmd_qr(settings: Settings, args) -> int:
 
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
-        event = db.get(Event, args.id)
-        if event is None:
-            raise _Fail(f"no event {args.id}")
+        event = _event(db, args.id)
         token = event.checkin_token
     username = bot_username(settings)
     link = P.checkin_link(username, token) if args.checkin else P.event_link(username, args.id)
@@ -262,9 +263,7 @@ def cmd_qr(settings: Settings, args) -> int:
 def cmd_feedback(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
-        event = db.get(Event, args.id)
-        if event is None:
-            raise _Fail(f"no event {args.id}")
+        event = _event(db, args.id)
         summary = P.feedback_summary(db, event.id)
         attended = len(list(db.exec(select(Rsvp).where(Rsvp.event_id == event.id, Rsvp.checked_in_at != None))))  # noqa: E711
         print(_show(event, tz))
