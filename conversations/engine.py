@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Protocol
 
-from sqlalchemy import bindparam
+from sqlalchemy import and_, bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine as DbEngine
@@ -28,6 +28,7 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
 from storage import outbox, repo
 from storage.db import transaction, utcnow
+from storage.fastsql import Prepared, attach
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
 
 log = logging.getLogger(__name__)
@@ -472,17 +473,18 @@ class Engine:
 
     def _handle(self, db: Session, msg: Inbound) -> Handled:
         now = utcnow()
-        if msg.external_id and not _first_delivery(db, msg.channel, msg.external_id, now):
+        conn = db.connection()  # the hot path's own statements skip the ORM's unit of work
+        if msg.external_id and not _first_delivery(conn, msg.channel, msg.external_id, now):
             return Handled([], duplicate=True)
-        identity, resident, session = _load_locked(db, msg.channel, msg.address)
+        identity, resident, session = _load_locked(db, conn, msg.channel, msg.address)
         if identity is None:
             identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
                                                    msg.display_name, self.config.default_locale)
-        if session is None:
-            session = ConversationSession(resident_id=resident.id, state=IDLE, data={})
-            db.add(session)
+        stored = session is not None
+        if not stored:
+            session = _Stored(IDLE, {}, None)
         ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
-                  data=copy.deepcopy(session.data or {}), now=now)  # nested edits must show as changes
+                  data=copy.deepcopy(session.data or {}), now=now)  # the stored dict stays as it was
         expired = (session.state != IDLE and session.updated_at is not None
                    and now - _aware(session.updated_at) > self.config.session_expiry)
         if expired:
@@ -495,9 +497,11 @@ class Engine:
                 result = step(ctx, msg)
         else:
             result = step(ctx, msg)
+        if db.new or db.dirty or db.deleted:
+            db.flush()  # what the step changed through the ORM goes first (foreign keys)
         # Claimed under a name of their own: a dispatcher stopping in this process releases its own
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
-        rows = outbox.enqueue_replies(db, identity, result.replies, claimed_by=f"{self.worker_id}/direct", now=now)
+        rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=f"{self.worker_id}/direct", now=now)
         if ctx.erase:
             from conversations.core import erase_resident
 
@@ -505,11 +509,9 @@ class Engine:
             # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
             outbox.erase_resident(db, resident.id, keep_ids=[row_id for row_id, _ in rows])
             return Handled(rows, resident_id=resident.id)
-        session.state = result.state
-        session.data = result.data
-        session.updated_at = now
-        session.version += 1
-        db.add(session)
+        values = {"rid": resident.id, "state": result.state, "data": result.data, "now": now}
+        if not stored or not _SAVE_SESSION.execute(conn, values)[1]:
+            _NEW_SESSION.execute(conn, values)
         # The last inbound time matters to the minute (WhatsApp's 24-hour window): skip the write
         # when it is fresh, so a busy conversation costs one UPDATE fewer per message.
         last = identity.last_inbound_at
@@ -521,45 +523,72 @@ class Engine:
         return Handled(rows, resident_id=resident.id)
 
 
+@dataclass
+class _Stored:
+    """A conversation session as stored (read with plain columns and written with one UPDATE:
+    the ORM's change tracking would cost more than the rest of the step)."""
+    state: str
+    data: dict[str, Any]
+    updated_at: datetime | None
+
+
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def _first_delivery(db: Session, channel: str, external_id: str, now: datetime) -> bool:
+def _first_delivery(conn, channel: str, external_id: str, now: datetime) -> bool:
     """Record an inbound id; False when it was seen before (a re-delivered update or webhook)."""
-    stmt = _INSERT_PROCESSED["postgresql" if db.get_bind().dialect.name == "postgresql" else "sqlite"]
     # RETURNING, not rowcount: with psycopg, rowcount of INSERT .. ON CONFLICT DO NOTHING reads -1
-    row = db.execute(stmt, {"channel": channel, "external_id": external_id[:64], "at": now}).first()
-    return row is not None
+    rows, _ = _INSERT_PROCESSED.execute(conn, {"channel": channel, "external_id": external_id[:64], "at": now})
+    return bool(rows)
 
 
 # Statements built once (building them per message costs more than running them on SQLite).
-_INSERT_PROCESSED = {
-    name: fn(ProcessedInbound.__table__).on_conflict_do_nothing().returning(ProcessedInbound.__table__.c.at)
+_P = ProcessedInbound.__table__
+_INSERT_PROCESSED = Prepared({
+    name: fn(_P).values(channel=bindparam("channel"), external_id=bindparam("external_id"), at=bindparam("at"))
+    .on_conflict_do_nothing().returning(_P.c.at)
     for name, fn in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
-_LOAD_LOCKED = (select(ChannelIdentity, Resident, ConversationSession)
-                .join(Resident, Resident.id == ChannelIdentity.resident_id)
-                .join(ConversationSession, ConversationSession.resident_id == Resident.id)
-                .where(ChannelIdentity.channel == bindparam("channel"), ChannelIdentity.address == bindparam("address"))
-                .with_for_update(of=[Resident, ConversationSession]))
-_LOAD_NEW = (select(ChannelIdentity, Resident)
-             .join(Resident, Resident.id == ChannelIdentity.resident_id)
-             .where(ChannelIdentity.channel == bindparam("channel"), ChannelIdentity.address == bindparam("address"))
-             .with_for_update(of=Resident))
+})
+_S = ConversationSession.__table__
+_I = ChannelIdentity.__table__
+_R = Resident.__table__
+_I_KEYS, _R_KEYS = tuple(_I.c.keys()), tuple(_R.c.keys())
+_BY_ADDRESS = and_(_I.c.channel == bindparam("channel"), _I.c.address == bindparam("address"))
+_LOAD_LOCKED = Prepared(select(_I, _R, _S.c.state, _S.c.data, _S.c.updated_at)
+                        .join(_R, _R.c.id == _I.c.resident_id).join(_S, _S.c.resident_id == _R.c.id)
+                        .where(_BY_ADDRESS).with_for_update(of=[_R, _S]))
+_LOAD_NEW = Prepared(select(_I, _R).join(_R, _R.c.id == _I.c.resident_id).where(_BY_ADDRESS).with_for_update(of=_R))
+_LOAD_SESSION = Prepared(select(_S.c.state, _S.c.data, _S.c.updated_at)
+                         .where(_S.c.resident_id == bindparam("rid")).with_for_update())
+_SAVE_SESSION = Prepared(_S.update().where(_S.c.resident_id == bindparam("rid"))
+                         .values(state=bindparam("state"), data=bindparam("data"), updated_at=bindparam("now"),
+                                 version=_S.c.version + 1))
+_NEW_SESSION = Prepared(_S.insert().values(resident_id=bindparam("rid"), state=bindparam("state"),
+                                           data=bindparam("data"), updated_at=bindparam("now"), version=1))
 
 
-def _load_locked(db: Session, channel: str, address: str):
+def _load_locked(db: Session, conn, channel: str, address: str):
     """Identity, resident and session in one query, the resident and session rows locked until
     commit (PostgreSQL: FOR UPDATE OF both, so one resident's steps run one at a time across
     workers, and a step that waited for the lock reads the session as the previous step left it;
     SQLite's BEGIN IMMEDIATE already serialises writers). A resident without a session yet (their
-    first message) takes a second query."""
-    row = db.exec(_LOAD_LOCKED, params={"channel": channel, "address": address}).first()
-    if row is not None:
-        return row
-    row = db.exec(_LOAD_NEW, params={"channel": channel, "address": address}).first()
-    if row is None:
-        return None, None, None
-    identity, resident = row
-    return identity, resident, db.get(ConversationSession, resident.id, with_for_update=True)
+    first message) takes a second query. The identity and the resident become ORM objects of the
+    step's session (storage.fastsql.attach), the session stays plain (_Stored)."""
+    params = {"channel": channel, "address": address}
+    rows, _ = _LOAD_LOCKED.execute(conn, params)
+    stored = None
+    if rows:
+        row = rows[0]
+        stored = _Stored(*row[len(_I_KEYS) + len(_R_KEYS):])
+    else:
+        rows, _ = _LOAD_NEW.execute(conn, params)
+        if not rows:
+            return None, None, None
+        row = rows[0]
+    identity = attach(db, ChannelIdentity, zip(_I_KEYS, row))
+    resident = attach(db, Resident, zip(_R_KEYS, row[len(_I_KEYS):]))
+    if stored is None:
+        found, _ = _LOAD_SESSION.execute(conn, {"rid": resident.id})
+        stored = _Stored(*found[0]) if found else None
+    return identity, resident, stored

@@ -12,6 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from storage.fastsql import begin_immediate
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -49,7 +51,7 @@ def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL
         @event.listens_for(engine, "begin")
         def _on_begin(conn):
             # Take the write lock at the start: no deadlock when a reader later wants to write.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            begin_immediate(conn)
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable
 
-from sqlalchemy import and_, delete, func, insert, or_, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, text, update
 from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
 from storage.db import utcnow
+from storage.fastsql import Prepared
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
 REPLY_LEASE = timedelta(seconds=30)
@@ -32,20 +33,28 @@ def enqueue(db: Session, channel: str, address: str, out: Outbound, *, resident_
     return row
 
 
-def enqueue_replies(db: Session, identity: ChannelIdentity, replies: Iterable[Outbound], *,
+def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound], *,
                     claimed_by: str, now: datetime) -> list[tuple[int, Outbound]]:
-    """Replies to the message being handled: claimed by this worker for direct sending; if the
-    worker dies before confirming, the lease runs out and the dispatcher delivers them."""
+    """Replies to the message being handled (`conn`: the step's connection, a Connection or a
+    Session): claimed by this worker for direct sending; if the worker dies before confirming,
+    the lease runs out and the dispatcher delivers them."""
     replies = list(replies)
     if not replies:
         return []
-    table = OutboxMessage.__table__
-    values = [dict(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
-                   kind="reply", priority=PRIORITY_REPLY, payload=out.to_dict(), status="sending", attempts=1,
-                   claimed_by=claimed_by, claimed_until=now + REPLY_LEASE, available_at=now, created_at=now,
-                   error="", provider_id="") for out in replies]
-    ids = db.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), values).scalars().all()
-    return list(zip(ids, replies))
+    if isinstance(conn, Session):
+        conn = conn.connection()
+    common = dict(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
+                  claimed_by=claimed_by, until=now + REPLY_LEASE, now=now)
+    # one INSERT .. RETURNING per reply (a step has one or two): in order, no executemany machinery
+    return [(_INSERT_REPLY.execute(conn, {**common, "payload": out.to_dict()})[0][0][0], out) for out in replies]
+
+
+_O = OutboxMessage.__table__
+_INSERT_REPLY = Prepared(insert(_O).values(
+    channel=bindparam("channel"), address=bindparam("address"), resident_id=bindparam("resident_id"), kind="reply",
+    priority=PRIORITY_REPLY, payload=bindparam("payload"), status="sending", attempts=1,
+    claimed_by=bindparam("claimed_by"), claimed_until=bindparam("until"), available_at=bindparam("now"),
+    created_at=bindparam("now"), error="", provider_id="").returning(_O.c.id))
 
 
 def reachable_identity(db: Session, resident_id: int) -> ChannelIdentity | None:
