@@ -663,7 +663,8 @@ def record_status(db, sid: str, status: str, error: str = "") -> bool:
     back: "read" stays when a late "delivered" arrives). False when no row has that id yet."""
     with transaction(db) as session:
         row = session.exec(select(OutboxMessage).where(OutboxMessage.channel == CHANNEL,
-                                                       OutboxMessage.provider_id == sid)).first()
+                                                       OutboxMessage.provider_id == sid,
+                                                       OutboxMessage.provider_id != "")).first()  # the partial index
         if row is None:
             return False
         if STATUS_RANK.get(status, 0) >= STATUS_RANK.get(row.delivery_status, 0):

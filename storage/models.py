@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from storage.db import utcnow
@@ -100,7 +100,11 @@ class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_due", "status", "channel", "available_at", "priority"),
-        Index("ix_outbox_broadcast", "broadcast_id", "status"),
+        # partial: a reply or notification (no broadcast, no provider id until sent) costs no write here
+        Index("ix_outbox_broadcast", "broadcast_id", "status", sqlite_where=text("broadcast_id IS NOT NULL"),
+              postgresql_where=text("broadcast_id IS NOT NULL")),
+        Index("ix_outbox_provider_id", "provider_id", sqlite_where=text("provider_id != ''"),
+              postgresql_where=text("provider_id != ''")),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)
@@ -116,7 +120,7 @@ class OutboxMessage(SQLModel, table=True):
     claimed_until: Optional[datetime] = None
     sent_at: Optional[datetime] = None
     error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    provider_id: str = Field(default="", max_length=64, index=True)  # the channel's message id (Twilio SM...)
+    provider_id: str = Field(default="", max_length=64)  # the channel's message id (Twilio SM...)
     # What the provider reported after sending (WhatsApp status callbacks): delivered, read, failed,
     # undelivered; and its error code and message when it failed.
     delivery_status: str = Field(default="", max_length=16)
