@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Protocol
 
 from sqlalchemy import and_, bindparam
@@ -210,7 +211,7 @@ class Ctx:
     db: Session
     config: EngineConfig
     resident: Resident
-    identity: ChannelIdentity
+    identity: ChannelIdentity  # read only (a plain copy of the row): channel, address, resident_id
     state: str
     data: dict[str, Any]
     now: datetime
@@ -516,10 +517,7 @@ class Engine:
         # when it is fresh, so a busy conversation costs one UPDATE fewer per message.
         last = identity.last_inbound_at
         if last is None or now - _aware(last) > timedelta(seconds=60) or identity.unreachable:
-            identity.last_inbound_at = now
-            identity.unreachable = False
-            identity.unreachable_reason = ""
-            db.add(identity)
+            _SEEN.execute(conn, {"iid": identity.id, "now": now})
         return Handled(rows, resident_id=resident.id)
 
 
@@ -559,6 +557,8 @@ _LOAD_LOCKED = Prepared(select(_I, _R, _S.c.state, _S.c.data, _S.c.updated_at)
                         .join(_R, _R.c.id == _I.c.resident_id).join(_S, _S.c.resident_id == _R.c.id)
                         .where(_BY_ADDRESS).with_for_update(of=[_R, _S]))
 _LOAD_NEW = Prepared(select(_I, _R).join(_R, _R.c.id == _I.c.resident_id).where(_BY_ADDRESS).with_for_update(of=_R))
+_SEEN = Prepared(_I.update().where(_I.c.id == bindparam("iid"))
+                 .values(last_inbound_at=bindparam("now"), unreachable=False, unreachable_reason=""))
 _LOAD_SESSION = Prepared(select(_S.c.state, _S.c.data, _S.c.updated_at)
                          .where(_S.c.resident_id == bindparam("rid")).with_for_update())
 _SAVE_SESSION = Prepared(_S.update().where(_S.c.resident_id == bindparam("rid"))
@@ -573,8 +573,8 @@ def _load_locked(db: Session, conn, channel: str, address: str):
     commit (PostgreSQL: FOR UPDATE OF both, so one resident's steps run one at a time across
     workers, and a step that waited for the lock reads the session as the previous step left it;
     SQLite's BEGIN IMMEDIATE already serialises writers). A resident without a session yet (their
-    first message) takes a second query. The identity and the resident become ORM objects of the
-    step's session (storage.fastsql.attach), the session stays plain (_Stored)."""
+    first message) takes a second query. The resident becomes an ORM object of the step's session
+    (storage.fastsql.attach: states change it); the identity and the session stay plain."""
     params = {"channel": channel, "address": address}
     rows, _ = _LOAD_LOCKED.execute(conn, params)
     stored = None
@@ -586,7 +586,7 @@ def _load_locked(db: Session, conn, channel: str, address: str):
         if not rows:
             return None, None, None
         row = rows[0]
-    identity = attach(db, ChannelIdentity, zip(_I_KEYS, row))
+    identity = SimpleNamespace(**dict(zip(_I_KEYS, row)))  # read only: the step writes it with _SEEN
     resident = attach(db, Resident, zip(_R_KEYS, row[len(_I_KEYS):]))
     if stored is None:
         found, _ = _LOAD_SESSION.execute(conn, {"rid": resident.id})

@@ -118,3 +118,26 @@ def test_env(**extra: str) -> dict[str, str]:
            if not k.startswith(("TELEGRAM_", "TWILIO_", "KATILIM_", "DATABASE_URL", "PUBLIC_BASE_URL"))}
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# ---------------------------------------------------------------- figures
+_FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def figure(request):
+    """Record a figure this test measured (repeats after a kill -9 against their bound, seconds to
+    recover, the rate achieved...); the run prints them all at its end, passed or not, so the
+    fault suite says what it survived in numbers (also without -s)."""
+    return lambda line: record_figure(request.node.name, line)
+
+
+def record_figure(name: str, line: str) -> None:
+    _FIGURES.append((name, " ".join(line.split())))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for name, line in _FIGURES:
+            terminalreporter.write_line(f"{line}  [{name}]")

@@ -393,7 +393,7 @@ def test_progress_and_summary_to_the_creator(make_app, db_url):
     assert (p.sent, p.failed, p.waiting, p.total) == (9, 1, 0, 10)
 
 
-def test_fan_out_of_50000_residents_is_streamed(make_app):
+def test_fan_out_of_50000_residents_is_streamed(make_app, figure):
     """The speed and the flat memory of the INSERT ... SELECT fan-out (SQLite)."""
     from sqlalchemy import insert
 
@@ -416,7 +416,7 @@ def test_fan_out_of_50000_residents_is_streamed(make_app):
     written = bc.fan_out(app.db, bid, "w")
     elapsed = time.perf_counter() - started
     assert written == 45_000
-    print(f"fan-out: {written} rows in {elapsed:.2f}s = {written / elapsed:,.0f} rows/s")
+    figure(f"fan-out: {written} rows in {elapsed:.2f}s = {written / elapsed:,.0f} rows/s")
     assert elapsed < 6
     with transaction(app.db) as db:
         texts = collections.Counter(p["text"].split("\n\n")[1] for p in db.exec(

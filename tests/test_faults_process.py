@@ -122,7 +122,7 @@ def per_chat(tg: FakeTelegramServer, chats, prefix: str = "") -> collections.Cou
 
 
 # ---------------------------------------------------------------- SIGKILL mid-conversation
-def test_sigkill_mid_onboarding_resumes_where_the_resident_was(make_app, tmp_path):
+def test_sigkill_mid_onboarding_resumes_where_the_resident_was(make_app, tmp_path, figure):
     """Killed after the first consent answer, with the next answer sent while it is down; killed
     again with a reply on the wire. The resident ends onboarded with exactly the answers given."""
     app = make_app()  # migrated here: the processes start on a ready schema
@@ -177,7 +177,7 @@ def test_sigkill_mid_onboarding_resumes_where_the_resident_was(make_app, tmp_pat
         output = run.output()
     texts = replies(tg, chat)[n:]
     saved, menu = t_in("en", "mahalle.saved", mahalle="Kozağaç"), t_in("en", "menu.title")
-    print(f"\nSIGKILL mid-onboarding: start-up {max(run.started):.1f}s; the message sent while down answered "
+    figure(f"SIGKILL mid-onboarding: start-up {max(run.started):.1f}s; the message sent while down answered "
           f"{recovered:.1f}s after the restart began; the reply on the wire at the kill arrived {texts.count(saved)}×")
     assert code == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
@@ -193,7 +193,7 @@ def test_sigkill_mid_onboarding_resumes_where_the_resident_was(make_app, tmp_pat
 
 
 # ---------------------------------------------------------------- SIGKILL mid-broadcast
-def test_sigkill_mid_broadcast_of_katilim_run(make_app, tmp_path):
+def test_sigkill_mid_broadcast_of_katilim_run(make_app, tmp_path, figure):
     """A 120-recipient broadcast created while `katilim run` runs (its "broadcasts" job fans it
     out), the process killed after about a third went out, started again: every recipient reached,
     repeats within OUTBOX_BATCH_SIZE."""
@@ -224,7 +224,7 @@ def test_sigkill_mid_broadcast_of_katilim_run(make_app, tmp_path):
         counts = per_chat(tg, chats)
         limited = tg.count_429
     twice = sum(n - 1 for n in counts.values() if n > 1)
-    print(f"\nSIGKILL mid-broadcast (katilim run): {at_kill}/120 out at the kill, {twice} delivered twice "
+    figure(f"SIGKILL mid-broadcast (katilim run): {at_kill}/120 out at the kill, {twice} delivered twice "
           f"(bound {BATCH}), the rest out {took:.1f}s after the restart began, 429s {limited}")
     assert code == 0, output[-3000:]
     assert set(counts) == set(chats)
@@ -238,7 +238,7 @@ def progress(app, broadcast_id: int) -> outbox.BroadcastProgress:
 
 
 # ---------------------------------------------------------------- SIGKILL while reminders go out
-def test_sigkill_while_forty_reminders_go_out(make_app, tmp_path):
+def test_sigkill_while_forty_reminders_go_out(make_app, tmp_path, figure):
     """Forty residents' reminders come due at once; `katilim run` (paced at 9/s here, so the kill
     lands mid-delivery) is killed after ten went out and started again: every reminder reaches its
     resident, the scan wrote exactly one outbox row per reminder, repeats stay within the bound."""
@@ -277,7 +277,7 @@ def test_sigkill_while_forty_reminders_go_out(make_app, tmp_path):
         rows = db.exec(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.kind == "reminder")).one()
         states = collections.Counter(r.status for r in db.exec(select(Reminder)))
     twice = sum(n - 1 for n in counts.values() if n > 1)
-    print(f"\nSIGKILL while reminders go out: {at_kill}/40 out at the kill, {twice} delivered twice "
+    figure(f"SIGKILL while reminders go out: {at_kill}/40 out at the kill, {twice} delivered twice "
           f"(bound {BATCH}), the rest out {took:.1f}s after the restart began; {rows} outbox rows for 40 reminders")
     assert code == 0, output[-3000:]
     assert rows == 40 and states == {"sent": 40}
@@ -368,7 +368,7 @@ def cluster():
     c.stop()
 
 
-async def test_postgresql_restarted_while_residents_write(running, tg, cluster, caplog):
+async def test_postgresql_restarted_while_residents_write(running, tg, cluster, caplog, figure):
     """Our own PostgreSQL cluster stopped for DOWNTIME seconds and started again while three residents write:
     the pooled connections are dead (pool_pre_ping replaces them), a step that meets the server
     down is retried, and every message is answered; nothing is lost or left in the outbox."""
@@ -398,7 +398,7 @@ async def test_postgresql_restarted_while_residents_write(running, tg, cluster, 
     after = await say(tg, 9501, "kozagac", len(replies(tg, 9501)) + 1, lang="tr")  # and on it goes
     with Session(app.db) as db:
         recorded = set(db.exec(select(ProcessedInbound.external_id)))
-    print(f"\nPostgreSQL restart: {took_restart:.1f}s down-and-up while 6 messages arrived over "
+    figure(f"PostgreSQL restart: {took_restart:.1f}s down-and-up while 6 messages arrived over "
           f"{restarted - began:.1f}s; all answered {answered - restarted:.1f}s after it was back; next reply "
           f"{after:.2f}s")
     assert {str(u) for u in pushed} <= recorded

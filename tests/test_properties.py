@@ -18,6 +18,7 @@ from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Inbound, Kind, Media
 from storage.db import transaction
 from storage.models import ConversationSession, Resident
+from tests.conftest import record_figure
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +130,25 @@ def draw_message(data, address: str, hint: str, offered: list[tuple[str, str]], 
                    **fields)
 
 
-@settings(max_examples=60, deadline=None, database=None,
+_TALLY: dict = {"sequences": 0, "messages": 0, "states": set(), "kinds": set(), "languages": set()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tally():
+    """One figure for the whole property test: how much it threw at the engine."""
+    yield
+    if _TALLY["sequences"]:
+        record_figure("test_properties", f"hypothesis: {_TALLY['sequences']} residents, {_TALLY['messages']} messages "
+                      f"of {len(_TALLY['kinds'])} kinds, {len(_TALLY['states'])} of {len(STATES)} states reached, "
+                      f"answers in {', '.join(sorted(_TALLY['languages']))}; no exception, every state valid")
+
+
+@settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_any_messages_leave_a_valid_state_answered_in_the_residents_language(app, data):
     address = f"p-{uuid.uuid4().hex[:12]}"
+    _TALLY["sequences"] += 1
     hint = data.draw(st.sampled_from(LANG_HINTS), label="language hint")
     count = data.draw(st.integers(1, 15), label="messages")
     offered: list[tuple[str, str]] = []
@@ -147,6 +162,8 @@ def test_any_messages_leave_a_valid_state_answered_in_the_residents_language(app
     for i in range(len(first) + count):
         msg = first[i] if i < len(first) else draw_message(data, address, hint, offered, app.test_photo)
         handled = app.engine.handle(msg)            # never raises
+        _TALLY["messages"] += 1
+        _TALLY["kinds"].add(msg.kind)
         replies = [out for _, out in handled.replies]
         assert replies, f"no answer to {msg.kind}"
         assert not error_texts() & {out.text for out in replies}, "a state crashed (engine.error)"
@@ -156,7 +173,9 @@ def test_any_messages_leave_a_valid_state_answered_in_the_residents_language(app
             lang = resident.locale
             if session is not None:
                 assert session.state in STATES, f"unregistered state {session.state!r}"
+                _TALLY["states"].add(session.state)
         assert lang in LANGUAGES
+        _TALLY["languages"].add(lang)
         assert any(signature(lang).search(out.text) for out in replies), \
             f"no reply in {lang}: {[out.text[:80] for out in replies]}"
         for out in replies:
