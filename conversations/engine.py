@@ -9,7 +9,6 @@ after it leaves the replies in the outbox for the dispatcher.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from dataclasses import dataclass, field
@@ -312,7 +311,8 @@ def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
             return _as_choice(msg, choices[index][0])
         return msg
     found = match_options(text, [(k, [label]) for k, label in choices])
-    exact = [k for k, label in choices if fold(label) == fold(text)]
+    typed = fold(text)
+    exact = [k for k, label in choices if fold(label) == typed]
     if exact:
         return _as_choice(msg, exact[0])
     if len(found) == 1 and len(fold(text)) >= 3:
@@ -485,7 +485,7 @@ class Engine:
         if not stored:
             session = _Stored(IDLE, {}, None)
         ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
-                  data=copy.deepcopy(session.data or {}), now=now)  # the stored dict stays as it was
+                  data=session.data or {}, now=now)  # freshly decoded from the row: the step's own
         expired = (session.state != IDLE and session.updated_at is not None
                    and now - _aware(session.updated_at) > self.config.session_expiry)
         if expired:

@@ -16,6 +16,7 @@ def tr_lower(text: str) -> str:
     return text.translate(_TR_LOWER).lower()
 
 
+@lru_cache(maxsize=8192)  # the same labels and names are folded again and again
 def fold(text: str) -> str:
     """A key for matching: Turkish-lowered, diacritics removed, Arabic marks dropped, spaces squeezed.
 
@@ -44,13 +45,17 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
     exact, prefix, contains = [], [], []
     q_words = q.split()
     for key, names in options:
-        folded = _folded(tuple(names))
-        if q in folded:
-            exact.append(key)
-        elif any(f.startswith(q) for f in folded):
-            prefix.append(key)
-        elif any(q in f for f in folded) or any(_words_match(q_words, f.split()) for f in folded):
-            contains.append(key)
+        rank = 3
+        for f in _folded(tuple(names)):
+            if f == q:
+                rank = 0
+                break
+            if rank > 1 and f.startswith(q):
+                rank = 1
+            elif rank > 2 and (q in f or _words_match(q_words, f.split())):
+                rank = 2
+        if rank < 3:
+            (exact, prefix, contains)[rank].append(key)
     if exact:
         return exact[:1] if len(exact) == 1 else exact
     return prefix + contains
