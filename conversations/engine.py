@@ -28,7 +28,7 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
 from storage import outbox, repo
 from storage.db import transaction, utcnow
-from storage.fastsql import Prepared, attach
+from storage.fastsql import Prepared, attach, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
 
 log = logging.getLogger(__name__)
@@ -475,9 +475,15 @@ class Engine:
     def _handle(self, db: Session, msg: Inbound) -> Handled:
         now = utcnow()
         conn = db.connection()  # the hot path's own statements skip the ORM's unit of work
-        if msg.external_id and not _first_delivery(conn, msg.channel, msg.external_id, now):
-            return Handled([], duplicate=True)
-        identity, resident, session = _load_locked(db, conn, msg.channel, msg.address)
+        where = {"channel": msg.channel, "address": msg.address}
+        if msg.external_id:  # recorded and loaded in one round trip (PostgreSQL)
+            seen = {"channel": msg.channel, "external_id": msg.external_id[:64], "at": now}
+            (fresh, _), loaded = run_all(conn, [(_INSERT_PROCESSED, seen), (_LOAD_LOCKED, where)])
+            if not fresh:  # a re-delivered update or webhook: seen before
+                return Handled([], duplicate=True)
+        else:
+            loaded = _LOAD_LOCKED.execute(conn, where)
+        identity, resident, session = _load_locked(db, conn, where, loaded[0])
         if identity is None:
             identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
                                                    msg.display_name, self.config.default_locale)
@@ -502,22 +508,28 @@ class Engine:
             db.flush()  # what the step changed through the ORM goes first (foreign keys)
         # Claimed under a name of their own: a dispatcher stopping in this process releases its own
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
-        rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=f"{self.worker_id}/direct", now=now)
+        claimed_by = f"{self.worker_id}/direct"
         if ctx.erase:
+            rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
             from conversations.core import erase_resident
 
             erase_resident(db, resident.id, actor=f"resident:{resident.id}")
             # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
             outbox.erase_resident(db, resident.id, keep_ids=[row_id for row_id, _ in rows])
             return Handled(rows, resident_id=resident.id)
+        # The replies, the session and (when due) the last inbound time: one round trip (PostgreSQL).
+        writes = outbox.reply_statements(identity, result.replies, claimed_by=claimed_by, now=now)
         values = {"rid": resident.id, "state": result.state, "data": result.data, "now": now}
-        if not stored or not _SAVE_SESSION.execute(conn, values)[1]:
-            _NEW_SESSION.execute(conn, values)
+        writes.append((_SAVE_SESSION if stored else _NEW_SESSION, values))
         # The last inbound time matters to the minute (WhatsApp's 24-hour window): skip the write
         # when it is fresh, so a busy conversation costs one UPDATE fewer per message.
         last = identity.last_inbound_at
         if last is None or now - _aware(last) > timedelta(seconds=60) or identity.unreachable:
-            _SEEN.execute(conn, {"iid": identity.id, "now": now})
+            writes.append((_SEEN, {"iid": identity.id, "now": now}))
+        done = run_all(conn, writes)
+        if stored and not done[len(result.replies)][1]:  # the session row went away meanwhile
+            _NEW_SESSION.execute(conn, values)
+        rows = [(ids[0][0], out) for (ids, _), out in zip(done, result.replies)]
         return Handled(rows, resident_id=resident.id)
 
 
@@ -532,13 +544,6 @@ class _Stored:
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def _first_delivery(conn, channel: str, external_id: str, now: datetime) -> bool:
-    """Record an inbound id; False when it was seen before (a re-delivered update or webhook)."""
-    # RETURNING, not rowcount: with psycopg, rowcount of INSERT .. ON CONFLICT DO NOTHING reads -1
-    rows, _ = _INSERT_PROCESSED.execute(conn, {"channel": channel, "external_id": external_id[:64], "at": now})
-    return bool(rows)
 
 
 # Statements built once (building them per message costs more than running them on SQLite).
@@ -568,21 +573,19 @@ _NEW_SESSION = Prepared(_S.insert().values(resident_id=bindparam("rid"), state=b
                                            data=bindparam("data"), updated_at=bindparam("now"), version=1))
 
 
-def _load_locked(db: Session, conn, channel: str, address: str):
-    """Identity, resident and session in one query, the resident and session rows locked until
+def _load_locked(db: Session, conn, where: dict[str, str], rows: list[tuple]):
+    """Identity, resident and session from one query (`rows`: _LOAD_LOCKED's), the resident and session rows locked until
     commit (PostgreSQL: FOR UPDATE OF both, so one resident's steps run one at a time across
     workers, and a step that waited for the lock reads the session as the previous step left it;
     SQLite's BEGIN IMMEDIATE already serialises writers). A resident without a session yet (their
     first message) takes a second query. The resident becomes an ORM object of the step's session
     (storage.fastsql.attach: states change it); the identity and the session stay plain."""
-    params = {"channel": channel, "address": address}
-    rows, _ = _LOAD_LOCKED.execute(conn, params)
     stored = None
     if rows:
         row = rows[0]
         stored = _Stored(*row[len(_I_KEYS) + len(_R_KEYS):])
     else:
-        rows, _ = _LOAD_NEW.execute(conn, params)
+        rows, _ = _LOAD_NEW.execute(conn, where)
         if not rows:
             return None, None, None
         row = rows[0]

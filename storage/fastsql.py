@@ -58,31 +58,57 @@ class Prepared:
             self._plans[dialect.name] = plan
         return plan
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple], int]:
-        """Run on `conn`'s DBAPI connection: (rows returned, rowcount)."""
-        plan = self._plan(conn.dialect)
+    def bind(self, dialect, params: dict[str, Any]) -> tuple[_Plan, Any]:
+        plan = self._plan(dialect)
         values = {**plan.fixed, **params} if plan.fixed else dict(params)
         for name, process in plan.processors.items():
             values[name] = process(values[name])
-        bound = [values[name] for name in plan.names] if plan.positional else values
-        raw = conn.connection.dbapi_connection
-        cursor = raw.cursor()
-        try:
-            cursor.execute(plan.sql, bound)
-            rows = cursor.fetchall() if cursor.description else []
-            if plan.results and rows:
-                rows = [tuple(v if f is None or v is None else f(v) for f, v in zip(plan.results, row))
-                        for row in rows]
-            return rows, cursor.rowcount
-        except conn.dialect.loaded_dbapi.Error as exc:
-            invalidated = conn.dialect.is_disconnect(exc, raw, cursor)
-            error = DBAPIError.instance(plan.sql, bound, exc, conn.dialect.loaded_dbapi.Error,
-                                        connection_invalidated=invalidated, dialect=conn.dialect)
-            if invalidated:
-                conn.invalidate(exc)
-            raise error from exc
-        finally:
+        return plan, [values[name] for name in plan.names] if plan.positional else values
+
+    def execute(self, conn: Connection, params: dict[str, Any]) -> tuple[list[tuple], int]:
+        """Run on `conn`'s DBAPI connection: (rows returned, rowcount)."""
+        return run_all(conn, [(self, params)])[0]
+
+
+def run_all(conn: Connection, statements: list[tuple[Prepared, dict[str, Any]]]) -> list[tuple[list[tuple], int]]:
+    """Run statements in order on `conn`'s DBAPI connection: [(rows returned, rowcount), ...].
+    On PostgreSQL several statements go in one round trip (psycopg's pipeline mode): a step's
+    first two statements do not wait for each other's answer, nor do its last ones."""
+    dialect = conn.dialect
+    raw = conn.connection.dbapi_connection
+    bound = [prepared.bind(dialect, params) for prepared, params in statements]
+    pipelined = len(bound) > 1 and dialect.name == "postgresql"
+    cursors = [raw.cursor() for _ in bound] if pipelined else [raw.cursor()]
+    cursor = cursors[0]
+    try:
+        if pipelined:
+            with raw.pipeline():
+                for cursor, (plan, values) in zip(cursors, bound):
+                    cursor.execute(plan.sql, values)
+            return [_result(plan, cursor) for cursor, (plan, _) in zip(cursors, bound)]
+        results = []
+        for plan, values in bound:
+            cursor.execute(plan.sql, values)
+            results.append(_result(plan, cursor))
+        return results
+    except dialect.loaded_dbapi.Error as exc:
+        invalidated = dialect.is_disconnect(exc, raw, cursor)
+        sql = "; ".join(plan.sql for plan, _ in bound)
+        error = DBAPIError.instance(sql, [values for _, values in bound], exc, dialect.loaded_dbapi.Error,
+                                    connection_invalidated=invalidated, dialect=dialect)
+        if invalidated:
+            conn.invalidate(exc)
+        raise error from exc
+    finally:
+        for cursor in cursors:
             cursor.close()
+
+
+def _result(plan: _Plan, cursor) -> tuple[list[tuple], int]:
+    rows = cursor.fetchall() if cursor.description else []
+    if plan.results and rows:
+        rows = [tuple(v if f is None or v is None else f(v) for f, v in zip(plan.results, row)) for row in rows]
+    return rows, cursor.rowcount
 
 
 def attach(session: Session, model: type[SQLModel], values: Iterable[tuple[str, Any]]) -> Any:

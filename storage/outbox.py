@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
 from storage.db import utcnow
-from storage.fastsql import Prepared
+from storage.fastsql import Prepared, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
 REPLY_LEASE = timedelta(seconds=30)
@@ -43,10 +43,17 @@ def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound]
         return []
     if isinstance(conn, Session):
         conn = conn.connection()
+    done = run_all(conn, reply_statements(identity, replies, claimed_by=claimed_by, now=now))
+    return [(ids[0][0], out) for (ids, _), out in zip(done, replies)]
+
+
+def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, claimed_by: str,
+                     now: datetime) -> list[tuple[Prepared, dict]]:
+    """enqueue_replies' INSERT .. RETURNING id statements, one per reply, for storage.fastsql.run_all
+    (the engine sends them with the session write)."""
     common = dict(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
                   claimed_by=claimed_by, until=now + REPLY_LEASE, now=now)
-    # one INSERT .. RETURNING per reply (a step has one or two): in order, no executemany machinery
-    return [(_INSERT_REPLY.execute(conn, {**common, "payload": out.to_dict()})[0][0][0], out) for out in replies]
+    return [(_INSERT_REPLY, {**common, "payload": out.to_dict()}) for out in replies]
 
 
 _O = OutboxMessage.__table__
