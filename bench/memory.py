@@ -1,7 +1,9 @@
 """Memory of a real `katilim run` process (Telegram long polling against the local Bot API server,
 SQLite): resident set size (VmRSS, /proc/<pid>/status) once idle, and after N distinct chats have
-each started a conversation (/start pushed through getUpdates, every chat answered). The reference
-in the same run is the same process idle, before the conversations.
+each started a conversation (/start pushed through getUpdates, every chat answered: N/10 at once,
+then the other 9N/10 at once). The reference in the same run is the same process idle, before the
+conversations; the growth from N/10 to N conversations says whether memory is flat (the first ones
+also warm caches and pools up).
 
 The server has no rate limit here and TELEGRAM_MESSAGES_PER_SECOND=1000, so the replies are not
 held to Telegram's 30/s pace: this scenario measures memory, not pacing (see "broadcast")."""
@@ -72,14 +74,18 @@ def run(quick: bool) -> list[Result]:
             _wait("the first answer", lambda: _answered(tg, {FIRST_CHAT}), 60, proc, log)
             time.sleep(1)
             idle = proc_status(proc.pid)
-            chats = {FIRST_CHAT + i for i in range(1, n + 1)}
-            began = time.monotonic()
-            for chat in sorted(chats):
-                tg.push_text(chat, "/start")
-            _wait(f"{n:,} answers", lambda: _answered(tg, chats) == len(chats), 60 + n / 5, proc, log)
-            took = time.monotonic() - began
-            time.sleep(1)
-            busy = proc_status(proc.pid)
+            took = 0.0
+            sizes = []
+            for first, last in ((1, n // 10), (n // 10 + 1, n)):
+                chats = {FIRST_CHAT + i for i in range(first, last + 1)}
+                began = time.monotonic()
+                for chat in sorted(chats):
+                    tg.push_text(chat, "/start")
+                _wait(f"{last:,} answers", lambda: _answered(tg, chats) == len(chats), 60 + n / 5, proc, log)
+                took += time.monotonic() - began
+                time.sleep(1)
+                sizes.append(proc_status(proc.pid))
+            early, busy = sizes
         except Exception as exc:  # noqa: BLE001
             return [Result(name, f"failed: {type(exc).__name__}: {exc}"[:200], "—", TARGET, None)]
         finally:
@@ -96,5 +102,6 @@ def run(quick: bool) -> list[Result]:
         f"VmRSS {mb(busy['VmRSS'])} (peak VmHWM {mb(busy['VmHWM'])}); {n:,} chats answered in {took:.1f} s "
         f"({n / took:,.0f}/s)",
         f"same process idle (one conversation): VmRSS {mb(idle['VmRSS'])}; "
-        f"growth {mb(busy['VmRSS'] - idle['VmRSS'])} = {(busy['VmRSS'] - idle['VmRSS']) / n:.1f} kB per conversation",
+        f"growth {mb(busy['VmRSS'] - idle['VmRSS'])} = {(busy['VmRSS'] - idle['VmRSS']) / n:.1f} kB per conversation; "
+        f"from {n // 10:,} to {n:,}: {(busy['VmRSS'] - early['VmRSS']) / (n - n // 10):.2f} kB per conversation",
         TARGET, ok)]

@@ -8,24 +8,25 @@ token is not processed; the first one in a throttle window gets one polite notic
 in the resident's language) through the outbox like any reply, the next ones in the same window get
 nothing; a throttled message that a webhook put in the inbox leaves it (it is not handled later).
 A message admitted once (same external id: retried after a database error, delivered again) takes
-no second token. The terminal (`katilim chat`) is local and never throttled.
+no second token while its bucket is kept. The terminal (`katilim chat`) is local and never throttled.
 
 The buckets live in memory: several workers each allow FLOOD_MESSAGES per window (one resident's
-updates normally reach one worker), and a restart forgets them. The map is pruned of full buckets
-when it grows past MAX_KEYS.
+updates normally reach one worker), and a restart forgets them. A bucket idle for a window is full
+again, the same as none: it is dropped (bot/idle.py), so memory follows the accounts active in the
+last window, not every resident ever seen; MAX_KEYS caps it.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlmodel import select
 
+from bot.idle import IdleMap
 from conversations.i18n import N_, translator
 from conversations.messages import Inbound, Outbound
 from storage import outbox
@@ -40,16 +41,19 @@ NOTICE_KEY = N_("flood.slow_down")
 PASS, NOTICE, DROP = "pass", "notice", "drop"
 
 
-@dataclass
+SEEN = 16  # admitted external ids remembered per account
+
+
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     last: float
     noticed: float | None = None  # monotonic time of the last notice
-    seen: collections.deque = field(default_factory=lambda: collections.deque(maxlen=16))  # admitted ids
+    seen: tuple[str, ...] = ()    # the last SEEN admitted external ids
 
 
 class FloodGuard:
-    """A token bucket per (channel, address); thread-safe."""
+    """A token bucket per (channel, address), kept while the account is active; thread-safe."""
 
     MAX_KEYS = 50_000
 
@@ -59,7 +63,9 @@ class FloodGuard:
         self.window = max(seconds, 0.001)
         self.rate = self.capacity / self.window
         self.clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        # idle for a window: full again (and any notice a window old), the same as no bucket; a step
+        # retried later than that takes a token from a full bucket
+        self._buckets: IdleMap[tuple[str, str], _Bucket] = IdleMap(self.window, _last_used, self.MAX_KEYS)
         self._lock = threading.Lock()
 
     @classmethod
@@ -75,11 +81,8 @@ class FloodGuard:
         now = self.clock()
         key = (channel, address)
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = _Bucket(self.capacity, now)
-                if len(self._buckets) > self.MAX_KEYS:
-                    self._prune(now)
+            bucket = self._buckets.get(key) or _Bucket(self.capacity, now)
+            self._buckets.put(key, bucket, now)
             if external_id and external_id in bucket.seen:
                 return PASS
             bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.last) * self.rate)
@@ -87,19 +90,20 @@ class FloodGuard:
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 if external_id:
-                    bucket.seen.append(external_id)
+                    bucket.seen = (*bucket.seen[1 - SEEN:], external_id)
                 return PASS
             if bucket.noticed is None or now - bucket.noticed >= self.window:
                 bucket.noticed = now
                 return NOTICE
             return DROP
 
-    def _prune(self, now: float) -> None:
-        full = [k for k, b in self._buckets.items()
-                if b.tokens + (now - b.last) * self.rate >= self.capacity
-                and (b.noticed is None or now - b.noticed >= self.window)]
-        for key in full:
-            del self._buckets[key]
+    def __len__(self) -> int:
+        """The number of accounts with a bucket (those active lately)."""
+        return len(self._buckets)
+
+
+def _last_used(bucket: _Bucket) -> float:
+    return bucket.last
 
 
 def _drop(app, msg: Inbound, inbox_id: int | None, notice: bool) -> list[tuple[int, Outbound]]:

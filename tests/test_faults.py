@@ -101,7 +101,7 @@ async def say(tg: FakeTelegramServer, chat: int, text: str, expect: int, timeout
 
 
 # ---------------------------------------------------------------- the Bot API misbehaves
-async def test_replies_survive_5xx_drops_and_slow_answers(running, tg):
+async def test_replies_survive_5xx_drops_and_slow_answers(running, tg, figure):
     """A resident onboards while the Bot API answers 500/502/503, drops connections and answers
     slowly: every reply arrives exactly once and in order (a failed direct send goes to the
     dispatcher, which retries with backoff; the chat's later rows wait for the retried one), the
@@ -134,7 +134,7 @@ async def test_replies_survive_5xx_drops_and_slow_answers(running, tg):
     await asyncio.sleep(1.0)  # a late duplicate would show up now
     got = replies(tg, faulty)
     errors = collections.Counter(c.status for c in tg.calls if c.status not in (200, 0))
-    print(f"\nreplies under faults: {len(got)} delivered of {len(want)}, answers {dict(errors)}, "
+    figure(f"replies under faults: {len(got)} delivered of {len(want)}, answers {dict(errors)}, "
           f"dropped {sum(1 for c in tg.calls if c.status == 0)}; recovery " +
           ", ".join(f"{k}: {v:.1f}s" for k, v in took.items()))
     assert collections.Counter(got) == collections.Counter(want)  # every reply, exactly once
@@ -147,7 +147,7 @@ async def test_replies_survive_5xx_drops_and_slow_answers(running, tg):
     assert errors[500] >= 5 and errors[502] >= 1 and errors[503] >= 1
 
 
-async def test_outbox_delivery_rides_out_drops_and_timeouts(make_app, tg):
+async def test_outbox_delivery_rides_out_drops_and_timeouts(make_app, tg, figure):
     """The dispatcher delivering 40 notifications while the Bot API drops connections, answers 503,
     answers slowly and, twice, answers after the dispatcher stopped waiting (OUTBOX_LEASE 2s: it
     waits 1.6 s). Every resident is reached; only a timed-out send can arrive twice."""
@@ -176,7 +176,7 @@ async def test_outbox_delivery_rides_out_drops_and_timeouts(make_app, tg):
     twice = sum(n - 1 for n in per_chat.values() if n > 1)
     with transaction(app.db) as db:
         attempts = max(r.attempts for r in db.exec(select(OutboxMessage)))
-    print(f"\noutbox under faults: 40 notifications in {took:.1f}s, {twice} delivered twice (2 timed out), "
+    figure(f"outbox under faults: 40 notifications in {took:.1f}s, {twice} delivered twice (2 timed out), "
           f"max attempts {attempts}")
     assert set(per_chat) == set(chats)
     assert twice <= 2
@@ -184,7 +184,7 @@ async def test_outbox_delivery_rides_out_drops_and_timeouts(make_app, tg):
 
 
 # ---------------------------------------------------------------- the database
-async def test_sqlite_locked_for_two_seconds_loses_nothing(running, tg, tmp_path):
+async def test_sqlite_locked_for_two_seconds_loses_nothing(running, tg, tmp_path, figure):
     """Another connection holds BEGIN EXCLUSIVE on the SQLite file for 2 s while three residents
     write: their messages wait (busy timeout) and are processed right after, none lost."""
     app, channel = await running()
@@ -207,7 +207,7 @@ async def test_sqlite_locked_for_two_seconds_loses_nothing(running, tg, tmp_path
     await tg.async_wait_for(lambda s: {u["update_id"] for u in pushed} <= set(channel.completed), timeout=10)
     with Session(app.db) as db:
         recorded = set(db.exec(select(ProcessedInbound.external_id).where(ProcessedInbound.external_id.in_(ids))))
-    print(f"\nSQLite locked {released - held:.1f}s: 4 messages answered {after:.2f}s after the lock was released")
+    figure(f"SQLite locked {released - held:.1f}s: 4 messages answered {after:.2f}s after the lock was released")
     assert recorded == ids
     assert replies(tg, 9202)[0].splitlines()[0] == t_in("ar", "onboarding.choose_language")
     assert replies(tg, 9200)[1].startswith(t_in("en", "notice.summary")[:12])
@@ -269,6 +269,32 @@ def test_flood_guard_token_bucket():
     assert retried.admit("telegram", "r", "u2") == PASS and retried.admit("telegram", "r", "u3") == NOTICE
 
 
+def test_flood_guard_keeps_only_active_accounts():
+    """Memory follows the accounts active lately, not every resident ever seen; forgetting an idle
+    account changes no verdict (its bucket was full again) and a flood goes on being throttled."""
+    now = [0.0]
+    guard = FloodGuard(5, 10, clock=lambda: now[0])
+    assert [guard.admit("telegram", "flood", f"f{i}") for i in range(7)] == [PASS] * 5 + [NOTICE, DROP]
+    sizes, flood = [], []
+    for i in range(2_000):  # a new resident every 0.25 s for 500 s; the flood goes on at 1/s meanwhile
+        now[0] += 0.25
+        assert guard.admit("telegram", str(i), f"u{i}") == PASS
+        sizes.append(len(guard))
+        if i % 4 == 0:
+            flood.append(guard.admit("telegram", "flood"))
+    assert max(sizes) <= 10 / 0.25 + 2  # the accounts of the last window, and the flood
+    assert {NOTICE, DROP} <= set(flood[-20:])  # its bucket was never forgotten: still throttled
+    retried = guard._buckets.get(("telegram", "1999"))
+    assert guard.admit("telegram", "1999", "u1999") == PASS and retried.tokens == 4  # a retried step: no token
+    now[0] += 10
+    assert guard.admit("telegram", "late") == PASS and len(guard) == 1  # every idle bucket is gone
+    capped = FloodGuard(5, 10, clock=lambda: now[0])
+    capped._buckets.limit = 100
+    for i in range(1_000):  # more accounts at once than the cap: the least recently used leave
+        capped.admit("whatsapp", str(i))
+    assert len(capped) == 100
+
+
 def test_flood_settings_are_validated(make_settings):
     settings = make_settings()
     assert (settings.flood_messages, settings.flood_window) == (20, timedelta(seconds=10))
@@ -279,7 +305,7 @@ def test_flood_settings_are_validated(make_settings):
             make_settings(**bad)
 
 
-async def test_a_flood_is_throttled_and_others_are_answered(running, tg):
+async def test_a_flood_is_throttled_and_others_are_answered(running, tg, figure):
     """A script sends 50 messages at once from one Telegram account: about FLOOD_MESSAGES are
     processed, the rest are not, and the account gets exactly one notice in its language; another
     resident onboarding at the same time is answered normally and quickly."""
@@ -302,7 +328,7 @@ async def test_a_flood_is_throttled_and_others_are_answered(running, tg):
     with Session(app.db) as db:
         processed = len(db.exec(select(ProcessedInbound.external_id).where(
             ProcessedInbound.external_id.in_([str(u) for u in flood]))).all())
-    print(f"\nflood: 50 messages in {flood_took:.1f}s, {processed} processed, {got.count(notice)} notice; "
+    figure(f"flood: 50 messages in {flood_took:.1f}s, {processed} processed, {got.count(notice)} notice; "
           f"the other resident answered in {max(took):.2f}s")
     assert got.count(notice) == 1
     assert 18 <= processed <= 20 + 2 * flood_took + 1  # the bucket, plus what it refilled meanwhile
@@ -367,7 +393,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_input_at_every_state(make_app):
+def test_hostile_input_at_every_state(make_app, figure):
     """Every registered state (staff ones as staff), each hostile input: the step answers, in the
     resident's language, never with the engine's apology (a crashed state), and leaves a registered
     state. Each case runs in a savepoint rolled back after it, from the state with nothing collected."""
@@ -406,5 +432,7 @@ def test_hostile_input_at_every_state(make_app):
                     finally:
                         nested.rollback()
         db.rollback()
+    figure(f"hostile input: {len(HOSTILE)} inputs x {len(STATES)} states x 2 languages = {cases} steps, "
+           f"{len(problems)} without a proper answer")
     assert len(STATES) > 20 and cases == 2 * len(STATES) * len(HOSTILE)
     assert problems == [], "\n".join(map(str, problems))

@@ -3,6 +3,7 @@ it, against the fake Bot API server (tests/fakes/telegram_api.py); webhook mode 
 HTTP server; TelegramSender's rendering and error mapping; update conversion; media download."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -15,10 +16,12 @@ from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
 from bot.delivery import SendError
+from bot.flood import FloodGuard
 from conversations.engine import COMMAND_MENU
 from conversations.i18n import t_in
 from conversations.messages import Attachment, Choice, Kind, Outbound
 from handlers.telegram import (
+    BACKLOG,
     MediaTooLarge,
     TelegramSender,
     command_menu,
@@ -369,6 +372,46 @@ async def test_one_chat_in_order_while_chats_run_concurrently(started, tg):
         assert (resident.locale, resident.mahalle) == ("en", hood_key(app, "Kozağaç")), tg.delivered_texts(chat_id)
         assert consents_of(app, resident.id) == {p: True for p in PURPOSES}
         assert tg.delivered_texts(chat_id)[-1] == t_in("en", "menu.title")
+
+
+async def test_nothing_per_chat_stays_in_memory_once_chats_are_quiet(started, tg):
+    """A long-running process meets every resident of the city sooner or later: once their chats
+    are quiet, none of them is left in memory (PTB's chat/user data and its persistence bookkeeping,
+    which PTB keeps even without a persistence, the chat locks, the flood buckets)."""
+    app, channel = await started()
+    now = [0.0]
+    app.flood = FloodGuard(app.settings.flood_messages, app.settings.flood_window, clock=lambda: now[0])
+    chats = range(5201, 5231)
+    pushed = [tg.push_text(chat_id, "/start")["update_id"] for chat_id in chats]  # concurrently
+    await tg.async_wait_for(lambda s: set(pushed) <= set(channel.completed), timeout=20)
+    assert all(tg.delivered_texts(chat_id) for chat_id in chats)
+    application = channel.application
+    assert not application.chat_data and not application.user_data
+    # PTB's own record of the chats and users to persist next (no public view of it)
+    assert not application._chat_ids_to_be_updated_in_persistence
+    assert not application._user_ids_to_be_updated_in_persistence
+    assert not channel._locks and not channel._failed
+    assert len(app.flood) == len(chats)  # the buckets of the accounts active lately...
+    now[0] += app.settings.flood_window.total_seconds()
+    await Chat(tg, channel, 5300).say("/start")
+    assert len(app.flood) == 1  # ...and only those
+
+
+async def test_a_burst_waits_with_telegram_not_in_memory(started, tg):
+    """400 residents write at once: long polling takes updates from Telegram only as fast as they
+    are handled, so at most about 2 x BACKLOG are in memory (confirmed to Telegram, not yet handled),
+    and every one is answered."""
+    app, channel = await started()
+    pushed = [tg.push_text(chat_id, "/start")["update_id"] for chat_id in range(5401, 5801)]
+    first, ahead = pushed[0], []
+    while not set(pushed) <= set(channel.completed):
+        offsets = [c.params.get("offset") or 0 for c in tg.calls_of("getUpdates")]
+        confirmed = max([first, *offsets]) - first  # getUpdates(offset=n) confirms every update before n
+        ahead.append(confirmed - sum(1 for u in channel.completed if u >= first))
+        await asyncio.sleep(0.02)
+        assert len(ahead) < 3000, "the burst was not handled in 60 s"
+    assert all(tg.delivered_texts(chat_id) for chat_id in range(5401, 5801))
+    assert max(ahead) <= 2 * BACKLOG, max(ahead)
 
 
 async def test_sender_initialises_a_bot_that_was_not_started(tg):
