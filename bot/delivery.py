@@ -3,9 +3,10 @@ conversation replies (the dispatcher in bot/dispatcher.py delivers everything el
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from sqlalchemy.engine import Engine as DbEngine
 
@@ -35,10 +36,18 @@ class SendError(Exception):
 
 class Sender(Protocol):
     channel: str
+    # Optional: `gates_on_wire = True` when the sender's HTTP client awaits `send_gate` (below).
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         """Deliver one message; return the provider's message id; raise SendError."""
         ...
+
+
+# While a paced send runs (bot.dispatcher.send_paced): the guard on the channel's send starts. A
+# sender whose HTTP client awaits it for each request, just before the request's body goes on the
+# wire, says so with `gates_on_wire = True`; the others are gated before `send` is called.
+send_gate: contextvars.ContextVar[Callable[[], Awaitable[object]] | None] = \
+    contextvars.ContextVar("send_gate", default=None)
 
 
 async def send_replies(db: DbEngine, sender: Sender, replies: list[tuple[int, Outbound]], address: str) -> None:

@@ -9,8 +9,19 @@ How it works
   channel's shared pace: GCRA on `ChannelRate` (`storage.outbox.reserve_slots`, one atomic
   UPDATE ... RETURNING: start = max(tat, now), tat = start + k/rate). Slot i goes out at
   start + i/rate, so any number of workers together stay under the limit. Telegram is paced at
-  29.25/s for its 30/s (2.5% headroom: a server counting 30 per sliding second sees no 429),
-  WhatsApp at 90% of TWILIO_MESSAGES_PER_SECOND, the terminal is unlimited.
+  29.25/s for its 30/s and WhatsApp at 97.5% of TWILIO_MESSAGES_PER_SECOND (2.5% headroom: a
+  server counting 30 per sliding second sees no 429); the terminal is unlimited.
+- A send more than a quarter interval late for its slot (LATE_TOLERANCE: a busy machine) goes back
+  to pending for a fresh slot. Sends still bunch: a send can reach the socket tens of ms after its
+  start (PTB, the connection pool, a busy event loop), and a batch's slots are mapped to this
+  process's clock when the reservation returns, up to tens of ms late under load. So a guard
+  (`StartWindow`, shared with the direct replies) keeps the times of this process's last `limit`
+  requests: one waits until the request `limit` before it went at least START_SPAN (1.0205 s)
+  ago. It is taken on the wire, right before the request's body goes out, when the sender's HTTP
+  client supports it (`send_paced`, bot.delivery.send_gate: the Telegram channel's Bot; each part
+  of a message in several parts takes its place), else just before `send`. The pace spaces
+  `limit` slots 1.0256 s apart, so the guard holds back only bunched requests, by a few ms, and
+  never lowers the rate. It is per process: several workers rely on the shared pace.
 - Per-chat pacing (TELEGRAM_PER_CHAT_PER_SECOND with a burst of TELEGRAM_PER_CHAT_BURST) is a token
   bucket per chat in this process: a row whose chat is out of tokens goes back to pending until
   one is free, without counting as an attempt. Several workers do not share it (a chat rarely has
@@ -39,6 +50,7 @@ Runs inside `katilim run` as the scheduler job "outbox" and alone in `katilim wo
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -51,7 +63,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import SendError, Sender
+from bot.delivery import SendError, Sender, send_gate
+from bot.idle import IdleMap
 from bot.scheduler import Job, job
 from conversations.messages import Outbound
 from storage import outbox
@@ -76,12 +89,18 @@ class DispatcherRefused(RuntimeError):
 
 # ---------------------------------------------------------------- limits and pacing
 PACE_SHARE = 0.975  # of the platform's limit: 30/s → 29.25/s, 10/s → 9.75/s
+# The guard (StartWindow): this process's request n goes no sooner than this after request
+# n - limit. The pace spaces them 1/PACE_SHARE = 1.0256 s apart, so only bunched requests wait (a
+# few ms) and the rate stays the pace's.
+START_SPAN = 1.0 + 0.8 * (1 / PACE_SHARE - 1)  # 1.0205 s
 
 
 def paced_rate(limit: float) -> float:
     """A little under the platform's limit, so no sliding second ever holds more than the limit:
-    with sends at most a quarter interval late (LATE_TOLERANCE), a second holds at most
-    floor(29.25 × (1 + 0.25/29.25)) + 1 = 30 at 30/s, with some 25 ms to spare for network jitter."""
+    `limit` consecutive slots span 1/PACE_SHARE = 1.0256 s. Sends leave at most a quarter interval
+    after their slot (LATE_TOLERANCE) and, in one process, `limit` requests never go on the wire
+    within START_SPAN (the StartWindow guard), which leaves some 20 ms for the way from our socket
+    to the platform's clock."""
     return limit * PACE_SHARE
 
 
@@ -90,56 +109,110 @@ class ChannelLimits:
     rate: float | None = None            # messages per second for the whole channel, all workers together
     per_chat_rate: float | None = None   # per chat, in this process
     per_chat_burst: int = 1
+    per_second: int = 0                  # the platform's own count per sliding second (0: none)
+
+
+def _platform_limits(limit: float, **per_chat) -> ChannelLimits:
+    return ChannelLimits(paced_rate(limit), per_second=int(limit), **per_chat)
 
 
 def channel_limits(settings, channel: str) -> ChannelLimits:
     if channel == "telegram":
-        return ChannelLimits(paced_rate(settings.telegram_messages_per_second),
-                             settings.telegram_per_chat_per_second, settings.telegram_per_chat_burst)
+        return _platform_limits(settings.telegram_messages_per_second,
+                                per_chat_rate=settings.telegram_per_chat_per_second,
+                                per_chat_burst=settings.telegram_per_chat_burst)
     if channel == "whatsapp":
-        return ChannelLimits(paced_rate(settings.twilio_messages_per_second))
+        return _platform_limits(settings.twilio_messages_per_second)
     return ChannelLimits()  # console and anything local: unlimited
 
 
+class StartWindow:
+    """The times of this process's last `count` sends (requests) on a channel: one goes no sooner
+    than `span` seconds after the one `count` before it. Slots keep the pace; this guard takes care
+    of sends that went late (a busy event loop, a slot mapped late from the database's clock) and
+    so bunched with the next ones, which a platform counting per sliding second answers with a
+    429. Thread-safe; the wait is asyncio."""
+
+    def __init__(self, count: int, span: float = START_SPAN) -> None:
+        self.count = count
+        self.span = span
+        self._starts: collections.deque[float] = collections.deque(maxlen=count)
+        self._lock = threading.Lock()
+
+    async def turn(self) -> float:
+        """Wait for a free place in the window and take it; returns the seconds waited."""
+        began = time.monotonic()
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                free_at = self._starts[0] + self.span if len(self._starts) == self.count else now
+                if free_at <= now:
+                    self._starts.append(now)
+                    return now - began
+            await asyncio.sleep(free_at - now)
+
+
+async def send_paced(sender: Sender, starts: StartWindow | None, address: str, out: Outbound, kind: str) -> str:
+    """`sender.send` with a place in the guard: taken by each request just before it goes on the
+    wire when the sender's HTTP client can wait there (`gates_on_wire`: it awaits
+    bot.delivery.send_gate), else now. The wire is what the platform counts: between the call and
+    the socket, PTB, the connection pool and a busy event loop can take tens of ms."""
+    if starts is None:
+        return await sender.send(address, out, kind=kind)
+    if not getattr(sender, "gates_on_wire", False):
+        await starts.turn()
+        return await sender.send(address, out, kind=kind)
+    token = send_gate.set(starts.turn)
+    try:
+        return await sender.send(address, out, kind=kind)
+    finally:
+        send_gate.reset(token)
+
+
 class ChatBuckets:
-    """A token bucket per chat (thread-safe: the claim runs in a worker thread)."""
+    """A token bucket per chat (thread-safe: the claim runs in a worker thread). A bucket unused
+    for 2 × burst / rate seconds (the longest a refill from -burst to full takes) is dropped: it
+    would be full again, so only the chats active lately are in memory (bot/idle.IdleMap)."""
 
     MAX_CHATS = 50_000
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = float(max(1, burst))
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: IdleMap[str, tuple[float, float]] = IdleMap(2 * self.burst / rate, _bucket_last,
+                                                                    self.MAX_CHATS)
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, address: str, *, force: bool = False) -> float:
         """Take a token: 0.0 when taken, else the seconds until one is free (nothing taken).
         `force` takes one even when none is left (a direct reply: the chat's next rows wait longer)."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(address, (self.burst, now))
+            tokens, last = self._buckets.get(address) or (self.burst, now)
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens >= 1.0 or force:
-                self._buckets[address] = (max(tokens - 1.0, -self.burst), now)
-                if len(self._buckets) > self.MAX_CHATS:
-                    self._prune(now)
+                self._buckets.put(address, (max(tokens - 1.0, -self.burst), now), now)
                 return 0.0
-            self._buckets[address] = (tokens, now)
+            self._buckets.put(address, (tokens, now), now)
             return (1.0 - tokens) / self.rate
 
-    def _prune(self, now: float) -> None:
-        full = [a for a, (t, last) in self._buckets.items() if t + (now - last) * self.rate >= self.burst]
-        for address in full:
-            del self._buckets[address]
+
+def _bucket_last(bucket: tuple[float, float]) -> float:
+    return bucket[1]
 
 
 class Pacing:
-    """A channel's limits in this process: the shared GCRA rate and the per-chat buckets."""
+    """A channel's limits in this process: the shared GCRA rate, the per-chat buckets and the
+    guard on send starts (shared by the dispatcher and the direct replies)."""
 
     def __init__(self, channel: str, limits: ChannelLimits) -> None:
         self.channel = channel
         self.limits = limits
         self.chats = ChatBuckets(limits.per_chat_rate, limits.per_chat_burst) if limits.per_chat_rate else None
+        self.starts = StartWindow(limits.per_second) if limits.per_second > 0 else None
 
 
 class PacedSender:
@@ -173,7 +246,7 @@ class PacedSender:
         if self.pacing.chats is not None:
             self.pacing.chats.take(address, force=True)
         try:
-            return await self.inner.send(address, out, kind=kind)
+            return await send_paced(self.inner, self.pacing.starts, address, out, kind)
         except SendError as exc:
             if exc.kind == "retry_after":
                 await asyncio.to_thread(self._pause, exc.retry_after)
@@ -595,7 +668,8 @@ class _ChannelRunner:
         if self.interval and now - at > self.interval * LATE_TOLERANCE:
             # Woken too late (a busy machine, a slow first connection): sent now it would bunch
             # with the slots after it, so it goes back to pending and takes a fresh slot. Every
-            # message leaves within a quarter interval of its slot: at 29.25/s no second holds 31.
+            # send starts within a quarter interval of its slot: at 29.25/s no second holds 31
+            # (a send slowed down after its start bunches too: the guard in send_paced sees to it).
             return _Outcome(row, "skip", "late for its send slot")
         if self._is_blocked(row.address):  # an earlier message to this chat answered 403
             return _Outcome(row, "gone", self.blocked[row.address][1])
@@ -604,8 +678,9 @@ class _ChannelRunner:
         except Exception as exc:  # noqa: BLE001
             return _Outcome(row, "permanent", f"unreadable payload: {type(exc).__name__}: {exc}")
         timeout = lease * 0.8  # an answer must come before the claim's lease runs out
-        try:
-            provider_id = await asyncio.wait_for(self.sender.send(row.address, out, kind=row.kind), timeout)
+        try:  # the guard's few ms come after the lateness rule: a send held there bunches with nothing
+            provider_id = await asyncio.wait_for(send_paced(self.sender, self.pacing.starts, row.address, out,
+                                                            row.kind), timeout)
         except SendError as exc:
             if exc.kind == "retry_after":
                 self._pause_locally(max(exc.retry_after, 0.5))

@@ -3,7 +3,7 @@
 Every update becomes an `Inbound` (conversations/messages.py) and goes to `App.handle`, which runs
 the step in one database transaction and sends the replies through `TelegramSender`. Our state is
 in the database, so the Application has no persistence; the outbox paces sending, so it has no
-rate limiter. `external_id` is the update id: a re-delivered update is ignored by the engine.
+rate limiter (its Bot's requests wait for the outbox's guard on the wire: `GatedRequest`). `external_id` is the update id: a re-delivered update is ignored by the engine.
 
     TELEGRAM_BOT_TOKEN      set: the channel is on
     TELEGRAM_API_URL        the Bot API root (a self-hosted server, or tests' fake server)
@@ -11,6 +11,8 @@ rate limiter. `external_id` is the update id: a re-delivered update is ignored b
     TELEGRAM_WEBHOOK_SECRET checked against X-Telegram-Bot-Api-Secret-Token (empty: derived from the token)
 
 A webhook call with a wrong secret gets 403, a body over MAX_WEBHOOK_BYTES 413; neither writes anything.
+Long polling keeps at most BACKLOG updates in memory ahead of handling (`_UpdateQueue`), and nothing
+stays in memory per chat once it is quiet (`_Application`, the chat locks, bot/flood.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
+import httpx
 from fastapi import Request, Response
 from sqlalchemy.exc import OperationalError
 from telegram import (
@@ -44,11 +47,12 @@ from telegram import (
 )
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.request import HTTPXRequest
 
 from bot.app import DB_RETRY_DELAYS
 from storage import media as media_store
 from storage.media import MediaTooLarge
-from bot.delivery import SendError
+from bot.delivery import SendError, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ LONG_LABEL = 40            # longer labels are spelled out in the message text
 CALLBACK_LIMIT = 64        # bytes of callback_data
 NUMBERED = "#"             # callback_data "#3": the choice numbered 3 (its key was too long)
 CONCURRENT_UPDATES = 64    # different chats are handled concurrently; one chat's updates in order
+BACKLOG = 2 * CONCURRENT_UPDATES  # polled updates in memory at most (queued, and taken but not handled)
 MAX_WEBHOOK_BYTES = 256 * 1024  # an update is a few KB (text up to 4096 characters); larger: 413
 
 
@@ -278,6 +283,28 @@ def command_menu(lang: str) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- sending
+async def _gate_on_wire(request: httpx.Request) -> None:
+    """httpx request hook: during a paced send, the request waits for the dispatcher's guard on send
+    starts (bot.delivery.send_gate) right before its body goes out, past PTB, the connection pool
+    and the headers (the server counts a request when its body is in)."""
+    gate = send_gate.get()
+    if gate is None:
+        return
+
+    async def trace(event: str, info: dict) -> None:  # httpcore's trace extension
+        if event.endswith(".send_request_body.started"):
+            await gate()
+
+    request.extensions["trace"] = trace
+
+
+class GatedRequest(HTTPXRequest):
+    """PTB's HTTPX request with `_gate_on_wire`: the channel's Bot sends through it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(httpx_kwargs={"event_hooks": {"request": [_gate_on_wire]}}, **kwargs)
+
+
 class TelegramSender:
     """Renders an Outbound as Telegram messages (bot.delivery.Sender)."""
 
@@ -285,6 +312,7 @@ class TelegramSender:
 
     def __init__(self, bot) -> None:
         self.bot = bot
+        self.gates_on_wire = isinstance(getattr(bot, "request", None), GatedRequest)
         self._init_lock = asyncio.Lock()
         self._ready_done = False
 
@@ -375,6 +403,46 @@ def _caption_split(text: str) -> tuple[str, list[str]]:
 
 
 # ---------------------------------------------------------------- the channel
+class _Application(Application):
+    """PTB's Application, less its persistence bookkeeping when there is no persistence (ours):
+    PTB notes the chat and user id of every handled update for its next persistence run, which
+    never comes without one, so those two sets would grow by every resident ever seen."""
+
+    def _mark_for_persistence_update(self, *, update: object | None = None, job: Any = None) -> None:
+        if self.persistence is not None:
+            super()._mark_for_persistence_update(update=update, job=job)
+
+
+class _UpdateQueue(asyncio.Queue):
+    """PTB's update queue, with backpressure for long polling. PTB turns each update it takes from
+    its queue into a task at once (the tasks then wait for one of CONCURRENT_UPDATES places), so a
+    burst (thousands of residents answering a broadcast) sat in memory whole, and the allocator kept
+    that peak. Here the queue gives out an update only while fewer than `backlog` are taken and not
+    done (PTB calls task_done when one is handled), and holds `backlog` itself: when it is full,
+    polling waits and the rest of the burst stays with Telegram, not yet confirmed there."""
+
+    def __init__(self, backlog: int) -> None:
+        super().__init__(maxsize=backlog)
+        self._places = asyncio.Semaphore(backlog)
+        self._taken = 0
+
+    async def get(self) -> Any:
+        await self._places.acquire()
+        try:
+            item = await super().get()
+        except BaseException:
+            self._places.release()
+            raise
+        self._taken += 1
+        return item
+
+    def task_done(self) -> None:
+        super().task_done()
+        if self._taken:  # not for what PTB drops with get_nowait() when it stops
+            self._taken -= 1
+            self._places.release()
+
+
 class TelegramChannel:
     """The Telegram channel (bot.app.Channel)."""
 
@@ -387,11 +455,14 @@ class TelegramChannel:
         root = settings.telegram_api_url.rstrip("/")
         self.application: Application = (
             ApplicationBuilder()
+            .application_class(_Application)
             .token(settings.telegram_bot_token)
             .base_url(f"{root}/bot")
             .base_file_url(f"{root}/file/bot")
             .job_queue(None)
+            .request(GatedRequest())
             .concurrent_updates(CONCURRENT_UPDATES)
+            .update_queue(_UpdateQueue(BACKLOG))
             .build()
         )
         self.application.add_handler(TypeHandler(Update, self._on_update))
@@ -527,7 +598,8 @@ class TelegramChannel:
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         if isinstance(update, Update):
-            self._failed.add(update.update_id)
+            if self.webhook:  # process() reads and forgets it; polling has no one to tell
+                self._failed.add(update.update_id)
             log.error("Telegram update %s not handled", update.update_id, exc_info=context.error)
         else:
             log.error("Telegram error", exc_info=context.error)

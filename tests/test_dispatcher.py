@@ -20,13 +20,13 @@ from sqlmodel import select
 
 from bot.app import add_configured_channels
 from bot.delivery import SendError
-from bot.dispatcher import Dispatcher, PacedSender, paced_rate
+from bot.dispatcher import ChatBuckets, Dispatcher, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound
 from storage import outbox
 from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 from tests.conftest import test_env as katilim_env
-from tests.fakes.telegram_api import FakeTelegramServer
+from tests.fakes.telegram_api import FakeTelegramProcess, FakeTelegramServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def tg_settings(tg: FakeTelegramServer, **extra) -> dict:
 
 
 def seed(db, chats: list[int], *, channel: str = "telegram", per_chat: int = 1, broadcast_id: int | None = None,
-         kind: str = "broadcast") -> None:
+         kind: str = "broadcast", text: str = "duyuru") -> None:
     """A resident with an identity per chat and `per_chat` outbox rows to each."""
     with transaction(db) as session:
         residents = [Resident(display_name=f"r{c}") for c in chats]
@@ -54,7 +54,7 @@ def seed(db, chats: list[int], *, channel: str = "telegram", per_chat: int = 1, 
         for chat, resident in zip(chats, residents):
             session.add(ChannelIdentity(resident_id=resident.id, channel=channel, address=str(chat)))
             for i in range(per_chat):
-                outbox.enqueue(session, channel, str(chat), Outbound(text=f"duyuru {chat} #{i}"),
+                outbox.enqueue(session, channel, str(chat), Outbound(text=f"{text} {chat} #{i}"),
                                resident_id=resident.id, kind=kind, priority=outbox.PRIORITY_BROADCAST,
                                broadcast_id=broadcast_id)
 
@@ -107,6 +107,17 @@ async def close(app) -> None:
         bot = getattr(getattr(sender, "inner", sender), "bot", None)
         if bot is not None:
             await bot.shutdown()
+
+
+async def deliver_all(app, worker_id: str, timeout: float, what: str) -> None:
+    """A dispatcher over the app's senders until the outbox is settled; then stopped, senders closed."""
+    dispatcher = Dispatcher(app, app.senders, worker_id, app.settings)
+    assert await dispatcher.start()
+    try:
+        await wait_until(lambda: settled(app.db), timeout, what)
+    finally:
+        await dispatcher.stop()
+        await close(app)
 
 
 class Scripted:
@@ -289,7 +300,7 @@ async def test_blocked_residents_are_marked_and_skipped(make_app, db_url, tg):
 
 
 # ---------------------------------------------------------------- pacing
-async def test_300_chats_paced_under_30_per_second(make_app, tg):
+async def test_300_chats_paced_under_30_per_second(make_app, tg, figure):
     """300 rows to 300 chats through a server enforcing 30/s overall and 1/s per chat: each chat
     gets exactly one message, no 429, close to and under 30/s."""
     tg.rate_limit_per_second = 30
@@ -298,19 +309,13 @@ async def test_300_chats_paced_under_30_per_second(make_app, tg):
     add_configured_channels(app)
     chats = list(range(FIRST_CHAT, FIRST_CHAT + 300))
     seed(app.db, chats, broadcast_id=1)
-    dispatcher = Dispatcher(app, app.senders, "test-300", app.settings)
     began = time.monotonic()
-    assert await dispatcher.start()
-    try:
-        await wait_until(lambda: settled(app.db), 25, "300 messages delivered")
-    finally:
-        await dispatcher.stop()
-        await close(app)
+    await deliver_all(app, "test-300", 25, "300 messages delivered")
     elapsed = time.monotonic() - began
     per_chat = delivered_per_chat(tg)
     times = delivered_times(tg)
     rate = (len(times) - 1) / (max(times) - min(times))
-    print(f"\n300 chats: {rate:.2f} msg/s achieved, busiest second {max_in_window(times)}, "
+    figure(f"300 chats: {rate:.2f} msg/s achieved, busiest second {max_in_window(times)}, "
           f"429s {tg.count_429}, wall {elapsed:.1f}s")
     assert set(per_chat) == set(chats) and set(per_chat.values()) == {1}
     assert tg.count_429 == 0
@@ -320,7 +325,31 @@ async def test_300_chats_paced_under_30_per_second(make_app, tg):
         assert outbox.broadcast_progress(db, 1).sent == 300
 
 
-async def test_storms_are_ridden_out(make_app, tg):
+async def test_guard_counts_every_request_on_the_wire(make_app, figure):
+    """A text over Telegram's 4096 characters goes as two messages for one slot of the pace: the
+    guard on send starts, taken by each request right before it goes on the wire, keeps a server
+    counting 30 per sliding second (in a process of its own, so its clock is not ours) free of
+    429s, and close to its limit."""
+    text = "Kozağaç parkında pazar günü fidan dikimi var. " * 100  # 4,600 characters: two messages
+    with FakeTelegramProcess(rate_limit_per_second=30) as tg:
+        app = make_app(**tg_settings(tg))
+        add_configured_channels(app)
+        chats = list(range(FIRST_CHAT, FIRST_CHAT + 120))
+        seed(app.db, chats, text=text)
+        await deliver_all(app, "test-guard", 40, "every row delivered")
+        seen = tg.record()
+    times = [t for _, t in seen["delivered"]]
+    per_chat = collections.Counter(int(chat) for chat, _ in seen["delivered"])
+    rate = (len(times) - 1) / (max(times) - min(times))
+    figure(f"two messages a row: {rate:.2f} requests/s, busiest second {max_in_window(times)}, "
+          f"429s {seen['count_429']}")
+    assert seen["count_429"] == 0 and max_in_window(times) <= 30
+    assert set(per_chat) == set(chats) and set(per_chat.values()) == {2}
+    assert statuses(app.db) == {"sent": len(chats)}
+    assert rate >= 27
+
+
+async def test_storms_are_ridden_out(make_app, tg, figure):
     """A 5xx storm (fail_next) and a 429 storm (a short window where the server allows only 5/s)
     are ridden out: every message delivered exactly once, the 429s pause the channel."""
     tg.rate_limit_per_second = 30
@@ -343,7 +372,7 @@ async def test_storms_are_ridden_out(make_app, tg):
         await close(app)
     per_chat = delivered_per_chat(tg)
     failures_5xx = sum(1 for c in tg.calls if c.status in (500, 502))
-    print(f"\nstorms: {failures_5xx} 5xx answers, {tg.count_429} 429s, every chat once: "
+    figure(f"storms: {failures_5xx} 5xx answers, {tg.count_429} 429s, every chat once: "
           f"{set(per_chat.values()) == {1}}")
     assert failures_5xx == 20 and tg.count_429 > 0
     assert set(per_chat) == set(chats) and set(per_chat.values()) == {1}
@@ -429,7 +458,7 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 20, *, signalled: bool 
     return proc.returncode, err
 
 
-async def test_sigkill_mid_broadcast_then_restart_completes(make_app, tg, tmp_path, sqlite_url):
+async def test_sigkill_mid_broadcast_then_restart_completes(make_app, tg, tmp_path, sqlite_url, figure):
     """`katilim worker` killed with SIGKILL mid-broadcast, restarted: every recipient is reached;
     only claimed-but-unconfirmed rows can repeat (at most OUTBOX_BATCH_SIZE)."""
     tg.rate_limit_per_second = 30
@@ -452,14 +481,14 @@ async def test_sigkill_mid_broadcast_then_restart_completes(make_app, tg, tmp_pa
     assert code == 0, err[-3000:]
     per_chat = delivered_per_chat(tg)
     twice = sum(n - 1 for n in per_chat.values() if n > 1)
-    print(f"\nSIGKILL after {at_kill} deliveries: {twice} sent twice (batch size 10), 429s {tg.count_429}")
+    figure(f"SIGKILL after {at_kill} deliveries: {twice} sent twice (batch size 10), 429s {tg.count_429}")
     assert set(per_chat) == set(chats)
     assert twice <= 10
     with transaction(app.db) as db:
         assert outbox.broadcast_progress(db, 3).sent == len(chats)
 
 
-async def test_three_workers_on_postgresql(make_app, tg, tmp_path, pg_url):
+async def test_three_workers_on_postgresql(make_app, tg, tmp_path, pg_url, figure):
     """Three `katilim worker` processes on PostgreSQL share one 300-message batch: no row is sent
     twice and together they stay under 30/s (the server's timestamps over sliding 1 s windows)."""
     tg.rate_limit_per_second = 30
@@ -484,7 +513,7 @@ async def test_three_workers_on_postgresql(make_app, tg, tmp_path, pg_url):
     with transaction(app.db) as db:
         workers = set(db.exec(select(OutboxMessage.claimed_by)))
         beats = db.exec(select(func.count()).select_from(WorkerHeartbeat)).one()
-    print(f"\nthree workers: {rate:.2f} msg/s, busiest second {max_in_window(times)}, 429s {tg.count_429}")
+    figure(f"three workers: {rate:.2f} msg/s, busiest second {max_in_window(times)}, 429s {tg.count_429}")
     assert set(per_chat) == set(chats) and set(per_chat.values()) == {1}
     assert max_in_window(times) <= 30 and rate <= 30
     # 0 on an idle machine. Three workers, the server and pytest share 2 cores: a starved process
@@ -516,3 +545,19 @@ async def test_second_dispatcher_on_sqlite_refuses(make_app, tg, tmp_path, sqlit
         await wait_until(lambda: second.dispatching, 8, "the second dispatcher takes over")
     finally:
         await second.stop()
+
+
+def test_per_chat_buckets_keep_only_chats_active_lately():
+    """A chat's bucket is dropped once it would be full again (2 x burst / rate seconds idle): memory
+    follows the chats of the last seconds, not every resident ever sent to; a busy chat is still held."""
+    buckets = ChatBuckets(rate=4.0, burst=2)  # refills from -2 to full in 1 s
+    assert [buckets.take("busy") for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("busy") > 0  # out of tokens: wait
+    for i in range(500):
+        assert buckets.take(f"chat{i}") == 0.0
+    assert len(buckets) == 501
+    time.sleep(1.05)
+    assert buckets.take("late") == 0.0
+    assert len(buckets) == 1  # every idle bucket is gone
+    assert [buckets.take("busy") for _ in range(2)] == [0.0, 0.0]  # a full bucket, as if kept
+    assert buckets.take("busy") > 0

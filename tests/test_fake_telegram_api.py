@@ -19,7 +19,7 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from tests.fakes.telegram_api import FakeTelegramServer
+from tests.fakes.telegram_api import FakeTelegramProcess, FakeTelegramServer
 
 CHAT = 4242
 # PTB itself reads RetryAfter.retry_after, which warns about the coming timedelta type
@@ -101,6 +101,23 @@ async def test_rate_limit_raises_retry_after():
             await asyncio.sleep(1.05)  # the sliding window has moved on
             await bot.send_message(CHAT, "again")
     assert len(tg.delivered) == 4
+
+
+async def test_server_in_a_process_of_its_own():
+    """FakeTelegramProcess: the same server in a child process, its record fetched over HTTP."""
+    with FakeTelegramProcess(rate_limit_per_second=3) as tg:
+        async with make_bot(tg) as bot:
+            before = time.monotonic()
+            for i in range(3):
+                await bot.send_message(CHAT + i, f"m{i}")
+            with pytest.raises(RetryAfter):
+                await bot.send_message(CHAT, "too many")
+        seen = tg.record()
+        proc = tg._proc
+    assert seen["count_429"] == 1
+    assert [chat for chat, _ in seen["delivered"]] == [CHAT, CHAT + 1, CHAT + 2]
+    assert all(before <= t <= time.monotonic() for _, t in seen["delivered"])  # the machine's monotonic clock
+    assert proc.returncode == 0  # stopped when its stdin closed
 
 
 async def test_per_chat_limit():
