@@ -23,6 +23,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
@@ -135,6 +136,7 @@ def parse_local(text: str, tz: str, *, base: datetime | None = None) -> datetime
     return datetime.combine(day, clock, tzinfo=zone).astimezone(timezone.utc)
 
 
+@lru_cache(maxsize=1024)  # a reminder scan or a broadcast formats the same event for many residents
 def span_text(start: datetime, end: datetime, lang: str, tz: str) -> str:
     """'28 Kasım 2026 Cumartesi 14:00–16:00', or both dates in full when the end is another day."""
     zone = ZoneInfo(tz)

@@ -95,11 +95,12 @@ def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, s
     if not ids:
         return set()
     locales = dict(db.exec(select(Resident.id, Resident.locale).where(Resident.id.in_(ids))).all())
-    best: dict[int, ChannelIdentity] = {}
-    for identity in db.exec(select(ChannelIdentity)
-                            .where(ChannelIdentity.resident_id.in_(ids), ChannelIdentity.unreachable == False)  # noqa: E712
-                            .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
-        best.setdefault(identity.resident_id, identity)
+    best: dict[int, tuple[str, str]] = {}  # resident → (channel, address) used last and reachable
+    for rid, channel, address in db.execute(
+            select(ChannelIdentity.resident_id, ChannelIdentity.channel, ChannelIdentity.address)
+            .where(ChannelIdentity.resident_id.in_(ids), ChannelIdentity.unreachable == False)  # noqa: E712
+            .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
+        best.setdefault(rid, (channel, address))
     now = utcnow()
     values = []
     for rid, build in items:
@@ -107,7 +108,7 @@ def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, s
         if identity is None or rid not in locales:
             continue
         out = build(translator(locales[rid]), locales[rid])
-        values.append(dict(channel=identity.channel, address=identity.address, resident_id=rid, kind=kind,
+        values.append(dict(channel=identity[0], address=identity[1], resident_id=rid, kind=kind,
                            priority=priority, payload=out.to_dict(), status="pending", attempts=0,
                            available_at=now, created_at=now, claimed_by="", error="", provider_id=""))
     if values:

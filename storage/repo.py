@@ -85,9 +85,10 @@ def current_consents_many(db: Session, resident_ids) -> dict[int, dict[str, bool
     ids = list(resident_ids)
     state = {rid: {p: False for p in CONSENT_PURPOSES} for rid in ids}
     if ids:
-        for row in db.exec(select(ConsentRecord).where(ConsentRecord.resident_id.in_(ids))
-                           .order_by(ConsentRecord.id)):
-            state[row.resident_id][row.purpose] = row.granted
+        for resident_id, purpose, granted in db.execute(
+                select(ConsentRecord.resident_id, ConsentRecord.purpose, ConsentRecord.granted)
+                .where(ConsentRecord.resident_id.in_(ids)).order_by(ConsentRecord.id)):
+            state[resident_id][purpose] = granted
     return state
 
 
