@@ -529,7 +529,7 @@ class Engine:
         done = run_all(conn, writes)
         if stored and not done[len(result.replies)][1]:  # the session row went away meanwhile
             _NEW_SESSION.execute(conn, values)
-        rows = [(ids[0][0], out) for (ids, _), out in zip(done, result.replies)]
+        rows = outbox.reply_ids(done, result.replies)
         return Handled(rows, resident_id=resident.id)
 
 

@@ -43,8 +43,7 @@ def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound]
         return []
     if isinstance(conn, Session):
         conn = conn.connection()
-    done = run_all(conn, reply_statements(identity, replies, claimed_by=claimed_by, now=now))
-    return [(ids[0][0], out) for (ids, _), out in zip(done, replies)]
+    return reply_ids(run_all(conn, reply_statements(identity, replies, claimed_by=claimed_by, now=now)), replies)
 
 
 def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, claimed_by: str,
@@ -54,6 +53,12 @@ def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, 
     common = dict(channel=identity.channel, address=identity.address, resident_id=identity.resident_id,
                   claimed_by=claimed_by, until=now + REPLY_LEASE, now=now)
     return [(_INSERT_REPLY, {**common, "payload": out.to_dict()}) for out in replies]
+
+
+def reply_ids(results: list[tuple[list[tuple], int]], replies: list[Outbound]) -> list[tuple[int, Outbound]]:
+    """(outbox id, message) for each reply, from the results of run_all that begin with
+    reply_statements' (each returns its row's id)."""
+    return [(rows[0][0], out) for (rows, _), out in zip(results, replies)]
 
 
 _O = OutboxMessage.__table__

@@ -98,20 +98,21 @@ class LocalServer(ABC):
     # -- waiting for what the server saw
     def wait_for(self, predicate: Callable[[Any], Any], timeout: float = 10) -> Any:
         deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s\n{self.dump()}")
+        while (result := self._met(predicate, deadline, timeout)) is None:
             time.sleep(0.01)
+        return result
 
     async def async_wait_for(self, predicate: Callable[[Any], Any], timeout: float = 10) -> Any:
         deadline = time.monotonic() + timeout
-        while True:
-            result = predicate(self)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s\n{self.dump()}")
+        while (result := self._met(predicate, deadline, timeout)) is None:
             await asyncio.sleep(0.01)
+        return result
+
+    def _met(self, predicate: Callable[[Any], Any], deadline: float, timeout: float) -> Any:
+        """The predicate's result when true, None while there is time left to wait; an error after."""
+        result = predicate(self)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s\n{self.dump()}")
+        return None
