@@ -86,12 +86,15 @@ class AuditLog(SQLModel, table=True):
 
 
 class ProcessedInbound(SQLModel, table=True):
-    """Inbound ids already handled (Telegram update_id, Twilio MessageSid): retries are ignored."""
+    """Inbound ids already handled (Telegram update_id, Twilio MessageSid): retries are ignored.
+    One B-tree (SQLite: WITHOUT ROWID; no index on `at`, which only the hourly purge reads):
+    every conversation step inserts a row here (migration 0009)."""
 
     __tablename__ = "processed_inbound"
+    __table_args__ = {"sqlite_with_rowid": False}
     channel: str = Field(max_length=16, primary_key=True)
     external_id: str = Field(max_length=64, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(default_factory=utcnow)
 
 
 class OutboxMessage(SQLModel, table=True):

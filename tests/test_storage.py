@@ -63,6 +63,62 @@ def test_migrations_apply_from_empty_through_the_cli(db_url, tmp_path):
         engine.dispose()
 
 
+def test_migration_0009_keeps_the_seen_inbound_ids_in_one_btree(db_url, make_settings):
+    """0009 rebuilds processed_inbound (SQLite: WITHOUT ROWID) and drops its `at` index: the ids
+    already seen survive the upgrade and the way back, a re-delivered update is still ignored,
+    and the hourly purge still deletes week-old ids."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from bot.app import build_app
+    from bot.scheduler import JOBS
+    from storage.models import ProcessedInbound
+
+    engine = make_engine(db_url)
+    old = utcnow() - timedelta(days=8)
+    try:
+        upgrade(engine, "0008")
+        with transaction(engine) as db:
+            db.add(ProcessedInbound(channel="telegram", external_id="u1", at=utcnow()))
+            db.add(ProcessedInbound(channel="telegram", external_id="u0", at=old))
+        upgrade(engine)
+        names = {ix["name"] for ix in inspect(engine).get_indexes("processed_inbound")}
+        assert "ix_processed_inbound_at" not in names
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'processed_inbound'")).scalar()
+            assert sql.rstrip().upper().endswith("WITHOUT ROWID")
+        with transaction(engine) as db:
+            assert sorted(r.external_id for r in db.exec(select(ProcessedInbound))) == ["u0", "u1"]
+
+        app = build_app(make_settings(database_url=db_url))
+        try:
+            seen = Inbound(channel="telegram", address="555", kind=Kind.TEXT, text="merhaba", external_id="u1")
+            assert app.engine.handle(seen).duplicate
+            fresh = Inbound(channel="telegram", address="555", kind=Kind.TEXT, text="merhaba", external_id="u2")
+            assert not app.engine.handle(fresh).duplicate
+            housekeeping = next(factory(app) for factory in JOBS if factory.__name__ == "housekeeping")
+            import asyncio
+
+            asyncio.run(housekeeping.run())
+            with transaction(engine) as db:
+                assert sorted(r.external_id for r in db.exec(select(ProcessedInbound))) == ["u1", "u2"]
+        finally:
+            app.db.dispose()
+
+        cfg = alembic_config(db_url)
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0008")
+            conn.commit()
+        names = {ix["name"] for ix in inspect(engine).get_indexes("processed_inbound")}
+        assert "ix_processed_inbound_at" in names
+        with transaction(engine) as db:
+            assert sorted(r.external_id for r in db.exec(select(ProcessedInbound))) == ["u1", "u2"]
+    finally:
+        engine.dispose()
+
+
 # ---------------------------------------------------------------- SQLite settings
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
     engine = make_engine(sqlite_url)
