@@ -145,7 +145,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         if len(found) != 1:
             return Invalid("engine.choose")
         msg.choice = found[0]
-    repo.update_resident(ctx.db, ctx.resident, locale=msg.choice.removeprefix("lang:"))
+    ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     return Go("onboarding.notice", keep=True)
 
 
@@ -190,7 +190,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def finish_onboarding(ctx: Ctx) -> Transition:
-    repo.update_resident(ctx.db, ctx.resident, onboarded_at=ctx.now)
+    ctx.update_resident(onboarded_at=ctx.now)
     payload = ctx.data.get("payload", "")
     granted = [p for p, ok in ctx.consents().items() if ok]
     if granted:
@@ -254,7 +254,7 @@ def language_pick(ctx: Ctx) -> None:
 def _(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("engine.choose")
-    repo.update_resident(ctx.db, ctx.resident, locale=msg.choice.removeprefix("lang:"))
+    ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     ctx.say(ctx.t("language.changed"))
     return Go(IDLE)
 
@@ -304,7 +304,7 @@ def _set_mahalle(ctx: Ctx, key: str) -> Transition:
     hood = ctx.catalog.neighbourhood(key)
     if hood is None:
         return Invalid("mahalle.not_found")
-    repo.update_resident(ctx.db, ctx.resident, mahalle=hood.key)
+    ctx.update_resident(mahalle=hood.key)
     ctx.say(ctx.t("mahalle.saved", mahalle=hood.name))
     return _after_mahalle(ctx)
 

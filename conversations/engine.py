@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Protocol
 
-from sqlalchemy import and_, bindparam
+from sqlalchemy import and_, bindparam, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.engine import Connection, Engine as DbEngine
 from sqlmodel import Session, select
 
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
 from storage import outbox, repo
-from storage.db import transaction, utcnow
-from storage.fastsql import Prepared, attach, run_all
+from storage.db import utcnow
+from storage.fastsql import Prepared, detached, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
 
 log = logging.getLogger(__name__)
@@ -207,16 +208,33 @@ class EngineConfig:
 
 @dataclass
 class Ctx:
-    db: Session
     config: EngineConfig
     resident: Resident
     identity: ChannelIdentity  # read only (a plain copy of the row): channel, address, resident_id
     state: str
     data: dict[str, Any]
     now: datetime
+    conn: Connection | None = None  # the step's connection, inside the step's transaction
+    session: Session | None = None  # the step's ORM session: opened by the first use of ctx.db
     replies: list[Outbound] = field(default_factory=list)
     erase: bool = False             # set by the data-deletion step; the runtime erases after the step
     _consents: dict[str, bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.conn is None:
+            self.conn = self.session.connection()
+
+    @property
+    def db(self) -> Session:
+        """The ORM session of this step, in the step's transaction. Opened when a state first uses
+        it: the common steps (a prompt, a choice, a profile change) never pay for one."""
+        if self.session is None:
+            self.session = step_session(self.conn)
+            self.session.add(self.resident)
+        return self.session
+
+    def update_resident(self, **values: Any) -> None:
+        repo.update_resident(self.conn, self.resident, **values)
 
     # -- language
     @property
@@ -269,7 +287,7 @@ class Ctx:
     # -- consent
     def consents(self) -> dict[str, bool]:
         if self._consents is None:
-            self._consents = repo.current_consents(self.db, self.resident.id)
+            self._consents = repo.current_consents(self.conn, self.resident.id)
         return self._consents
 
     def consented(self, purpose: str) -> bool:
@@ -461,20 +479,58 @@ class Engine:
         self.db = db
         self.config = config
         self.worker_id = worker_id
+        # Each thread that runs steps keeps one connection between steps (a pool checkout and
+        # return cost more than a step's own statements on SQLite); Engine.dispose releases them.
+        self._held: dict[int, Connection] = {}
+        self._held_lock = threading.Lock()
+        event.listen(db, "engine_disposed", lambda _db: self.release())
 
     def handle(self, msg: Inbound, inbox_id: int | None = None) -> Handled:
         """Run one step for one inbound message, in one transaction (which also removes the
         message from the inbox when it was queued there)."""
-        with transaction(self.db) as db:
-            if inbox_id is not None:
-                from storage import inbox
+        conn = self._connection()
+        try:
+            with conn.begin():  # commits at the end of the block, rolls back on an error
+                if inbox_id is not None:
+                    from storage import inbox
 
-                inbox.done(db, inbox_id)
-            return self._handle(db, msg)
+                    inbox.done(conn, inbox_id)
+                return self._handle(conn, msg)
+        except BaseException:
+            self._drop(conn)  # the next step starts on a fresh connection (a restarted database)
+            raise
 
-    def _handle(self, db: Session, msg: Inbound) -> Handled:
+    def _connection(self) -> Connection:
+        key = threading.get_ident()
+        conn = self._held.get(key)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.db.connect()
+            with self._held_lock:
+                self._held[key] = conn
+        return conn
+
+    def _drop(self, conn: Connection) -> None:
+        with self._held_lock:
+            if self._held.get(threading.get_ident()) is conn:
+                del self._held[threading.get_ident()]
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001  (already broken: the pool discards it)
+            log.debug("closing a failed step's connection", exc_info=True)
+
+    def release(self) -> None:
+        """Return every held connection to the pool (at shutdown, and when the database engine
+        is disposed)."""
+        with self._held_lock:
+            held, self._held = list(self._held.values()), {}
+        for conn in held:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                log.debug("releasing a held connection", exc_info=True)
+
+    def _handle(self, conn: Connection, msg: Inbound) -> Handled:
         now = utcnow()
-        conn = db.connection()  # the hot path's own statements skip the ORM's unit of work
         where = {"channel": msg.channel, "address": msg.address}
         if msg.external_id:  # recorded and loaded in one round trip (PostgreSQL)
             seen = {"channel": msg.channel, "external_id": msg.external_id[:64], "at": now}
@@ -483,15 +539,25 @@ class Engine:
                 return Handled([], duplicate=True)
         else:
             loaded = _LOAD_LOCKED.execute(conn, where)
-        identity, resident, session = _load_locked(db, conn, where, loaded[0])
+        identity, resident, session = _load_locked(conn, where, loaded[0])
+        opened = None
         if identity is None:
-            identity, resident = repo.identity_for(db, msg.channel, msg.address, msg.language_hint,
+            opened = step_session(conn)
+            identity, resident = repo.identity_for(opened, msg.channel, msg.address, msg.language_hint,
                                                    msg.display_name, self.config.default_locale)
         stored = session is not None
         if not stored:
             session = _Stored(IDLE, {}, None)
-        ctx = Ctx(db=db, config=self.config, resident=resident, identity=identity, state=session.state,
-                  data=session.data or {}, now=now)  # freshly decoded from the row: the step's own
+        ctx = Ctx(config=self.config, resident=resident, identity=identity, state=session.state,
+                  data=session.data or {}, now=now, conn=conn, session=opened)  # data: freshly decoded, the step's own
+        try:
+            return self._finish(ctx, msg, session, stored)
+        finally:
+            if ctx.session is not None:
+                ctx.session.close()  # the transaction stays open: handle() commits it
+
+    def _finish(self, ctx: Ctx, msg: Inbound, session: "_Stored", stored: bool) -> Handled:
+        now, conn, identity, resident = ctx.now, ctx.conn, ctx.identity, ctx.resident
         expired = (session.state != IDLE and session.updated_at is not None
                    and now - _aware(session.updated_at) > self.config.session_expiry)
         if expired:
@@ -504,8 +570,7 @@ class Engine:
                 result = step(ctx, msg)
         else:
             result = step(ctx, msg)
-        if db.new or db.dirty or db.deleted:
-            db.flush()  # what the step changed through the ORM goes first (foreign keys)
+        _flush(ctx)  # what the step changed through the ORM goes first (foreign keys)
         # Claimed under a name of their own: a dispatcher stopping in this process releases its own
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
         claimed_by = f"{self.worker_id}/direct"
@@ -513,9 +578,10 @@ class Engine:
             rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
             from conversations.core import erase_resident
 
-            erase_resident(db, resident.id, actor=f"resident:{resident.id}")
+            erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}")
             # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
-            outbox.erase_resident(db, resident.id, keep_ids=[row_id for row_id, _ in rows])
+            outbox.erase_resident(ctx.db, resident.id, keep_ids=[row_id for row_id, _ in rows])
+            _flush(ctx)
             return Handled(rows, resident_id=resident.id)
         # The replies, the session and (when due) the last inbound time: one round trip (PostgreSQL).
         writes = outbox.reply_statements(identity, result.replies, claimed_by=claimed_by, now=now)
@@ -531,6 +597,24 @@ class Engine:
             _NEW_SESSION.execute(conn, values)
         rows = outbox.reply_ids(done, result.replies)
         return Handled(rows, resident_id=resident.id)
+
+
+def step_session(conn: Connection) -> Session:
+    """An ORM session inside the transaction `conn` is in: it neither begins nor commits it (the
+    step does), and an error that rolls the session back rolls the step back."""
+    return Session(bind=conn, expire_on_commit=False, join_transaction_mode="rollback_only")
+
+
+def _flush(ctx: Ctx) -> None:
+    """Write what the step changed through the ORM; a session rolled back by an error the step
+    caught must not let the step's own writes commit on their own."""
+    db = ctx.session
+    if db is None:
+        return
+    if not db.is_active or not ctx.conn.in_transaction():
+        raise RuntimeError("the step's transaction was rolled back by an error")
+    if db.new or db.dirty or db.deleted:
+        db.flush()
 
 
 @dataclass
@@ -573,13 +657,14 @@ _NEW_SESSION = Prepared(_S.insert().values(resident_id=bindparam("rid"), state=b
                                            data=bindparam("data"), updated_at=bindparam("now"), version=1))
 
 
-def _load_locked(db: Session, conn, where: dict[str, str], rows: list[tuple]):
+def _load_locked(conn, where: dict[str, str], rows: list[tuple]):
     """Identity, resident and session from one query (`rows`: _LOAD_LOCKED's), the resident and session rows locked until
     commit (PostgreSQL: FOR UPDATE OF both, so one resident's steps run one at a time across
     workers, and a step that waited for the lock reads the session as the previous step left it;
     SQLite's BEGIN IMMEDIATE already serialises writers). A resident without a session yet (their
-    first message) takes a second query. The resident becomes an ORM object of the step's session
-    (storage.fastsql.attach: states change it); the identity and the session stay plain."""
+    first message) takes a second query. The resident becomes an ORM object, detached until a
+    state opens the step's ORM session (storage.fastsql.detached); the identity and the session
+    stay plain."""
     stored = None
     if rows:
         row = rows[0]
@@ -590,7 +675,7 @@ def _load_locked(db: Session, conn, where: dict[str, str], rows: list[tuple]):
             return None, None, None
         row = rows[0]
     identity = SimpleNamespace(**dict(zip(_I_KEYS, row)))  # read only: the step writes it with _SEEN
-    resident = attach(db, Resident, zip(_R_KEYS, row[len(_I_KEYS):]))
+    resident = detached(Resident, zip(_R_KEYS, row[len(_I_KEYS):]))
     if stored is None:
         found, _ = _LOAD_SESSION.execute(conn, {"rid": resident.id})
         stored = _Stored(*found[0]) if found else None

@@ -7,7 +7,7 @@ five of these (bench/inbound.py measures the whole step). `Prepared` compiles a 
 processors, so values are stored exactly as the ORM stores them (UTCDateTime, JSON); errors come
 out as SQLAlchemy's exceptions (`sqlalchemy.exc.OperationalError` for a locked or restarted
 database), and a connection the server dropped is invalidated as SQLAlchemy would.
-`attach` turns such a row into the ORM object the rest of the step works with.
+`detached` turns such a row into the ORM object the rest of the step works with.
 Everything else keeps using the ORM."""
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import SQLModel
 
@@ -111,20 +110,26 @@ def _result(plan: _Plan, cursor) -> tuple[list[tuple], int]:
     return rows, cursor.rowcount
 
 
-def attach(session: Session, model: type[SQLModel], values: Iterable[tuple[str, Any]]) -> Any:
-    """The ORM object of a row read with `Prepared` (all its columns), persistent in `session` as if
-    the ORM had loaded it: changes to it are flushed, and session.get returns it. An object the
-    session already holds for that row wins (it may carry changes)."""
+def detached(model: type[SQLModel], values: Iterable[tuple[str, Any]]) -> Any:
+    """The ORM object of a row read with `Prepared` (all its columns), detached as if a session
+    had loaded it and closed: its columns read without a query, and `session.add` makes it
+    persistent in a session (its changes are then flushed, session.get returns it)."""
     if not model.__mapper__.configured:
         configure_mappers()
     obj = model._sa_class_manager.new_instance()
     obj.__dict__.update(values)
     make_transient_to_detached(obj)
-    held = session.identity_map.get(instance_state(obj).key)
-    if held is not None:
-        return held
-    session.add(obj)
     return obj
+
+
+def connection_of(db: Session | Connection) -> Connection:
+    """The Connection of a Session's transaction (its pending changes flushed first, as a query
+    through the session would), or the Connection itself."""
+    if isinstance(db, Connection):
+        return db
+    if db.new or db.dirty or db.deleted:
+        db.flush()
+    return db.connection()
 
 
 def begin_immediate(conn: Connection) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, delete
+from sqlalchemy import JSON, Column, bindparam, delete
+from sqlalchemy.engine import Connection
 from sqlmodel import Field, Session, SQLModel, select
 
 from conversations.messages import Inbound, Kind, Media
 from storage.db import utcnow
+from storage.fastsql import Prepared, connection_of
 
 
 class InboundQueue(SQLModel, table=True):
@@ -29,8 +31,8 @@ def persist(db: Session, msg: Inbound) -> int:
     return row.id
 
 
-def done(db: Session, row_id: int) -> None:
-    db.exec(delete(InboundQueue).where(InboundQueue.id == row_id))
+def done(db: Session | Connection, row_id: int) -> None:
+    _DONE.execute(connection_of(db), {"id": row_id})
 
 
 def stale(db: Session, older_than: timedelta, limit: int = 100) -> list[tuple[int, Inbound]]:
@@ -47,3 +49,6 @@ def from_dict(d: dict[str, Any]) -> Inbound:
     if d.get("received_at"):
         d["received_at"] = datetime.fromisoformat(d["received_at"])
     return Inbound(**d)
+
+
+_DONE = Prepared(delete(InboundQueue).where(InboundQueue.id == bindparam("id")))

@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import bindparam, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from storage.db import utcnow
-from storage.fastsql import Prepared
+from storage.fastsql import Prepared, connection_of
 from storage.models import (
     CONSENT_PURPOSES,
     AuditLog,
@@ -53,15 +54,16 @@ def identities_of(db: Session, resident_id: int) -> list[ChannelIdentity]:
     return list(db.exec(select(ChannelIdentity).where(ChannelIdentity.resident_id == resident_id)))
 
 
-def update_resident(db: Session, resident: Resident, **values: Any) -> None:
-    """Change columns of a resident the session holds: one UPDATE now, and the object shows the
-    new values without the unit of work's flush (a conversation step changes the profile often)."""
+def update_resident(db: Session | Connection, resident: Resident, **values: Any) -> None:
+    """Change columns of a resident: one UPDATE now, and the object shows the new values without
+    the unit of work's flush (a conversation step changes the profile often; `db` may be the
+    step's connection, with no ORM session open)."""
     keys = tuple(sorted(values))
     stmt = _RESIDENT_UPDATES.get(keys)
     if stmt is None:
         stmt = _RESIDENT_UPDATES[keys] = Prepared(update(Resident).where(Resident.id == bindparam("rid"))
                                                   .values({k: bindparam(k) for k in keys}))
-    stmt.execute(db.connection(), {"rid": resident.id, **values})
+    stmt.execute(connection_of(db), {"rid": resident.id, **values})
     for key, value in values.items():
         set_committed_value(resident, key, value)
 
@@ -69,15 +71,16 @@ def update_resident(db: Session, resident: Resident, **values: Any) -> None:
 _RESIDENT_UPDATES: dict[tuple[str, ...], Prepared] = {}
 
 
-def current_consents(db: Session, resident_id: int) -> dict[str, bool]:
+def current_consents(db: Session | Connection, resident_id: int) -> dict[str, bool]:
     state = {p: False for p in CONSENT_PURPOSES}
-    for purpose, granted in db.execute(_CONSENTS_OF, {"rid": resident_id}):  # the latest record wins
-        state[purpose] = granted
+    rows, _ = _CONSENTS_OF.execute(connection_of(db), {"rid": resident_id})
+    for purpose, granted in rows:  # the latest record wins
+        state[purpose] = bool(granted)
     return state
 
 
-_CONSENTS_OF = (select(ConsentRecord.purpose, ConsentRecord.granted)
-                .where(ConsentRecord.resident_id == bindparam("rid")).order_by(ConsentRecord.id))
+_CONSENTS_OF = Prepared(select(ConsentRecord.purpose, ConsentRecord.granted)
+                        .where(ConsentRecord.resident_id == bindparam("rid")).order_by(ConsentRecord.id))
 
 
 def current_consents_many(db: Session, resident_ids) -> dict[int, dict[str, bool]]:

@@ -418,7 +418,7 @@ def test_hostile_input_at_every_state(make_app, figure):
                 for label, kind, value in HOSTILE:
                     nested = db.begin_nested()
                     try:
-                        ctx = Ctx(db=db, config=app.engine.config, resident=resident, identity=identity, state=name,
+                        ctx = Ctx(session=db, config=app.engine.config, resident=resident, identity=identity, state=name,
                                   data={}, now=utcnow())
                         msg = Inbound(channel="console", address=address, kind=kind,
                                       text=value if kind == Kind.TEXT else f"/{value}",

@@ -119,6 +119,46 @@ def test_migration_0009_keeps_the_seen_inbound_ids_in_one_btree(db_url, make_set
         engine.dispose()
 
 
+def test_steps_keep_a_connection_per_thread_and_give_it_back_on_dispose(make_app, db_url):
+    """Each thread that runs steps keeps one connection between steps (no pool checkout per
+    message); disposing of the database engine closes them, so nothing stays connected."""
+    app = make_app(database_url=db_url)
+    threads = [threading.Thread(target=lambda n=n: [Chat(app, address=f"t{n}").cmd("start") for _ in range(3)])
+               for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = list(app.engine._held.values())
+    assert len(held) == 3 and all(not conn.closed for conn in held)
+    app.db.dispose()
+    assert all(conn.closed for conn in held) and app.engine._held == {}
+    app.db.dispose()  # twice is harmless
+
+
+def test_a_connection_the_server_dropped_is_replaced_by_the_next_step(make_app, pg_url):
+    """PostgreSQL restarted (here: the backend of the held connection terminated): the step that
+    meets the dead connection fails (the channel adapters run it again, DB_RETRY_DELAYS), the
+    next one runs on a fresh connection and nothing of the failed one was committed."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    app = make_app(database_url=pg_url)
+    chat = Chat(app)
+    chat.text("merhaba")
+    held = app.engine._held[threading.get_ident()]
+    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    held.rollback()
+    with app.db.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(OperationalError):
+        chat.choose("lang:tr")
+    assert chat.state == "onboarding.language"
+    chat.choose("lang:tr")
+    assert chat.state == "onboarding.notice"
+    assert app.engine._held[threading.get_ident()] is not held
+
+
 # ---------------------------------------------------------------- SQLite settings
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
     engine = make_engine(sqlite_url)
