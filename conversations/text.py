@@ -44,15 +44,16 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
         return []
     exact, prefix, contains = [], [], []
     q_words = q.split()
+    first = q_words[0]
     for key, names in options:
         rank = 3
-        for f in _folded(tuple(names)):
+        for f, words in _folded(tuple(names)):
             if f == q:
                 rank = 0
                 break
             if rank > 1 and f.startswith(q):
                 rank = 1
-            elif rank > 2 and (q in f or _words_match(q_words, f.split())):
+            elif rank > 2 and (q in f or (words[0].startswith(first) and _words_match(q_words, words))):
                 rank = 2
         if rank < 3:
             (exact, prefix, contains)[rank].append(key)
@@ -62,8 +63,9 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
 
 
 @lru_cache(maxsize=4096)
-def _folded(names: tuple[str, ...]) -> list[str]:
-    return [fold(n) for n in names if n]
+def _folded(names: tuple[str, ...]) -> tuple[tuple[str, list[str]], ...]:
+    """Each name folded, with its words (a name that folds to nothing is left out)."""
+    return tuple((f, f.split()) for f in map(fold, names) if f)
 
 
 def _words_match(q_words: list[str], words: list[str]) -> bool:
