@@ -33,7 +33,7 @@ from sqlmodel import Session, select
 from conversations.i18n import N_, Translator, format_when
 from conversations.messages import Attachment, Choice, Outbound
 from storage import outbox, repo
-from storage.db import utcnow
+from storage.db import one_of, utcnow
 from storage.models import Resident
 from storage.participation import (
     AVAILABILITY,
@@ -319,16 +319,17 @@ class _ReminderSubjects:
     def __init__(self, db: Session, due: list[Reminder]) -> None:
         event_ids = {r.subject_id for r in due if r.subject_kind == "event"}
         call_ids = {r.subject_id for r in due if r.subject_kind != "event"}
-        self.events = {e.id: e for e in db.exec(select(Event).where(Event.id.in_(event_ids)))} if event_ids else {}
+        self.events = {e.id: e for e in db.exec(select(Event).where(one_of(db, Event.id, event_ids)))} if event_ids else {}
         residents = {r.resident_id for r in due}
         # both IN lists: the (event_id, resident_id) unique index is probed for each pair
         self.rsvps = {(x.event_id, x.resident_id): x for x in db.exec(
-            select(Rsvp).where(Rsvp.event_id.in_(event_ids), Rsvp.resident_id.in_(residents)))} if event_ids else {}
+            select(Rsvp).where(one_of(db, Rsvp.event_id, event_ids), one_of(db, Rsvp.resident_id, residents)))
+        } if event_ids else {}
         self.calls = {c.id: c for c in db.exec(
-            select(VolunteerCall).where(VolunteerCall.id.in_(call_ids)))} if call_ids else {}
+            select(VolunteerCall).where(one_of(db, VolunteerCall.id, call_ids)))} if call_ids else {}
         self.responses = {(x.call_id, x.resident_id): x for x in db.exec(
-            select(CallResponse).where(CallResponse.call_id.in_(call_ids),
-                                       CallResponse.resident_id.in_(residents)))} if call_ids else {}
+            select(CallResponse).where(one_of(db, CallResponse.call_id, call_ids),
+                                       one_of(db, CallResponse.resident_id, residents)))} if call_ids else {}
 
 
 def _reminder_message(reminder: Reminder, now: datetime, grace: timedelta, tz: str,

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import any_, bindparam, create_engine, event
+from sqlalchemy.types import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
@@ -31,6 +32,16 @@ def utcnow() -> datetime:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def one_of(db: Session, column, values):
+    """`column IN (values)` for a batch of ids; on PostgreSQL `column = ANY(:array)`, one parameter
+    whatever the batch's size, so the statement's text is the same for every batch (psycopg
+    converts it once, the server plans a short statement)."""
+    values = list(values)
+    if db.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL") -> Engine:

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
-from storage.db import utcnow
+from storage.db import one_of, utcnow
 from storage.fastsql import Prepared, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
@@ -99,11 +99,11 @@ def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, s
     ids = {rid for rid, _ in items}
     if not ids:
         return set()
-    locales = dict(db.exec(select(Resident.id, Resident.locale).where(Resident.id.in_(ids))).all())
+    locales = dict(db.exec(select(Resident.id, Resident.locale).where(one_of(db, Resident.id, ids))).all())
     best: dict[int, tuple[str, str]] = {}  # resident → (channel, address) used last and reachable
     for rid, channel, address in db.execute(
             select(ChannelIdentity.resident_id, ChannelIdentity.channel, ChannelIdentity.address)
-            .where(ChannelIdentity.resident_id.in_(ids), ChannelIdentity.unreachable == False)  # noqa: E712
+            .where(one_of(db, ChannelIdentity.resident_id, ids), ChannelIdentity.unreachable == False)  # noqa: E712
             .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
         best.setdefault(rid, (channel, address))
     now = utcnow()

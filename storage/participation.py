@@ -19,7 +19,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, func, update
 from sqlmodel import Field, Session, SQLModel, select
 
-from storage.db import utcnow
+from storage.db import one_of, utcnow
 
 EVENT_TYPES = ("panel", "konferans", "atolye", "odak_grup", "sosyo_kulturel", "other")
 AVAILABILITY = ("weekdays", "weekends", "evenings")
@@ -225,7 +225,7 @@ def settle_reminders(db: Session, reminder_ids: list[int], status: str, now: dat
     values: dict[str, Any] = {"status": status, "note": note[:64]}
     if status == "sent":
         values["sent_at"] = now
-    result = db.exec(update(Reminder).where(Reminder.id.in_(reminder_ids))
+    result = db.exec(update(Reminder).where(one_of(db, Reminder.id, reminder_ids))
                      .values(**values).execution_options(synchronize_session=False))
     return result.rowcount or 0
 

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from storage.db import utcnow
+from storage.db import one_of, utcnow
 from storage.fastsql import Prepared, connection_of
 from storage.models import (
     CONSENT_PURPOSES,
@@ -90,7 +90,7 @@ def current_consents_many(db: Session, resident_ids) -> dict[int, dict[str, bool
     if ids:
         for resident_id, purpose, granted in db.execute(
                 select(ConsentRecord.resident_id, ConsentRecord.purpose, ConsentRecord.granted)
-                .where(ConsentRecord.resident_id.in_(ids)).order_by(ConsentRecord.id)):
+                .where(one_of(db, ConsentRecord.resident_id, ids)).order_by(ConsentRecord.id)):
             state[resident_id][purpose] = granted
     return state
 
