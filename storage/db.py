@@ -19,7 +19,7 @@ from storage.fastsql import begin_immediate
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _json(value) -> str:
+def json_text(value) -> str:
     """JSON columns as compact UTF-8 text ("Kozağaç", not "Koza\\u011fa\\u00e7"): a conversation's
     stored choices take about half the bytes, so fewer pages are written per step."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -53,7 +53,7 @@ def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
-        engine = create_engine(url, json_serializer=_json,
+        engine = create_engine(url, json_serializer=json_text,
                                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -72,7 +72,7 @@ def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL
             begin_immediate(conn)
 
         return engine
-    return create_engine(url, json_serializer=_json, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, json_serializer=json_text, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
-from storage.db import one_of, utcnow
+from storage.db import json_text, one_of, utcnow
 from storage.fastsql import Prepared, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
@@ -117,8 +117,21 @@ def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, s
                            priority=priority, payload=out.to_dict(), status="pending", attempts=0,
                            available_at=now, created_at=now, claimed_by="", error="", provider_id=""))
     if values:
-        db.execute(insert(OutboxMessage.__table__), values)
+        insert_rows(db, values)
     return {v["resident_id"] for v in values}
+
+
+def insert_rows(db: Session, values: list[dict]) -> None:
+    """Outbox rows with the same keys, in one statement: on PostgreSQL one JSON parameter
+    (json_populate_recordset), as a hundred pipelined INSERTs cost about twice as much; on SQLite,
+    in process, executemany is already cheap."""
+    if db.get_bind().dialect.name != "postgresql":
+        db.execute(insert(OutboxMessage.__table__), values)
+        return
+    columns = ", ".join(values[0])
+    rows = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()} for row in values]
+    db.execute(text(f"INSERT INTO outbox ({columns}) SELECT {columns} "
+                    f"FROM json_populate_recordset(NULL::outbox, CAST(:rows AS json))"), {"rows": json_text(rows)})
 
 
 def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelta,

@@ -376,6 +376,41 @@ def test_outbox_enqueue_and_claim(db_url):
     engine.dispose()
 
 
+def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_url):
+    """outbox.notify_residents (reminders, calls, notifications in batches) writes its rows in one
+    statement (PostgreSQL: one JSON parameter): the dispatcher reads them back exactly, in each
+    resident's language, on the identity they wrote from last; the unreachable are left out."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    try:
+        with transaction(engine) as db:
+            ids = []
+            for n, (locale, unreachable) in enumerate([("tr", False), ("ar", False), ("en", True)]):
+                identity, resident = repo.identity_for(db, "telegram", f"90{n}", default_locale=locale)
+                identity.unreachable = unreachable
+                ids.append(resident.id)
+            db.flush()
+            before = utcnow()
+
+            def build(t, lang):
+                return Outbound(f"{lang}: Kozağaç «{t('common.back')}»", [Choice("ev:1:c", t("common.back"))])
+
+            reached = outbox.notify_residents(db, [(rid, build) for rid in ids], kind="reminder")
+        assert reached == set(ids[:2])
+        with transaction(engine) as db:
+            rows = outbox.claim(db, "w1", "telegram", 10, timedelta(seconds=30))
+            assert sorted((r.address, r.kind, r.status, r.attempts, r.resident_id) for r in rows) == [
+                ("900", "reminder", "sending", 1, ids[0]), ("901", "reminder", "sending", 1, ids[1])]
+            payloads = {r.address: r.payload for r in rows}
+            assert payloads["900"]["text"].startswith("tr: Kozağaç «") and payloads["901"]["text"].startswith("ar: ")
+            assert payloads["900"]["choices"][0]["key"] == "ev:1:c"
+            for r in rows:
+                assert r.available_at.utcoffset() == timedelta(0) and abs(r.available_at - before) < timedelta(seconds=5)
+                assert (r.priority, r.claimed_by, r.error, r.provider_id, r.delivery_status) == (3, "w1", "", "", "")
+    finally:
+        engine.dispose()
+
+
 def test_outbox_claims_from_two_sessions_are_disjoint_on_postgres(pg_url):
     engine = make_engine(pg_url)
     upgrade(engine)
