@@ -333,7 +333,7 @@ def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
     exact = [k for k, label in choices if fold(label) == typed]
     if exact:
         return _as_choice(msg, exact[0])
-    if len(found) == 1 and len(fold(text)) >= 3:
+    if len(found) == 1 and len(typed) >= 3:
         return _as_choice(msg, found[0])
     return msg
 

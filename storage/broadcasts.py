@@ -33,7 +33,7 @@ from sqlmodel import Session
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Outbound
 from storage import repo
-from storage.db import transaction, utcnow
+from storage.db import is_postgres, transaction, utcnow
 from storage.models import AuditLog, Broadcast, ChannelIdentity, ConsentRecord, OutboxMessage, Resident
 from storage.outbox import PRIORITY_BROADCAST, PRIORITY_NOTIFICATION, broadcast_progress, enqueue
 
@@ -348,7 +348,7 @@ def fan_out(db_engine: DbEngine, broadcast_id: int, worker_id: str, *, chunk: in
 
 def _lock(db: Session, broadcast_id: int) -> Broadcast | None:
     query = select(Broadcast).where(Broadcast.id == broadcast_id).execution_options(populate_existing=True)
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         query = query.with_for_update()
     return db.exec(query).scalars().first()
 

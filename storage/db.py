@@ -34,12 +34,17 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def is_postgres(db: Session) -> bool:
+    """The session's database is PostgreSQL (statements with a PostgreSQL form of their own)."""
+    return db.get_bind().dialect.name == "postgresql"
+
+
 def one_of(db: Session, column, values):
     """`column IN (values)` for a batch of ids; on PostgreSQL `column = ANY(:array)`, one parameter
     whatever the batch's size, so the statement's text is the same for every batch (psycopg
     converts it once, the server plans a short statement)."""
     values = list(values)
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)
 

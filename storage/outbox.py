@@ -13,8 +13,8 @@ from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
 from conversations.messages import Outbound
-from storage.db import json_text, one_of, utcnow
-from storage.fastsql import Prepared, run_all
+from storage.db import is_postgres, json_text, one_of, utcnow
+from storage.fastsql import Prepared, connection_of, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
 REPLY_LEASE = timedelta(seconds=30)
@@ -41,9 +41,7 @@ def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound]
     replies = list(replies)
     if not replies:
         return []
-    if isinstance(conn, Session):
-        conn = conn.connection()
-    return reply_ids(run_all(conn, reply_statements(identity, replies, claimed_by=claimed_by, now=now)), replies)
+    return reply_ids(run_all(connection_of(conn), reply_statements(identity, replies, claimed_by=claimed_by, now=now)), replies)
 
 
 def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, claimed_by: str,
@@ -125,7 +123,7 @@ def insert_rows(db: Session, values: list[dict]) -> None:
     """Outbox rows with the same keys, in one statement: on PostgreSQL one JSON parameter
     (json_populate_recordset), as a hundred pipelined INSERTs cost about twice as much; on SQLite,
     in process, executemany is already cheap."""
-    if db.get_bind().dialect.name != "postgresql":
+    if not is_postgres(db):
         db.execute(insert(OutboxMessage.__table__), values)
         return
     columns = ", ".join(values[0])
@@ -145,7 +143,7 @@ def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelt
              .order_by(OutboxMessage.priority, OutboxMessage.id).limit(limit))
     if address is not None:
         query = query.where(OutboxMessage.address == address)
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         query = query.with_for_update(skip_locked=True)
     rows = list(db.exec(query))
     for row in rows:
@@ -298,7 +296,7 @@ class Reservation:
 
 
 def _ensure_rate_row(db: Session, channel: str) -> None:
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         db.exec(text("INSERT INTO channel_rate (channel, tat) VALUES (:c, clock_timestamp()) "
                      "ON CONFLICT (channel) DO NOTHING"), params={"c": channel})
     elif db.get(ChannelRate, channel) is None:
@@ -320,7 +318,7 @@ def reserve_slots(db: Session, channel: str, k: int, rate: float) -> Reservation
     channel is paused nothing is reserved and `paused_for` says for how long."""
     interval = 1.0 / rate
     span = k * interval
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgres(db):
         for _ in range(2):
             row = db.exec(_PG_RESERVE, params={"c": channel, "span": span}).first()
             if row is not None:

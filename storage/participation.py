@@ -19,7 +19,7 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, func, update
 from sqlmodel import Field, Session, SQLModel, select
 
-from storage.db import one_of, utcnow
+from storage.db import is_postgres, one_of, utcnow
 
 EVENT_TYPES = ("panel", "konferans", "atolye", "odak_grup", "sosyo_kulturel", "other")
 AVAILABILITY = ("weekdays", "weekends", "evenings")
@@ -158,10 +158,6 @@ class Reminder(SQLModel, table=True):
 
 
 # ---------------------------------------------------------------- race-safe statements
-def is_postgres(db: Session) -> bool:
-    return db.get_bind().dialect.name == "postgresql"
-
-
 def lock_event(db: Session, event_id: int) -> Event | None:
     """The event row, locked until commit (PostgreSQL; SQLite's BEGIN IMMEDIATE holds the write lock)."""
     row = db.exec(select(Event).where(Event.id == event_id).with_for_update()
