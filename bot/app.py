@@ -185,10 +185,9 @@ async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, ch
     finally:
         log.info("stopping")
         if sched is not None:
-            sched.shutdown(wait=False)
             from bot.scheduler import stop_jobs
 
-            await stop_jobs(app)
+            await stop_jobs(app, sched)  # the scans under way finish first (a cancelled one logs an error)
         for channel in reversed(started):
             try:
                 await channel.stop()

@@ -53,6 +53,23 @@ def housekeeping(app) -> Job:
 
 
 _RUNNING: dict[int, list[Job]] = {}
+_IN_FLIGHT: dict[int, set[asyncio.Task]] = {}  # per app: the runs under way
+STOP_GRACE = 10.0  # seconds the runs under way at shutdown have to finish (each is one short scan)
+
+
+def _tracked(app, j: Job) -> Callable[[], Awaitable[None]]:
+    """j.run, noted while under way, so that shutdown lets it finish instead of cancelling it."""
+    runs = _IN_FLIGHT.setdefault(id(app), set())
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        runs.add(task)
+        try:
+            await j.run()
+        finally:
+            runs.discard(task)
+
+    return run
 
 
 def start_scheduler(app) -> AsyncIOScheduler:
@@ -63,7 +80,7 @@ def start_scheduler(app) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
     jobs = [j for j in (factory(app) for factory in JOBS) if j is not None]
     for j in jobs:
-        scheduler.add_job(j.run, "interval", seconds=j.seconds, id=j.name, name=j.name, max_instances=1,
+        scheduler.add_job(_tracked(app, j), "interval", seconds=j.seconds, id=j.name, name=j.name, max_instances=1,
                           coalesce=True, next_run_time=utcnow(), misfire_grace_time=None)
     scheduler.start()
     _RUNNING[id(app)] = jobs
@@ -71,7 +88,17 @@ def start_scheduler(app) -> AsyncIOScheduler:
     return scheduler
 
 
-async def stop_jobs(app) -> None:
+async def stop_jobs(app, scheduler: AsyncIOScheduler | None = None) -> None:
+    """Shutdown: with `scheduler`, no new runs start, the runs under way finish (at most STOP_GRACE
+    seconds; the scheduler's shutdown cancels what is left), then the scheduler stops; then each
+    job's own stop (the outbox dispatcher's)."""
+    if scheduler is not None:
+        scheduler.pause()
+        runs = _IN_FLIGHT.get(id(app), set())
+        if runs:
+            await asyncio.wait(set(runs), timeout=STOP_GRACE)
+        scheduler.shutdown(wait=False)
+    _IN_FLIGHT.pop(id(app), None)
     for j in _RUNNING.pop(id(app), []):
         if j.stop is not None:
             await j.stop()

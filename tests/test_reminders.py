@@ -156,6 +156,35 @@ async def test_reminder_delivered_through_telegram_at_the_right_time(make_app):
             await channel.stop()
 
 
+async def test_shutdown_lets_a_scan_under_way_finish(make_app, caplog):
+    """SIGTERM while a job's scan runs (the first runs start with the scheduler): `katilim run`
+    stops the scheduler after the scan is done, not by cancelling it mid-way (which APScheduler
+    logs as the job's error, with a traceback)."""
+    from bot.scheduler import JOBS, Job, start_scheduler, stop_jobs
+
+    ran = {"started": threading.Event(), "finished": False}
+
+    def slow_scan(app) -> Job:
+        async def run() -> None:
+            ran["started"].set()
+            await asyncio.to_thread(time.sleep, 0.5)
+            ran["finished"] = True
+
+        return Job("slow-scan", 3600, run)
+
+    JOBS.append(slow_scan)
+    try:
+        app = make_app()
+        scheduler = start_scheduler(app)
+        await asyncio.to_thread(ran["started"].wait, 10)
+        await stop_jobs(app, scheduler)
+    finally:
+        JOBS.remove(slow_scan)
+    assert ran["finished"]
+    assert not scheduler.running
+    assert "raised an exception" not in caplog.text
+
+
 def katilim_run(env: dict, cwd: Path, log) -> subprocess.Popen:
     script = Path(sys.executable).parent / "katilim"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bot.cli"]
