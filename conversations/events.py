@@ -34,7 +34,7 @@ from conversations.engine import (
 )
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
-from conversations.text import truncate
+from conversations.text import record_id, truncate
 from storage.participation import EVENT_TYPES, Event
 
 COMMAND_TEXTS["events"] = N_("event.command")
@@ -111,10 +111,11 @@ def cmd_add_event(ctx: Ctx, text: str) -> Transition:
 
 
 def open_event_link(ctx: Ctx, arg: str) -> Transition:
-    if not arg.isdigit() or ctx.db.get(Event, int(arg)) is None:
+    event_id = record_id(arg)
+    if event_id is None or ctx.db.get(Event, event_id) is None:
         ctx.say(ctx.t("event.not_found"))
         return Go(IDLE)
-    return Go("event.detail", {"event_id": int(arg)})
+    return Go("event.detail", {"event_id": event_id})
 
 
 def checkin_link(ctx: Ctx, arg: str) -> Transition:
@@ -313,10 +314,11 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 def event_button(ctx: Ctx, msg: Inbound) -> Transition:
     """ev:<event>:c asks, ev:<event>:cy cancels the registration (from a reminder or a notice)."""
     parts = msg.choice.split(":")
-    if len(parts) != 3 or not parts[1].isdigit():
+    event_id = record_id(parts[1]) if len(parts) == 3 else None
+    if event_id is None:
         ctx.replies.append(Outbound(ctx.t("engine.stale_choice")))
         return Stay()
-    event_id, action = int(parts[1]), parts[2]
+    action = parts[2]
     event = ctx.db.get(Event, event_id)
     if event is None:
         ctx.replies.append(Outbound(ctx.t("event.not_found")))
@@ -345,10 +347,10 @@ def event_button(ctx: Ctx, msg: Inbound) -> Transition:
 def feedback_button(ctx: Ctx, msg: Inbound) -> Transition:
     """fb:<event>:<1-5>: the rating is saved at once; then an optional comment."""
     parts = msg.choice.split(":")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    event_id, rating = (record_id(parts[1]), record_id(parts[2])) if len(parts) == 3 else (None, None)
+    if event_id is None or rating is None:
         ctx.replies.append(Outbound(ctx.t("engine.stale_choice")))
         return Stay()
-    event_id, rating = int(parts[1]), int(parts[2])
     result = P.record_rating(ctx.db, event_id, ctx.resident.id, rating, ctx.now)
     if result != "ok":
         ctx.replies.append(Outbound(ctx.t(N_("event.feedback.not_attended") if result == "not_attended"

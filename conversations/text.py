@@ -72,6 +72,16 @@ def _words_match(q_words: list[str], words: list[str]) -> bool:
     return len(q_words) <= len(words) and all(w.startswith(q) for q, w in zip(q_words, words))
 
 
+_RECORD_ID = re.compile(r"[0-9]{1,18}")
+
+
+def record_id(text: str) -> int | None:
+    """A record id typed or carried in a button key ("12" in "ev:12:c", "/start ev_12"), or None:
+    ASCII digits only ("²".isdigit() is true, int("²") fails) and at most 18 of them, so any
+    id fits the databases' 64-bit integers (a longer one names no record)."""
+    return int(text) if _RECORD_ID.fullmatch(text or "") else None
+
+
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
 

@@ -26,7 +26,7 @@ from conversations.engine import (
 )
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
-from conversations.text import match_options, truncate
+from conversations.text import match_options, record_id, truncate
 from storage.participation import AVAILABILITY
 
 COMMAND_TEXTS["volunteer"] = N_("volunteer.command")
@@ -302,10 +302,11 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 def call_button(ctx: Ctx, msg: Inbound) -> Transition:
     """vc:<call>:y accept · n decline · c cancel (asks) · cy cancel · t take a freed place."""
     parts = msg.choice.split(":")
-    if len(parts) != 3 or not parts[1].isdigit():
+    call_id = record_id(parts[1]) if len(parts) == 3 else None
+    if call_id is None:
         ctx.replies.append(Outbound(ctx.t("engine.stale_choice")))
         return Stay()
-    outcome = P.respond_to_call(ctx.db, int(parts[1]), ctx.resident.id, parts[2], lang=ctx.lang, tz=_tz(ctx),
+    outcome = P.respond_to_call(ctx.db, call_id, ctx.resident.id, parts[2], lang=ctx.lang, tz=_tz(ctx),
                                 now=ctx.now, offsets=_offsets(ctx))
     ctx.replies.append(outcome.outbound(ctx.t))
     return Stay()

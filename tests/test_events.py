@@ -257,6 +257,14 @@ def test_deep_link_through_the_engine_for_new_and_known_residents(make_app):
     assert "İklim Paneli" in known.texts() and "rsvp" in known.keys()
     known.send("/start ev_999")
     assert t_in("tr", "event.not_found") in known.texts()
+    # ids no record can have: past 64 bits (SQLite refused them with an OverflowError), and digits
+    # that str.isdigit() takes but int() does not
+    for arg in ("99999999999999999999", "²", "١٢"):
+        known.send(f"/start ev_{arg}")
+        assert known.texts() == t_in("tr", "event.not_found") + "\n" + t_in("tr", "menu.title")
+    for key in ("ev:99999999999999999999:c", "fb:99999999999999999999:5", "fb:1:99999999999999999999",
+                "vc:99999999999999999999:y", "ev:²:c"):
+        assert known.texts(known.tap(key)) == t_in("tr", "engine.stale_choice")
 
 
 async def test_deep_link_through_the_real_telegram_application(make_app):
