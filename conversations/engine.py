@@ -27,6 +27,7 @@ from sqlmodel import Session, select
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
+from storage import media as media_store
 from storage import outbox, repo
 from storage.db import utcnow
 from storage.fastsql import Prepared, detached, run_all
@@ -464,6 +465,25 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
         return StepResult(ctx.state, ctx.data, ctx.replies)
     apply(ctx, current.handle(ctx, msg), current)
     return StepResult(ctx.state, ctx.data, ctx.replies)
+
+
+# Why an attachment was not kept (storage/media.py's reasons) → what the resident is told. The other
+# reasons (too large, unavailable) get the state's own "could not receive it" message.
+MEDIA_REFUSALS = {
+    media_store.NOT_A_PHOTO: N_("media.not_a_photo"),
+    media_store.TOO_MANY_PIXELS: N_("media.too_many_pixels"),
+    media_store.NOT_AUDIO: N_("media.not_audio"),
+    media_store.UNREADABLE: N_("media.unreadable"),
+}
+
+
+def media_refusal(msg: Inbound, failed_key: str) -> str | None:
+    """None when the message's first attachment is stored in MEDIA_DIR; otherwise the message key
+    that says why not (`failed_key` when it just could not be received)."""
+    media = msg.media[0] if msg.media else None
+    if media is not None and media.ref and not media.refused:
+        return None
+    return MEDIA_REFUSALS.get(media.refused if media is not None else "", failed_key)
 
 
 # ---------------------------------------------------------------- the transactional runtime
