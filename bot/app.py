@@ -79,9 +79,10 @@ class App:
         """Run a conversation step off the event loop, then send its replies directly.
 
         A flood from one account is throttled first (bot/flood.py: not processed, one notice).
-        An attachment is downloaded, then judged, cleaned and stored in MEDIA_DIR
-        (storage.media.keep), outside the database transaction; Media.ref becomes the stored path,
-        or "" with Media.refused saying why, for the step to tell."""
+        An attachment is downloaded only when the resident's state takes it (Engine.wants_attachment:
+        a photo at a yes/no question or in the menu is never fetched), then judged, cleaned and
+        stored in MEDIA_DIR (storage.media.keep), outside the database transaction; Media.ref
+        becomes the stored path, or "" with Media.refused saying why, for the step to tell."""
         verdict = self.flood.admit(msg.channel, msg.address, msg.external_id)
         if verdict != "pass":
             from bot.flood import throttled
@@ -105,8 +106,12 @@ class App:
         if media.stored or media.refused:
             return  # the step is being run again (the database was busy): fetched already
         refused = ""
+        # A database error here propagates: the channel runs the whole message again.
+        wanted = await asyncio.to_thread(self.engine.wants_attachment, msg)
         try:
-            if msg.channel not in self.media_fetchers:
+            if not wanted:
+                refused = media_store.NOT_WANTED
+            elif msg.channel not in self.media_fetchers:
                 refused = media_store.UNAVAILABLE  # never a channel's own reference in place of a file
             else:
                 data = await self.media_fetchers[msg.channel](media)

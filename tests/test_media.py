@@ -7,7 +7,8 @@ truncated JPEG and a phone JPEG with EXIF GPS and the owner's name: over Telegra
 Application against the fake Bot API server), over WhatsApp (signed Twilio webhooks, media served
 by the fake Twilio API) and in the terminal (`katilim chat` as a subprocess, `/foto`). Each refusal
 is answered in the resident's language, keeps the draft and stores nothing; the good photo is
-stored re-encoded without a byte of its metadata, and the report's media row points at it.
+stored re-encoded without a byte of its metadata, and the report's media row points at it. A photo
+sent where no state takes one (a yes/no question, the menu, a first message) is never downloaded.
 """
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ import io
 import re
 import sqlite3
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from PIL import ExifTags, Image, ImageCms
-from sqlmodel import select
+from sqlmodel import select, update
 
 from bot.app import add_configured_channels
 from conversations.i18n import t_in
 from storage import media
 from storage import reports as rp
-from storage.db import transaction
+from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, ConversationSession
 from tests import media_support as ms
 from tests.fakes.telegram_api import FakeTelegramServer
@@ -242,6 +244,49 @@ async def test_uploads_over_telegram(telegram, figure):
     check_stored_report(app, code, figure, "Telegram", len(REFUSED) + 1, also=", HTML as a Telegram photo")
 
 
+async def test_telegram_attachments_are_fetched_only_where_a_state_takes_them(telegram):
+    app, tg, channel = telegram
+    gets = lambda: len(tg.calls_of("getFile"))  # noqa: E731
+
+    newcomer = TgChat(tg, channel, 8201, "tr")             # a first message: onboarding comes first
+    calls = await newcomer.photo(ms.exif_jpeg())
+    assert t_in("tr", "onboarding.choose_language") in tg_texts(calls)[0]
+
+    ali = TgChat(tg, channel, 8202, "tr")
+    await ali.say("/start")
+    await ali.tap("lang:tr")
+    await ali.tap("choose")                                 # consent one purpose at a time: a yes/no question
+    calls = await ali.photo(ms.exif_jpeg())
+    assert tg_texts(calls)[0] == t_in("tr", "engine.wrong_kind", what=t_in("tr", "kind.photo"))
+    assert session_of(app, "telegram", "8202").state == "onboarding.purpose"
+    for _ in range(4):
+        await ali.tap("yes")
+    await ali.tap("skip")                                   # the mahalle: now in the menu
+    assert session_of(app, "telegram", "8202").state == "menu"
+    calls = await ali.file(ms.exif_jpeg(), "IMG.jpg", "image/jpeg")
+    assert tg_texts(calls)[0] == t_in("tr", "engine.wrong_kind", what=t_in("tr", "kind.photo"))
+    await ali.to_photos()
+    calls = await ali.file(b"%PDF-1.7 a plan", "plan.pdf", "application/pdf")  # photos only here
+    assert tg_texts(calls)[0] == t_in("tr", "engine.wrong_kind", what=t_in("tr", "kind.document"))
+    calls = await ali.say("/iptal")
+    assert gets() == 0 and files_in(app.settings.media_dir) == []  # nothing was even downloaded
+
+    # a conversation left at the photos question past SESSION_EXPIRY: the photo finds the menu
+    await ali.to_photos()
+    with transaction(app.db) as db:
+        db.exec(update(ConversationSession).where(ConversationSession.state == "report.photos")
+                .values(updated_at=utcnow() - app.settings.session_expiry - timedelta(minutes=1)))
+    calls = await ali.photo(ms.plain_jpeg())
+    assert tg_texts(calls)[0] == t_in("tr", "engine.expired")
+    assert gets() == 0 and files_in(app.settings.media_dir) == []
+
+    # and where a state takes it, it is fetched (once: the largest size of the photo)
+    await ali.to_photos()
+    calls = await ali.photo(ms.plain_jpeg())
+    assert t_in("tr", "report.photo_saved", n=1, max=3) in tg_texts(calls)
+    assert gets() == 1 and len(files_in(app.settings.media_dir)) == 1
+
+
 # ---------------------------------------------------------------- over WhatsApp
 async def test_uploads_over_whatsapp(wa, figure):
     h = await wa()
@@ -272,6 +317,30 @@ async def test_uploads_over_whatsapp(wa, figure):
     check_stored_report(h.app, code, figure, "WhatsApp", len(REFUSED))
 
 
+async def test_whatsapp_voice_notes_and_photos_where_no_state_takes_them(wa):
+    h = await wa()
+    await h.onboard()
+    before = len(h.twilio.media_requests)
+    url = h.twilio.add_media(ms.exif_jpeg(), "image/jpeg")
+    sent = await h.say("", NumMedia="1", MediaUrl0=url, MediaContentType0="image/jpeg", MessageType="image")
+    assert sent[0].body == t_in("tr", "engine.wrong_kind", what=t_in("tr", "kind.photo"))   # in the menu
+    assert len(h.twilio.media_requests) == before and files_in(h.app.settings.media_dir) == []
+
+    await h.say("/bildir")
+    await h.say("1")
+    fake_voice = h.twilio.add_media(ms.HTML, "audio/ogg")   # a "voice note" that is HTML
+    sent = await h.say("", NumMedia="1", MediaUrl0=fake_voice, MediaContentType0="audio/ogg", MessageType="audio")
+    assert [m.body for m in sent] == [t_in("tr", "media.not_audio")]
+    assert session_of(h.app, "whatsapp", AYSE).state == "report.describe"
+    amr = b"#!AMR\n" + bytes(range(256)) * 4                # WhatsApp's audio/amr, kept as it is
+    sent = await h.say("", NumMedia="1", MediaUrl0=h.twilio.add_media(amr, "audio/amr"),
+                       MediaContentType0="audio/amr", MessageType="audio")
+    assert any(t_in("tr", "report.voice_saved") in m.body for m in sent)
+    [stored] = files_in(h.app.settings.media_dir)
+    assert stored.suffix == ".amr" and stored.read_bytes() == amr
+    assert session_of(h.app, "whatsapp", AYSE).data["voice"]["content_type"] == "audio/amr"
+
+
 # ---------------------------------------------------------------- in the terminal
 def test_uploads_in_the_terminal(tmp_path, figure):
     uploads = tmp_path / "uploads"
@@ -284,6 +353,7 @@ def test_uploads_in_the_terminal(tmp_path, figure):
     good = uploads / "PXL_20261201_101500.jpg"
     good.write_bytes(ms.exif_jpeg())
     lines = ["merhaba", "3", "1", "1",                     # العربية, accept every purpose, a mahalle
+             "/foto " + str(good),                          # in the menu: not taken, not read
              "/bildir", "1", "الرصيف مكسور أمام المدرسة منذ أسبوع", "/konum 38.385 27.175",
              "/foto " + str(uploads / "yok.jpg"),           # a missing file
              "/ses " + str(good),                           # a photo as a voice note: not at this question
@@ -293,7 +363,8 @@ def test_uploads_in_the_terminal(tmp_path, figure):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "Traceback" not in done.stderr and t_in("ar", "engine.error") not in out
-    expected = [t_in("ar", "report.photos_prompt", max=3, n=0), t_in("ar", "media.unreadable"),
+    wrong_kind = t_in("ar", "engine.wrong_kind", what=t_in("ar", "kind.photo"))
+    expected = [wrong_kind, t_in("ar", "report.photos_prompt", max=3, n=0), t_in("ar", "media.unreadable"),
                 t_in("ar", "engine.wrong_kind", what=t_in("ar", "kind.voice"))]
     expected += [t_in("ar", ms.REFUSAL_KEYS[name]) for name in REFUSED]
     expected.append(t_in("ar", "report.photo_saved", n=1, max=3))   # the first photo counted is the good one

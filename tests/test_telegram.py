@@ -466,6 +466,7 @@ async def test_media_download_capped_and_stored_only_through_the_app(started, tg
     big_media.size = None  # the size is checked again on what getFile reports and what arrives
     with pytest.raises(MediaTooLarge):
         await channel.download(big_media)
+    assert not app.settings.media_dir.exists() or not any(app.settings.media_dir.iterdir())
 
 
 # ---------------------------------------------------------------- webhook mode
