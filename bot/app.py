@@ -53,7 +53,8 @@ class App:
     worker_id: str
     channels: dict[str, Channel] = field(default_factory=dict)
     senders: dict[str, Sender] = field(default_factory=dict)
-    # channel → async fetch(media, media_dir) -> Path: downloads a channel's file into MEDIA_DIR
+    # channel → async fetch(media) -> bytes: a channel's file as it arrives (size-capped), never stored
+    # by the channel itself: App._fetch_media judges, cleans and stores it (storage.media.keep)
     media_fetchers: dict[str, Any] = field(default_factory=dict)
     flood: Any = None  # bot.flood.FloodGuard: FLOOD_MESSAGES per FLOOD_WINDOW per account
 
@@ -78,14 +79,16 @@ class App:
         """Run a conversation step off the event loop, then send its replies directly.
 
         A flood from one account is throttled first (bot/flood.py: not processed, one notice).
-        Photos, voice notes and files are downloaded into MEDIA_DIR first (never kept only as a
-        channel file id), outside the database transaction; Media.ref becomes the local path."""
+        An attachment is downloaded only when the resident's state takes it (Engine.wants_attachment:
+        a photo at a yes/no question or in the menu is never fetched), then judged, cleaned and
+        stored in MEDIA_DIR (storage.media.keep), outside the database transaction; Media.ref
+        becomes the stored path, or "" with Media.refused saying why, for the step to tell."""
         verdict = self.flood.admit(msg.channel, msg.address, msg.external_id)
         if verdict != "pass":
             from bot.flood import throttled
 
             return Handled(await throttled(self, msg, verdict, inbox_id))
-        if msg.media and msg.channel in self.media_fetchers:
+        if msg.media:
             await self._fetch_media(msg)
         handled = await asyncio.to_thread(self.engine.handle, msg, inbox_id)
         sender = self.senders.get(msg.channel)
@@ -94,20 +97,37 @@ class App:
         return handled
 
     async def _fetch_media(self, msg: Inbound) -> None:
-        fetch = self.media_fetchers[msg.channel]
-        kept = []
-        for media in msg.media:
-            try:
-                path = await fetch(media, self.settings.media_dir)
-            except Exception as exc:  # noqa: BLE001  (too large, gone, network): the step says so
-                log.warning("media %s from %s not downloaded: %s", media.ref, msg.channel, exc)
-                media.ref, media.size = "", None
-                media.filename = f"error:{type(exc).__name__}"
+        """The one way a resident's file reaches MEDIA_DIR, whatever the channel. Only the first
+        attachment is fetched (a step uses no other); the rest are dropped unfetched."""
+        from storage import media as media_store
+
+        media = msg.media[0]
+        msg.media = [media]
+        if media.stored or media.refused:
+            return  # the step is being run again (the database was busy): fetched already
+        refused = ""
+        # A database error here propagates: the channel runs the whole message again.
+        wanted = await asyncio.to_thread(self.engine.wants_attachment, msg)
+        try:
+            if not wanted:
+                refused = media_store.NOT_WANTED
+            elif msg.channel not in self.media_fetchers:
+                refused = media_store.UNAVAILABLE  # never a channel's own reference in place of a file
             else:
-                media.ref = str(path)
-                media.size = path.stat().st_size
-            kept.append(media)
-        msg.media = kept
+                data = await self.media_fetchers[msg.channel](media)
+                stored = await asyncio.to_thread(media_store.keep, msg.kind, data, self.settings.media_dir,
+                                                 media_store.Limits.from_settings(self.settings))
+        except media_store.MediaRefused as exc:
+            refused = exc.reason
+            log.info("%s from %s not kept: %s", msg.kind, msg.channel, exc)
+        except Exception as exc:  # noqa: BLE001  (gone, network, the channel's API): the step says so
+            refused = media_store.UNAVAILABLE
+            log.warning("%s from %s not downloaded: %s: %s", msg.kind, msg.channel, type(exc).__name__, exc)
+        if refused:
+            media.ref, media.size, media.refused = "", None, refused
+        else:
+            media.ref, media.size, media.content_type = str(stored.path), stored.size, stored.content_type
+            media.stored = True
 
     def add_channel(self, channel: Channel) -> None:
         from bot.dispatcher import paced  # direct replies count toward the channel's shared pace

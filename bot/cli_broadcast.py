@@ -14,8 +14,6 @@ Without --at the broadcast is fanned out into the outbox at once (a running `kat
 from __future__ import annotations
 
 import argparse
-import hashlib
-import shutil
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,6 +25,7 @@ from bot.catalog import load_catalog
 from bot.cli import operator_name
 from bot.app import open_db
 from bot.settings import Settings
+from storage import media as media_store
 from conversations.i18n import LANGUAGES, format_when
 from conversations.text import fold, match_options
 from conversations.when import WhenError, parse_when
@@ -102,13 +101,11 @@ def resolve_mahalles(catalog, names: list[str]) -> list[str]:
 
 
 def _store_photo(settings: Settings, path: Path) -> str:
-    """Copy the photo into MEDIA_DIR, named by the SHA-256 of its bytes."""
-    data = path.read_bytes()
-    target = settings.media_dir / f"{hashlib.sha256(data).hexdigest()}{path.suffix.lower() or '.jpg'}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        shutil.copyfile(path, target)
-    return str(target.resolve())
+    """The photo judged, cleaned and stored in MEDIA_DIR like a resident's (storage.media.keep:
+    JPEG, PNG or WebP, re-encoded without metadata); MediaRefused otherwise."""
+    limits = media_store.Limits.from_settings(settings)
+    stored = media_store.keep("photo", media_store.read_local(path, limits.max_bytes), settings.media_dir, limits)
+    return str(stored.path.resolve())
 
 
 def cmd_send(settings: Settings, args) -> int:
@@ -130,7 +127,10 @@ def cmd_send(settings: Settings, args) -> int:
     if args.photo is not None:
         if not args.photo.is_file():
             return _fail(f"no photo at {args.photo}")
-        photo = _store_photo(settings, args.photo)
+        try:
+            photo = _store_photo(settings, args.photo)
+        except media_store.MediaRefused as exc:
+            return _fail(f"{args.photo} cannot be sent as a photo ({exc}): give a JPEG, PNG or WebP file")
     audience = {"mahalles": mahalles, "language": args.language}
     engine = _engine(settings)
     try:

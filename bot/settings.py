@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     katilim_catalog: Path = SAMPLE_CATALOG
     media_dir: Path = Path("media")
     media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # largest photo/voice/file downloaded
+    # A photo with more pixels is refused before it is decoded (a decompression bomb: a few hundred
+    # KB of PNG that would take gigabytes); Pillow's Image.MAX_IMAGE_PIXELS follows it.
+    media_max_pixels: int = Field(default=40_000_000, ge=1_000_000, le=500_000_000)
+    media_jpeg_quality: int = Field(default=85, ge=50, le=95)  # photos are re-encoded (JPEG, WebP) at this quality
     default_locale: str = "tr"
     timezone: str = "Europe/Istanbul"
 

@@ -24,6 +24,7 @@ from conversations.engine import (
     Invalid,
     Transition,
     command,
+    media_refusal,
     state,
     word_command,
 )
@@ -102,10 +103,12 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         ctx.data.pop("photo", None)
         return Go("broadcast.audience", keep=True)
-    media = msg.media[0] if msg.media else None
-    if media is None or not media.ref or not Path(media.ref).is_file():
-        return Invalid("broadcast.photo_failed")
-    ctx.data["photo"] = str(Path(media.ref).resolve())  # the dispatcher may run in another directory
+    refusal = media_refusal(msg, N_("broadcast.photo_failed"))
+    if refusal is None and not Path(msg.media[0].ref).is_file():
+        refusal = N_("broadcast.photo_failed")
+    if refusal is not None:
+        return Invalid(refusal)
+    ctx.data["photo"] = str(Path(msg.media[0].ref).resolve())  # the dispatcher may run in another directory
     return Go("broadcast.audience", keep=True)
 
 

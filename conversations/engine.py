@@ -27,6 +27,7 @@ from sqlmodel import Session, select
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
+from storage import media as media_store
 from storage import outbox, repo
 from storage.db import utcnow
 from storage.fastsql import Prepared, detached, run_all
@@ -435,7 +436,7 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
         else:
             apply(ctx, COMMANDS[action](ctx, msg.text), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
-    if ctx.resident.onboarded_at is None and current.needs_onboarding:
+    if not _onboarded_for(current, ctx.resident.onboarded_at):
         apply(ctx, COMMANDS["start"](ctx, ""), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
     msg = resolve_choice(ctx, msg)
@@ -464,6 +465,48 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
         return StepResult(ctx.state, ctx.data, ctx.replies)
     apply(ctx, current.handle(ctx, msg), current)
     return StepResult(ctx.state, ctx.data, ctx.replies)
+
+
+def _onboarded_for(current: _FnState, onboarded_at: datetime | None) -> bool:
+    """The resident may use this state (one that needs onboarding sends them to /start first)."""
+    return onboarded_at is not None or not current.needs_onboarding
+
+
+def _expired(state: str, updated_at: datetime | None, now: datetime, expiry: timedelta) -> bool:
+    """The conversation stopped longer ago than SESSION_EXPIRY: the next message finds the menu."""
+    return state != IDLE and updated_at is not None and now - _aware(updated_at) > expiry
+
+
+def takes_attachment(state: str, kind: Kind, *, onboarded_at: datetime | None, expired: bool,
+                     is_staff: Callable[[], bool]) -> bool:
+    """Whether a message of this kind (a photo, a voice note, a file: never a command, a choice or
+    text) would reach the input handler of the resident's state, through the gates `_step` applies
+    before `current.handle`: a state that exists and has not expired, onboarding, staff, accepts."""
+    current = STATES.get(state)
+    if current is None or expired or kind not in current.accepts:
+        return False
+    if not _onboarded_for(current, onboarded_at):
+        return False
+    return not current.staff_only or is_staff()
+
+
+# Why an attachment was not kept (storage/media.py's reasons) → what the resident is told. The other
+# reasons (too large, unavailable) get the state's own "could not receive it" message.
+MEDIA_REFUSALS = {
+    media_store.NOT_A_PHOTO: N_("media.not_a_photo"),
+    media_store.TOO_MANY_PIXELS: N_("media.too_many_pixels"),
+    media_store.NOT_AUDIO: N_("media.not_audio"),
+    media_store.UNREADABLE: N_("media.unreadable"),
+}
+
+
+def media_refusal(msg: Inbound, failed_key: str) -> str | None:
+    """None when the message's first attachment is stored in MEDIA_DIR; otherwise the message key
+    that says why not (`failed_key` when it just could not be received)."""
+    media = msg.media[0] if msg.media else None
+    if media is not None and media.ref and not media.refused:
+        return None
+    return MEDIA_REFUSALS.get(media.refused if media is not None else "", failed_key)
 
 
 # ---------------------------------------------------------------- the transactional runtime
@@ -498,6 +541,36 @@ class Engine:
                 return self._handle(conn, msg)
         except BaseException:
             self._drop(conn)  # the next step starts on a fresh connection (a restarted database)
+            raise
+
+    def wants_attachment(self, msg: Inbound) -> bool:
+        """Whether the step for this message would use its attachment (App.handle downloads only
+        then): one read of the resident's state by channel and address (the identity's unique
+        index, the session's primary key), outside the step's transaction and taking no lock."""
+        rows = self._read(_STATE_OF, {"channel": msg.channel, "address": msg.address})
+        if not rows:
+            return False  # a first message: onboarding comes first
+        state, updated_at, onboarded_at = rows[0]
+        state = state or IDLE  # no session row yet: the menu
+
+        def is_staff() -> bool:
+            with Session(self.db) as db:
+                return repo.staff_for(db, msg.channel, msg.address) is not None
+
+        return takes_attachment(state, msg.kind, onboarded_at=onboarded_at, is_staff=is_staff,
+                                expired=_expired(state, updated_at, utcnow(), self.config.session_expiry))
+
+    def _read(self, stmt: Prepared, params: dict[str, Any]) -> list[tuple]:
+        """Rows of a read on this thread's connection, in a transaction of its own (on SQLite none:
+        a plain SELECT in autocommit, so no BEGIN IMMEDIATE takes the write lock for it)."""
+        conn = self._connection()
+        try:
+            if conn.dialect.name == "sqlite":
+                return stmt.execute(conn, params)[0]
+            with conn.begin():
+                return stmt.execute(conn, params)[0]
+        except BaseException:
+            self._drop(conn)
             raise
 
     def _connection(self) -> Connection:
@@ -558,8 +631,7 @@ class Engine:
 
     def _finish(self, ctx: Ctx, msg: Inbound, session: "_Stored", stored: bool) -> Handled:
         now, conn, identity, resident = ctx.now, ctx.conn, ctx.identity, ctx.resident
-        expired = (session.state != IDLE and session.updated_at is not None
-                   and now - _aware(session.updated_at) > self.config.session_expiry)
+        expired = _expired(session.state, session.updated_at, now, self.config.session_expiry)
         if expired:
             ctx.say(ctx.t("engine.expired"))
             ctx.data = {}
@@ -646,6 +718,9 @@ _LOAD_LOCKED = Prepared(select(_I, _R, _S.c.state, _S.c.data, _S.c.updated_at)
                         .join(_R, _R.c.id == _I.c.resident_id).join(_S, _S.c.resident_id == _R.c.id)
                         .where(_BY_ADDRESS).with_for_update(of=[_R, _S]))
 _LOAD_NEW = Prepared(select(_I, _R).join(_R, _R.c.id == _I.c.resident_id).where(_BY_ADDRESS).with_for_update(of=_R))
+_STATE_OF = Prepared(select(_S.c.state, _S.c.updated_at, _R.c.onboarded_at)
+                     .select_from(_I.join(_R, _R.c.id == _I.c.resident_id).outerjoin(_S, _S.c.resident_id == _R.c.id))
+                     .where(_BY_ADDRESS))
 _SEEN = Prepared(_I.update().where(_I.c.id == bindparam("iid"))
                  .values(last_inbound_at=bindparam("now"), unreachable=False, unreachable_reason=""))
 _LOAD_SESSION = Prepared(select(_S.c.state, _S.c.data, _S.c.updated_at)

@@ -26,12 +26,16 @@ class Kind(StrEnum):
 
 @dataclass
 class Media:
-    """A file the channel holds; `ref` is what the adapter needs to download it (file id, URL)."""
+    """A file the channel holds; `ref` is what the adapter needs to download it (file id, URL).
+    After App.handle: `ref` is the stored file in MEDIA_DIR (`stored`) and `content_type` what its
+    bytes are, or `ref` is "" and `refused` says why it was not kept (storage/media.py's reasons)."""
 
     ref: str
     content_type: str = ""
     size: int | None = None
     filename: str = ""
+    refused: str = ""
+    stored: bool = False
 
 
 @dataclass

@@ -26,6 +26,7 @@ from conversations.engine import (
     Transition,
     command,
     global_choice,
+    media_refusal,
     menu_item,
     state,
 )
@@ -103,11 +104,13 @@ def location_text(ctx: Ctx, lat: float | None, lon: float | None, mahalle: str |
 
 
 def _media_ok(ctx: Ctx, msg: Inbound) -> dict[str, Any] | None:
-    """The first attachment of a message as stored media, or None (and a message) when it failed."""
-    media = msg.media[0] if msg.media else None
-    if media is None or not media.ref:
-        ctx.say(ctx.t("report.media_failed"))
+    """The first attachment of a message as stored media, or None after saying why it was not kept
+    (not a photo, too many pixels, could not be received): the draft stays as it was."""
+    refusal = media_refusal(msg, N_("report.media_failed"))
+    if refusal is not None:
+        ctx.say(ctx.t(refusal))
         return None
+    media = msg.media[0]
     return {"path": media.ref, "content_type": media.content_type, "size": media.size}
 
 

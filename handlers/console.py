@@ -2,12 +2,14 @@
 
 Choices are shown numbered and answered by number or text. A few console verbs stand in for what a
 phone sends: `/konum 38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
-note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves.
+note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves. The file of `/foto` and `/ses` is read
+like a channel's download (`ConsoleChannel.read_file`) and goes through the same judging and
+cleaning into MEDIA_DIR as any other channel's (bot/app.py): a missing or non-image file is
+refused in the resident's language, and the user's own path is never stored.
 """
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import re
 import sys
 from datetime import timedelta
@@ -75,10 +77,8 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
         if verb in ("foto", "photo", "ses", "voice") and rest.strip():
             path = Path(rest.strip()).expanduser()
             kind = Kind.PHOTO if verb in ("foto", "photo") else Kind.VOICE
-            content_type = mimetypes.guess_type(path.name)[0] or ("image/jpeg" if kind == Kind.PHOTO else "audio/ogg")
-            size = path.stat().st_size if path.exists() else None
-            return Inbound(kind=kind, media=[Media(ref=str(path), content_type=content_type, size=size,
-                                                    filename=path.name)], **base)
+            # ref: where ConsoleChannel.read_file reads it from; what the file is, its bytes say
+            return Inbound(kind=kind, media=[Media(ref=str(path), filename=path.name)], **base)
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
         return Inbound(kind=Kind.COMMAND, command=verb, text=stripped, **base)
@@ -97,6 +97,14 @@ class ConsoleChannel:
         self.stdin = stdin or sys.stdin
         self.sender = ConsoleSender(stdout or sys.stdout)
         self.prompt = prompt
+        app.media_fetchers[CHANNEL] = self.read_file
+
+    async def read_file(self, media: Media) -> bytes:
+        """The file a `/foto PATH` or `/ses PATH` names (App._fetch_media judges, cleans and stores
+        it); refused (storage.media UNREADABLE) when missing or unreadable, or over MEDIA_MAX_BYTES."""
+        from storage.media import read_local
+
+        return await asyncio.to_thread(read_local, media.ref, self.app.settings.media_max_bytes)
 
     async def start(self) -> None:  # the chat loop is driven by run()
         return None

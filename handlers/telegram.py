@@ -642,9 +642,10 @@ class TelegramChannel:
                 self._locks.pop(address, None)
 
     # -- media
-    async def download(self, media: Media, media_dir: Path | str | None = None) -> Path:
-        """Download a Telegram file into MEDIA_DIR, named by the SHA-256 of its bytes; refuse files
-        over MEDIA_MAX_BYTES (MediaTooLarge). Telegram failures raise SendError."""
+    async def download(self, media: Media) -> bytes:
+        """A Telegram file's bytes (App._fetch_media judges, cleans and stores them); MediaTooLarge
+        over MEDIA_MAX_BYTES, checked on the size the update gave, the size getFile reports and
+        what arrives. Telegram failures raise SendError."""
         limit = self.settings.media_max_bytes
         media_store.check_size(media.size or None, limit)
         try:
@@ -655,16 +656,7 @@ class TelegramChannel:
         except TelegramError as exc:
             raise (send_error(exc) or SendError("transient", str(exc))) from exc
         media_store.check_size(len(data), limit)
-        return await asyncio.to_thread(media_store.store, media_dir or self.settings.media_dir, data,
-                                       _extension(tg_file.file_path, media))
-
-
-def _extension(file_path: str | None, media: Media) -> str:
-    for candidate in (Path(file_path or "").suffix, Path(media.filename or "").suffix):
-        if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", candidate or ""):
-            return candidate.lower()
-    guessed = mimetypes.guess_extension(media.content_type or "") if media.content_type else None
-    return guessed or ".bin"
+        return data
 
 
 __all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_text", "keyboard_rows",

@@ -6,7 +6,8 @@ forged or unsigned request gets 403 and nothing is written; an oversized one 413
 answered at once with an empty TwiML `<Response/>` and handled after, in a tracked task, through
 `App.handle` (one resident's messages in order). `external_id` is the MessageSid, so a re-delivered
 webhook is ignored by the engine. Photos, voice notes and files are downloaded with the account's
-credentials into MEDIA_DIR, named by their SHA-256, refused over MEDIA_MAX_BYTES.
+credentials (only from Twilio's hosts, refused over MEDIA_MAX_BYTES) when the resident's state
+takes them; bot/app.py then judges, cleans and stores them in MEDIA_DIR (storage/media.py).
 
 Outbound (`WhatsAppSender`, bot.delivery.Sender): Twilio's REST client (`TWILIO_API_URL`), run in
 a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by number or by the
@@ -628,9 +629,10 @@ class WhatsAppChannel:
                             headers={"Cache-Control": "private, no-store"})
 
     # -- media
-    async def fetch_media(self, media: Media, media_dir: Path | str | None = None) -> Path:
-        """Download a resident's file from Twilio (basic auth with the account's credentials) into
-        MEDIA_DIR, named by its SHA-256; MediaTooLarge over MEDIA_MAX_BYTES."""
+    async def fetch_media(self, media: Media) -> bytes:
+        """A resident's file from Twilio (basic auth with the account's credentials), only from
+        Twilio's hosts; MediaTooLarge over MEDIA_MAX_BYTES (the declared length, then what arrives).
+        App._fetch_media judges, cleans and stores it."""
         limit = self.settings.media_max_bytes
         url = urlparse(media.ref)
         host = url.hostname or ""
@@ -649,13 +651,7 @@ class WhatsAppChannel:
                     data += chunk
                     if len(data) > limit:
                         raise MediaTooLarge(len(data), limit)
-                content_type = media.content_type or response.headers.get("content-type", "")
-        media.content_type = content_type.split(";")[0].strip().lower()
-        suffix = mimetypes.guess_extension(media.content_type) if media.content_type else None
-        if media.content_type in ("audio/ogg", "audio/opus"):
-            suffix = ".ogg"
-        return await asyncio.to_thread(media_store.store, media_dir or self.settings.media_dir, bytes(data),
-                                       suffix or ".bin")
+        return bytes(data)
 
 
 def record_status(db, sid: str, status: str, error: str = "") -> bool:

@@ -35,10 +35,12 @@ from storage.models import (
 )
 from tests.conftest import test_env as katilim_env
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.media_support import plain_jpeg, stored_as
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 ROOT = Path(__file__).resolve().parent.parent
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00broadcast-photo\xff\xd9"
+JPEG = plain_jpeg(96, 64, (10, 120, 200))
+STORED_JPEG = stored_as(JPEG)[1]  # what MEDIA_DIR keeps of it: re-encoded, no metadata
 
 
 # ---------------------------------------------------------------- the time parser
@@ -568,12 +570,12 @@ async def test_staff_duyuru_flow_to_delivered_messages(running, tg):
     assert replies[0].text == t_in("tr", "broadcast.started", id=b.id, count="3")
     assert (b.created_by, b.notify_address, b.audience) == ("staff:1", "telegram:900",
                                                             {"mahalles": [kozagac, adatepe]})
-    assert Path(b.photo_path).read_bytes() == JPEG
+    assert Path(b.photo_path).read_bytes() == STORED_JPEG
     await tg.async_wait_for(lambda s: all(s.delivered_texts(c) for c in (1001, 1002, 1003)), timeout=15)
     assert "su kesintisi" in tg.delivered_texts(1001)[0] and "Water cut" in tg.delivered_texts(1002)[0]
     assert "su kesintisi" in tg.delivered_texts(1003)[0]
     assert [c.method for c in tg.sent_messages(1001)] == ["sendPhoto"]
-    assert tg.calls_of("sendPhoto")[-1].params["photo"]["content"] == JPEG
+    assert tg.calls_of("sendPhoto")[-1].params["photo"]["content"] == STORED_JPEG
     summary = t_in("tr", "broadcast.notice_done", id=b.id, sent="3", failed="0", total="3", when="").split("(")[0]
     await tg.async_wait_for(lambda s: any(t.startswith(summary) for t in s.delivered_texts(900)), timeout=15)
     assert tg.delivered_texts(1004) == [] and tg.delivered_texts(1005) == []
@@ -659,7 +661,7 @@ def test_cli_send_list_status_cancel(make_app, tmp_path):
     assert done.stdout.strip() == "broadcast 1 sending: 2 recipients"
     rows = rows_of(app, 1)
     assert len(rows) == 2 and {"Road works" in r.payload["text"] for r in rows} == {True, False}
-    assert Path(rows[0].payload["photo_path"]).read_bytes() == JPEG
+    assert Path(rows[0].payload["photo_path"]).read_bytes() == STORED_JPEG
 
     done = katilim("broadcast", "send", "--text-file", str(tmp_path / "tr.txt"), "--mahalle", "Nerede",
                    db_url=url, tmp_path=tmp_path)

@@ -19,11 +19,12 @@ from storage import reports as rp
 from storage.db import transaction
 from storage.models import AuditLog, Staff
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.media_support import plain_jpeg, stored_as
 
 CODE = re.compile(r"BCA-\d{4}-\d{6}")
 PIN = (38.38500, 27.17500)
 NEAR = (38.38530, 27.17520)
-PHOTO = b"\xff\xd8\xff\xe0" + b"pothole on Menderes Caddesi " * 40
+PHOTO = plain_jpeg(160, 120, (90, 90, 80))
 AYSE, JOHN, BOSS, EVE = 7101, 7102, 7103, 7104
 
 
@@ -122,8 +123,10 @@ async def _scenario(app, tg, channel, dispatcher) -> None:
     calls = await ayse.tap("confirm")
     code = CODE.search(texts(calls)).group(0)
     assert t_in("tr", "report.saved", code=code, command="/raporlarim") in texts(calls)
-    stored = app.settings.media_dir / f"{hashlib.sha256(PHOTO).hexdigest()}.jpg"
-    assert stored.exists() and stored.read_bytes() == PHOTO        # content-addressed in MEDIA_DIR
+    name, cleaned = stored_as(PHOTO)
+    stored = app.settings.media_dir / name
+    assert name == f"{hashlib.sha256(cleaned).hexdigest()}.jpg"    # content-addressed in MEDIA_DIR
+    assert stored.exists() and stored.read_bytes() == cleaned      # as re-encoded, without metadata
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert (report.latitude, report.longitude) == PIN and report.channel == "telegram"

@@ -33,6 +33,7 @@ from handlers.telegram import (
 )
 from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, ProcessedInbound, Resident
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.media_support import plain_jpeg
 
 PURPOSES = ("reports", "volunteering", "reminders", "announcements")
 BASE_MENU = {"tr": ["menu", "yardim", "iptal", "dil", "verilerim", "verilerimisil"],
@@ -444,30 +445,28 @@ async def test_command_menu_per_language(started, tg):
         COMMAND_MENU["en"].remove("nodescription")
 
 
-async def test_media_download_content_addressed_and_capped(started, tg, tmp_path):
+async def test_media_download_capped_and_stored_only_through_the_app(started, tg):
+    """The channel hands over a file's bytes as Telegram has them, capped at MEDIA_MAX_BYTES (on
+    the update's size, getFile's size and what arrives); it stores nothing itself: App.handle
+    judges, cleans and stores (tests/test_media.py)."""
     app, channel = await started(media_max_bytes=4096)
-    tmp_path = tmp_path / "downloads"
-    photo = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+    photo = plain_jpeg()
     update = Update.de_json(tg.push_photo(5009, photo), channel.application.bot)
-    inbound = to_inbound(update)
-    media = inbound.media[0]
-    path = await app.media_fetchers["telegram"](media, tmp_path)
-    assert path == tmp_path / f"{hashlib.sha256(photo).hexdigest()}.jpg"
-    assert path.read_bytes() == photo
-    assert await channel.download(media, tmp_path) == path  # same bytes, same file
+    media = to_inbound(update).media[0]
+    assert await app.media_fetchers["telegram"](media) == photo
+    assert await channel.download(media) == photo
 
     voice = Update.de_json(tg.push_voice(5009, b"OggS" + b"\x01" * 100), channel.application.bot)
-    voice_path = await channel.download(to_inbound(voice).media[0], tmp_path)
-    assert voice_path.suffix == ".oga" and voice_path.read_bytes().startswith(b"OggS")
+    assert await channel.download(to_inbound(voice).media[0]) == b"OggS" + b"\x01" * 100
 
     big = Update.de_json(tg.push_document(5009, b"x" * 5000, "plan.pdf"), channel.application.bot)
     with pytest.raises(MediaTooLarge):
-        await channel.download(to_inbound(big).media[0], tmp_path)
+        await channel.download(to_inbound(big).media[0])
     big_media = to_inbound(big).media[0]
     big_media.size = None  # the size is checked again on what getFile reports and what arrives
     with pytest.raises(MediaTooLarge):
-        await channel.download(big_media, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, voice_path.name])
+        await channel.download(big_media)
+    assert not app.settings.media_dir.exists() or not any(app.settings.media_dir.iterdir())
 
 
 # ---------------------------------------------------------------- webhook mode

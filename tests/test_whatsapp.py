@@ -43,12 +43,13 @@ from storage.models import (
     Resident,
 )
 from tests.fakes.twilio_api import FakeTwilioServer, signature
+from tests.media_support import plain_jpeg, stored_as
 
 AYSE = "whatsapp:+905551112233"
 MEHMET = "whatsapp:+905554445566"
 SENDER = "whatsapp:+905550000000"
 TEMPLATE = "HX" + "1" * 32
-JPEG = b"\xff\xd8\xff\xe0" + b"katilim-photo" * 50 + b"\xff\xd9"
+JPEG = plain_jpeg(100, 75, (160, 40, 40))
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -236,8 +237,10 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
     sent = await h.say("Kaldırımda büyük bir çukur var", NumMedia="1", MediaUrl0=photo_url,
                        MediaContentType0="image/jpeg", MessageType="image")
     assert any(t_in("tr", "report.location_prompt") in m.body for m in sent)
-    stored = h.app.settings.media_dir / f"{hashlib.sha256(JPEG).hexdigest()}.jpg"
-    assert stored.read_bytes() == JPEG
+    name, cleaned = stored_as(JPEG)
+    stored = h.app.settings.media_dir / name
+    assert name == f"{hashlib.sha256(cleaned).hexdigest()}.jpg"    # the hash of the cleaned bytes
+    assert stored.read_bytes() == cleaned
     assert (h.twilio.media_requests[-1][1]) == 200
     sent = await h.say("", Latitude="38.3886", Longitude="27.1753", MessageType="location")
     assert numbered(sent[-1].body)                       # photos: "done"
