@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 CODE_TTL = timedelta(minutes=10)
 # Ten digits, shown as two groups of five ("48213 90577"): every phone keyboard has digits (an
 # Arabic one types ٤٨٢١٣, read the same), and 10^10 codes against a global budget of wrong
-# guesses (LinkGuard) leave guessing hopeless: with the defaults (50 wrong guesses an hour, then
-# an hour's pause that also voids every live code) and even a hundred codes alive at once, a
-# guess hits with a chance of 10^-8; a year of guessing, with linking paused for everyone half
-# the time, succeeds with a chance of about 2 in 10,000.
+# guesses (LinkGuard) leave guessing hopeless: with the defaults (50 wrong codes, then an hour's
+# pause that also voids every live code) at most about 50 guesses an hour get through, from any
+# number of accounts. With one code alive, a guess hits with a chance of 10^-10 and a whole year
+# of guessing (some 440,000 guesses, linking paused for everyone all along, which is seen) with
+# a chance of 0.004%; with a hundred codes alive at once, 0.4%.
 CODE_DIGITS = 10
 CODE_GROUP = 5
 CODE_SEPARATORS = " -.·_/"
