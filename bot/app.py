@@ -9,9 +9,11 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.engine import Engine as DbEngine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 import conversations.flows  # noqa: F401  (registers every state)
 from bot.catalog import Catalog, load_catalog
@@ -141,11 +143,42 @@ def make_worker_id(role: str = "run") -> str:
 
 
 def open_db(settings: Settings, *, migrate: bool = True) -> DbEngine:
-    """The database as the settings describe it, with every migration applied."""
-    db = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    if migrate:
-        upgrade(db)
+    """The database as the settings describe it, with every migration applied. A database that
+    cannot be reached or opened stops start-up with one line naming DATABASE_URL (its password
+    masked) and the reason: StartupError."""
+    try:
+        db = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        with db.connect():
+            pass
+        if migrate:
+            upgrade(db)
+    except (OperationalError, ArgumentError, NoSuchModuleError) as exc:
+        raise StartupError(database_problem(settings.database_url, exc)) from None
     return db
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def database_problem(url: str, exc: Exception) -> str:
+    """One line: DATABASE_URL (masked), then what the driver said (without the password)."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    if parsed is not None and parsed.password:
+        reason = reason.replace(str(parsed.password), "***")
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            reason = f"{reason} (the directory {folder} does not exist)"
+    return f"DATABASE_URL={masked_url(url)}: cannot open the database: {reason}"
 
 
 def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) -> App:
@@ -156,7 +189,10 @@ def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) ->
                           default_locale=settings.default_locale, session_expiry=settings.session_expiry,
                           max_text_length=settings.max_text_length, notice_version=settings.privacy_notice_version,
                           settings=settings)
-    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.media_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"MEDIA_DIR={settings.media_dir}: cannot be created: {exc.strerror}") from None
     return App(settings=settings, catalog=catalog, db=db, engine=Engine(db, config, worker_id), worker_id=worker_id)
 
 

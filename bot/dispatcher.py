@@ -40,6 +40,14 @@ How it works
   reserves one slot of the same GCRA before each reply (one UPDATE; no wait while the channel is
   idle, at most one batch's worth while a broadcast runs) and shares the per-chat buckets; a 429
   on the direct path pauses the channel for the dispatcher too.
+- The clock can move (an administrator or NTP steps it): waits in this process are measured on
+  the monotonic clock (slots are mapped to it when reserved, the guard and the chat buckets use
+  it), and what is stored on the wall clock is clamped when read: a pace (tat) further ahead than
+  `Pacing.horizon` (half a lease plus one batch: no slot further ahead is ever used) is reset to
+  now, a pause never lasts longer than the retry_after it was asked for (MAX_PAUSE, an hour, at
+  most), a pending row created after now (queued before the step) is due now, and the scheduler brings
+  back jobs planned further ahead than their interval (bot/scheduler.py). So a step back of an
+  hour holds no reply back (it used to hold them an hour and leave the pace 19 minutes ahead).
 - Workers record themselves in WorkerHeartbeat and beat every few seconds. SQLite allows one
   dispatcher: a second one (another `katilim run` or `katilim worker` on the same file while the
   first one's heartbeat is fresh) says so and does not dispatch; the only dispatcher starting on
@@ -206,11 +214,21 @@ def _bucket_last(bucket: tuple[float, float]) -> float:
 
 class Pacing:
     """A channel's limits in this process: the shared GCRA rate, the per-chat buckets and the
-    guard on send starts (shared by the dispatcher and the direct replies)."""
+    guard on send starts (shared by the dispatcher and the direct replies).
 
-    def __init__(self, channel: str, limits: ChannelLimits) -> None:
+    `horizon`: the furthest ahead of now the shared pace (tat) can be while every slot reserved
+    is used: the dispatcher sends no slot more than half a lease ahead, and one reservation adds
+    at most a batch. A tat further ahead was left by a clock since set back: reserve_slots resets
+    it, so no reply waits for more than this, whatever the clock does."""
+
+    def __init__(self, channel: str, limits: ChannelLimits, settings=None) -> None:
         self.channel = channel
         self.limits = limits
+        self.horizon = outbox.PACE_HORIZON
+        if settings is not None:
+            self.horizon = settings.outbox_lease.total_seconds() / 2
+            if limits.rate:
+                self.horizon += settings.outbox_batch_size / limits.rate
         self.chats = ChatBuckets(limits.per_chat_rate, limits.per_chat_burst) if limits.per_chat_rate else None
         self.starts = StartWindow(limits.per_second) if limits.per_second > 0 else None
 
@@ -254,7 +272,7 @@ class PacedSender:
 
     def _reserve(self, rate: float) -> outbox.Reservation:
         with transaction(self.db) as db:
-            return outbox.reserve_slots(db, self.channel, 1, rate)
+            return outbox.reserve_slots(db, self.channel, 1, rate, horizon=self.pacing.horizon)
 
     def _pause(self, seconds: float) -> None:
         try:
@@ -268,7 +286,7 @@ def paced(app, sender: Sender) -> Sender:
     """The sender App.handle uses for direct replies: paced when the channel has a rate limit."""
     if isinstance(sender, PacedSender):
         return sender
-    pacing = Pacing(sender.channel, channel_limits(app.settings, sender.channel))
+    pacing = Pacing(sender.channel, channel_limits(app.settings, sender.channel), app.settings)
     if pacing.limits.rate is None and pacing.chats is None:
         return sender
     return PacedSender(sender, app.db, pacing)
@@ -353,7 +371,7 @@ class Dispatcher:
         for channel, sender in senders.items():
             inner = getattr(sender, "inner", sender) if isinstance(sender, PacedSender) else sender
             pacing = sender.pacing if isinstance(sender, PacedSender) else \
-                Pacing(channel, channel_limits(settings, channel))
+                Pacing(channel, channel_limits(settings, channel), settings)
             self.runners[channel] = _ChannelRunner(self, channel, inner, pacing)
         self.started = False
         self.dispatching = False
@@ -586,7 +604,7 @@ class _ChannelRunner:
                         ready.append(r)
                 rows = ready
             if rows and limits.rate:
-                slots = outbox.reserve_slots(db, self.channel, len(rows), limits.rate)
+                slots = outbox.reserve_slots(db, self.channel, len(rows), limits.rate, horizon=self.pacing.horizon)
                 base = time.monotonic()
                 if slots.paused_for > 0:
                     outbox.defer(db, [r.id for r in rows], worker_id=d.worker_id)

@@ -6,22 +6,34 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import text
+from fastapi.responses import JSONResponse
+
+from storage.health import probe_database, probe_media
 
 log = logging.getLogger(__name__)
 
 # Feature routers (Open311 ...) register a function(app, http_app) here.
 HTTP_HOOKS: list = []
+HEALTH_TIMEOUT = 5.0  # seconds each /health probe may take (a locked database answers "fail")
 
 
 def create_http_app(app) -> FastAPI:
     http_app = FastAPI(title="Katılım", version="0.1.0", docs_url="/docs", redoc_url=None)
 
     @http_app.get("/health")
-    def health() -> dict:
-        with app.db.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok", "worker": app.worker_id, "channels": sorted(app.channels)}
+    async def health() -> JSONResponse:
+        """200 when the database accepts a write and MEDIA_DIR can be written, else 503 with the
+        part that failed: {"status": "fail", "database": "fail: disk full", "media": "ok", ...}."""
+        parts = {"database": (probe_database, app.db, app.worker_id), "media": (probe_media, app.settings.media_dir)}
+        found = {}
+        for part, (probe, *args) in parts.items():
+            try:
+                found[part] = await asyncio.wait_for(asyncio.to_thread(probe, *args), HEALTH_TIMEOUT)
+            except asyncio.TimeoutError:
+                found[part] = f"fail: no answer within {HEALTH_TIMEOUT:.0f}s"
+        ok = all(value == "ok" for value in found.values())
+        body = {"status": "ok" if ok else "fail", **found, "worker": app.worker_id, "channels": sorted(app.channels)}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     for channel in app.channels.values():
         channel.mount(http_app)

@@ -84,14 +84,54 @@ def start_scheduler(app) -> AsyncIOScheduler:
                           coalesce=True, next_run_time=utcnow(), misfire_grace_time=None)
     scheduler.start()
     _RUNNING[id(app)] = jobs
+    _GUARDS[id(app)] = asyncio.create_task(_clock_guard(scheduler, {j.name: j.seconds for j in jobs}),
+                                           name="scheduler-clock-guard")
     log.info("scheduler started with jobs: %s", ", ".join(j.name for j in jobs))
     return scheduler
+
+
+_GUARDS: dict[int, asyncio.Task] = {}
+CLOCK_GUARD_INTERVAL = 1.0  # seconds (monotonic) between two looks at the jobs' next run times
+
+
+def clamp_next_runs(scheduler: AsyncIOScheduler, intervals: dict[str, float], now=None) -> list[str]:
+    """Jobs whose next run is further ahead than their interval (the clock was set back since it
+    was planned) run now instead; the names of those moved."""
+    now = now or utcnow()
+    moved = []
+    for scheduled in scheduler.get_jobs():
+        seconds = intervals.get(scheduled.id)
+        due = scheduled.next_run_time
+        if seconds is None or due is None or due <= now + timedelta(seconds=seconds + CLOCK_GUARD_INTERVAL):
+            continue
+        scheduled.modify(next_run_time=now)
+        moved.append(scheduled.id)
+    return moved
+
+
+async def _clock_guard(scheduler: AsyncIOScheduler, intervals: dict[str, float]) -> None:
+    """APScheduler plans interval jobs on the wall clock: set back an hour, it would wait an hour
+    for every job (the reminders, the broadcasts, the inbox). This loop, paced by the monotonic
+    clock (asyncio's), brings such jobs back to now."""
+    while True:
+        await asyncio.sleep(CLOCK_GUARD_INTERVAL)
+        try:
+            moved = clamp_next_runs(scheduler, intervals)
+        except Exception:  # noqa: BLE001  (the scheduler shutting down...)
+            log.exception("scheduler clock guard failed")
+            continue
+        if moved:
+            log.warning("the clock went back: scheduler jobs %s run now instead of later", ", ".join(moved))
 
 
 async def stop_jobs(app, scheduler: AsyncIOScheduler | None = None) -> None:
     """Shutdown: with `scheduler`, no new runs start, the runs under way finish (at most STOP_GRACE
     seconds; the scheduler's shutdown cancels what is left), then the scheduler stops; then each
     job's own stop (the outbox dispatcher's)."""
+    guard = _GUARDS.pop(id(app), None)
+    if guard is not None:
+        guard.cancel()
+        await asyncio.gather(guard, return_exceptions=True)
     if scheduler is not None:
         scheduler.pause()
         runs = _IN_FLIGHT.get(id(app), set())

@@ -39,6 +39,15 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def duration_at_least(value, minimum: timedelta) -> timedelta:
+    """parse_duration, refusing less than `minimum` ("must be at least 1s" / "1m")."""
+    duration = parse_duration(value)
+    if duration < minimum:
+        seconds = minimum.total_seconds()
+        raise ValueError(f"must be at least {seconds / 60:g}m" if seconds >= 60 else f"must be at least {seconds:g}s")
+    return duration
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -138,10 +147,19 @@ class Settings(BaseSettings):
     @field_validator("flood_window", mode="before")
     @classmethod
     def _flood_window(cls, value):
-        duration = parse_duration(value)
-        if duration < timedelta(seconds=1):
-            raise ValueError("must be at least 1s")
-        return duration
+        return duration_at_least(value, timedelta(seconds=1))
+
+    # Linking two channels with a one-time code (/bagla, conversations/linking.py): every wrong code,
+    # from any resident, counts against LINK_CODE_FAILURES per LINK_CODE_WINDOW; past it, linking
+    # by code pauses for everyone for LINK_CODE_PAUSE and every live code is voided.
+    link_code_failures: int = Field(default=50, ge=1, le=100_000)
+    link_code_window: timedelta = timedelta(hours=1)
+    link_code_pause: timedelta = timedelta(hours=1)
+
+    @field_validator("link_code_window", "link_code_pause", mode="before")
+    @classmethod
+    def _link_duration(cls, value):
+        return duration_at_least(value, timedelta(minutes=1))
 
     # Outbox and scheduler
     outbox_poll_interval: float = Field(default=0.5, gt=0, le=60)
@@ -159,10 +177,7 @@ class Settings(BaseSettings):
     @field_validator("outbox_lease", "outbox_backoff_cap", mode="before")
     @classmethod
     def _outbox_duration(cls, value):
-        duration = parse_duration(value)
-        if duration < timedelta(seconds=1):
-            raise ValueError("must be at least 1s")
-        return duration
+        return duration_at_least(value, timedelta(seconds=1))
 
     # Volunteer pools, events and reminders (conversations/participation.py, bot/participation_jobs.py).
     # Reminders before events and volunteer shifts, comma-separated ("24h,2h"; empty: none).

@@ -5,13 +5,16 @@ adapter only passes a contact that is the sender's own); when a WhatsApp convers
 number exists, the two residents become one: identities, consents and every feature's rows move
 to the resident writing now (storage/linking.py; features add MERGERS for anything more). On
 WhatsApp the number is already known, so /bagla explains the Telegram side and shows a one-time
-6-digit code (10 minutes) that can be typed on Telegram's /bagla instead of sharing the contact.
+10-digit code (10 minutes) that can be typed on Telegram's /bagla instead of sharing the contact.
+Wrong codes are limited per resident (MAX_WRONG_CODES an hour) and, as a wrong code cannot be
+told apart from a guess at someone else's, against a global budget (storage.linking.LinkGuard):
+past it, linking by code pauses for everyone and every live code is voided.
 Staff then see one person, reached on the channel they used last.
 """
 from __future__ import annotations
 
 import logging
-import re
+import math
 from datetime import timedelta
 
 from sqlmodel import func, select
@@ -26,8 +29,7 @@ from storage.models import AuditLog, ChannelIdentity
 log = logging.getLogger(__name__)
 
 WHATSAPP = "whatsapp"
-MAX_WRONG_CODES = 5          # per conversation and hour: a code is 6 digits, guessing must not pay
-CODE_RE = re.compile(r"\d{3}\s?\d{3}")
+MAX_WRONG_CODES = 5          # per resident and hour; every resident's wrong codes also count globally
 
 COMMAND_TEXTS["link"] = N_("link.command")
 menu_item(70, "link", N_("link.menu"), "link.start")
@@ -58,14 +60,33 @@ def link_start(ctx: Ctx) -> None:
         others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
         if others:
             ctx.say(ctx.t("link.already"))
-        code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
-        ctx.say(ctx.t("link.whatsapp_code", code=code.code, minutes=int(linking.CODE_TTL.total_seconds() // 60)))
+        if not _say_if_paused(ctx):
+            code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
+            ctx.say(ctx.t("link.whatsapp_code", code=linking.shown(code.code),
+                          minutes=int(linking.CODE_TTL.total_seconds() // 60)))
         _leave(ctx)
         return
     if ctx.channel == "telegram":
         ctx.ask(ctx.t("link.ask_contact"), request_contact=ctx.t("link.share_button"))
     else:
         ctx.ask(ctx.t("link.ask_code"))
+
+
+def _guard_settings(ctx: Ctx) -> tuple[int, timedelta, timedelta]:
+    """LINK_CODE_FAILURES, LINK_CODE_WINDOW, LINK_CODE_PAUSE (the defaults without settings)."""
+    settings = ctx.config.settings
+    return (getattr(settings, "link_code_failures", linking.FAILURE_BUDGET),
+            getattr(settings, "link_code_window", linking.FAILURE_WINDOW),
+            getattr(settings, "link_code_pause", linking.PAUSE))
+
+
+def _say_if_paused(ctx: Ctx) -> bool:
+    """While linking by code is paused (too many wrong codes, from anyone), say so and how long."""
+    left = linking.paused_for(ctx.db, ctx.now, pause=_guard_settings(ctx)[2])
+    if left <= 0:
+        return False
+    ctx.say(ctx.t("link.paused", minutes=max(1, math.ceil(left / 60))), remove_keyboard=True)
+    return True
 
 
 def _leave(ctx: Ctx) -> None:
@@ -88,19 +109,25 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
             ctx.say(ctx.t("link.no_match", phone=phone), remove_keyboard=True)
             return _after(ctx)
         return _link(ctx, identity.resident_id, phone)
-    text = msg.text.strip()
-    if not CODE_RE.fullmatch(text):
+    typed = linking.parse_code(msg.text)
+    if typed is None:
         return Invalid("link.expecting")
-    actor = f"{ctx.channel}:{ctx.identity.address}"
+    if _say_if_paused(ctx):
+        return _after(ctx)
+    actor = f"resident:{ctx.resident.id}"
     wrong = ctx.db.exec(select(func.count()).select_from(AuditLog).where(
         AuditLog.actor == actor, AuditLog.action == "link.code_wrong",
         AuditLog.at > ctx.now - timedelta(hours=1))).one()
     if wrong >= MAX_WRONG_CODES:
         ctx.say(ctx.t("link.too_many"), remove_keyboard=True)
         return _after(ctx)
-    code = linking.take_code(ctx.db, text.replace(" ", ""), ctx.now)
+    code = linking.take_code(ctx.db, typed, ctx.now)
     if code is None:
-        repo.audit(ctx.db, actor, "link.code_wrong", f"resident:{ctx.resident.id}")
+        repo.audit(ctx.db, actor, "link.code_wrong", actor)
+        budget, window, pause = _guard_settings(ctx)
+        if linking.record_wrong_code(ctx.db, actor, ctx.now, budget=budget, window=window, pause=pause):
+            _say_if_paused(ctx)
+            return _after(ctx)
         return Invalid("link.code_invalid")
     phone = ""
     for identity in repo.identities_of(ctx.db, code.resident_id):
@@ -116,7 +143,7 @@ def _link(ctx: Ctx, other_id: int, phone: str) -> Transition:
     try:
         with ctx.db.begin_nested():
             resident = linking.merge_residents(ctx.db, ctx.resident.id, other_id, mergers=MERGERS,
-                                               actor=f"{ctx.channel}:{ctx.identity.address}")
+                                               actor=f"resident:{ctx.resident.id}")
             if phone:
                 resident.phone = phone
                 ctx.db.add(resident)

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from storage.fastsql import begin_immediate
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable host stops start-up (or fails a step) instead of hanging
 
 
 def json_text(value) -> str:
@@ -77,7 +78,9 @@ def make_engine(url: str, *, pool_size: int = 5, sqlite_synchronous: str = "FULL
             begin_immediate(conn)
 
         return engine
-    return create_engine(url, json_serializer=json_text, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    connect_args = {} if "connect_timeout" in url else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    return create_engine(url, json_serializer=json_text, pool_size=pool_size, max_overflow=10, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 @contextmanager

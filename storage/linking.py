@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import unicodedata
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Optional
 
@@ -26,7 +27,20 @@ from storage.models import ConversationSession, Resident
 log = logging.getLogger(__name__)
 
 CODE_TTL = timedelta(minutes=10)
-CODE_DIGITS = 6
+# Ten digits, shown as two groups of five ("48213 90577"): every phone keyboard has digits (an
+# Arabic one types ٤٨٢١٣, read the same), and 10^10 codes against a global budget of wrong
+# guesses (LinkGuard) leave guessing hopeless: with the defaults (50 wrong codes, then an hour's
+# pause that also voids every live code) at most about 50 guesses an hour get through, from any
+# number of accounts. With one code alive, a guess hits with a chance of 10^-10 and a whole year
+# of guessing (some 440,000 guesses, linking paused for everyone all along, which is seen) with
+# a chance of 0.004%; with a hundred codes alive at once, 0.4%.
+CODE_DIGITS = 10
+CODE_GROUP = 5
+CODE_SEPARATORS = " -.·_/"
+# The defaults of LINK_CODE_FAILURES, LINK_CODE_WINDOW and LINK_CODE_PAUSE (bot/settings.py).
+FAILURE_BUDGET = 50
+FAILURE_WINDOW = timedelta(hours=1)
+PAUSE = timedelta(hours=1)
 
 
 class LinkCode(SQLModel, table=True):
@@ -38,6 +52,19 @@ class LinkCode(SQLModel, table=True):
     channel: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime = Field(index=True)
+
+
+class LinkGuard(SQLModel, table=True):
+    """The global budget of wrong link codes (one row, shared by every worker): a wrong code
+    cannot be attributed to the code it missed, so every wrong guess, from any resident, counts
+    here; past the budget within the window, linking by code pauses for everyone and every live
+    code is voided (revision 0013)."""
+
+    __tablename__ = "link_guard"
+    id: int = Field(default=1, primary_key=True)
+    window_started_at: datetime = Field(default_factory=utcnow)
+    failures: int = Field(default=0)
+    paused_until: Optional[datetime] = None
 
 
 # ---------------------------------------------------------------- phone numbers
@@ -79,7 +106,26 @@ def new_code(db: Session, resident_id: int, channel: str, now: datetime | None =
             db.add(row)
             db.flush()
             return row
-    raise RuntimeError("no free link code")  # a million codes alive at once: not a real case
+    raise RuntimeError("no free link code")  # 10^10 codes, a handful alive: not a real case
+
+
+def shown(code: str) -> str:
+    """A code as the resident reads it: "48213 90577"."""
+    return " ".join(code[i:i + CODE_GROUP] for i in range(0, len(code), CODE_GROUP))
+
+
+def parse_code(text: str) -> str | None:
+    """The code in what a resident typed ("48213 90577", "4821390577", "٤٨٢١٣-٩٠٥٧٧"), or None
+    when it is not one: separators dropped, every script's digits read as 0-9."""
+    digits = []
+    for ch in (text or "").strip():
+        if ch in CODE_SEPARATORS:
+            continue
+        value = unicodedata.decimal(ch, None)
+        if value is None:
+            return None
+        digits.append(str(value))
+    return "".join(digits) if len(digits) == CODE_DIGITS else None
 
 
 def take_code(db: Session, code: str, now: datetime | None = None) -> LinkCode | None:
@@ -88,10 +134,59 @@ def take_code(db: Session, code: str, now: datetime | None = None) -> LinkCode |
     row = db.get(LinkCode, code.strip())
     if row is None:
         return None
-    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=now.tzinfo)
     db.delete(row)
     db.flush()
-    return row if expires >= now else None
+    return row if _aware(row.expires_at) >= now else None
+
+
+# ---------------------------------------------------------------- the global budget of wrong codes
+def _guard(db: Session, now: datetime, *, lock: bool = False) -> LinkGuard:
+    row = db.get(LinkGuard, 1, with_for_update=lock, populate_existing=True)
+    if row is None:  # the migration writes the row; a database made otherwise gets it here
+        row = LinkGuard(id=1, window_started_at=now)
+        db.add(row)
+        db.flush()
+    return row
+
+
+def paused_for(db: Session, now: datetime | None = None, *, pause: timedelta = PAUSE) -> float:
+    """Seconds linking by code stays paused (0: it is not). A pause never lasts longer than
+    `pause` from now: one left further ahead (the clock was set back) is cut to that."""
+    now = now or utcnow()
+    row = db.get(LinkGuard, 1)
+    if row is None or row.paused_until is None:
+        return 0.0
+    left = _aware(row.paused_until) - now
+    if left > pause:
+        row.paused_until = now + pause
+        db.add(row)
+        db.flush()
+        left = pause
+    return max(0.0, left.total_seconds())
+
+
+def record_wrong_code(db: Session, actor: str, now: datetime | None = None, *, budget: int = FAILURE_BUDGET,
+                      window: timedelta = FAILURE_WINDOW, pause: timedelta = PAUSE) -> bool:
+    """Count one wrong code against the global budget (the guard's row locked: every worker
+    counts in the same place). True when it used up the budget: linking by code is paused for
+    `pause` and every live code is deleted (audited, with how many)."""
+    now = now or utcnow()
+    row = _guard(db, now, lock=True)
+    started = _aware(row.window_started_at)
+    if now - started >= window or started > now:  # a new window (or the clock went back)
+        row.window_started_at, row.failures = now, 0
+    row.failures += 1
+    tripped = row.failures >= budget
+    if tripped:
+        voided = db.exec(delete(LinkCode)).rowcount or 0
+        repo.audit(db, actor, "link.paused", "link_code", failures=row.failures, codes_voided=voided,
+                   until=(now + pause).isoformat())
+        log.warning("linking by code paused until %s: %d wrong codes within %s; %d live codes voided",
+                    (now + pause).isoformat(timespec="seconds"), row.failures, window, voided)
+        row.paused_until, row.window_started_at, row.failures = now + pause, now, 0
+    db.add(row)
+    db.flush()
+    return tripped
 
 
 def erase_codes(db: Session, resident_id: int) -> None:

@@ -140,6 +140,7 @@ class ChannelRate(SQLModel, table=True):
     channel: str = Field(max_length=16, primary_key=True)
     tat: datetime = Field(default_factory=utcnow)  # theoretical arrival time of the next free slot
     paused_until: Optional[datetime] = None
+    pause_seconds: Optional[float] = None  # the pause's length (revision 0014): a pause never lasts longer
 
 
 class WorkerHeartbeat(SQLModel, table=True):

@@ -18,6 +18,13 @@ from storage.fastsql import Prepared, connection_of, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
 
 REPLY_LEASE = timedelta(seconds=30)
+# The clock can move (an administrator, NTP stepping it): what is stored is clamped when read.
+# A pending row created "in the future" was queued before the clock went back (claim); a pause
+# after a 429 lasts at most what was asked, MAX_PAUSE at most; a channel's pace (tat) is at most
+# the dispatcher's reservations ahead (reserve_slots' horizon).
+CLOCK_SKEW = timedelta(seconds=2)
+MAX_PAUSE = 3600.0  # seconds: the longest retry_after honoured
+PACE_HORIZON = 15.0  # seconds: reserve_slots' default horizon (half the default OUTBOX_LEASE)
 PRIORITY_REPLY = 0
 PRIORITY_NOTIFICATION = 3
 PRIORITY_BROADCAST = 8
@@ -135,9 +142,16 @@ def insert_rows(db: Session, values: list[dict]) -> None:
 def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelta,
           now: datetime | None = None, address: str | None = None) -> list[OutboxMessage]:
     """Claim up to `limit` due rows of a channel for this worker (pending, or whose lease ran out);
-    `address` narrows it to one recipient (a terminal chat prints only its own messages)."""
+    `address` narrows it to one recipient (a terminal chat prints only its own messages).
+
+    A pending row is due at `available_at`; one created after now (by more than CLOCK_SKEW) was
+    written before the clock was set back and is due now: else every row queued before the step
+    would wait as long as the step. (The index's range on available_at > now holds only the
+    rows waiting for a retry, a chat's pace or a set time: few.)"""
     now = now or utcnow()
-    due = or_(and_(OutboxMessage.status == "pending", OutboxMessage.available_at <= now),
+    pending_due = or_(OutboxMessage.available_at <= now,
+                      and_(OutboxMessage.available_at > now, OutboxMessage.created_at > now + CLOCK_SKEW))
+    due = or_(and_(OutboxMessage.status == "pending", pending_due),
               and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now))
     query = (select(OutboxMessage).where(OutboxMessage.channel == channel, due)
              .order_by(OutboxMessage.priority, OutboxMessage.id).limit(limit))
@@ -306,56 +320,84 @@ def _ensure_rate_row(db: Session, channel: str) -> None:
 
 _PG_RESERVE = text(
     "UPDATE channel_rate SET tat = CASE WHEN paused_until > clock_timestamp() THEN tat "
+    "WHEN tat > clock_timestamp() + make_interval(secs => :horizon) "
+    "THEN clock_timestamp() + make_interval(secs => :span) "
     "ELSE GREATEST(tat, clock_timestamp()) + make_interval(secs => :span) END "
     "WHERE channel = :c "
-    "RETURNING tat, paused_until, clock_timestamp() AS now")
+    "RETURNING tat, paused_until, pause_seconds, clock_timestamp() AS now")
 
 
-def reserve_slots(db: Session, channel: str, k: int, rate: float) -> Reservation:
+def reserve_slots(db: Session, channel: str, k: int, rate: float, *, horizon: float = PACE_HORIZON) -> Reservation:
     """Reserve k send slots of a channel paced at `rate` messages per second, shared by every
     worker (GCRA): start = max(tat, now); tat = start + k/rate; one atomic UPDATE ... RETURNING on
     PostgreSQL (SQLite: the transaction's BEGIN IMMEDIATE already serialises it). While the
-    channel is paused nothing is reserved and `paused_for` says for how long."""
+    channel is paused nothing is reserved and `paused_for` says for how long.
+
+    The clock can move: a tat further than `horizon` seconds ahead of now (no dispatcher holds
+    slots further ahead: it gives back a slot more than half a lease away) was left by a clock
+    since set back, and is reset to now; so is a pause longer than the one asked for (_pause_left).
+    Without it a reply would wait as long as the clock was set back, and every reservation made
+    meanwhile would push the pace further ahead."""
     interval = 1.0 / rate
     span = k * interval
     if is_postgres(db):
         for _ in range(2):
-            row = db.exec(_PG_RESERVE, params={"c": channel, "span": span}).first()
+            row = db.exec(_PG_RESERVE, params={"c": channel, "span": span, "horizon": horizon}).first()
             if row is not None:
                 break
             _ensure_rate_row(db, channel)
-        tat, paused_until, now = row
-        if paused_until is not None and paused_until > now:
-            return Reservation(0.0, interval, (paused_until - now).total_seconds())
+        tat, paused_until, pause_seconds, now = row
+        paused = _pause_left(db, channel, paused_until, pause_seconds, now)
+        if paused > 0:
+            return Reservation(0.0, interval, paused)
         return Reservation(max(0.0, (tat - now).total_seconds() - span), interval)
     _ensure_rate_row(db, channel)
     rate_row = db.get(ChannelRate, channel, with_for_update=True)
     now = utcnow()
-    if rate_row.paused_until is not None and rate_row.paused_until > now:
-        return Reservation(0.0, interval, (rate_row.paused_until - now).total_seconds())
-    start = max(rate_row.tat, now)
+    paused = _pause_left(db, channel, rate_row.paused_until, rate_row.pause_seconds, now)
+    if paused > 0:
+        return Reservation(0.0, interval, paused)
+    start = now if rate_row.tat > now + timedelta(seconds=horizon) else max(rate_row.tat, now)
     rate_row.tat = start + timedelta(seconds=span)
     db.add(rate_row)
     db.flush()
     return Reservation((start - now).total_seconds(), interval)
 
 
+def _pause_left(db: Session, channel: str, paused_until: datetime | None, pause_seconds: float | None,
+                now: datetime) -> float:
+    """Seconds a channel's pause has left, never more than the pause asked for (MAX_PAUSE for a
+    pause recorded without its length): one left longer (the clock was set back) is cut to it,
+    in the database too."""
+    if paused_until is None or paused_until <= now:
+        return 0.0
+    longest = min(MAX_PAUSE, pause_seconds if pause_seconds is not None else MAX_PAUSE)
+    left = (paused_until - now).total_seconds()
+    if left > longest:
+        db.exec(update(ChannelRate).where(ChannelRate.channel == channel)
+                .values(paused_until=now + timedelta(seconds=longest)))
+        left = longest
+    return left
+
+
 def channel_paused_for(db: Session, channel: str) -> float:
     """Seconds the channel stays paused (0 when it is not)."""
     row = db.get(ChannelRate, channel)
-    if row is None or row.paused_until is None:
+    if row is None:
         return 0.0
-    return max(0.0, (row.paused_until - utcnow()).total_seconds())
+    return _pause_left(db, channel, row.paused_until, row.pause_seconds, utcnow())
 
 
 def pause_channel(db: Session, channel: str, seconds: float) -> datetime:
-    """A 429: every worker pauses the channel until then (the later pause wins)."""
+    """A 429: every worker pauses the channel until then (the later pause wins), for MAX_PAUSE
+    at most; the length is kept with it, so a clock set back cannot make the pause longer."""
     _ensure_rate_row(db, channel)
+    seconds = min(max(seconds, 0.0), MAX_PAUSE)
     until = utcnow() + timedelta(seconds=seconds)
     db.exec(update(ChannelRate).where(ChannelRate.channel == channel,
                                       or_(ChannelRate.paused_until == None,  # noqa: E711
                                           ChannelRate.paused_until < until))
-            .values(paused_until=until))
+            .values(paused_until=until, pause_seconds=seconds))
     return until
 
 

@@ -75,3 +75,46 @@ def test_invalid_settings_stop_start_up_with_one_line(tmp_path):
         assert result.returncode == 2, (env, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0], (env, result.stderr)
+
+
+def one_line_failure(result: subprocess.CompletedProcess, *names: str) -> str:
+    """Exit status 2 and a single stderr line naming each of `names`, no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for name in names:
+        assert name in lines[0], result.stderr
+    return lines[0]
+
+
+def test_a_database_that_cannot_be_opened_stops_every_command_with_one_line(tmp_path):
+    """A closed port (with a password in the URL: never printed) and a missing directory stop
+    `katilim run`, `katilim chat` and `katilim db upgrade` with one line naming DATABASE_URL."""
+    password = "Gizli-Parola-42"
+    cases = ((f"postgresql+psycopg://postgres:{password}@127.0.0.1:1/test", "127.0.0.1:1"),
+             ("sqlite:////nonexistent/dir/k.db", "/nonexistent/dir"))
+    for url, detail in cases:
+        for command in (["run"], ["chat"], ["db", "upgrade"]):
+            result = run_katilim(tmp_path, *command, DATABASE_URL=url, TELEGRAM_BOT_TOKEN="1:x", HTTP_PORT="0",
+                                 MEDIA_DIR=str(tmp_path / "media"))
+            line = one_line_failure(result, "DATABASE_URL", detail)
+            assert password not in result.stderr + result.stdout, line
+            if password in url:
+                assert "postgres:***@127.0.0.1:1" in line, line
+
+
+def test_a_catalog_that_is_not_utf8_stops_start_up_with_one_line(tmp_path):
+    catalog = tmp_path / "belediye.toml"
+    catalog.write_bytes("[municipality]\nname = \"Güzelbahçe Belediyesi\"\n".encode("latin-1"))
+    for command in (["run"], ["chat"]):
+        result = run_katilim(tmp_path, *command, KATILIM_CATALOG=str(catalog), TELEGRAM_BOT_TOKEN="1:x",
+                             HTTP_PORT="0", DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}",
+                             MEDIA_DIR=str(tmp_path / "media"))
+        line = one_line_failure(result, str(catalog), "UTF-8")
+        assert f"{catalog}:2:" in line, line
+
+
+def test_a_media_dir_that_cannot_be_created_stops_start_up_with_one_line(tmp_path):
+    result = run_katilim(tmp_path, "run", MEDIA_DIR="/dev/null/media", TELEGRAM_BOT_TOKEN="1:x", HTTP_PORT="0",
+                         DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
+    one_line_failure(result, "MEDIA_DIR", "/dev/null/media")

@@ -585,9 +585,9 @@ async def test_linking_telegram_and_whatsapp_makes_one_resident(wa, tg):
     # the code path: WhatsApp /bagla shows a one-time code; typed on Telegram it links
     await h.onboard(MEHMET)
     sent = await h.say("/bagla", MEHMET)
-    code = re.search(r"\b(\d{6})\b", sent[0].body).group(1)
+    code = re.search(r"\b(\d{5} \d{5})\b", sent[0].body).group(1)
     await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, "/bagla"))
-    calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, "000000" if code != "000000" else "111111"))
+    calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, "00000 00000" if code != "00000 00000" else "11111 11111"))
     assert t_in("tr", "link.code_invalid") in [c.text for c in calls]
     calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, code))
     assert t_in("tr", "link.done") in [c.text for c in calls]
@@ -615,7 +615,7 @@ async def test_linking_moves_every_features_rows(wa, db_url):
                                   media=[], channel="whatsapp")
         code = report.code
     sent = await h.say("/bagla", AYSE)
-    link_code = re.search(r"\b(\d{6})\b", sent[0].body).group(1)
+    link_code = re.search(r"\b(\d{5} \d{5})\b", sent[0].body).group(1)
     console = h.app.engine
     from conversations.messages import Inbound
 
@@ -627,3 +627,138 @@ async def test_linking_moves_every_features_rows(wa, db_url):
     with h.db() as db:
         assert count(db, Resident) == 1
         assert rp.get_by_code(db, code).resident_id == reply.resident_id
+
+
+# ---------------------------------------------------------------- guessing link codes
+CODE_IN_TEXT = re.compile(r"\b(\d{5} \d{5})\b")
+
+
+def console_say(app, who: str, text: str) -> list[str]:
+    """A terminal resident's message handled by `app`'s engine; the texts of the replies."""
+    from conversations.messages import Inbound
+
+    if text.startswith("/"):
+        msg = Inbound(channel="console", address=who, kind=Kind.COMMAND, command=text[1:], text=text)
+    else:
+        msg = Inbound(channel="console", address=who, kind=Kind.TEXT, text=text)
+    return [out.text for _, out in app.engine.handle(msg).replies]
+
+
+def wrong_codes(*live: str):
+    """Ten-digit codes that are none of the live ones, typed the ways residents type them."""
+    live_digits = {code.replace(" ", "") for code in live}
+    for n in range(1, 10 ** 6):
+        code = f"{n * 7919:010d}"
+        if code not in live_digits:
+            yield code if n % 2 else f"{code[:5]} {code[5:]}"
+
+
+def link_audit(db: Session) -> list:
+    from storage.models import AuditLog
+
+    return list(db.exec(select(AuditLog).where(AuditLog.action.in_(
+        ("link.code_wrong", "link.paused", "resident.merged"))).order_by(AuditLog.id)))
+
+
+async def test_a_resident_guessing_link_codes_is_stopped(wa, tg, figure):
+    from conversations.linking import MAX_WRONG_CODES
+
+    h = await wa(telegram_bot_token=tg.token, telegram_api_url=tg.root)
+    telegram = h.app.channels["telegram"]
+    await h.onboard(MEHMET)
+    code = CODE_IN_TEXT.search((await h.say("/bagla", MEHMET))[0].body).group(1)
+    await _telegram_say(tg, telegram, 601, lambda: tg.push_text(601, "/bagla"))
+    guesses = wrong_codes(code)
+    for _ in range(MAX_WRONG_CODES):
+        calls = await _telegram_say(tg, telegram, 601, lambda: tg.push_text(601, next(guesses)))
+        assert t_in("tr", "link.code_invalid") in [c.text for c in calls]
+    calls = await _telegram_say(tg, telegram, 601, lambda: tg.push_text(601, next(guesses)))
+    assert t_in("tr", "link.too_many") in [c.text for c in calls]
+    # stopped for the hour: even the right code is not tried for this resident (it stays live)
+    await _telegram_say(tg, telegram, 601, lambda: tg.push_text(601, "/bagla"))
+    calls = await _telegram_say(tg, telegram, 601, lambda: tg.push_text(601, code))
+    assert t_in("tr", "link.too_many") in [c.text for c in calls]
+    with h.db() as db:
+        assert count(db, LinkCode) == 1
+        guesser = db.exec(select(ChannelIdentity).where(ChannelIdentity.address == "601")).one().resident_id
+    # Mehmet himself, from another Telegram chat, links with it
+    await _telegram_say(tg, telegram, 602, lambda: tg.push_text(602, "/bagla"))
+    calls = await _telegram_say(tg, telegram, 602, lambda: tg.push_text(602, code.replace(" ", "")))
+    assert t_in("tr", "link.done") in [c.text for c in calls]
+    with h.db() as db:
+        rows = link_audit(db)
+        wrong = [r for r in rows if r.action == "link.code_wrong"]
+        assert len(wrong) == MAX_WRONG_CODES
+        assert {(r.actor, r.target) for r in wrong} == {(f"resident:{guesser}", f"resident:{guesser}")}
+        merged = [r for r in rows if r.action == "resident.merged"]
+        assert len(merged) == 1 and merged[0].actor.startswith("resident:")
+        for row in rows:  # pseudonymous: no chat id, no phone number
+            text = json.dumps([row.actor, row.target, row.details])
+            assert "601" not in text and "602" not in text and "555444" not in text, text
+    figure(f"link codes, one resident: {MAX_WRONG_CODES} wrong codes an hour, then every attempt refused "
+           "(the right code too) while the code stays live for its owner")
+
+
+async def test_guessing_across_many_residents_pauses_linking_and_voids_live_codes(wa, db_url, figure):
+    """Wrong codes from many residents, through two workers sharing the database, use up the
+    global budget (LINK_CODE_FAILURES, 50 an hour): until then a right code links; the guess that
+    uses it up pauses linking by code for everyone (LINK_CODE_PAUSE) and voids every live code."""
+    from bot.app import build_app
+    from conversations.linking import MAX_WRONG_CODES
+    from storage.linking import LinkGuard
+
+    h = await wa(database_url=db_url)
+    other = build_app(h.app.settings, role="worker")  # a second worker on the same database
+    workers = [h.app, other]
+    budget = h.app.settings.link_code_failures
+    try:
+        await h.onboard(MEHMET)
+        code = CODE_IN_TEXT.search((await h.say("/bagla", MEHMET))[0].body).group(1)
+        guesses = wrong_codes(code)
+        made = 0
+        residents = 0
+        while made < budget - 1:  # at most MAX_WRONG_CODES each, alternately on each worker
+            who = f"guesser{residents}"
+            residents += 1
+            console_say(workers[residents % 2], who, "/bagla")
+            for i in range(min(MAX_WRONG_CODES, budget - 1 - made)):
+                replies = console_say(workers[(residents + i) % 2], who, next(guesses))
+                assert t_in("tr", "link.code_invalid") in replies, replies
+                made += 1
+        # one wrong code short of the budget, a right code still links
+        console_say(other, "mehmet", "/bagla")
+        assert t_in("tr", "link.done") in console_say(other, "mehmet", code)
+        await h.onboard(AYSE)
+        ayse_code = CODE_IN_TEXT.search((await h.say("/bagla", AYSE))[0].body).group(1)
+
+        # the wrong code that uses up the budget, from a resident who has not been stopped
+        console_say(h.app, "last-guesser", "/bagla")
+        replies = console_say(h.app, "last-guesser", next(guesses))
+        assert replies[0] == t_in("tr", "link.paused", minutes=60), replies  # then onboarding goes on
+        with h.db() as db:
+            assert count(db, LinkCode) == 0  # Ayşe's live code is void
+            guard = db.get(LinkGuard, 1)
+            assert guard.failures == 0 and guard.paused_until > utcnow() + timedelta(minutes=59)
+            paused = [r for r in link_audit(db) if r.action == "link.paused"]
+            assert len(paused) == 1 and paused[0].details["codes_voided"] == 1
+            assert paused[0].details["failures"] == budget
+            assert all(r.actor.startswith("resident:") for r in link_audit(db))
+        # paused for everyone: Ayşe's old code, and no new code on WhatsApp
+        console_say(other, "ayse", "/bagla")
+        assert console_say(other, "ayse", ayse_code)[0] == t_in("tr", "link.paused", minutes=60)
+        sent = await h.say("/bagla", AYSE)
+        assert t_in("tr", "link.paused", minutes=60) in [m.body for m in sent]
+        assert not CODE_IN_TEXT.search(" ".join(m.body for m in sent))
+
+        # an hour later (the pause's end moved into the past) linking by code works again
+        with transaction(h.app.db) as db:
+            db.exec(update(LinkGuard).values(paused_until=utcnow() - timedelta(seconds=1)))
+        ayse_code = CODE_IN_TEXT.search((await h.say("/bagla", AYSE))[0].body).group(1)
+        console_say(other, "ayse", "/bagla")
+        arabic = ayse_code.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")).replace(" ", "-")
+        assert t_in("tr", "link.done") in console_say(other, "ayse", arabic)  # an Arabic keyboard's digits
+    finally:
+        other.db.dispose()
+    figure(f"link codes, all residents: 10^10 codes; {budget - 1} wrong codes from {residents} residents "
+           f"(at most {MAX_WRONG_CODES} each, two workers) left a right code working; wrong code {budget} "
+           f"paused linking by code for {h.app.settings.link_code_pause} and voided the 1 live code")
