@@ -28,6 +28,10 @@ Choices:
   notes are never served (a voice identifies a person); only photos, and only to a full key, by a
   random token per photo (report_media.token), so they cannot be enumerated. Tracking codes stay
   sequential: they are the public id of a report and reveal nothing the public feed does not.
+- POST requests.json is budgeted per key (OPEN311_POSTS_PER_MINUTE, bursts of OPEN311_POSTS_BURST)
+  and across all keys (OPEN311_POSTS_PER_MINUTE_TOTAL, OPEN311_POSTS_BURST_TOTAL), in the database
+  (storage/quota.py: shared by every worker); beyond: 429 with Retry-After. Every authenticated
+  POST counts, valid or not.
 - KVKK data minimisation: a POST's first_name, last_name, email, phone, device_id and account_id are
   accepted (clients send them) and discarded: they are not stored, not logged, not put in a note.
   The CRM that collected them is their controller and can reach the person; this service only needs
@@ -40,9 +44,9 @@ Choices:
   downloaded (this server never fetches URLs a client chooses).
 - Errors: [{"code": 400, "description": "..."}] (or <errors> for .xml) with that HTTP status:
   400 missing or invalid parameter, 403 missing, unknown or revoked api_key (or one without the
-  scope needed), 404 unknown service_request_id or service_code. Error descriptions are for the
-  client's developers, in English; service names and notices follow `locale` or Accept-Language
-  (tr, en, ar; Turkish by default).
+  scope needed), 404 unknown service_request_id or service_code, 429 over the POST budget (with
+  Retry-After). Error descriptions are for the client's developers, in English; service names
+  and notices follow `locale` or Accept-Language (tr, en, ar; Turkish by default).
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ from sqlmodel import Session, select
 from bot.catalog import LOCALES, Catalog
 from conversations.i18n import t_in
 from bot.http import HTTP_HOOKS, IMAGE_TYPES, stored_file
-from storage import apikeys, repo
+from storage import apikeys, quota, repo
 from storage.apikeys import ApiKey
 from storage.db import transaction, utcnow
 from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, create_report
@@ -172,12 +176,15 @@ class NewRequest(BaseModel):
 def _errors_doc(*codes: int, xml: bool = False) -> dict:
     meaning = {400: "a missing or invalid parameter",
                403: "a missing, unknown or revoked api_key, or one without the scope this needs",
-               404: "an unknown service_request_id or service_code"}
+               404: "an unknown service_request_id or service_code",
+               429: "over the POST budget of the key or of all keys: retry after Retry-After seconds"}
     if xml:
         shape: dict[str, Any] = {"content": {"application/xml": {"schema": {"type": "string"}}}}
     else:
         shape = {"model": list[Open311ErrorItem]}
     doc: dict[Any, Any] = {code: {**shape, "description": meaning[code]} for code in codes}
+    if 429 in doc:
+        doc[429]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     # Any other client error has the same shape (and keeps FastAPI from documenting a 422 we never send).
     doc["4XX"] = {**shape, "description": "an error, in the Open311 format"}
     return doc
@@ -199,20 +206,21 @@ def _without_nulls(schema: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- errors
 class Open311Error(Exception):
-    def __init__(self, status: int, description: str) -> None:
+    def __init__(self, status: int, description: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(description)
         self.status = status
         self.description = description
+        self.headers = headers
 
 
-def error_response(path: str, status: int, description: str) -> Response:
+def error_response(path: str, status: int, description: str, headers: dict[str, str] | None = None) -> Response:
     if path.endswith(".xml"):
         root = ET.Element("errors")
         item = ET.SubElement(root, "error")
         ET.SubElement(item, "code").text = str(status)
         ET.SubElement(item, "description").text = _xml_safe(description)
-        return XMLResponse(_xml_bytes(root), status_code=status)
-    return JSONResponse([{"code": status, "description": description}], status_code=status)
+        return XMLResponse(_xml_bytes(root), status_code=status, headers=headers)
+    return JSONResponse([{"code": status, "description": description}], status_code=status, headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -235,7 +243,7 @@ class Open311Route(APIRoute):
             except RequestValidationError as exc:
                 return error_response(request.url.path, 400, _describe(exc))
             except Open311Error as exc:
-                return error_response(request.url.path, exc.status, exc.description)
+                return error_response(request.url.path, exc.status, exc.description, exc.headers)
 
         return route
 
@@ -562,6 +570,20 @@ class Open311:
             raise Open311Error(403, "api_key is required")
         return await run_in_threadpool(self._create, fields, plain.strip(), lang)
 
+    def _spend(self, db: Session, key: ApiKey) -> None:
+        """One POST of the key's budget and of all keys' budget, or 429 (nothing spent: the
+        caller's transaction is rolled back)."""
+        s = self.settings
+        refused = quota.spend(db, [(f"open311:key:{key.id}", s.open311_posts_per_minute, s.open311_posts_burst),
+                                   ("open311:all", s.open311_posts_per_minute_total, s.open311_posts_burst_total)])
+        if refused is not None:
+            whose = ("this api_key", "all clients")[refused[0]]
+            seconds = max(1, math.ceil(refused[1]))
+            log.warning("open311: POST by key %s refused, over the budget of %s (retry in %ds)",
+                        key.prefix, whose, seconds)
+            raise Open311Error(429, f"too many requests for {whose}: retry after {seconds} s",
+                               headers={"Retry-After": str(seconds)})
+
     async def _fields(self, request: Request, body: bytes) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
@@ -598,11 +620,18 @@ class Open311:
     def _create(self, fields: dict[str, Any], plain: str, lang: str) -> CreatedRequest:
         for name in DISCARDED_FIELDS:  # KVKK: never stored (see the module's docstring)
             fields.pop(name, None)
+        refused: Open311Error | None = None
         with transaction(self.app.db) as db:
             key = apikeys.authenticate(db, plain)
             if key is None:
                 raise Open311Error(403, "api_key is unknown or revoked")
-            tracking = self._insert(db, fields, key)
+            self._spend(db, key)
+            try:
+                tracking = self._insert(db, fields, key)
+            except Open311Error as exc:
+                refused = exc  # an invalid POST counts against the budget too (committed here)
+        if refused is not None:
+            raise refused
         log.info("open311: %s created by key %s", tracking, key.prefix)
         return CreatedRequest(service_request_id=tracking,
                               service_notice=t_in(lang, "open311.notice_received", code=tracking))
@@ -728,7 +757,7 @@ def build_router(app) -> APIRouter:
     body_schema["dependentRequired"] = {"lat": ["long"], "long": ["lat"]}
 
     @router.post("/requests.json", status_code=201, response_model=list[CreatedRequest],
-                 responses=_errors_doc(400, 403, 404), summary="Create a service request (api_key required)",
+                 responses=_errors_doc(400, 403, 404, 429), summary="Create a service request (api_key required)",
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/x-www-form-urlencoded": {"schema": _without_nulls(body_schema)},
                      "application/json": {"schema": body_schema}}}})

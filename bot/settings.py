@@ -118,6 +118,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
+    # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
+    # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.
+    # Beyond: 429 with Retry-After. 0 per minute: no limit.
+    open311_posts_per_minute: float = Field(default=30, ge=0, le=100_000)
+    open311_posts_burst: int = Field(default=10, ge=1, le=100_000)
+    open311_posts_per_minute_total: float = Field(default=120, ge=0, le=1_000_000)
+    open311_posts_burst_total: int = Field(default=30, ge=1, le=1_000_000)
+
     # Conversations
     session_expiry: timedelta = timedelta(hours=24)
     # Delivered outbox rows (address, text) are deleted after this long (data minimisation).

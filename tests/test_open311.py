@@ -3,6 +3,7 @@
 app's own OpenAPI document."""
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -566,3 +567,131 @@ def test_migration_0010_gives_old_keys_the_public_scope_and_old_media_a_token(db
 
 def media_tokens_of(db, report_id: int) -> list[str]:
     return [m.token for m in db.exec(select(ReportMedia).where(ReportMedia.report_id == report_id))]
+
+
+# ---------------------------------------------------------------- POST budgets
+def _count_reports(app) -> int:
+    with transaction(app.db) as db:
+        return len(db.exec(select(Report)).all())
+
+
+async def test_posts_beyond_the_keys_budget_get_429_and_create_nothing(make_app, db_url, figure):
+    """The review's 300 reports in 1.9 s with one key, again, with the default budgets (30 per
+    minute per key, bursts of 10): the burst is created, every other POST gets 429 in the Open311
+    format with Retry-After, and nothing of it is stored. Another key is not held back."""
+    import time
+
+    app = make_app(database_url=db_url)
+    key, other = new_key(app), new_key(app, "mobile-app")
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    statuses, retry_after = [], set()
+    async with client(create_http_app(app)) as c:
+        started = time.perf_counter()
+        for _ in range(300):
+            response = await c.post(f"{BASE}/requests.json", data=form)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert "this api_key" in is_error(response, 429)
+                retry_after.add(int(response.headers["Retry-After"]))
+        elapsed = time.perf_counter() - started
+        assert (await c.post(f"{BASE}/requests.json", data={**form, "api_key": other})).status_code == 201
+    created, refused = statuses.count(201), statuses.count(429)
+    assert created + refused == 300 and statuses[:10] == [201] * 10
+    assert created <= 10 + elapsed / 2 + 1  # the burst, and one more every 2 s at 30 per minute
+    assert retry_after and min(retry_after) >= 1 and max(retry_after) <= 2
+    assert _count_reports(app) == created + 1
+    figure(f"Open311 POST, {app.db.dialect.name}, one key, defaults (30/min, burst 10): 300 posted in "
+           f"{elapsed:.1f} s, {created} created, {refused} refused with 429 (Retry-After {sorted(retry_after)} s)")
+
+
+async def test_all_keys_together_are_capped_and_retry_after_is_right(make_app, sqlite_url):
+    app = make_app(database_url=sqlite_url, open311_posts_per_minute=60, open311_posts_burst=2,
+                   open311_posts_per_minute_total=600, open311_posts_burst_total=5)
+    keys = [new_key(app, f"client{n}") for n in range(4)]
+    async with client(create_http_app(app)) as c:
+        async def post(key):
+            return await c.post(f"{BASE}/requests.json", json={"api_key": key, "service_code": "road",
+                                                               "address_id": "adatepe"})
+
+        answers = [await post(keys[n % 4]) for n in range(8)]
+        assert [a.status_code for a in answers] == [201] * 5 + [429] * 3
+        assert all("all clients" in is_error(a, 429) for a in answers[5:])
+        # one key alone: its burst of 2, then 429 until Retry-After has passed
+        await asyncio.sleep(1.0)
+        solo = new_key(app, "solo")
+        assert [(await post(solo)).status_code for _ in range(2)] == [201, 201]
+        refused = await post(solo)
+        assert "this api_key" in is_error(refused, 429)
+        await asyncio.sleep(int(refused.headers["Retry-After"]))
+        assert (await post(solo)).status_code == 201
+        # an invalid POST counts too (a client cannot probe without spending its budget)
+        invalid = [await c.post(f"{BASE}/requests.json", data={"api_key": keys[3], "service_code": "nope"})
+                   for _ in range(3)]
+    assert [a.status_code for a in invalid][:1] == [404] and invalid[-1].status_code == 429
+    assert _count_reports(app) == 8
+
+
+async def test_the_budget_holds_across_workers(make_app, db_url):
+    """Two workers (two apps, two connection pools, one database) posting at once with the same
+    key: together they get the one burst, because the bucket is a row in the database."""
+    settings = dict(database_url=db_url, open311_posts_per_minute=1, open311_posts_burst=10)
+    first, second = make_app(**settings), make_app(**settings)
+    key = new_key(first)
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    async with client(create_http_app(first)) as a, client(create_http_app(second)) as b:
+        answers = await asyncio.gather(*[(a if n % 2 else b).post(f"{BASE}/requests.json", data=form)
+                                         for n in range(30)])
+    assert sorted(r.status_code for r in answers) == [201] * 10 + [429] * 20
+    assert _count_reports(first) == 10
+
+
+async def test_the_budget_costs_little(make_app, db_url, figure):
+    """Time per POST with the budget checked (limits high enough never to refuse) and without
+    (0: off), in alternating blocks on the same database."""
+    import statistics
+    import time
+
+    on = make_app(database_url=db_url, open311_posts_per_minute=100_000, open311_posts_burst=100_000,
+                  open311_posts_per_minute_total=1_000_000, open311_posts_burst_total=1_000_000)
+    off = make_app(database_url=db_url, open311_posts_per_minute=0, open311_posts_per_minute_total=0)
+    key = new_key(on)
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    async with client(create_http_app(on)) as c_on, client(create_http_app(off)) as c_off:
+        for block in range(10):
+            for name, c in (("on", c_on), ("off", c_off)) if block % 2 else (("off", c_off), ("on", c_on)):
+                for _ in range(10):
+                    started = time.perf_counter()
+                    assert (await c.post(f"{BASE}/requests.json", data=form)).status_code == 201
+                    times[name].append(time.perf_counter() - started)
+    median = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    figure(f"Open311 POST, {on.db.dialect.name}: median {median['on']:.2f} ms with the budget checked, "
+           f"{median['off']:.2f} ms without ({len(times['on'])} each, alternating blocks)")
+    assert _count_reports(on) == 200
+
+
+def test_a_clock_stepped_back_holds_posts_back_for_a_burst_at_most(make_app, db_url):
+    """storage.quota with the clock given: a bucket emptied, then the clock an hour back and
+    forward again. The bucket never refuses for longer than its burst's time and CLOCK_SLACK."""
+    from storage import quota
+
+    app = make_app(database_url=db_url)
+    bucket = [("clock-test", 60, 3)]  # one a second, bursts of 3
+
+    def spend(at: float):
+        with transaction(app.db) as db:
+            refused = quota.spend(db, bucket, now=at)
+            if refused:
+                db.rollback()
+            return refused
+
+    t = 1_000_000.0
+    assert [spend(t) for _ in range(3)] == [None] * 3
+    assert spend(t) == (0, pytest.approx(1.0))
+    assert spend(t - 3600) is None  # an hour back: the bucket starts afresh, not refused for an hour
+    assert [spend(t - 3600) for _ in range(2)] == [None, None]
+    assert spend(t - 3600)[1] == pytest.approx(1.0)
+    assert spend(t - 3600 + 1) is None  # and refills at its rate
+    # the clock forward again: nothing was lost or owed
+    assert [spend(t + 10) for _ in range(3)] == [None] * 3 and spend(t + 10)[1] == pytest.approx(1.0)
+    assert spend(t + 30 + 3 + quota.CLOCK_SLACK / 2) is None
