@@ -20,7 +20,8 @@ Choices:
   A key of scope "full" (`katilim apikey add NAME --scope full`) also gets the description, the
   exact pin, the address as given and media_url; every such request writes one audit row
   (actor "open311:<key name>", action open311.full_read or open311.media_read, the codes read:
-  no personal data). An unknown or revoked key is refused (403), never treated as no key.
+  no personal data), and is sent with Cache-Control: private, no-store. An unknown or revoked
+  key is refused (403), never treated as no key.
 - status_notes, the notes meant for the public: a rejected report's reason, "merged into CODE",
   else the note staff wrote with the change to the current status (the note the reporter and
   followers were sent). A resident's words (a reopening's reason, a rating) are never shown.
@@ -57,7 +58,7 @@ import re
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, NamedTuple, Optional
 from xml.etree import ElementTree as ET
 from zoneinfo import ZoneInfo
 
@@ -90,6 +91,8 @@ NUMBER_FIELDS = ("lat", "long")
 COARSE_DECIMALS = 3  # the public pin: rounded to about 100 m
 AUDITED_CODES = 100  # an audit row of a full read lists at most this many codes (and their count)
 TOKEN_RE = r"^[A-Za-z0-9_-]{16,43}$"
+# A full read holds personal data: no cache (a proxy's, a browser's) may keep it.
+FULL_READ_HEADERS = {"Cache-Control": "private, no-store"}
 DISCARDED_FIELDS = ("first_name", "last_name", "email", "phone", "device_id", "account_id")
 
 
@@ -354,6 +357,15 @@ def _actor(key: ApiKey) -> str:
     return f"open311:{key.name}"[:64]
 
 
+class Read(NamedTuple):
+    requests: list[ServiceRequest]
+    full: bool  # read with a key of scope full: every detail (FULL_READ_HEADERS)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return FULL_READ_HEADERS if self.full else None
+
+
 class Open311:
     def __init__(self, app) -> None:
         self.app = app
@@ -464,7 +476,7 @@ class Open311:
         return out
 
     def _read(self, plain: str | None, path: str, lang: str, fetch: Callable[[Session], list[Report]],
-              **filters: Any) -> list[ServiceRequest]:
+              **filters: Any) -> Read:
         """One read: the key checked, the reports fetched and rendered for it, and, for a full key,
         one audit row naming what was read, all in one transaction."""
         with transaction(self.app.db) as db:
@@ -478,11 +490,11 @@ class Open311:
                            codes=codes[:AUDITED_CODES], **{k: v for k, v in filters.items() if v is not None})
         if full:
             log.info("open311: full read of %d requests by key %s", len(found), key.prefix)
-        return found
+        return Read(found, full)
 
     def find(self, *, lang: str, service_request_id: str | None, service_code: str | None,
              start_date: datetime | None, end_date: datetime | None, status: str | None,
-             page: int, page_size: int, api_key: str | None = None, path: str = "") -> list[ServiceRequest]:
+             page: int, page_size: int, api_key: str | None = None, path: str = "") -> Read:
         query = select(Report)
         if service_request_id:
             # "This overrides all other arguments" (the spec).
@@ -532,11 +544,11 @@ class Open311:
                           start_date=start_date.isoformat() if start_date else None,
                           end_date=end_date.isoformat() if end_date else None)
 
-    def one(self, code: str, lang: str, *, api_key: str | None = None, path: str = "") -> list[ServiceRequest]:
+    def one(self, code: str, lang: str, *, api_key: str | None = None, path: str = "") -> Read:
         code = code.strip().upper()
         found = self._read(api_key, path, lang, lambda db: list(db.exec(select(Report).where(Report.code == code)))
                            if CODE_RE.match(code) else [])
-        if not found:
+        if not found.requests:
             raise Open311Error(404, f"unknown service_request_id {code[:40]!r}")
         return found
 
@@ -718,7 +730,7 @@ def build_router(app) -> APIRouter:
 
     @router.get("/requests.json", response_model=list[ServiceRequest], responses=_errors_doc(400, 403, 404),
                 summary="Service requests (default: the last 90 days, newest first)")
-    def requests_json(request: Request, locale: Optional[str] = LOCALE_QUERY,
+    def requests_json(request: Request, response: Response, locale: Optional[str] = LOCALE_QUERY,
                       service_request_id: Optional[str] = search_params["service_request_id"],
                       service_code: Optional[str] = search_params["service_code"],
                       start_date: Optional[IsoDateTime] = search_params["start_date"],
@@ -727,8 +739,10 @@ def build_router(app) -> APIRouter:
                       page: int = search_params["page"], page_size: int = search_params["page_size"],
                       jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
                       x_api_key: Optional[str] = KEY_HEADER):
-        return search(request, locale, service_request_id, service_code, start_date, end_date, status,
-                      page, page_size, api_key, x_api_key)
+        found = search(request, locale, service_request_id, service_code, start_date, end_date, status,
+                       page, page_size, api_key, x_api_key)
+        response.headers.update(found.headers or {})
+        return found.requests
 
     @router.get("/requests.xml", response_class=XMLResponse, responses=_errors_doc(400, 403, 404, xml=True),
                 summary="Service requests (XML)")
@@ -743,7 +757,8 @@ def build_router(app) -> APIRouter:
                      x_api_key: Optional[str] = KEY_HEADER):
         found = search(request, locale, service_request_id, service_code, start_date, end_date, status,
                        page, page_size, api_key, x_api_key)
-        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found]))
+        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found.requests]),
+                           headers=found.headers)
 
     # The document lists this catalog's service codes and mahalle keys.
     body_schema = NewRequest.model_json_schema()
@@ -766,11 +781,14 @@ def build_router(app) -> APIRouter:
 
     @router.get("/requests/{service_request_id}.json", response_model=list[ServiceRequest],
                 responses=_errors_doc(400, 403, 404), summary="One service request")
-    def request_json(request: Request, service_request_id: str = CODE_PATH, locale: Optional[str] = LOCALE_QUERY,
+    def request_json(request: Request, response: Response, service_request_id: str = CODE_PATH,
+                     locale: Optional[str] = LOCALE_QUERY,
                      jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
                      x_api_key: Optional[str] = KEY_HEADER):
-        return api.one(service_request_id, lang_of(request, locale), api_key=api_key or x_api_key,
-                       path=request.url.path)
+        found = api.one(service_request_id, lang_of(request, locale), api_key=api_key or x_api_key,
+                        path=request.url.path)
+        response.headers.update(found.headers or {})
+        return found.requests
 
     @router.get("/requests/{service_request_id}.xml", response_class=XMLResponse,
                 responses=_errors_doc(400, 403, 404, xml=True), summary="One service request (XML)")
@@ -779,7 +797,8 @@ def build_router(app) -> APIRouter:
                     x_api_key: Optional[str] = KEY_HEADER):
         found = api.one(service_request_id, lang_of(request, locale), api_key=api_key or x_api_key,
                         path=request.url.path)
-        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found]))
+        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found.requests]),
+                           headers=found.headers)
 
     @router.get("/media/{service_request_id}/{token}", response_class=FileResponse,
                 responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},

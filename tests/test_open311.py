@@ -468,14 +468,17 @@ async def test_full_reads_are_audited_public_reads_are_not(api):
     first, second = add_report(app, "road"), add_report(app, "water")
     async with client(http_app) as c:
         for params in ({}, {"api_key": public}):
-            assert (await c.get(f"{BASE}/requests.json", params=params)).status_code == 200
-            assert (await c.get(f"{BASE}/requests/{first}.xml", params=params)).status_code == 200
+            for path in ("requests.json", f"requests/{first}.xml"):
+                read = await c.get(f"{BASE}/{path}", params=params)
+                assert read.status_code == 200 and "cache-control" not in read.headers
         listed = await c.get(f"{BASE}/requests.json", params={"status": "open"}, headers={"X-Api-Key": full})
         one = await c.get(f"{BASE}/requests/{first}.xml", params={"api_key": full})
         nothing = await c.get(f"{BASE}/requests.json", params={"api_key": full, "service_request_id": "BCA-2026-9"})
         wrong = await c.get(f"{BASE}/requests.json", params={"api_key": full + "x"})
         wrong_xml = await c.get(f"{BASE}/requests/{first}.xml", headers={"X-Api-Key": "k311_nope"})
     assert listed.status_code == one.status_code == nothing.status_code == 200
+    # personal data: no cache may keep a full read
+    assert listed.headers["cache-control"] == one.headers["cache-control"] == "private, no-store"
     assert [r["description"] for r in listed.json()] == ["x", "x"]
     assert ET.fromstring(one.content)[0].findtext("description") == "x"
     assert "api_key" in is_error(wrong, 403)
