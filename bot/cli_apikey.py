@@ -1,6 +1,8 @@
-"""`katilim apikey add NAME | list | revoke ID|NAME`: keys of the Open311 API's clients.
+"""`katilim apikey add NAME [--scope public|full] | list | revoke ID|NAME`: keys of the Open311 API's clients.
 
-The plain key is printed once, by `add`; only its SHA-256 is stored. Every action is audited."""
+The plain key is printed once, by `add`; only its SHA-256 is stored. Every action is audited.
+A key of scope "public" (the default) reads what anyone reads; "full" also reads the residents'
+descriptions, exact pins and photos, and each of its reads is audited (bot/open311.py)."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="apikey_command", required=True)
     a = asub.add_parser("add", help="create a key (printed once: store it in the client)")
     a.add_argument("name", help="who uses it, e.g. crm or mobile-app (no spaces)")
+    a.add_argument("--scope", choices=apikeys.SCOPES, default="public",
+                   help="public (default): the public view; full: also descriptions, exact pins and photos "
+                        "(every read audited)")
     a.set_defaults(func=cmd_add)
-    asub.add_parser("list", help="list keys (prefix, created, last used, revoked)").set_defaults(func=cmd_list)
+    asub.add_parser("list", help="list keys (scope, prefix, created, last used, revoked)").set_defaults(func=cmd_list)
     r = asub.add_parser("revoke", help="revoke a key: its requests are refused from now on")
     r.add_argument("key", metavar="ID|NAME")
     r.set_defaults(func=cmd_revoke)
@@ -36,14 +41,15 @@ def cmd_add(settings: Settings, args) -> int:
     engine = _db(settings)
     try:
         with transaction(engine) as db:
-            key, plain = apikeys.create_key(db, args.name)
-            repo.audit(db, operator_name(), "apikey.added", f"apikey:{key.id}", name=key.name, prefix=key.prefix)
+            key, plain = apikeys.create_key(db, args.name, scope=args.scope)
+            repo.audit(db, operator_name(), "apikey.added", f"apikey:{key.id}", name=key.name, prefix=key.prefix,
+                       scope=key.scope)
     except apikeys.ApiKeyError as exc:
         print(f"katilim: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
-    print(f"API key {key.id} ({key.name}) created. It is shown only this once:")
+    print(f"API key {key.id} ({key.name}, scope {key.scope}) created. It is shown only this once:")
     print(plain)
     return 0
 
@@ -54,10 +60,11 @@ def cmd_list(settings: Settings, args) -> int:
         rows = apikeys.list_keys(db)
         repo.audit(db, operator_name(), "apikey.listed", "", count=len(rows))
     engine.dispose()
-    print(f"{'id':>4}  {'name':<20} {'prefix':<13} {'created (UTC)':<17} {'last used (UTC)':<17} revoked (UTC)")
+    print(f"{'id':>4}  {'name':<20} {'scope':<7} {'prefix':<13} {'created (UTC)':<17} {'last used (UTC)':<17} "
+          "revoked (UTC)")
     for k in rows:
-        print(f"{k.id:>4}  {k.name:<20} {k.prefix + '…':<13} {_when(k.created_at):<17} {_when(k.last_used_at):<17} "
-              f"{_when(k.revoked_at)}")
+        print(f"{k.id:>4}  {k.name:<20} {k.scope:<7} {k.prefix + '…':<13} {_when(k.created_at):<17} "
+              f"{_when(k.last_used_at):<17} {_when(k.revoked_at)}")
     return 0
 
 

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = rsub.add_parser("set-status", help="change a report's status (notifies the reporter and followers)")
     a.add_argument("code")
     a.add_argument("status", choices=[s for s in rp.STATUSES if s != "merged"])
-    a.add_argument("--note", default="", help="a note sent to the residents (the reason when rejecting)")
+    a.add_argument("--note", default="",
+                   help="a note sent to the residents and shown in the public Open311 feed (the reason when rejecting)")
     a.set_defaults(func=cmd_set_status)
 
     a = rsub.add_parser("merge", help="merge a duplicate report into another")

@@ -1,12 +1,35 @@
-"""The HTTP server (FastAPI + uvicorn): health, channel webhooks and APIs."""
+"""The HTTP server (FastAPI + uvicorn): health, channel webhooks and APIs.
+
+Limits on every request (settings HTTP_READ_TIMEOUT, HTTP_MAX_CONNECTIONS, HTTP_KEEP_ALIVE_TIMEOUT):
+- a connection must complete a request's headers within HTTP_READ_TIMEOUT of opening (or of its
+  previous response), else it is closed (`_Protocol`: a client trickling headers holds nothing);
+- a request's body must arrive within HTTP_READ_TIMEOUT of its headers, else 408 and the
+  connection is closed (`RequestLimits`, which wraps the ASGI `receive`);
+- a client that goes away before its body is complete is logged in one line (no traceback);
+- uvicorn answers 503 beyond HTTP_MAX_CONNECTIONS open connections (limit_concurrency) and closes
+  idle keep-alive connections after HTTP_KEEP_ALIVE_TIMEOUT.
+/docs and /openapi.json are served only when Settings.docs_enabled (HTTP_DOCS, KATILIM_ENV).
+
+Every file served from storage (Open311 photos, the signed links WhatsApp fetches) goes through
+`stored_file`: its Content-Type is decided from the file's first bytes (never from what a client
+said when it was uploaded, nor from a file name), with `X-Content-Type-Options: nosniff`, a
+Content-Security-Policy that allows nothing (`default-src 'none'; sandbox`: an HTML or SVG file
+cannot run a script on our origin even if one got stored) and `Cache-Control: private, no-store`.
+"""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
+import re
+from pathlib import Path
+from typing import Collection
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from storage.health import probe_database, probe_media
 
@@ -18,7 +41,9 @@ HEALTH_TIMEOUT = 5.0  # seconds each /health probe may take (a locked database a
 
 
 def create_http_app(app) -> FastAPI:
-    http_app = FastAPI(title="Katılım", version="0.1.0", docs_url="/docs", redoc_url=None)
+    docs = app.settings.docs_enabled
+    http_app = FastAPI(title="Katılım", version="0.1.0", docs_url="/docs" if docs else None, redoc_url=None,
+                       openapi_url="/openapi.json" if docs else None)
 
     @http_app.get("/health")
     async def health() -> JSONResponse:
@@ -39,7 +64,152 @@ def create_http_app(app) -> FastAPI:
         channel.mount(http_app)
     for hook in HTTP_HOOKS:
         hook(app, http_app)
+    http_app.add_middleware(RequestLimits, read_timeout=app.settings.http_read_timeout.total_seconds())
     return http_app
+
+
+# ---------------------------------------------------------------- files served from storage
+STORED_FILE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cache-Control": "private, no-store",
+    "Referrer-Policy": "no-referrer",
+}
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
+TEXT_TYPE = "text/plain; charset=utf-8"
+_SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"), (b"%PDF-", "application/pdf"), (b"OggS", "audio/ogg"),
+               (b"#!AMR", "audio/amr"), (b"ID3", "audio/mpeg"))
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def sniff_content_type(head: bytes) -> str:
+    """The type of a file from its first bytes: a known image, document or audio signature;
+    else UTF-8 text without control characters is text/plain; anything else octet-stream."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp":
+        return "audio/mp4" if head[8:12] in (b"M4A ", b"M4B ") else "video/mp4"
+    for magic, content_type in _SIGNATURES:
+        if head.startswith(magic):
+            return content_type
+    try:
+        sample = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "application/octet-stream"
+    return "application/octet-stream" if _BINARY.search(sample) else TEXT_TYPE
+
+
+def stored_file(path: Path, *, allowed: Collection[str] | None = None, filename: str | None = None):
+    """The response serving a stored file (see the module's docstring), or None when it cannot be
+    read or its type is not `allowed`. `filename` makes it a download with that (sanitised) name."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    content_type = sniff_content_type(head)
+    if allowed is not None and content_type not in allowed:
+        return None
+    name = re.sub(r"[^\w.\-]", "_", Path(filename).name)[:80] if filename else None
+    return FileResponse(path, media_type=content_type, filename=name or None, headers=dict(STORED_FILE_HEADERS))
+
+
+# ---------------------------------------------------------------- limits on every request
+class _BodyTimeout(Exception):
+    pass
+
+
+class RequestLimits:
+    """ASGI middleware: the request body must arrive within `read_timeout` seconds of the headers
+    (else 408, connection closed); a client that disconnects before its body is complete is one
+    log line, not a traceback."""
+
+    def __init__(self, app, read_timeout: float) -> None:
+        self.app = app
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
+        body_done = started = False
+
+        async def timed_receive():
+            nonlocal body_done
+            if body_done:  # after the body: only the disconnect is left to wait for, as long as it takes
+                return await receive()
+            try:
+                async with asyncio.timeout(deadline - loop.time()):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimeout from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except _BodyTimeout:
+            log.warning("HTTP %s %s from %s: the body did not arrive within %gs (408, connection closed)",
+                        scope["method"], scope["path"], _client(scope), self.read_timeout)
+            if not started:
+                response = JSONResponse({"detail": f"the request body did not arrive within {self.read_timeout:g}s"},
+                                        status_code=408, headers={"Connection": "close"})
+                await response(scope, receive, send)
+        except ClientDisconnect:
+            log.info("HTTP %s %s from %s: the client disconnected before its body was complete",
+                     scope["method"], scope["path"], _client(scope))
+
+
+def _client(scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "?"
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's headers: a connection that has
+    not completed them `read_timeout` seconds after it opened (or after its last response) is
+    closed. (uvicorn's own keep-alive timer restarts at every byte received.)"""
+
+    read_timeout = 15.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.read_timeout, self._headers_late, self.cycle)
+
+    def _headers_late(self, cycle) -> None:
+        """Close the connection unless a request began since the timer was armed."""
+        if self.transport.is_closing() or self.cycle is not cycle:
+            return
+        if cycle is not None and not cycle.response_complete:
+            return
+        log.info("HTTP connection from %s: no complete request headers within %gs, closed",
+                 self.client[0] if self.client else "?", self.read_timeout)
+        self.transport.close()
 
 
 class _Server:
@@ -70,18 +240,23 @@ class _Server:
 
 
 async def serve_http(app) -> _Server:
-    config = uvicorn.Config(create_http_app(app), host=app.settings.http_host, port=app.settings.http_port,
-                            log_level="warning", lifespan="off", access_log=False)
+    settings = app.settings
+    protocol = type("KatilimHTTP", (_Protocol,), {"read_timeout": settings.http_read_timeout.total_seconds()})
+    config = uvicorn.Config(create_http_app(app), host=settings.http_host, port=settings.http_port,
+                            log_level="warning", lifespan="off", access_log=False, http=protocol,
+                            limit_concurrency=settings.http_max_connections,
+                            timeout_keep_alive=settings.http_keep_alive_timeout.total_seconds(),
+                            server_header=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
-            raise RuntimeError(f"the HTTP server did not start on {app.settings.http_host}:{app.settings.http_port}")
+            raise RuntimeError(f"the HTTP server did not start on {settings.http_host}:{settings.http_port}")
         await asyncio.sleep(0.02)
     wrapped = _Server(server, task)
-    log.info("HTTP server on http://%s:%s", app.settings.http_host, wrapped.port)
+    log.info("HTTP server on http://%s:%s", settings.http_host, wrapped.port)
     app.http_port = wrapped.port
     return wrapped
 

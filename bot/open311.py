@@ -6,14 +6,33 @@ under /open311/v2/ on the HTTP server.
     GET  requests.json | .xml                  reports, with the standard filters
     GET  requests/{service_request_id}.json | .xml
     POST requests.json                         a new report (form-encoded as in the spec, or JSON), api_key required
-    GET  media/{service_request_id}/{media_id} a report's photo, from MEDIA_DIR
+    GET  media/{service_request_id}/{token}    a report's photo, from MEDIA_DIR (a key of scope full)
 
 Choices:
 - service_request_id is the tracking code (BCA-2026-000123). Status: new, seen and in_progress are
   "open"; resolved, rejected and merged are "closed". Times are ISO 8601 in the municipality's time
   zone; a start_date/end_date without an offset is read in that time zone too.
+- What a reader sees depends on its API key (`api_key` query parameter or `X-Api-Key` header):
+  without a key, or with a key of scope "public", a request shows its category, status, the status
+  notes staff write for the public, its dates and a coarse location: the mahalle (address_id, and
+  its name as address) and the pin rounded to COARSE_DECIMALS (3: about 100 m). Never the
+  resident's description, the street they typed, the exact pin or photos (media_url is absent).
+  A key of scope "full" (`katilim apikey add NAME --scope full`) also gets the description, the
+  exact pin, the address as given and media_url; every such request writes one audit row
+  (actor "open311:<key name>", action open311.full_read or open311.media_read, the codes read:
+  no personal data), and is sent with Cache-Control: private, no-store. An unknown or revoked
+  key is refused (403), never treated as no key.
+- status_notes, the notes meant for the public: a rejected report's reason, "merged into CODE",
+  else the note staff wrote with the change to the current status (the note the reporter and
+  followers were sent). A resident's words (a reopening's reason, a rating) are never shown.
 - Nothing identifying a resident is ever returned: no resident id, name, phone or channel. Voice
-  notes are never served (a voice identifies a person); only photos.
+  notes are never served (a voice identifies a person); only photos, and only to a full key, by a
+  random token per photo (report_media.token), so they cannot be enumerated. Tracking codes stay
+  sequential: they are the public id of a report and reveal nothing the public feed does not.
+- POST requests.json is budgeted per key (OPEN311_POSTS_PER_MINUTE, bursts of OPEN311_POSTS_BURST)
+  and across all keys (OPEN311_POSTS_PER_MINUTE_TOTAL, OPEN311_POSTS_BURST_TOTAL), in the database
+  (storage/quota.py: shared by every worker); beyond: 429 with Retry-After. Every authenticated
+  POST counts, valid or not.
 - KVKK data minimisation: a POST's first_name, last_name, email, phone, device_id and account_id are
   accepted (clients send them) and discarded: they are not stored, not logged, not put in a note.
   The CRM that collected them is their controller and can reach the person; this service only needs
@@ -22,12 +41,13 @@ Choices:
   status changes here (the client polls requests.json).
 - address_id is the catalog's mahalle key (the only addressing system we have).
 - A POST's media_url (a link to the client's copy of a photo) is kept in open311_request and returned
-  as the request's media_url when the report has no photo of its own; it is not downloaded (this
-  server never fetches URLs a client chooses).
+  to full keys as the request's media_url when the report has no photo of its own; it is not
+  downloaded (this server never fetches URLs a client chooses).
 - Errors: [{"code": 400, "description": "..."}] (or <errors> for .xml) with that HTTP status:
-  400 missing or invalid parameter, 403 missing, unknown or revoked api_key, 404 unknown
-  service_request_id or service_code. Error descriptions are for the client's developers, in English;
-  service names and notices follow `locale` or Accept-Language (tr, en, ar; Turkish by default).
+  400 missing or invalid parameter, 403 missing, unknown or revoked api_key (or one without the
+  scope needed), 404 unknown service_request_id or service_code, 429 over the POST budget (with
+  Retry-After). Error descriptions are for the client's developers, in English; service names
+  and notices follow `locale` or Accept-Language (tr, en, ar; Turkish by default).
 """
 from __future__ import annotations
 
@@ -38,22 +58,24 @@ import re
 import urllib.parse
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, NamedTuple, Optional
 from xml.etree import ElementTree as ET
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, FastAPI, Path as PathParam, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from sqlalchemy import false
 from sqlmodel import Session, select
 
 from bot.catalog import LOCALES, Catalog
-from bot.http import HTTP_HOOKS
 from conversations.i18n import t_in
-from storage import apikeys
+from bot.http import HTTP_HOOKS, IMAGE_TYPES, stored_file
+from storage import apikeys, quota, repo
+from storage.apikeys import ApiKey
 from storage.db import transaction, utcnow
 from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, create_report
 
@@ -66,6 +88,11 @@ MAX_DESCRIPTION = 4000  # the spec's limit
 MAX_BODY = 256 * 1024
 CODE_RE = re.compile(r"^[A-Z]{2,6}-\d{4}-\d{6,9}$")
 NUMBER_FIELDS = ("lat", "long")
+COARSE_DECIMALS = 3  # the public pin: rounded to about 100 m
+AUDITED_CODES = 100  # an audit row of a full read lists at most this many codes (and their count)
+TOKEN_RE = r"^[A-Za-z0-9_-]{16,43}$"
+# A full read holds personal data: no cache (a proxy's, a browser's) may keep it.
+FULL_READ_HEADERS = {"Cache-Control": "private, no-store"}
 DISCARDED_FIELDS = ("first_name", "last_name", "email", "phone", "device_id", "account_id")
 
 
@@ -150,13 +177,17 @@ class NewRequest(BaseModel):
 
 
 def _errors_doc(*codes: int, xml: bool = False) -> dict:
-    meaning = {400: "a missing or invalid parameter", 403: "a missing, unknown or revoked api_key",
-               404: "an unknown service_request_id or service_code"}
+    meaning = {400: "a missing or invalid parameter",
+               403: "a missing, unknown or revoked api_key, or one without the scope this needs",
+               404: "an unknown service_request_id or service_code",
+               429: "over the POST budget of the key or of all keys: retry after Retry-After seconds"}
     if xml:
         shape: dict[str, Any] = {"content": {"application/xml": {"schema": {"type": "string"}}}}
     else:
         shape = {"model": list[Open311ErrorItem]}
     doc: dict[Any, Any] = {code: {**shape, "description": meaning[code]} for code in codes}
+    if 429 in doc:
+        doc[429]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
     # Any other client error has the same shape (and keeps FastAPI from documenting a 422 we never send).
     doc["4XX"] = {**shape, "description": "an error, in the Open311 format"}
     return doc
@@ -178,20 +209,21 @@ def _without_nulls(schema: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- errors
 class Open311Error(Exception):
-    def __init__(self, status: int, description: str) -> None:
+    def __init__(self, status: int, description: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(description)
         self.status = status
         self.description = description
+        self.headers = headers
 
 
-def error_response(path: str, status: int, description: str) -> Response:
+def error_response(path: str, status: int, description: str, headers: dict[str, str] | None = None) -> Response:
     if path.endswith(".xml"):
         root = ET.Element("errors")
         item = ET.SubElement(root, "error")
         ET.SubElement(item, "code").text = str(status)
         ET.SubElement(item, "description").text = _xml_safe(description)
-        return XMLResponse(_xml_bytes(root), status_code=status)
-    return JSONResponse([{"code": status, "description": description}], status_code=status)
+        return XMLResponse(_xml_bytes(root), status_code=status, headers=headers)
+    return JSONResponse([{"code": status, "description": description}], status_code=status, headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> str:
@@ -214,7 +246,7 @@ class Open311Route(APIRoute):
             except RequestValidationError as exc:
                 return error_response(request.url.path, 400, _describe(exc))
             except Open311Error as exc:
-                return error_response(request.url.path, exc.status, exc.description)
+                return error_response(request.url.path, exc.status, exc.description, exc.headers)
 
         return route
 
@@ -321,9 +353,23 @@ async def _read_body(request: Request) -> bytes:
 
 
 # ---------------------------------------------------------------- the API
+def _actor(key: ApiKey) -> str:
+    return f"open311:{key.name}"[:64]
+
+
+class Read(NamedTuple):
+    requests: list[ServiceRequest]
+    full: bool  # read with a key of scope full: every detail (FULL_READ_HEADERS)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return FULL_READ_HEADERS if self.full else None
+
+
 class Open311:
     def __init__(self, app) -> None:
         self.app = app
+        self.settings = app.settings
         self.catalog: Catalog = app.catalog
         self.tz = ZoneInfo(self.catalog.municipality.timezone or app.settings.timezone)
         self.prefix = self.catalog.municipality.tracking_prefix
@@ -353,9 +399,22 @@ class Open311:
             raise Open311Error(400, f"{name} is out of range") from None
 
     def _media_url(self, report: Report, media: ReportMedia) -> str:
-        return f"{self.app.settings.public_base_url}{PREFIX}/media/{report.code}/{media.id}"
+        return f"{self.settings.public_base_url}{PREFIX}/media/{report.code}/{media.token}"
 
-    def render(self, db: Session, reports: list[Report], lang: str) -> list[ServiceRequest]:
+    # ---- who reads
+    def reader(self, db: Session, plain: str | None) -> ApiKey | None:
+        """The key a read presents (None: no key, the public view); 403 for an unknown or revoked
+        one (a client that sent a key expects what it grants, not a silently smaller view)."""
+        if plain is None or not plain.strip():
+            return None
+        key = apikeys.authenticate(db, plain.strip())
+        if key is None:
+            raise Open311Error(403, "api_key is unknown or revoked")
+        return key
+
+    def render(self, db: Session, reports: list[Report], lang: str, *, full: bool = False) -> list[ServiceRequest]:
+        """Reports as Open311 requests: the public view, or with `full` every detail (see the
+        module's docstring)."""
         ids = [r.id for r in reports]
         photos: dict[int, ReportMedia] = {}
         notes: dict[int, ReportEvent] = {}
@@ -384,44 +443,64 @@ class Open311:
             else:
                 event = notes.get(r.id)
                 note = event.note if event is not None and event.to_status == r.status and event.note else None
-            if r.id in photos:
+            if not full:
+                media_url = None
+            elif r.id in photos:
                 media_url = self._media_url(r, photos[r.id])
             elif r.id in submitted and submitted[r.id].media_url:
                 media_url = submitted[r.id].media_url
             else:
                 media_url = None
+            lat, lon = r.latitude, r.longitude
+            if not full and lat is not None and lon is not None:
+                lat, lon = round(lat, COARSE_DECIMALS), round(lon, COARSE_DECIMALS)
             out.append(ServiceRequest(
                 service_request_id=r.code,
                 status="open" if r.status in OPEN_STATUSES else "closed",
                 status_notes=note,
                 service_name=category.name.get(lang) if category else r.category,
                 service_code=r.category,
-                description=r.description or None,
+                description=(r.description or None) if full else None,
                 agency_responsible=agency,
                 service_notice=None,
                 requested_datetime=self._local(r.created_at),
                 updated_datetime=self._local(r.updated_at),
                 expected_datetime=None,
-                address=r.address or (hood.name if hood else None),
+                address=(r.address if full else "") or (hood.name if hood else None),
                 address_id=r.mahalle,
                 zipcode=None,
-                lat=r.latitude,
-                long=r.longitude,
+                lat=lat,
+                long=lon,
                 media_url=media_url,
             ))
         return out
 
+    def _read(self, plain: str | None, path: str, lang: str, fetch: Callable[[Session], list[Report]],
+              **filters: Any) -> Read:
+        """One read: the key checked, the reports fetched and rendered for it, and, for a full key,
+        one audit row naming what was read, all in one transaction."""
+        with transaction(self.app.db) as db:
+            key = self.reader(db, plain)
+            reports = fetch(db)
+            full = key is not None and key.full
+            found = self.render(db, reports, lang, full=full)
+            if full:
+                codes = [r.code for r in reports]
+                repo.audit(db, _actor(key), "open311.full_read", path, count=len(codes),
+                           codes=codes[:AUDITED_CODES], **{k: v for k, v in filters.items() if v is not None})
+        if full:
+            log.info("open311: full read of %d requests by key %s", len(found), key.prefix)
+        return Read(found, full)
+
     def find(self, *, lang: str, service_request_id: str | None, service_code: str | None,
              start_date: datetime | None, end_date: datetime | None, status: str | None,
-             page: int, page_size: int) -> list[ServiceRequest]:
+             page: int, page_size: int, api_key: str | None = None, path: str = "") -> Read:
         query = select(Report)
         if service_request_id:
             # "This overrides all other arguments" (the spec).
             codes = {c.strip().upper() for c in service_request_id.split(",")}
             codes = [c for c in codes if CODE_RE.match(c)][:MAX_PAGE_SIZE]
-            if not codes:
-                return []
-            query = query.where(Report.code.in_(codes))
+            query = query.where(Report.code.in_(codes) if codes else false())
         else:
             if service_code:
                 wanted = [c.strip() for c in service_code.split(",") if c.strip()]
@@ -460,41 +539,62 @@ class Open311:
             query = query.where(Report.created_at >= start, Report.created_at <= end)
         query = query.order_by(Report.created_at.desc(), Report.id.desc())
         query = query.offset((page - 1) * page_size).limit(page_size)
+        return self._read(api_key, path, lang, lambda db: list(db.exec(query)), service_request_id=service_request_id,
+                          service_code=service_code, status=status, page=page, page_size=page_size,
+                          start_date=start_date.isoformat() if start_date else None,
+                          end_date=end_date.isoformat() if end_date else None)
+
+    def one(self, code: str, lang: str, *, api_key: str | None = None, path: str = "") -> Read:
+        code = code.strip().upper()
+        found = self._read(api_key, path, lang, lambda db: list(db.exec(select(Report).where(Report.code == code)))
+                           if CODE_RE.match(code) else [])
+        if not found.requests:
+            raise Open311Error(404, f"unknown service_request_id {code[:40]!r}")
+        return found
+
+    def photo(self, code: str, token: str, plain: str | None) -> Response:
+        """A report's photo, for a key of scope full (audited); 403 before anything is looked up."""
+        code = code.strip().upper()
         with transaction(self.app.db) as db:
-            return self.render(db, list(db.exec(query)), lang)
-
-    def one(self, code: str, lang: str) -> list[ServiceRequest]:
-        code = code.strip().upper()
-        if CODE_RE.match(code):
-            with transaction(self.app.db) as db:
-                report = db.exec(select(Report).where(Report.code == code)).first()
-                if report is not None:
-                    return self.render(db, [report], lang)
-        raise Open311Error(404, f"unknown service_request_id {code[:40]!r}")
-
-    def photo_path(self, code: str, media_id: int) -> tuple[Path, str]:
-        code = code.strip().upper()
-        if CODE_RE.match(code) and 0 < media_id < 2 ** 62:
-            with transaction(self.app.db) as db:
-                media = db.get(ReportMedia, media_id)
-                report = db.get(Report, media.report_id) if media is not None else None
-            if report is not None and report.code == code and media.kind == "photo" and media.path:
-                root = Path(self.app.settings.media_dir).resolve()
-                path = Path(media.path)
-                path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-                if path.is_relative_to(root) and path.is_file():
-                    return path, media.content_type or "image/jpeg"
-        raise Open311Error(404, "no such photo")
+            key = self.reader(db, plain)
+            if key is None or not key.full:
+                raise Open311Error(403, "photos need an api_key of scope full")
+            media = db.exec(select(ReportMedia).where(ReportMedia.token == token)).first()
+            report = db.get(Report, media.report_id) if media is not None else None
+            if report is None or report.code != code or media.kind != "photo" or not media.path:
+                raise Open311Error(404, "no such photo")
+            root = Path(self.settings.media_dir).resolve()
+            path = Path(media.path)
+            path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+            response = stored_file(path, allowed=IMAGE_TYPES) if path.is_relative_to(root) else None
+            if response is None:  # outside MEDIA_DIR, gone, or not an image
+                raise Open311Error(404, "no such photo")
+            repo.audit(db, _actor(key), "open311.media_read", report.code, media=media.id)
+        return response
 
     # ---- create
     async def submit(self, request: Request, lang: str) -> CreatedRequest:
         body = await _read_body(request)
         fields = await self._fields(request, body)
         # The key first: an unauthenticated client learns nothing else.
-        plain = fields.get("api_key")
+        plain = fields.get("api_key") or request.headers.get("x-api-key")
         if not isinstance(plain, str) or not plain.strip():
             raise Open311Error(403, "api_key is required")
         return await run_in_threadpool(self._create, fields, plain.strip(), lang)
+
+    def _spend(self, db: Session, key: ApiKey) -> None:
+        """One POST of the key's budget and of all keys' budget, or 429 (nothing spent: the
+        caller's transaction is rolled back)."""
+        s = self.settings
+        refused = quota.spend(db, [(f"open311:key:{key.id}", s.open311_posts_per_minute, s.open311_posts_burst),
+                                   ("open311:all", s.open311_posts_per_minute_total, s.open311_posts_burst_total)])
+        if refused is not None:
+            whose = ("this api_key", "all clients")[refused[0]]
+            seconds = max(1, math.ceil(refused[1]))
+            log.warning("open311: POST by key %s refused, over the budget of %s (retry in %ds)",
+                        key.prefix, whose, seconds)
+            raise Open311Error(429, f"too many requests for {whose}: retry after {seconds} s",
+                               headers={"Retry-After": str(seconds)})
 
     async def _fields(self, request: Request, body: bytes) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -532,42 +632,56 @@ class Open311:
     def _create(self, fields: dict[str, Any], plain: str, lang: str) -> CreatedRequest:
         for name in DISCARDED_FIELDS:  # KVKK: never stored (see the module's docstring)
             fields.pop(name, None)
+        refused: Open311Error | None = None
         with transaction(self.app.db) as db:
             key = apikeys.authenticate(db, plain)
             if key is None:
                 raise Open311Error(403, "api_key is unknown or revoked")
-            code = _clean(fields.get("service_code"), "service_code", 64)
-            if not code:
-                raise Open311Error(400, "service_code is required")
-            self.require_service(code)
-            lat = _coordinate(fields.get("lat"), "lat", 90)
-            lon = _coordinate(fields.get("long"), "long", 180)
-            if (lat is None) != (lon is None):
-                raise Open311Error(400, "lat and long go together")
-            address = _clean(fields.get("address_string"), "address_string", 255)
-            address_id = _clean(fields.get("address_id"), "address_id", 64)
-            if address_id and self.catalog.neighbourhood(address_id) is None:
-                raise Open311Error(400, "address_id must be a mahalle key of the catalog")
-            if lat is None and not address and not address_id:
-                raise Open311Error(400, "a location is required: lat and long, address_string or address_id")
-            description = _clean(fields.get("description"), "description", MAX_DESCRIPTION) or ""
-            media_url = _clean(fields.get("media_url"), "media_url", 1000)
-            if media_url and not re.match(r"^https?://[^\s/]+\S*$", media_url):
-                raise Open311Error(400, "media_url must be an http:// or https:// URL")
-            report = create_report(db, prefix=self.prefix, resident_id=None, category=code, description=description,
-                                   latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
-                                   channel="open311", actor=f"open311:{key.name}")
-            apikeys.record_request(db, report.id, key, media_url or "")
-            tracking = report.code
+            self._spend(db, key)
+            try:
+                tracking = self._insert(db, fields, key)
+            except Open311Error as exc:
+                refused = exc  # an invalid POST counts against the budget too (committed here)
+        if refused is not None:
+            raise refused
         log.info("open311: %s created by key %s", tracking, key.prefix)
         return CreatedRequest(service_request_id=tracking,
                               service_notice=t_in(lang, "open311.notice_received", code=tracking))
+
+    def _insert(self, db: Session, fields: dict[str, Any], key: ApiKey) -> str:
+        """The report a POST describes (validated), in the caller's transaction; its tracking code."""
+        code = _clean(fields.get("service_code"), "service_code", 64)
+        if not code:
+            raise Open311Error(400, "service_code is required")
+        self.require_service(code)
+        lat = _coordinate(fields.get("lat"), "lat", 90)
+        lon = _coordinate(fields.get("long"), "long", 180)
+        if (lat is None) != (lon is None):
+            raise Open311Error(400, "lat and long go together")
+        address = _clean(fields.get("address_string"), "address_string", 255)
+        address_id = _clean(fields.get("address_id"), "address_id", 64)
+        if address_id and self.catalog.neighbourhood(address_id) is None:
+            raise Open311Error(400, "address_id must be a mahalle key of the catalog")
+        if lat is None and not address and not address_id:
+            raise Open311Error(400, "a location is required: lat and long, address_string or address_id")
+        description = _clean(fields.get("description"), "description", MAX_DESCRIPTION) or ""
+        media_url = _clean(fields.get("media_url"), "media_url", 1000)
+        if media_url and not re.match(r"^https?://[^\s/]+\S*$", media_url):
+            raise Open311Error(400, "media_url must be an http:// or https:// URL")
+        report = create_report(db, prefix=self.prefix, resident_id=None, category=code, description=description,
+                               latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
+                               channel="open311", actor=_actor(key))
+        apikeys.record_request(db, report.id, key, media_url or "")
+        return report.code
 
 
 # ---------------------------------------------------------------- routes
 LOCALE_QUERY = Query(None, description="tr, en or ar (default: Accept-Language, else tr)", max_length=35)
 JURISDICTION_QUERY = Query(None, description="ignored: this server has one jurisdiction", max_length=200)
 CODE_PATH = PathParam(description="the tracking code, e.g. BCA-2026-000123", max_length=40)
+KEY_QUERY = Query(None, max_length=200, description="an API key (`katilim apikey add`); scope full shows every "
+                  "detail and is audited; without a key, or with scope public, the public view")
+KEY_HEADER = Header(None, alias="X-Api-Key", max_length=200, description="the API key, instead of api_key")
 
 
 def build_router(app) -> APIRouter:
@@ -598,10 +712,10 @@ def build_router(app) -> APIRouter:
         return ServiceDefinition(service_code=service_code, attributes=[])
 
     def search(request: Request, locale, service_request_id, service_code, start_date, end_date, status,
-               page, page_size):
+               page, page_size, api_key, x_api_key):
         return api.find(lang=lang_of(request, locale), service_request_id=service_request_id,
                         service_code=service_code, start_date=start_date, end_date=end_date, status=status,
-                        page=page, page_size=page_size)
+                        page=page, page_size=page_size, api_key=api_key or x_api_key, path=request.url.path)
 
     search_params = dict(
         service_request_id=Query(None, max_length=4000,
@@ -614,20 +728,23 @@ def build_router(app) -> APIRouter:
         page_size=Query(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="at most 1000 (an extension)"),
     )
 
-    @router.get("/requests.json", response_model=list[ServiceRequest], responses=_errors_doc(400, 404),
+    @router.get("/requests.json", response_model=list[ServiceRequest], responses=_errors_doc(400, 403, 404),
                 summary="Service requests (default: the last 90 days, newest first)")
-    def requests_json(request: Request, locale: Optional[str] = LOCALE_QUERY,
+    def requests_json(request: Request, response: Response, locale: Optional[str] = LOCALE_QUERY,
                       service_request_id: Optional[str] = search_params["service_request_id"],
                       service_code: Optional[str] = search_params["service_code"],
                       start_date: Optional[IsoDateTime] = search_params["start_date"],
                       end_date: Optional[IsoDateTime] = search_params["end_date"],
                       status: Optional[str] = search_params["status"],
                       page: int = search_params["page"], page_size: int = search_params["page_size"],
-                      jurisdiction_id: Optional[str] = JURISDICTION_QUERY):
-        return search(request, locale, service_request_id, service_code, start_date, end_date, status,
-                      page, page_size)
+                      jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
+                      x_api_key: Optional[str] = KEY_HEADER):
+        found = search(request, locale, service_request_id, service_code, start_date, end_date, status,
+                       page, page_size, api_key, x_api_key)
+        response.headers.update(found.headers or {})
+        return found.requests
 
-    @router.get("/requests.xml", response_class=XMLResponse, responses=_errors_doc(400, 404, xml=True),
+    @router.get("/requests.xml", response_class=XMLResponse, responses=_errors_doc(400, 403, 404, xml=True),
                 summary="Service requests (XML)")
     def requests_xml(request: Request, locale: Optional[str] = LOCALE_QUERY,
                      service_request_id: Optional[str] = search_params["service_request_id"],
@@ -636,10 +753,12 @@ def build_router(app) -> APIRouter:
                      end_date: Optional[IsoDateTime] = search_params["end_date"],
                      status: Optional[str] = search_params["status"],
                      page: int = search_params["page"], page_size: int = search_params["page_size"],
-                     jurisdiction_id: Optional[str] = JURISDICTION_QUERY):
+                     jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
+                     x_api_key: Optional[str] = KEY_HEADER):
         found = search(request, locale, service_request_id, service_code, start_date, end_date, status,
-                       page, page_size)
-        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found]))
+                       page, page_size, api_key, x_api_key)
+        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found.requests]),
+                           headers=found.headers)
 
     # The document lists this catalog's service codes and mahalle keys.
     body_schema = NewRequest.model_json_schema()
@@ -653,7 +772,7 @@ def build_router(app) -> APIRouter:
     body_schema["dependentRequired"] = {"lat": ["long"], "long": ["lat"]}
 
     @router.post("/requests.json", status_code=201, response_model=list[CreatedRequest],
-                 responses=_errors_doc(400, 403, 404), summary="Create a service request (api_key required)",
+                 responses=_errors_doc(400, 403, 404, 429), summary="Create a service request (api_key required)",
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/x-www-form-urlencoded": {"schema": _without_nulls(body_schema)},
                      "application/json": {"schema": body_schema}}}})
@@ -661,25 +780,34 @@ def build_router(app) -> APIRouter:
         return [await api.submit(request, lang_of(request, locale))]
 
     @router.get("/requests/{service_request_id}.json", response_model=list[ServiceRequest],
-                responses=_errors_doc(400, 404), summary="One service request")
-    def request_json(request: Request, service_request_id: str = CODE_PATH, locale: Optional[str] = LOCALE_QUERY,
-                     jurisdiction_id: Optional[str] = JURISDICTION_QUERY):
-        return api.one(service_request_id, lang_of(request, locale))
+                responses=_errors_doc(400, 403, 404), summary="One service request")
+    def request_json(request: Request, response: Response, service_request_id: str = CODE_PATH,
+                     locale: Optional[str] = LOCALE_QUERY,
+                     jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
+                     x_api_key: Optional[str] = KEY_HEADER):
+        found = api.one(service_request_id, lang_of(request, locale), api_key=api_key or x_api_key,
+                        path=request.url.path)
+        response.headers.update(found.headers or {})
+        return found.requests
 
     @router.get("/requests/{service_request_id}.xml", response_class=XMLResponse,
-                responses=_errors_doc(400, 404, xml=True), summary="One service request (XML)")
+                responses=_errors_doc(400, 403, 404, xml=True), summary="One service request (XML)")
     def request_xml(request: Request, service_request_id: str = CODE_PATH, locale: Optional[str] = LOCALE_QUERY,
-                    jurisdiction_id: Optional[str] = JURISDICTION_QUERY):
-        found = api.one(service_request_id, lang_of(request, locale))
-        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found]))
+                    jurisdiction_id: Optional[str] = JURISDICTION_QUERY, api_key: Optional[str] = KEY_QUERY,
+                    x_api_key: Optional[str] = KEY_HEADER):
+        found = api.one(service_request_id, lang_of(request, locale), api_key=api_key or x_api_key,
+                        path=request.url.path)
+        return XMLResponse(to_xml("service_requests", "request", [r.model_dump() for r in found.requests]),
+                           headers=found.headers)
 
-    @router.get("/media/{service_request_id}/{media_id}", response_class=FileResponse,
+    @router.get("/media/{service_request_id}/{token}", response_class=FileResponse,
                 responses={200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
-                                 "description": "the photo"}, **_errors_doc(400, 404)},
-                summary="A report's photo (the media_url of a request)")
-    def media(service_request_id: str = CODE_PATH, media_id: int = PathParam(ge=1, le=2 ** 62)):
-        path, content_type = api.photo_path(service_request_id, media_id)
-        return FileResponse(path, media_type=content_type, headers={"Cache-Control": "public, max-age=86400"})
+                                 "description": "the photo"}, **_errors_doc(400, 403, 404)},
+                summary="A report's photo (the media_url of a request; an api_key of scope full)")
+    def media(service_request_id: str = CODE_PATH,
+              token: str = PathParam(pattern=TOKEN_RE, description="the photo's random name, from media_url"),
+              api_key: Optional[str] = KEY_QUERY, x_api_key: Optional[str] = KEY_HEADER):
+        return api.photo(service_request_id, token, api_key or x_api_key)
 
     return router
 

@@ -131,6 +131,41 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    # development or production. Production turns off the API documentation (/docs, /openapi.json)
+    # unless HTTP_DOCS=on.
+    katilim_env: Literal["development", "production"] = "development"
+    # /docs and /openapi.json: on, off, or auto (on in development, off in production).
+    http_docs: Literal["on", "off", "auto"] = "auto"
+    # Limits on every request (bot/http.py): a request's headers, and then its body, must arrive
+    # within HTTP_READ_TIMEOUT (a slow or stalled client gets 408 or is disconnected); at most
+    # HTTP_MAX_CONNECTIONS open connections (beyond: 503); an idle keep-alive connection is
+    # closed after HTTP_KEEP_ALIVE_TIMEOUT.
+    http_read_timeout: timedelta = timedelta(seconds=15)
+    http_max_connections: int = Field(default=200, ge=2, le=100_000)
+    http_keep_alive_timeout: timedelta = timedelta(seconds=5)
+
+    @field_validator("katilim_env", "http_docs", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("http_read_timeout", "http_keep_alive_timeout", mode="before")
+    @classmethod
+    def _http_duration(cls, value):
+        duration = parse_duration(value)
+        if duration < timedelta(seconds=1) or duration > timedelta(hours=1):
+            raise ValueError("must be between 1s and 1h")
+        return duration
+
+    # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
+    # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
+    # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.
+    # Beyond: 429 with Retry-After. 0 per minute: no limit.
+    open311_posts_per_minute: float = Field(default=30, ge=0, le=100_000)
+    open311_posts_burst: int = Field(default=10, ge=1, le=100_000)
+    open311_posts_per_minute_total: float = Field(default=120, ge=0, le=1_000_000)
+    open311_posts_burst_total: int = Field(default=30, ge=1, le=1_000_000)
+
     # Conversations
     session_expiry: timedelta = timedelta(hours=24)
     # Delivered outbox rows (address, text) are deleted after this long (data minimisation).
@@ -277,6 +312,13 @@ class Settings(BaseSettings):
     @property
     def whatsapp_enabled(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_whatsapp_from)
+
+    @property
+    def docs_enabled(self) -> bool:
+        """/docs and /openapi.json are served (HTTP_DOCS, else KATILIM_ENV)."""
+        if self.http_docs == "auto":
+            return self.katilim_env == "development"
+        return self.http_docs == "on"
 
     @property
     def is_sqlite(self) -> bool:

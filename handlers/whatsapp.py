@@ -14,7 +14,7 @@ a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by
 option's words (the engine resolves both); a number typed after a proactive message with choices
 answers that message. Bodies over 1600 characters are split on word boundaries. Documents and
 photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
-PUBLIC_BASE_URL). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
+PUBLIC_BASE_URL), served by bot.http.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
 outbox row (delivery_status, delivery_error) found by the MessageSid the sender returned.
 
 WhatsApp's 24-hour customer-service window: a resident who wrote in the last 24 hours gets free
@@ -59,6 +59,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
+from bot.http import stored_file
 from storage import media as media_store
 from storage.media import MediaTooLarge
 from bot.delivery import SendError
@@ -90,14 +91,6 @@ TEMPLATE_SETTINGS = {"notification": "twilio_template_notification", "reminder":
 STATUS_RANK = {"delivered": 1, "read": 2, "failed": 3, "undelivered": 3}
 OUTBOUND_STATUSES = {"accepted", "scheduled", "queued", "sending", "sent", "delivered", "read", "failed",
                      "undelivered", "canceled"}
-# Document types WhatsApp accepts; other text files (JSON exports, .ics) are served as text/plain.
-DOCUMENT_TYPES = {
-    "application/pdf", "text/plain", "application/msword", "application/vnd.ms-excel",
-    "application/vnd.ms-powerpoint",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-}
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -270,7 +263,9 @@ class OutboundFiles:
         self.limit = settings.media_max_bytes
         self.key = hmac.new(settings.twilio_auth_token.encode(), b"katilim:whatsapp-files", hashlib.sha256).digest()
 
-    def publish(self, data: bytes, filename: str, content_type: str, *, now: float | None = None) -> str:
+    def publish(self, data: bytes, filename: str, *, now: float | None = None) -> str:
+        """A signed link to the bytes, named `filename`. The type it is served with is decided from
+        the bytes when it is fetched (bot.http.stored_file: JSON and .ics go as text/plain)."""
         if len(data) > self.limit:
             raise MediaTooLarge(len(data), self.limit)
         name = re.sub(r"[^\w.\-]", "_", Path(filename or "file").name)[:80] or "file"
@@ -280,17 +275,13 @@ class OutboundFiles:
             os.utime(target)  # published again: the clean-up keeps it for another FILE_TTL
         else:
             media_store.write_atomically(target, data)
-        served = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if (not served.startswith(("image/", "audio/", "video/")) and served not in DOCUMENT_TYPES
-                and (served.startswith("text/") or served.endswith(("json", "xml", "calendar")))):
-            served = "text/plain; charset=utf-8"
         expires = int((now or time.time()) + FILE_TTL.total_seconds())
-        payload = _b64(json.dumps({"f": target.name, "t": served, "e": expires}, separators=(",", ":")).encode())
+        payload = _b64(json.dumps({"f": target.name, "e": expires}, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest()[:20])
         return f"{self.base_url}{FILES_PATH}/{payload}.{signature}/{quote(name)}"
 
-    def open(self, token: str, *, now: float | None = None) -> tuple[Path, str] | None:
-        """The file and content type a token names, or None (forged, expired, gone)."""
+    def open(self, token: str, *, now: float | None = None) -> Path | None:
+        """The file a token names, or None (forged, expired, gone)."""
         payload, _, signature = token.partition(".")
         try:
             expected = _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest()[:20])
@@ -305,7 +296,7 @@ class OutboundFiles:
         if not re.fullmatch(r"[0-9a-f]{64}(\.[a-z0-9]{1,8})?", name):
             return None
         path = self.dir / name
-        return (path, str(data["t"])) if path.is_file() else None
+        return path if path.is_file() else None
 
     def clean(self, older_than: timedelta = FILE_TTL * 2) -> int:
         """Delete files nobody can fetch any more (exports hold personal data: not kept)."""
@@ -413,12 +404,11 @@ class WhatsAppSender:
             path = Path(out.photo_path)
             if not path.is_absolute() and not path.exists():
                 path = Path(self.settings.media_dir) / path
-            content_type = mimetypes.guess_type(path.name)[0] or "image/jpeg"
-            urls.append(self.files.publish(path.read_bytes(), path.name, content_type))
+            urls.append(self.files.publish(path.read_bytes(), path.name))
         if out.document is not None:
             doc = out.document
             data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
-            urls.append(self.files.publish(data, doc.filename, doc.content_type))
+            urls.append(self.files.publish(data, doc.filename))
         if urls and not self.files.base_url:
             raise SendError("permanent", "PUBLIC_BASE_URL is not set: WhatsApp cannot fetch files")
         return urls
@@ -619,14 +609,9 @@ class WhatsAppChannel:
         return Response(status_code=204)
 
     async def serve_file(self, token: str, name: str) -> Response:
-        from fastapi.responses import FileResponse
-
-        found = self.files.open(token)
-        if found is None:
-            return Response(status_code=404)
-        path, content_type = found
-        return FileResponse(path, media_type=content_type, filename=name,
-                            headers={"Cache-Control": "private, no-store"})
+        path = self.files.open(token)
+        response = stored_file(path, filename=name) if path is not None else None
+        return response if response is not None else Response(status_code=404)
 
     # -- media
     async def fetch_media(self, media: Media) -> bytes:

@@ -5,6 +5,12 @@ creates it. A key is never deleted, only revoked (the audit log and the reports 
 at its name). A name is unique among the active keys, so a key is rotated by revoking it and
 adding a new one with the same name.
 
+A key's scope says what it may read (any active key may create requests):
+- "public" (the default): what anyone gets without a key (category, status, public status notes,
+  dates, the mahalle and the pin rounded to about 100 m);
+- "full": also the resident's description, the exact pin, the street they typed and the photos.
+  Every read with a full key is written to the audit log (bot/open311.py).
+
 Open311Request keeps, per report created through the API, the key that created it and the
 `media_url` the client sent (a link to the client's own copy of the photo: it is not downloaded,
 so the API cannot be used to make this server fetch arbitrary URLs).
@@ -25,6 +31,7 @@ from storage.db import utcnow
 KEY_PREFIX = "k311_"
 # last_used_at is written at most this often per key (no write per request).
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+SCOPES = ("public", "full")
 
 
 class ApiKey(SQLModel, table=True):
@@ -34,6 +41,7 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(max_length=64)
     key_hash: str = Field(max_length=64, unique=True)  # sha256 hex of the plain key
     prefix: str = Field(max_length=16)  # the first characters, to recognise a key in lists and logs
+    scope: str = Field(default="public", max_length=8)  # public or full (SCOPES)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: Optional[datetime] = None
     last_used_at: Optional[datetime] = None
@@ -41,6 +49,10 @@ class ApiKey(SQLModel, table=True):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def full(self) -> bool:
+        return self.scope == "full"
 
 
 class Open311Request(SQLModel, table=True):
@@ -61,15 +73,17 @@ def hash_key(plain: str) -> str:
     return hashlib.sha256(plain.encode("utf-8")).hexdigest()
 
 
-def create_key(db: Session, name: str, *, now: datetime | None = None) -> tuple[ApiKey, str]:
+def create_key(db: Session, name: str, *, scope: str = "public", now: datetime | None = None) -> tuple[ApiKey, str]:
     """A new key: the row and the plain key (shown once, never stored)."""
     name = (name or "").strip()
     if not name or len(name) > 64 or any(c.isspace() for c in name) or name.isdigit():
         raise ApiKeyError("the name must be 1-64 characters without spaces, and not only digits")
+    if scope not in SCOPES:
+        raise ApiKeyError(f"the scope must be {' or '.join(SCOPES)}")
     if active_by_name(db, name) is not None:
         raise ApiKeyError(f"an active key named {name!r} exists: revoke it first")
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, key_hash=hash_key(plain), prefix=plain[:12], created_at=now or utcnow())
+    key = ApiKey(name=name, key_hash=hash_key(plain), prefix=plain[:12], scope=scope, created_at=now or utcnow())
     db.add(key)
     db.flush()
     return key, plain

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -96,10 +97,16 @@ class Report(SQLModel, table=True):
     supporters: int = Field(default=0)
 
 
+def media_token() -> str:
+    """The public name of a stored attachment (Open311 media_url): random, so ids cannot be guessed."""
+    return secrets.token_urlsafe(16)
+
+
 class ReportMedia(SQLModel, table=True):
     __tablename__ = "report_media"
     id: Optional[int] = Field(default=None, primary_key=True)
     report_id: int = Field(foreign_key="report.id", index=True)
+    token: str = Field(default_factory=media_token, max_length=32, unique=True, index=True)
     path: str = Field(max_length=500)
     content_type: str = Field(default="", max_length=64)
     size: Optional[int] = None

@@ -3,6 +3,8 @@
 app's own OpenAPI document."""
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 import zlib
@@ -28,7 +30,7 @@ from bot.http import create_http_app
 from storage import apikeys
 from storage.db import transaction, utcnow
 from storage.models import AuditLog
-from storage.reports import Report, create_report, get_by_code, merge, set_status
+from storage.reports import Report, ReportMedia, create_report, get_by_code, merge, set_status
 from tests.conftest import test_env as katilim_env
 
 BASE = "/open311/v2"
@@ -48,9 +50,9 @@ def client(http_app) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app), base_url="http://test")
 
 
-def new_key(app, name: str = "crm") -> str:
+def new_key(app, name: str = "crm", scope: str = "public") -> str:
     with transaction(app.db) as db:
-        return apikeys.create_key(db, name)[1]
+        return apikeys.create_key(db, name, scope=scope)[1]
 
 
 def is_error(response: httpx.Response, status: int) -> str:
@@ -107,7 +109,7 @@ async def test_services_follow_the_spec_and_the_language(api):
 # ---------------------------------------------------------------- POST and GET
 async def test_post_creates_a_report_without_the_residents_identity(api, db_url, tmp_path):
     app, http_app = api
-    key = new_key(app)
+    key = new_key(app, scope="full")
     async with client(http_app) as c:
         created = await c.post(f"{BASE}/requests.json", data={
             "api_key": key, "service_code": "lighting", "lat": "38.3889", "long": "27.1750",
@@ -119,10 +121,16 @@ async def test_post_creates_a_report_without_the_residents_identity(api, db_url,
         code = body["service_request_id"]
         assert code.startswith(f"BCA-{utcnow().year}-") and code in body["service_notice"]
         listed = (await c.get(f"{BASE}/requests.json")).json()
-        one = await c.get(f"{BASE}/requests/{code}.json", params={"locale": "en"})
-        one_lower = await c.get(f"{BASE}/requests/{code.lower()}.json")
-        xml = await c.get(f"{BASE}/requests/{code}.xml")
+        # every detail for the full key (as the api_key parameter or the X-Api-Key header)
+        one = await c.get(f"{BASE}/requests/{code}.json", params={"locale": "en", "api_key": key})
+        one_lower = await c.get(f"{BASE}/requests/{code.lower()}.json", headers={"X-Api-Key": key})
+        xml = await c.get(f"{BASE}/requests/{code}.xml", params={"api_key": key})
+        public = (await c.get(f"{BASE}/requests/{code}.json")).json()
     assert [r["service_request_id"] for r in listed] == [code]
+    # the public view: no description, no street, the pin to 3 decimals, no photo link
+    assert listed == public
+    assert public[0]["description"] is None and public[0]["address"] is None and public[0]["media_url"] is None
+    assert (public[0]["lat"], public[0]["long"]) == (38.389, 27.175)
     [item] = one.json()
     assert set(item) == REQUEST_FIELDS
     assert item["status"] == "open" and item["service_code"] == "lighting" and item["service_name"] == "Street lighting"
@@ -308,43 +316,75 @@ async def test_served_by_the_http_server(make_app, sqlite_url):
 
 
 # ---------------------------------------------------------------- media
+def media_tokens(app, code: str) -> dict[str, str]:
+    """kind → the random token of a report's attachment."""
+    with transaction(app.db) as db:
+        report = get_by_code(db, code)
+        return {m.kind: m.token for m in db.exec(select(ReportMedia).where(ReportMedia.report_id == report.id))}
+
+
 async def test_photos_are_served_voice_notes_and_other_files_are_not(api, tmp_path):
+    """Photos go only to a key of scope full, by a random token, typed from their bytes and with
+    the headers of every stored file; voice notes, files outside MEDIA_DIR and files that are not
+    images (an SVG stored as a "photo") are never served."""
     app, http_app = api
+    full = new_key(app, "crm-full", scope="full")
+    public = new_key(app, "open-data")
     media_dir = app.settings.media_dir
     media_dir.mkdir(parents=True, exist_ok=True)
     (media_dir / "ph.jpg").write_bytes(b"\xff\xd8\xff photo")
     (media_dir / "vo.ogg").write_bytes(b"OggS voice")
+    (media_dir / "sv.jpg").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
     outside = tmp_path / "secret.jpg"
-    outside.write_bytes(b"not yours")
-    code = add_report(app, media=[{"path": str(media_dir / "ph.jpg"), "content_type": "image/jpeg", "kind": "photo"},
+    outside.write_bytes(b"\xff\xd8\xff not yours")
+    code = add_report(app, media=[{"path": str(media_dir / "ph.jpg"), "content_type": "image/png", "kind": "photo"},
                                   {"path": str(media_dir / "vo.ogg"), "content_type": "audio/ogg", "kind": "voice"}])
     other = add_report(app, media=[{"path": str(outside), "content_type": "image/jpeg", "kind": "photo"}])
+    svg = add_report(app, media=[{"path": str(media_dir / "sv.jpg"), "content_type": "image/jpeg", "kind": "photo"}])
+    tokens = media_tokens(app, code)
     async with client(http_app) as c:
-        [item] = (await c.get(f"{BASE}/requests/{code}.json")).json()
+        [item] = (await c.get(f"{BASE}/requests/{code}.json", params={"api_key": full})).json()
         url = item["media_url"]
-        assert url.startswith(f"https://katilim.example.org{BASE}/media/{code}/")
-        photo = await c.get(url.removeprefix("https://katilim.example.org"))
-        media_id = int(url.rsplit("/", 1)[1])
-        voice = await c.get(f"{BASE}/media/{code}/{media_id + 1}")
-        wrong_report = await c.get(f"{BASE}/media/{other}/{media_id}")
-        [other_item] = (await c.get(f"{BASE}/requests/{other}.json")).json()
-        escaped = await c.get(other_item["media_url"].removeprefix("https://katilim.example.org"))
-    assert photo.status_code == 200 and photo.content == b"\xff\xd8\xff photo"
-    assert photo.headers["content-type"] == "image/jpeg"
+        assert url == f"https://katilim.example.org{BASE}/media/{code}/{tokens['photo']}"
+        path = url.removeprefix("https://katilim.example.org")
+        photo = await c.get(path, headers={"X-Api-Key": full})
+        as_param = await c.get(path, params={"api_key": full})
+        without_key = await c.get(path)
+        with_public_key = await c.get(path, params={"api_key": public})
+        voice = await c.get(f"{BASE}/media/{code}/{tokens['voice']}", params={"api_key": full})
+        wrong_report = await c.get(f"{BASE}/media/{other}/{tokens['photo']}", params={"api_key": full})
+        [other_item] = (await c.get(f"{BASE}/requests/{other}.json", params={"api_key": full})).json()
+        escaped = await c.get(other_item["media_url"].removeprefix("https://katilim.example.org"),
+                              params={"api_key": full})
+        [svg_item] = (await c.get(f"{BASE}/requests/{svg}.json", params={"api_key": full})).json()
+        script = await c.get(svg_item["media_url"].removeprefix("https://katilim.example.org"),
+                             params={"api_key": full})
+    assert photo.status_code == 200 and photo.content == b"\xff\xd8\xff photo" and as_param.content == photo.content
+    assert photo.headers["content-type"] == "image/jpeg"  # from the bytes, not the stored image/png
+    assert photo.headers["x-content-type-options"] == "nosniff"
+    assert photo.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert photo.headers["cache-control"] == "private, no-store"
+    assert "full" in is_error(without_key, 403) and "full" in is_error(with_public_key, 403)
     is_error(voice, 404)
     is_error(wrong_report, 404)
     is_error(escaped, 404)  # a path outside MEDIA_DIR is never served
+    is_error(script, 404)  # not an image: never served as one
+    with transaction(app.db) as db:
+        reads = db.exec(select(AuditLog).where(AuditLog.action == "open311.media_read")).all()
+    assert [(a.actor, a.target) for a in reads] == [("open311:crm-full", code)] * 2  # the two photos served
 
 
 async def test_relative_media_url_without_public_base_url(make_app, sqlite_url):
     app = make_app(database_url=sqlite_url)
+    key = new_key(app, scope="full")
     app.settings.media_dir.mkdir(parents=True, exist_ok=True)
-    (app.settings.media_dir / "p.png").write_bytes(b"\x89PNG")
+    (app.settings.media_dir / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     code = add_report(app, media=[{"path": str(app.settings.media_dir / "p.png"), "content_type": "image/png"}])
     async with client(create_http_app(app)) as c:
-        [item] = (await c.get(f"{BASE}/requests/{code}.json")).json()
+        [item] = (await c.get(f"{BASE}/requests/{code}.json", params={"api_key": key})).json()
         assert item["media_url"].startswith(f"{BASE}/media/{code}/")
-        assert (await c.get(item["media_url"])).content == b"\x89PNG"
+        served = await c.get(item["media_url"], params={"api_key": key})
+        assert served.content == b"\x89PNG\r\n\x1a\n" and served.headers["content-type"] == "image/png"
 
 
 # ---------------------------------------------------------------- CLI
@@ -416,3 +456,245 @@ def _fuzz(operation, mode, key: str) -> None:
         case.call_and_validate(checks=CHECKS)
 
     check()
+
+
+# ---------------------------------------------------------------- scopes and the audit of full reads
+async def test_full_reads_are_audited_public_reads_are_not(api):
+    """One audit row per request of a full key (not per report), naming the codes read and no
+    personal data; public reads and reads without a key write none; a wrong key is refused."""
+    app, http_app = api
+    full = new_key(app, "crm-full", scope="full")
+    public = new_key(app, "open-data")
+    first, second = add_report(app, "road"), add_report(app, "water")
+    async with client(http_app) as c:
+        for params in ({}, {"api_key": public}):
+            for path in ("requests.json", f"requests/{first}.xml"):
+                read = await c.get(f"{BASE}/{path}", params=params)
+                assert read.status_code == 200 and "cache-control" not in read.headers
+        listed = await c.get(f"{BASE}/requests.json", params={"status": "open"}, headers={"X-Api-Key": full})
+        one = await c.get(f"{BASE}/requests/{first}.xml", params={"api_key": full})
+        nothing = await c.get(f"{BASE}/requests.json", params={"api_key": full, "service_request_id": "BCA-2026-9"})
+        wrong = await c.get(f"{BASE}/requests.json", params={"api_key": full + "x"})
+        wrong_xml = await c.get(f"{BASE}/requests/{first}.xml", headers={"X-Api-Key": "k311_nope"})
+    assert listed.status_code == one.status_code == nothing.status_code == 200
+    # personal data: no cache may keep a full read
+    assert listed.headers["cache-control"] == one.headers["cache-control"] == "private, no-store"
+    assert [r["description"] for r in listed.json()] == ["x", "x"]
+    assert ET.fromstring(one.content)[0].findtext("description") == "x"
+    assert "api_key" in is_error(wrong, 403)
+    assert wrong_xml.status_code == 403 and ET.fromstring(wrong_xml.content).findtext("error/code") == "403"
+    with transaction(app.db) as db:
+        rows = db.exec(select(AuditLog).where(AuditLog.action == "open311.full_read").order_by(AuditLog.id)).all()
+    assert [(a.actor, a.target, a.details["count"], a.details["codes"]) for a in rows] == [
+        ("open311:crm-full", f"{BASE}/requests.json", 2, [second, first]),
+        ("open311:crm-full", f"{BASE}/requests/{first}.xml", 1, [first]),
+        ("open311:crm-full", f"{BASE}/requests.json", 0, [])]
+    assert rows[0].details["status"] == "open"
+
+
+async def test_apikey_cli_scopes(make_app, db_url, tmp_path):
+    """`katilim apikey add NAME --scope full`: the key reads every detail; the default is public;
+    `list` shows the scope; a scope that does not exist is refused."""
+    public = katilim(db_url, tmp_path, "apikey", "add", "open-data")
+    full = katilim(db_url, tmp_path, "apikey", "add", "crm", "--scope", "full")
+    wrong = katilim(db_url, tmp_path, "apikey", "add", "x", "--scope", "admin")
+    listed = katilim(db_url, tmp_path, "apikey", "list")
+    assert public.returncode == full.returncode == listed.returncode == 0, (public.stderr, full.stderr)
+    assert "scope public" in public.stdout and "scope full" in full.stdout
+    assert wrong.returncode != 0 and "scope" in wrong.stderr
+    rows = {line.split()[1]: line.split()[2] for line in listed.stdout.splitlines()[1:]}
+    assert rows == {"open-data": "public", "crm": "full"}
+    app = make_app(database_url=db_url)
+    code = add_report(app)
+    async with client(create_http_app(app)) as c:
+        as_public = (await c.get(f"{BASE}/requests/{code}.json",
+                                 params={"api_key": public.stdout.split()[-1]})).json()[0]
+        as_full = (await c.get(f"{BASE}/requests/{code}.json", params={"api_key": full.stdout.split()[-1]})).json()[0]
+    assert as_public["description"] is None and as_full["description"] == "x"
+    with transaction(app.db) as db:
+        added = db.exec(select(AuditLog).where(AuditLog.action == "apikey.added").order_by(AuditLog.id)).all()
+    assert [a.details["scope"] for a in added] == ["public", "full"]
+
+
+def test_migration_0010_gives_old_keys_the_public_scope_and_old_media_a_token(db_url):
+    """0010: keys made before it get the public scope; every attachment stored before it gets a
+    random token of its own; both ways."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from storage.db import make_engine
+    from storage.migrate import alembic_config, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0006")
+        upgrade(engine, "0009")
+        now = utcnow()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO api_key (name, key_hash, prefix, created_at) VALUES "
+                              "('crm', :h, 'k311_abc', :now)"), {"h": "a" * 64, "now": now})
+            conn.execute(text(
+                "INSERT INTO report (code, category, description, address, status, reject_reason, channel, "
+                "created_at, updated_at, reopened_count, supporters) VALUES ('BCA-2025-000001', 'road', 'x', '', "
+                "'new', '', 'telegram', :now, :now, 0, 0)"), {"now": now})
+            report_id = conn.execute(text("SELECT id FROM report")).scalar()
+            for n in range(3):
+                conn.execute(text("INSERT INTO report_media (report_id, path, content_type, kind, created_at) "
+                                  "VALUES (:r, :p, 'image/jpeg', 'photo', :now)"),
+                             {"r": report_id, "p": f"media/{n}.jpg", "now": now})
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT scope FROM api_key")).scalars().all() == ["public"]
+            tokens = conn.execute(text("SELECT token FROM report_media ORDER BY id")).scalars().all()
+        assert len(set(tokens)) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in tokens)
+        with transaction(engine) as db:  # a new attachment gets one from the model
+            report = create_report(db, prefix="BCA", resident_id=None, category="road", description="y",
+                                   media=[{"path": "media/new.jpg", "content_type": "image/jpeg"}])
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}", media_tokens_of(db, report.id)[0])
+
+        cfg = alembic_config(db_url)
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0009")
+            conn.commit()
+        assert "scope" not in {c["name"] for c in inspect(engine).get_columns("api_key")}
+        assert "token" not in {c["name"] for c in inspect(engine).get_columns("report_media")}
+        assert "request_quota" not in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM report_media")).scalar() == 4
+        upgrade(engine)
+        assert "token" in {c["name"] for c in inspect(engine).get_columns("report_media")}
+    finally:
+        engine.dispose()
+
+
+def media_tokens_of(db, report_id: int) -> list[str]:
+    return [m.token for m in db.exec(select(ReportMedia).where(ReportMedia.report_id == report_id))]
+
+
+# ---------------------------------------------------------------- POST budgets
+def _count_reports(app) -> int:
+    with transaction(app.db) as db:
+        return len(db.exec(select(Report)).all())
+
+
+async def test_posts_beyond_the_keys_budget_get_429_and_create_nothing(make_app, db_url, figure):
+    """The review's 300 reports in 1.9 s with one key, again, with the default budgets (30 per
+    minute per key, bursts of 10): the burst is created, every other POST gets 429 in the Open311
+    format with Retry-After, and nothing of it is stored. Another key is not held back."""
+    import time
+
+    app = make_app(database_url=db_url)
+    key, other = new_key(app), new_key(app, "mobile-app")
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    statuses, retry_after = [], set()
+    async with client(create_http_app(app)) as c:
+        started = time.perf_counter()
+        for _ in range(300):
+            response = await c.post(f"{BASE}/requests.json", data=form)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert "this api_key" in is_error(response, 429)
+                retry_after.add(int(response.headers["Retry-After"]))
+        elapsed = time.perf_counter() - started
+        assert (await c.post(f"{BASE}/requests.json", data={**form, "api_key": other})).status_code == 201
+    created, refused = statuses.count(201), statuses.count(429)
+    assert created + refused == 300 and statuses[:10] == [201] * 10
+    assert created <= 10 + elapsed / 2 + 1  # the burst, and one more every 2 s at 30 per minute
+    assert retry_after and min(retry_after) >= 1 and max(retry_after) <= 2
+    assert _count_reports(app) == created + 1
+    figure(f"Open311 POST, {app.db.dialect.name}, one key, defaults (30/min, burst 10): 300 posted in "
+           f"{elapsed:.1f} s, {created} created, {refused} refused with 429 (Retry-After {sorted(retry_after)} s)")
+
+
+async def test_all_keys_together_are_capped_and_retry_after_is_right(make_app, sqlite_url):
+    app = make_app(database_url=sqlite_url, open311_posts_per_minute=60, open311_posts_burst=2,
+                   open311_posts_per_minute_total=600, open311_posts_burst_total=5)
+    keys = [new_key(app, f"client{n}") for n in range(4)]
+    async with client(create_http_app(app)) as c:
+        async def post(key):
+            return await c.post(f"{BASE}/requests.json", json={"api_key": key, "service_code": "road",
+                                                               "address_id": "adatepe"})
+
+        answers = [await post(keys[n % 4]) for n in range(8)]
+        assert [a.status_code for a in answers] == [201] * 5 + [429] * 3
+        assert all("all clients" in is_error(a, 429) for a in answers[5:])
+        # one key alone: its burst of 2, then 429 until Retry-After has passed
+        await asyncio.sleep(1.0)
+        solo = new_key(app, "solo")
+        assert [(await post(solo)).status_code for _ in range(2)] == [201, 201]
+        refused = await post(solo)
+        assert "this api_key" in is_error(refused, 429)
+        await asyncio.sleep(int(refused.headers["Retry-After"]))
+        assert (await post(solo)).status_code == 201
+        # an invalid POST counts too (a client cannot probe without spending its budget)
+        invalid = [await c.post(f"{BASE}/requests.json", data={"api_key": keys[3], "service_code": "nope"})
+                   for _ in range(3)]
+    assert [a.status_code for a in invalid][:1] == [404] and invalid[-1].status_code == 429
+    assert _count_reports(app) == 8
+
+
+async def test_the_budget_holds_across_workers(make_app, db_url):
+    """Two workers (two apps, two connection pools, one database) posting at once with the same
+    key: together they get the one burst, because the bucket is a row in the database."""
+    settings = dict(database_url=db_url, open311_posts_per_minute=1, open311_posts_burst=10)
+    first, second = make_app(**settings), make_app(**settings)
+    key = new_key(first)
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    async with client(create_http_app(first)) as a, client(create_http_app(second)) as b:
+        answers = await asyncio.gather(*[(a if n % 2 else b).post(f"{BASE}/requests.json", data=form)
+                                         for n in range(30)])
+    assert sorted(r.status_code for r in answers) == [201] * 10 + [429] * 20
+    assert _count_reports(first) == 10
+
+
+async def test_the_budget_costs_little(make_app, db_url, figure):
+    """Time per POST with the budget checked (limits high enough never to refuse) and without
+    (0: off), in alternating blocks on the same database."""
+    import statistics
+    import time
+
+    on = make_app(database_url=db_url, open311_posts_per_minute=100_000, open311_posts_burst=100_000,
+                  open311_posts_per_minute_total=1_000_000, open311_posts_burst_total=1_000_000)
+    off = make_app(database_url=db_url, open311_posts_per_minute=0, open311_posts_per_minute_total=0)
+    key = new_key(on)
+    form = {"api_key": key, "service_code": "road", "lat": "38.39", "long": "27.17"}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    async with client(create_http_app(on)) as c_on, client(create_http_app(off)) as c_off:
+        for block in range(10):
+            for name, c in (("on", c_on), ("off", c_off)) if block % 2 else (("off", c_off), ("on", c_on)):
+                for _ in range(10):
+                    started = time.perf_counter()
+                    assert (await c.post(f"{BASE}/requests.json", data=form)).status_code == 201
+                    times[name].append(time.perf_counter() - started)
+    median = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    figure(f"Open311 POST, {on.db.dialect.name}: median {median['on']:.2f} ms with the budget checked, "
+           f"{median['off']:.2f} ms without ({len(times['on'])} each, alternating blocks)")
+    assert _count_reports(on) == 200
+
+
+def test_a_clock_stepped_back_holds_posts_back_for_a_burst_at_most(make_app, db_url):
+    """storage.quota with the clock given: a bucket emptied, then the clock an hour back and
+    forward again. The bucket never refuses for longer than its burst's time and CLOCK_SLACK."""
+    from storage import quota
+
+    app = make_app(database_url=db_url)
+    bucket = [("clock-test", 60, 3)]  # one a second, bursts of 3
+
+    def spend(at: float):
+        with transaction(app.db) as db:
+            refused = quota.spend(db, bucket, now=at)
+            if refused:
+                db.rollback()
+            return refused
+
+    t = 1_000_000.0
+    assert [spend(t) for _ in range(3)] == [None] * 3
+    assert spend(t) == (0, pytest.approx(1.0))
+    assert spend(t - 3600) is None  # an hour back: the bucket starts afresh, not refused for an hour
+    assert [spend(t - 3600) for _ in range(2)] == [None, None]
+    assert spend(t - 3600)[1] == pytest.approx(1.0)
+    assert spend(t - 3600 + 1) is None  # and refills at its rate
+    # the clock forward again: nothing was lost or owed
+    assert [spend(t + 10) for _ in range(3)] == [None] * 3 and spend(t + 10)[1] == pytest.approx(1.0)
+    assert spend(t + 30 + 3 + quota.CLOCK_SLACK / 2) is None

@@ -191,6 +191,7 @@ async def test_onboarding_mahalle_export_and_deletion(wa, db_url):
     fetched = export.fetched[0]
     assert fetched["status"] == 200 and fetched["content_type"].startswith("text/plain")
     assert "katilim-verilerim.json" in fetched["disposition"]
+    assert_stored_file_headers(fetched["headers"])
     data = json.loads(fetched["content"])
     assert data["resident"]["mahalle"] == hood.key
     assert data["channels"][0]["address"] == AYSE
@@ -310,6 +311,8 @@ async def test_photos_documents_and_pins_go_out_as_media(wa, tmp_path):
     assert photo_msg.fetched[0]["content"] == JPEG and photo_msg.fetched[0]["content_type"] == "image/jpeg"
     assert pdf_msg.media_urls[0].endswith("/rapor.pdf") and not pdf_msg.body
     assert pdf_msg.fetched[0]["content_type"] == "application/pdf"
+    for fetched in (photo_msg.fetched[0], pdf_msg.fetched[0]):
+        assert_stored_file_headers(fetched["headers"])
     assert pin.params["PersistentAction"] == ["geo:38.390000,27.170000|Buca Belediyesi"]
     assert pin.body == "Toplantı yeri\n\n📍 Buca Belediyesi"
     assert all(m.params["StatusCallback"] == h.base + STATUS_PATH for m in (photo_msg, pdf_msg, pin))
@@ -491,14 +494,42 @@ async def test_twilio_errors_in_the_dispatchers_terms(wa, make_settings):
     assert err.value.kind == "permanent"
 
 
+def assert_stored_file_headers(headers) -> None:
+    """What bot.http.stored_file puts on every file served from storage."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert headers["cache-control"] == "private, no-store"
+
+
+async def test_signed_files_are_served_as_what_their_bytes_are(wa):
+    """The type a file is served with comes from its bytes, never from its name or a claimed type:
+    an SVG with a script, or HTML named .jpg, goes as text/plain under a CSP that allows nothing."""
+    h = await wa()
+    files = h.channel.sender.files
+    cases = [(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "foto.svg",
+              "text/plain; charset=utf-8"),
+             (b"<html><script>alert(document.cookie)</script></html>", "foto.jpg", "text/plain; charset=utf-8"),
+             (JPEG, "belge.html", "image/jpeg"),
+             (b"\x00\x01\x02 binary", "x.pdf", "application/octet-stream")]
+    for content, name, served in cases:
+        url = files.publish(content, name)
+        for method in ("GET", "HEAD"):
+            got = await h.http.request(method, url.removeprefix(h.base))
+            assert got.status_code == 200, (name, got.status_code)
+            assert got.headers["content-type"] == served, name
+            assert_stored_file_headers(got.headers)
+        assert got.content == b""  # HEAD: headers only
+        assert (await h.http.get(url.removeprefix(h.base))).content == content
+
+
 async def test_signed_file_links_expire(tmp_path, make_settings):
     settings = make_settings(twilio_account_sid="AC" + "b" * 32, twilio_auth_token="tok",
                              twilio_whatsapp_from=SENDER, public_base_url="https://katilim.example")
     files = OutboundFiles(settings)
-    url = files.publish(b"BEGIN:VCALENDAR", "etkinlik.ics", "text/calendar", now=1000.0)
+    url = files.publish(b"BEGIN:VCALENDAR", "etkinlik.ics", now=1000.0)
     token = url.split(FILES_PATH + "/", 1)[1].split("/")[0]
-    path, content_type = files.open(token, now=1000.0)
-    assert path.read_bytes() == b"BEGIN:VCALENDAR" and content_type.startswith("text/plain")
+    assert files.open(token, now=1000.0).read_bytes() == b"BEGIN:VCALENDAR"
     assert files.open(token, now=1000.0 + 3601) is None
     payload, sig = token.split(".")
     assert files.open(payload + "." + sig[::-1], now=1000.0) is None

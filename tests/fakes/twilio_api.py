@@ -244,7 +244,7 @@ class FakeTwilioServer(LocalServer):
                         call.fetched.append({"url": url, "status": got.status_code,
                                              "content_type": got.headers.get("content-type", ""),
                                              "disposition": got.headers.get("content-disposition", ""),
-                                             "content": got.content})
+                                             "headers": dict(got.headers), "content": got.content})
                     except httpx.HTTPError as exc:
                         call.fetched.append({"url": url, "status": 0, "error": repr(exc), "content": b""})
         sid = "SM" + secrets.token_hex(16)
