@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import sqlmodel
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0011_request_quota'
 branch_labels = None
 depends_on = None
 
