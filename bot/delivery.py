@@ -60,8 +60,8 @@ async def send_replies(db: DbEngine, sender: Sender, replies: list[tuple[int, Ou
             try:
                 provider_ids.append(await sender.send(address, out))
             except SendError as exc:
-                log.warning("reply %s to %s:%s not sent now (%s); the dispatcher will retry",
-                            row_id, sender.channel, address, exc)
+                log.warning("reply %s on %s not sent now (%s); the dispatcher will retry",
+                            row_id, sender.channel, exc)
                 await _release(db, [row_id for row_id, _ in replies if row_id not in sent])
                 break
             sent.append(row_id)

@@ -751,8 +751,9 @@ class _ChannelRunner:
             for address in {o.row.address for o in outcomes if o.kind == "blocked"}:
                 why = next(o.reason for o in outcomes if o.kind == "blocked" and o.row.address == address)
                 cancelled = outbox.mark_unreachable(db, self.channel, address, why)
-                log.info("outbox %s: %s blocked the bot (%s); marked unreachable, %d waiting rows cancelled",
-                         self.channel, address, why, cancelled)
+                row = next(o.row.id for o in outcomes if o.kind == "blocked" and o.row.address == address)
+                log.info("outbox %s: the recipient of row %s blocked the bot (%s); marked unreachable, "
+                         "%d waiting rows cancelled", self.channel, row, why, cancelled)
             return outbox.channel_paused_for(db, self.channel) if self.pacing.limits.rate else 0.0
 
     def report(self) -> None:

@@ -308,6 +308,13 @@ class Ctx:
     def is_staff(self) -> bool:
         return repo.staff_for(self.db, self.channel, self.identity.address) is not None
 
+    @property
+    def actor(self) -> str:
+        """Who acts, for audit rows and records: "staff:ID" for a staff member, else the resident's
+        pseudonym "resident:ID" (never a chat id or a phone number; erasure leaves it meaningless)."""
+        staff = repo.staff_for(self.db, self.channel, self.identity.address)
+        return f"staff:{staff.id}" if staff is not None else f"resident:{self.resident.id}"
+
 
 @dataclass
 class StepResult:
@@ -361,6 +368,13 @@ def _command_words(key: str) -> frozenset[str]:
     return frozenset(fold(w) for lang in LANGUAGES for w in translator(lang)(key).split(",") if w.strip())
 
 
+def refuse_staff(ctx: Ctx, what: str) -> None:
+    """A staff-only state reached by someone who is not staff: refused politely and audited, with
+    the resident's pseudonym as the actor."""
+    repo.audit(ctx.db, f"resident:{ctx.resident.id}", "staff.refused", what)
+    ctx.say(ctx.t("staff.refused"))
+
+
 def enter(ctx: Ctx, name: str) -> str:
     target = STATES.get(name)
     if target is None:
@@ -368,8 +382,7 @@ def enter(ctx: Ctx, name: str) -> str:
         name, target = IDLE, STATES[IDLE]
     if target.staff_only and not ctx.is_staff:
         # a command or menu item leading to a staff screen: refused before its prompt shows anything
-        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", name)
-        ctx.say(ctx.t("staff.refused"))
+        refuse_staff(ctx, name)
         ctx.data = {}
         name, target = IDLE, STATES[IDLE]
     ctx.state = name
@@ -402,7 +415,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     try:
         return _step(ctx, msg)
     except Exception:  # noqa: BLE001
-        log.exception("step failed in state %s for %s:%s", ctx.state, ctx.channel, ctx.identity.address)
+        log.exception("step failed in state %s for resident:%s (%s)", ctx.state, ctx.resident.id, ctx.channel)
         ctx.replies.clear()
         ctx.data = {k: v for k, v in saved.items() if not k.startswith("_")}
         ctx.say(ctx.t("engine.error"))
@@ -440,8 +453,7 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
         return StepResult(ctx.state, ctx.data, ctx.replies)
     msg = resolve_choice(ctx, msg)
     if current.staff_only and not ctx.is_staff:
-        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", ctx.state)
-        ctx.say(ctx.t("staff.refused"))
+        refuse_staff(ctx, ctx.state)
         ctx.data = {}
         enter(ctx, IDLE)
         return StepResult(ctx.state, ctx.data, ctx.replies)

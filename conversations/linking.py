@@ -91,7 +91,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     text = msg.text.strip()
     if not CODE_RE.fullmatch(text):
         return Invalid("link.expecting")
-    actor = f"{ctx.channel}:{ctx.identity.address}"
+    actor = f"resident:{ctx.resident.id}"  # pseudonymous: never the chat id or the number
     wrong = ctx.db.exec(select(func.count()).select_from(AuditLog).where(
         AuditLog.actor == actor, AuditLog.action == "link.code_wrong",
         AuditLog.at > ctx.now - timedelta(hours=1))).one()
@@ -116,7 +116,7 @@ def _link(ctx: Ctx, other_id: int, phone: str) -> Transition:
     try:
         with ctx.db.begin_nested():
             resident = linking.merge_residents(ctx.db, ctx.resident.id, other_id, mergers=MERGERS,
-                                               actor=f"{ctx.channel}:{ctx.identity.address}")
+                                               actor=f"resident:{ctx.resident.id}")
             if phone:
                 resident.phone = phone
                 ctx.db.add(resident)

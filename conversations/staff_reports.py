@@ -28,8 +28,7 @@ TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_
 
 
 def _actor(ctx: Ctx) -> str:
-    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
-    return f"staff:{staff.id}" if staff else f"{ctx.channel}:{ctx.identity.address}"
+    return ctx.actor
 
 
 def _filter(ctx: Ctx) -> dict:

@@ -551,7 +551,7 @@ class WhatsAppChannel:
                         log.warning("database busy or unreachable; handling %s again", inbound.external_id)
                         await asyncio.sleep(0.5 * 4 ** attempt)
             except Exception:  # noqa: BLE001  (logged; Twilio already has its answer)
-                log.exception("WhatsApp message %s from %s not handled", inbound.external_id, inbound.address)
+                log.exception("WhatsApp message %s not handled", inbound.external_id)
 
     def _answer_to_proactive(self, inbound: Inbound) -> None:
         """A number typed right after a message whose choices are global (a notification's "was it
