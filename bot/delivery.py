@@ -67,12 +67,13 @@ async def send_replies(db: DbEngine, sender: Sender, replies: list[tuple[int, Ou
             sent.append(row_id)
     finally:
         if sent:
-            await asyncio.to_thread(_confirm, db, sent, provider_ids)
+            goodbyes = [row_id for row_id, out in replies if out.forget is not None]
+            await asyncio.to_thread(_confirm, db, sent, provider_ids, goodbyes)
 
 
-def _confirm(db: DbEngine, ids: list[int], provider_ids: list[str]) -> None:
+def _confirm(db: DbEngine, ids: list[int], provider_ids: list[str], forget: list[int]) -> None:
     with transaction(db) as session:
-        outbox.mark_sent(session, ids, provider_ids)
+        outbox.mark_sent(session, ids, provider_ids, forget=forget)
 
 
 async def _release(db: DbEngine, ids: list[int]) -> None:

@@ -723,7 +723,8 @@ class _ChannelRunner:
         with transaction(d.db) as db:
             sent = [o for o in outcomes if o.kind == "sent"]
             if sent:
-                outbox.mark_sent(db, [o.row.id for o in sent], [o.provider_id for o in sent])
+                outbox.mark_sent(db, [o.row.id for o in sent], [o.provider_id for o in sent],
+                                 forget=[o.row.id for o in sent if "forget" in o.row.payload])
             skipped = [o.row.id for o in outcomes if o.kind in ("skip", "retry_after")]
             outbox.defer(db, skipped, worker_id=me)
             pause = max((o.retry_after for o in outcomes if o.kind == "retry_after"), default=0.0)

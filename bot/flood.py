@@ -97,6 +97,11 @@ class FloodGuard:
                 return NOTICE
             return DROP
 
+    def forget(self, channel: str, address: str) -> None:
+        """The account's resident erased their data: its bucket goes now, not after a window."""
+        with self._lock:
+            self._buckets.pop((channel, address))
+
     def __len__(self) -> int:
         """The number of accounts with a bucket (those active lately)."""
         return len(self._buckets)

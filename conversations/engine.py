@@ -27,7 +27,8 @@ from sqlmodel import Session, select
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
-from storage import outbox, repo
+from storage import attachments, outbox, repo
+from storage.attachments import Erased
 from storage.db import utcnow
 from storage.fastsql import Prepared, detached, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
@@ -484,6 +485,7 @@ class Handled:
     replies: list[tuple[int, Outbound]]   # (outbox id, message) claimed by this worker for direct sending
     duplicate: bool = False
     resident_id: int | None = None
+    erased: Erased | None = None          # the step erased the resident: what is left to do after the commit
 
 
 class Engine:
@@ -507,10 +509,13 @@ class Engine:
                     from storage import inbox
 
                     inbox.done(conn, inbox_id)
-                return self._handle(conn, msg)
+                handled = self._handle(conn, msg)
         except BaseException:
             self._drop(conn)  # the next step starts on a fresh connection (a restarted database)
             raise
+        if handled.erased is not None:  # committed: their files go now (a crash here: housekeeping's sweep)
+            attachments.remove(handled.erased.files, getattr(self.config.settings, "media_dir", None))
+        return handled
 
     def _connection(self) -> Connection:
         key = threading.get_ident()
@@ -582,19 +587,25 @@ class Engine:
                 result = step(ctx, msg)
         else:
             result = step(ctx, msg)
+        stored_media = [m.ref for m in msg.media if m.ref]
+        if stored_media and not ctx.erase:  # who sent which stored file (erasure finds a draft's photos)
+            attachments.record_uploads(ctx.db, resident.id, stored_media, now)
         _flush(ctx)  # what the step changed through the ORM goes first (foreign keys)
         # Claimed under a name of their own: a dispatcher stopping in this process releases its own
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
         claimed_by = f"{self.worker_id}/direct"
         if ctx.erase:
-            rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
             from conversations.core import erase_resident
 
-            erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}")
-            # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
-            outbox.erase_resident(ctx.db, resident.id, keep_ids=[row_id for row_id, _ in rows])
+            erased = erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}")
             _flush(ctx)
-            return Handled(rows, resident_id=resident.id)
+            # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out,
+            # telling the channel which files it wrote for them to forget, and loses its address
+            # once sent (storage.outbox.mark_sent).
+            for out in result.replies:
+                out.forget = list(erased.documents)
+            rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
+            return Handled(rows, resident_id=resident.id, erased=erased)
         # The replies, the session and (when due) the last inbound time: one round trip (PostgreSQL).
         writes = outbox.reply_statements(identity, result.replies, claimed_by=claimed_by, now=now)
         values = {"rid": resident.id, "state": result.state, "data": result.data, "now": now}

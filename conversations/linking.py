@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlmodel import func, select
 
 from conversations.core import COMMAND_TEXTS
-from conversations.engine import ERASERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
+from conversations.engine import ERASERS, EXPORTERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
 from conversations.i18n import N_
 from conversations.messages import Inbound, Kind
 from storage import linking, repo
@@ -32,6 +32,7 @@ CODE_RE = re.compile(r"\d{3}\s?\d{3}")
 COMMAND_TEXTS["link"] = N_("link.command")
 menu_item(70, "link", N_("link.menu"), "link.start")
 ERASERS.append(linking.erase_codes)
+EXPORTERS.append(linking.export_codes)
 
 
 @command("link", "bagla", "bağla", menu={"tr": "bagla", "en": "link", "ar": "link"})

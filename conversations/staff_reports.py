@@ -213,7 +213,7 @@ def staff_view(ctx: Ctx) -> None:
 def staff_text(ctx: Ctx, report: rp.Report) -> str:
     lines = [ctx.t("staffreport.view", code=report.code, status=status_name(ctx, report.status),
                    category=category_name(ctx, report.category),
-                   description=truncate(report.description, 1500) or "—",
+                   description=ctx.t("report.erased") if report.erased_at else truncate(report.description, 1500) or "—",
                    location=location_text(ctx, report.latitude, report.longitude, report.mahalle, report.address),
                    created=ctx.when(report.created_at), updated=ctx.when(report.updated_at),
                    supporters=report.supporters, reopened=report.reopened_count,

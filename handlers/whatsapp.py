@@ -60,6 +60,7 @@ from twilio.rest import Client
 from bot.app import CHANNEL_HOOKS
 from storage import media as media_store
 from storage.media import MediaTooLarge
+from storage.attachments import suffix_of
 from bot.delivery import SendError
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
@@ -273,7 +274,7 @@ class OutboundFiles:
         if len(data) > self.limit:
             raise MediaTooLarge(len(data), self.limit)
         name = re.sub(r"[^\w.\-]", "_", Path(filename or "file").name)[:80] or "file"
-        suffix = Path(name).suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", Path(name).suffix) else ""
+        suffix = suffix_of(name)  # the copy's name erasure looks for (storage.attachments)
         target = media_store.path_for(self.dir, data, suffix)
         if target.exists():
             os.utime(target)  # published again: the clean-up keeps it for another FILE_TTL

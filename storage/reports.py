@@ -22,12 +22,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, func
+from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
 from conversations.i18n import N_, Translator, translator
 from conversations.messages import Choice, Outbound
 from storage import outbox, repo
+from storage.attachments import Erased, stored_name
 from storage.db import utcnow
 from storage.models import ChannelIdentity, Resident, Staff
 
@@ -94,6 +95,9 @@ class Report(SQLModel, table=True):
     reopened_count: int = Field(default=0)
     rating: Optional[int] = None
     supporters: int = Field(default=0)
+    # set when the reporter erased their data: description and street are gone (staff views show
+    # the catalog's "report.erased" marker); category, status, dates, mahalle and pin stay
+    erased_at: Optional[datetime] = None
 
 
 class ReportMedia(SQLModel, table=True):
@@ -495,8 +499,9 @@ def report_dict(db: Session, report: Report, *, with_history: bool = True) -> di
             "mahalle": report.mahalle, "address": report.address, "reject_reason": report.reject_reason,
             "created_at": _iso(report.created_at), "updated_at": _iso(report.updated_at),
             "resolved_at": _iso(report.resolved_at), "rating": report.rating, "supporters": report.supporters,
-            "media": [{"kind": m.kind, "path": m.path, "content_type": m.content_type, "size": m.size}
-                      for m in media_of(db, report.id)]}
+            "media": [{"kind": m.kind, "name": stored_name(m.path) or Path(m.path).name,
+                       "content_type": m.content_type, "size": m.size} for m in media_of(db, report.id)],
+            "erased_at": _iso(report.erased_at)}
     if report.merged_into_id:
         target = db.get(Report, report.merged_into_id)
         data["merged_into"] = target.code if target else None
@@ -512,21 +517,32 @@ def export_resident(db: Session, resident_id: int) -> dict[str, Any]:
             "followed_reports": [{"code": r.code, "status": r.status} for r in followed_by(db, resident_id)]}
 
 
-def erase_resident(db: Session, resident_id: int) -> None:
-    """Detach the resident from their reports (kept, anonymised), drop their follows and their
-    voice notes (a voice identifies a person; photos of the street stay with the report)."""
+def erase_resident(db: Session, resident_id: int) -> Erased:
+    """The resident's reports stay for the municipality's records, anonymised: no longer linked
+    to them, their words (description, street) gone (`erased_at` set: staff see a marker), their
+    photos and voice notes deleted (the files too, unless another report holds the same file);
+    category, status, dates, mahalle and pin stay. The notes they wrote in a report's history go,
+    and so do their follows (the supporters count stays: an anonymous number)."""
+    now = utcnow()
+    erased = Erased()
     for report in list_for_resident(db, resident_id):
-        for media in media_of(db, report.id, kind="voice"):
-            try:
-                Path(media.path).unlink(missing_ok=True)
-            except OSError:
-                log.warning("voice note %s not removed", media.path)
+        erased.words |= {report.description, report.address} - {""}
+        for media in media_of(db, report.id):
+            erased.files.add(media.path)
             db.delete(media)
         report.resident_id = None
+        report.description = ""
+        report.address = ""
+        report.erased_at = now
         db.add(report)
-    for row in db.exec(select(ReportFollower).where(ReportFollower.resident_id == resident_id)):
-        db.delete(row)  # the supporters count stays: an anonymous number
+    for event in db.exec(select(ReportEvent).where(ReportEvent.actor == f"resident:{resident_id}",
+                                                   ReportEvent.kind != "rated", ReportEvent.note != "")):
+        erased.words.add(event.note)
+        event.note = ""
+        db.add(event)
+    db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
     db.flush()
+    return erased
 
 
 def _aware(dt: datetime) -> datetime:

@@ -8,6 +8,7 @@ import storage.apikeys  # noqa: F401  (Open311 API keys)
 import storage.reports  # noqa: F401  (problem reports)
 import storage.linking  # noqa: F401  (link codes: one resident, several channels)
 import storage.inbox  # noqa: F401  (inbound messages accepted before they are handled)
+import storage.attachments  # noqa: F401  (who sent which stored file)
 
 config = context.config
 target_metadata = SQLModel.metadata
