@@ -35,6 +35,9 @@ PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("co
                 "reminders": N_("consent.purpose.reminders"), "announcements": N_("consent.purpose.announcements")}
 PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
                "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
+# What a withdrawal stops, said when it happens (conversations/consent.py does it).
+WITHDRAWN_KEYS = {"reports": N_("privacy.stops.reports"), "volunteering": N_("privacy.stops.volunteering"),
+                  "reminders": N_("privacy.stops.reminders"), "announcements": N_("privacy.stops.announcements")}
 COMMAND_TEXTS = {"menu": N_("command.menu"), "help": N_("command.help"), "cancel": N_("command.cancel"),
                  "language": N_("command.language"), "mydata": N_("command.mydata"),
                  "deletedata": N_("command.deletedata")}
@@ -348,6 +351,8 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         ctx.record_consent(purpose, granted)
         said = N_("privacy.granted") if granted else N_("privacy.withdrawn")
         ctx.say(ctx.t(said, purpose=ctx.t(PURPOSE_KEYS[purpose])))
+        if not granted:  # exactly what stopped (conversations/consent.py does it)
+            ctx.say(ctx.t(WITHDRAWN_KEYS[purpose]))
         return Go("privacy")
     if msg.choice == "export":
         send_export(ctx)

@@ -483,6 +483,13 @@ def purge_erased(db: Session, stuck_after: timedelta = timedelta(days=1)) -> int
     ).rowcount or 0
 
 
+def withdraw_announcements(db: Session, resident_id: int) -> int:
+    """The "announcements" consent withdrawn: broadcasts already queued for them are not sent."""
+    return db.exec(update(OutboxMessage).where(
+        OutboxMessage.resident_id == resident_id, OutboxMessage.broadcast_id.is_not(None),
+        OutboxMessage.status == "pending").values(status="cancelled", error="consent withdrawn")).rowcount or 0
+
+
 def purge_sent(db: Session, older_than: timedelta) -> int:
     """Data minimisation: delivered and finished rows are kept only for the retention period."""
     return db.exec(delete(OutboxMessage).where(

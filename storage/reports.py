@@ -12,7 +12,7 @@ Stable API (other features build on it): STATUSES, OPEN_STATUSES, Report, Report
 ReportFollower, ReportEvent, ReportCounter, next_code, create_report, get_report, get_by_code,
 find_nearby_open, follow, is_following, followers_of, set_status, merge, reopen, rate,
 list_for_resident, count_for_resident_since, list_reports, count_reports, media_of, history_of,
-export_rows, export_resident, erase_resident, notify_staff, ReportError.
+export_rows, export_resident, erase_resident, withdraw_consent, consenting, notify_staff, ReportError.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ NOTIFY_KEYS = {"new": N_("report.notify.new"), "seen": N_("report.notify.seen"),
 # Prefix of the proactive "was it solved?" buttons: rs:yes:CODE / rs:no:CODE; rating rr:N:CODE.
 RESOLVED_PREFIX = "rs"
 RATING_PREFIX = "rr"
+CONSENT_PURPOSE = "reports"
 
 
 class ReportError(ValueError):
@@ -334,9 +335,16 @@ def _category_name(catalog, key: str, lang: str) -> str:
     return key
 
 
+def consenting(db: Session, people: list[int]) -> list[int]:
+    """Those of these residents whose "reports" consent stands: only they are told of a report's
+    changes (a withdrawn consent stops the news, README "Privacy")."""
+    consents = repo.current_consents_many(db, people)
+    return [rid for rid in people if consents.get(rid, {}).get(CONSENT_PURPOSE)]
+
+
 def _notify_all(db: Session, report: Report, build: Callable[[Translator, str, int], Outbound], tz: str) -> int:
     sent = 0
-    for resident_id in audience_of(db, report):
+    for resident_id in consenting(db, audience_of(db, report)):
         sent += outbox.notify_resident(db, resident_id, lambda t, lang, rid=resident_id: build(t, lang, rid),
                                        kind="notification", tz=tz)
     return sent
@@ -402,7 +410,7 @@ def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, t
         raise ReportError(N_("report.error.merged"), code=report.code)
     now = now or utcnow()
     previous = report.status
-    people = audience_of(db, report)
+    people = consenting(db, audience_of(db, report))
     report.status = "merged"
     report.merged_into_id = target.id
     report.updated_at = now
@@ -447,11 +455,13 @@ def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", 
 
 
 def rate(db: Session, code: str, resident_id: int | None, rating: int, *, now: datetime | None = None) -> Report:
-    """A 1-5 rating of how a resolved report was handled. The reporter's rating is the report's;
-    a follower's is kept in the history."""
+    """A 1-5 rating of how a resolved report was handled (ReportError for any other status). The
+    reporter's rating is the report's; a follower's is kept in the history."""
     if not 1 <= int(rating) <= 5:
         raise ReportError(N_("report.error.bad_rating"))
     report = _require(db, code)
+    if report.status != "resolved":  # a button from an old message, after a reopening
+        raise ReportError(N_("report.error.rate_not_resolved"), code=report.code)
     now = now or utcnow()
     if resident_id is not None and report.resident_id == resident_id:
         report.rating = int(rating)
@@ -543,6 +553,12 @@ def erase_resident(db: Session, resident_id: int) -> Erased:
     db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
     db.flush()
     return erased
+
+
+def withdraw_consent(db: Session, resident_id: int) -> None:
+    """The "reports" consent withdrawn: no more news of any report (their own are not notified,
+    see `consenting`), and they follow no other report (the supporters count stays)."""
+    db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
 
 
 def _aware(dt: datetime) -> datetime:
