@@ -10,7 +10,8 @@ same, purpose by purpose:
 * volunteering: they leave every pool (skills, availability, mahalle deleted), their answers to
   calls not started yet go (a place they held goes to the reserve list), call buttons ask for the
   consent again.
-* reminders: every pending reminder is dropped now; none is planned without the consent.
+* reminders: every pending reminder is dropped now; none is planned without the consent (given
+  again, reminders are planned again for what they are registered for: `GRANTS`).
 * announcements: broadcasts already queued for them are cancelled; new ones skip them.
 """
 from __future__ import annotations
@@ -52,3 +53,17 @@ WITHDRAWALS: dict[str, Callable[[Session, int, datetime, str], Any]] = {
 def withdrawn(db: Session, resident_id: int, purpose: str, *, now: datetime, tz: str = "Europe/Istanbul") -> None:
     """Stop what `purpose` covered for this resident, in the caller's transaction."""
     WITHDRAWALS[purpose](db, resident_id, now, tz)
+
+
+def _reminders_again(db: Session, resident_id: int, now: datetime, settings: Any) -> None:
+    P.enable_reminders_for(db, resident_id, now, P.offsets_of(settings))
+
+
+# A consent given again after onboarding: what comes back on its own (the rest waits for the
+# resident: a pool to join, a report to follow).
+GRANTS: dict[str, Callable[[Session, int, datetime, Any], Any]] = {"reminders": _reminders_again}
+
+
+def granted(db: Session, resident_id: int, purpose: str, *, now: datetime, settings: Any = None) -> None:
+    if purpose in GRANTS:
+        GRANTS[purpose](db, resident_id, now, settings)

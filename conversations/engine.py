@@ -295,16 +295,19 @@ class Ctx:
         return self.consents().get(purpose, False)
 
     def record_consent(self, purpose: str, granted: bool) -> None:
-        """Record a grant or a withdrawal; withdrawing a consent given stops what it covered
-        (conversations/consent.py)."""
+        """Record a grant or a withdrawal; withdrawing a consent given stops what it covered, giving
+        it again restores what can come back on its own (conversations/consent.py)."""
         was = self.consented(purpose)
         repo.record_consent(self.db, self.resident.id, purpose, granted, self.config.notice_version,
                             self.channel)
         self.consents()[purpose] = granted
-        if was and not granted:
+        if was != granted:
             from conversations import consent
 
-            consent.withdrawn(self.db, self.resident.id, purpose, now=self.now, tz=self.config.timezone)
+            if not granted:
+                consent.withdrawn(self.db, self.resident.id, purpose, now=self.now, tz=self.config.timezone)
+            elif self.resident.onboarded_at is not None:  # given again (onboarding has nothing to restore)
+                consent.granted(self.db, self.resident.id, purpose, now=self.now, settings=self.config.settings)
 
     # -- proactive messages to any resident, through the outbox, committed with this step
     def notify(self, resident_id: int, build: Callable[[Translator, str], Outbound], *, kind: str = "notification",

@@ -1067,7 +1067,7 @@ def withdraw_volunteering(db: Session, resident_id: int, *, now: datetime, tz: s
 
 def withdraw_reminders(db: Session, resident_id: int) -> int:
     """The "reminders" consent withdrawn: every pending reminder of theirs is dropped now (the send
-    time check would drop it too); "Remind me" after a new grant plans them again."""
+    time check would drop it too); granted again, `enable_reminders_for` plans them again."""
     return db.exec(update(Reminder).where(Reminder.resident_id == resident_id, Reminder.status == "pending")
                    .values(status="dropped", note="no_consent").execution_options(synchronize_session=False)
                    ).rowcount or 0

@@ -139,7 +139,11 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
         assert [(r.status, r.note) for r in rows] == [("dropped", "no_consent")] * 2
         assert P.rsvp_of(db, event.id, ayse_id).status == "going"   # the registration stays
     with transaction(app.db) as db:   # at their time, nothing goes
-        assert P.send_due_reminders(db, utcnow() + timedelta(days=3)).sent == 0
+        assert P.send_due_reminders(db, utcnow() + timedelta(days=3) - timedelta(hours=24)).sent == 0
+    withdraw(ayse, "reminders")        # given again: the registration's reminders come back
+    with Session(app.db) as db:
+        rows = db.exec(select(Reminder).where(Reminder.resident_id == ayse_id)).all()
+        assert [r.status for r in rows] == ["pending"] * 2
 
 
 def test_withdrawing_announcements_cancels_the_queued_ones(make_app, db_url):
