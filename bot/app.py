@@ -93,6 +93,9 @@ class App:
         if msg.media:
             await self._fetch_media(msg)
         handled = await asyncio.to_thread(self.engine.handle, msg, inbox_id)
+        if handled.erased is not None:  # what this process holds about them in memory goes too
+            for channel, address in handled.erased.addresses:
+                self.flood.forget(channel, address)
         sender = self.senders.get(msg.channel)
         if handled.replies and sender is not None:
             await send_replies(self.db, sender, handled.replies, msg.address)

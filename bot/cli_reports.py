@@ -19,6 +19,7 @@ from bot.catalog import load_catalog
 from bot.cli import operator_name
 from bot.app import open_db
 from bot.settings import Settings
+from conversations.i18n import t_in
 from storage import reports as rp
 from storage.db import transaction
 
@@ -124,7 +125,8 @@ def cmd_show(settings: Settings, args) -> int:
             print(f"merged into: {target.code if target else '?'}")
         print(f"reporter:    {'resident ' + str(report.resident_id) if report.resident_id else '(anonymised)'}")
         print("description:")
-        for line in (report.description or "-").splitlines() or ["-"]:
+        described = t_in(settings.default_locale, "report.erased") if report.erased_at else report.description
+        for line in (described or "-").splitlines() or ["-"]:
             print(f"  {line}")
         media = rp.media_of(db, report.id)
         if media:

@@ -60,19 +60,20 @@ async def send_replies(db: DbEngine, sender: Sender, replies: list[tuple[int, Ou
             try:
                 provider_ids.append(await sender.send(address, out))
             except SendError as exc:
-                log.warning("reply %s to %s:%s not sent now (%s); the dispatcher will retry",
-                            row_id, sender.channel, address, exc)
+                log.warning("reply %s on %s not sent now (%s); the dispatcher will retry",
+                            row_id, sender.channel, exc)
                 await _release(db, [row_id for row_id, _ in replies if row_id not in sent])
                 break
             sent.append(row_id)
     finally:
         if sent:
-            await asyncio.to_thread(_confirm, db, sent, provider_ids)
+            goodbyes = [row_id for row_id, out in replies if out.forget is not None]
+            await asyncio.to_thread(_confirm, db, sent, provider_ids, goodbyes)
 
 
-def _confirm(db: DbEngine, ids: list[int], provider_ids: list[str]) -> None:
+def _confirm(db: DbEngine, ids: list[int], provider_ids: list[str], forget: list[int]) -> None:
     with transaction(db) as session:
-        outbox.mark_sent(session, ids, provider_ids)
+        outbox.mark_sent(session, ids, provider_ids, forget=forget)
 
 
 async def _release(db: DbEngine, ids: list[int]) -> None:

@@ -741,7 +741,8 @@ class _ChannelRunner:
         with transaction(d.db) as db:
             sent = [o for o in outcomes if o.kind == "sent"]
             if sent:
-                outbox.mark_sent(db, [o.row.id for o in sent], [o.provider_id for o in sent])
+                outbox.mark_sent(db, [o.row.id for o in sent], [o.provider_id for o in sent],
+                                 forget=[o.row.id for o in sent if "forget" in o.row.payload])
             skipped = [o.row.id for o in outcomes if o.kind in ("skip", "retry_after")]
             outbox.defer(db, skipped, worker_id=me)
             pause = max((o.retry_after for o in outcomes if o.kind == "retry_after"), default=0.0)
@@ -769,8 +770,9 @@ class _ChannelRunner:
             for address in {o.row.address for o in outcomes if o.kind == "blocked"}:
                 why = next(o.reason for o in outcomes if o.kind == "blocked" and o.row.address == address)
                 cancelled = outbox.mark_unreachable(db, self.channel, address, why)
-                log.info("outbox %s: %s blocked the bot (%s); marked unreachable, %d waiting rows cancelled",
-                         self.channel, address, why, cancelled)
+                row = next(o.row.id for o in outcomes if o.kind == "blocked" and o.row.address == address)
+                log.info("outbox %s: the recipient of row %s blocked the bot (%s); marked unreachable, "
+                         "%d waiting rows cancelled", self.channel, row, why, cancelled)
             return outbox.channel_paused_for(db, self.channel) if self.pacing.limits.rate else 0.0
 
     def report(self) -> None:

@@ -97,6 +97,11 @@ class FloodGuard:
                 return NOTICE
             return DROP
 
+    def forget(self, channel: str, address: str) -> None:
+        """The account's resident erased their data: its bucket goes now, not after a window."""
+        with self._lock:
+            self._buckets.pop((channel, address))
+
     def __len__(self) -> int:
         """The number of accounts with a bucket (those active lately)."""
         return len(self._buckets)
@@ -135,12 +140,13 @@ async def throttled(app, msg: Inbound, verdict: str, inbox_id: int | None = None
             except Exception as exc:  # noqa: BLE001  (the inbox job will offer it again, throttled again)
                 log.warning("flood message %s not removed from the inbox: %s", msg.external_id, exc)
         return []
-    log.warning("flood from %s:%s: throttled (more than %d messages per %gs)", msg.channel, msg.address,
+    # the account is not looked up here (no database work for a flood): named by its channel only
+    log.warning("flood from a %s account: throttled (more than %d messages per %gs)", msg.channel,
                 app.settings.flood_messages, app.settings.flood_window.total_seconds())
     try:
         rows = await asyncio.to_thread(_drop, app, msg, inbox_id, True)
     except Exception as exc:  # noqa: BLE001  (the database is busy: the flood is dropped all the same)
-        log.warning("flood notice to %s:%s not queued: %s", msg.channel, msg.address, exc)
+        log.warning("flood notice on %s not queued: %s", msg.channel, exc)
         return []
     sender = app.senders.get(msg.channel)
     if rows and sender is not None:

@@ -32,6 +32,9 @@ class IdleMap(Generic[K, V]):
     def get(self, key: K, default: V | None = None) -> V | None:
         return self._entries.get(key, default)
 
+    def pop(self, key: K) -> V | None:
+        return self._entries.pop(key, None)
+
     def put(self, key: K, value: V, now: float) -> None:
         """Store value as the most recently used entry; drop the entries idle since before
         now - idle (and the least recently used ones past `limit`)."""

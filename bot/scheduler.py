@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
 
-from storage import outbox
+from storage import attachments, outbox
 from storage.db import transaction, utcnow
 from storage.models import ProcessedInbound
 
@@ -44,8 +44,14 @@ def housekeeping(app) -> Job:
             with transaction(app.db) as db:
                 db.exec(delete(ProcessedInbound).where(ProcessedInbound.at < utcnow() - timedelta(days=7)))
                 purged = outbox.purge_sent(db, app.settings.outbox_retention)
+                goodbyes = outbox.purge_erased(db)
+                swept = attachments.sweep(db, app.settings.media_dir)
             if purged:
                 log.info("housekeeping: %d delivered outbox rows past OUTBOX_RETENTION deleted", purged)
+            if goodbyes:
+                log.info("housekeeping: %d undelivered goodbyes to erased residents deleted", goodbyes)
+            if swept:
+                log.info("housekeeping: %d stored files nothing points at any more deleted", swept)
 
         await asyncio.to_thread(purge)
 

@@ -50,8 +50,7 @@ COMMAND_TEXTS["subscription"] = N_("subscription.command")
 
 
 def _actor(ctx: Ctx) -> str:
-    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
-    return f"staff:{staff.id}" if staff else f"{ctx.channel}:{ctx.identity.address}"
+    return ctx.actor
 
 
 def _is_admin(ctx: Ctx) -> bool:

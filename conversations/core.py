@@ -3,7 +3,10 @@ menu, mahalle, language, privacy settings and the resident's data rights (see, e
 from __future__ import annotations
 
 import json
+from pathlib import PurePath
 from typing import Any, Callable
+
+from sqlmodel import Session
 
 from conversations.engine import (
     COMMAND_MENU,
@@ -23,14 +26,18 @@ from conversations.engine import (
 from conversations.i18n import LANGUAGES, N_, t_in, translator
 from conversations.messages import Attachment, Choice, Inbound, Kind
 from conversations.text import match_options
-from storage import repo
-from storage.models import CONSENT_PURPOSES
+from storage import attachments, inbox, outbox, repo
+from storage.attachments import Erased, names_in, stored_name, suffix_of
+from storage.models import CONSENT_PURPOSES, ConversationSession
 
 YES, NO = "yes", "no"
 PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("consent.purpose.volunteering"),
                 "reminders": N_("consent.purpose.reminders"), "announcements": N_("consent.purpose.announcements")}
 PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
                "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
+# What a withdrawal stops, said when it happens (conversations/consent.py does it).
+WITHDRAWN_KEYS = {"reports": N_("privacy.stops.reports"), "volunteering": N_("privacy.stops.volunteering"),
+                  "reminders": N_("privacy.stops.reminders"), "announcements": N_("privacy.stops.announcements")}
 COMMAND_TEXTS = {"menu": N_("command.menu"), "help": N_("command.help"), "cancel": N_("command.cancel"),
                  "language": N_("command.language"), "mydata": N_("command.mydata"),
                  "deletedata": N_("command.deletedata")}
@@ -344,6 +351,8 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         ctx.record_consent(purpose, granted)
         said = N_("privacy.granted") if granted else N_("privacy.withdrawn")
         ctx.say(ctx.t(said, purpose=ctx.t(PURPOSE_KEYS[purpose])))
+        if not granted:  # exactly what stopped (conversations/consent.py does it)
+            ctx.say(ctx.t(WITHDRAWN_KEYS[purpose]))
         return Go("privacy")
     if msg.choice == "export":
         send_export(ctx)
@@ -359,7 +368,22 @@ def collect_export(ctx: Ctx) -> dict[str, Any]:
         data.update(exporter(ctx.db, ctx.resident.id))
     data["exported_at"] = ctx.now.isoformat()
     data["municipality"] = ctx.catalog.municipality.name.get(ctx.lang)
-    return data
+    media_dir = getattr(ctx.config.settings, "media_dir", None)
+    return _without_paths(data, str(media_dir) if media_dir else "")
+
+
+PATH_KEYS = frozenset({"path", "photo_path", "ref"})
+
+
+def _without_paths(value: Any, media_dir: str, key: str = "") -> Any:
+    """The export names stored files by their name, never by a path on the server."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v, media_dir, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v, media_dir, key) for v in value]
+    if isinstance(value, str) and value and (key in PATH_KEYS or (media_dir and media_dir in value)):
+        return stored_name(value) or PurePath(value).name
+    return value
 
 
 def send_export(ctx: Ctx) -> None:
@@ -394,9 +418,43 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go(IDLE, prompt=False)
 
 
-def erase_resident(db, resident_id: int, actor: str) -> None:
-    """Delete a resident's personal data; records the municipality must keep stay, anonymised."""
+def export_messages(db: Session, resident_id: int) -> dict[str, Any]:
+    """The messages still on record: those to them (sent ones are kept for OUTBOX_RETENTION) and
+    those from them accepted by a webhook and not handled yet."""
+    addresses = {(i.channel, i.address) for i in repo.identities_of(db, resident_id)}
+    waiting = [{"at": row.received_at.isoformat() if row.received_at else None, "channel": row.channel,
+                "kind": (row.payload or {}).get("kind"), "text": (row.payload or {}).get("text", ""),
+                "attachments": sorted(names_in(row.payload.get("media") or []))}
+               for row in inbox.waiting_from(db, addresses)]
+    return {"messages": {"sent_to_you": outbox.messages_to(db, resident_id), "waiting_from_you": waiting}}
+
+
+EXPORTERS.extend([repo.export_audit, export_messages, attachments.export_resident])
+ERASERS.append(attachments.erase_uploads)
+
+
+def erase_resident(db: Session, resident_id: int, actor: str) -> Erased:
+    """Delete a resident's personal data in this transaction; records the municipality must keep
+    stay, anonymised (README "Privacy"). Every feature's eraser runs (ERASERS), then the profile,
+    identities, conversation, queued messages and outbox rows go, and the messages to others that
+    quoted them. Returns what is left to do after the commit: the files to delete (their stored
+    files that nothing else points at, with every copy under MEDIA_DIR), the documents channels
+    wrote for them, the addresses they were reached on."""
+    erased = Erased()
+    erased.addresses = {(i.channel, i.address) for i in repo.identities_of(db, resident_id)}
+    erased.documents = outbox.documents_of(db, resident_id)
+    erased.files |= {d["sha256"] + suffix_of(d["name"]) for d in erased.documents}  # channels' published copies
+    session = db.get(ConversationSession, resident_id)
+    if session is not None:
+        erased.files |= names_in(session.data or {})   # a draft's photos
+    inbox.erase_from(db, erased.addresses)
     for eraser in ERASERS:
-        eraser(db, resident_id)
+        erased.add(eraser(db, resident_id))
     repo.erase_core(db, resident_id)
+    outbox.erase_resident(db, resident_id)
+    db.flush()
+    still_used = attachments.referenced(db, erased.files, messages=False)  # another report, a draft, a broadcast
+    erased.files -= still_used
+    outbox.forget_quotes(db, erased.words, {attachments.stored_name(f) for f in erased.files})
     repo.audit(db, actor, "resident.erased", f"resident:{resident_id}")
+    return erased

@@ -27,8 +27,9 @@ from sqlmodel import Session, select
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
+from storage import attachments, outbox, repo
 from storage import media as media_store
-from storage import outbox, repo
+from storage.attachments import Erased
 from storage.db import utcnow
 from storage.fastsql import Prepared, detached, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
@@ -295,9 +296,19 @@ class Ctx:
         return self.consents().get(purpose, False)
 
     def record_consent(self, purpose: str, granted: bool) -> None:
+        """Record a grant or a withdrawal; withdrawing a consent given stops what it covered, giving
+        it again restores what can come back on its own (conversations/consent.py)."""
+        was = self.consented(purpose)
         repo.record_consent(self.db, self.resident.id, purpose, granted, self.config.notice_version,
                             self.channel)
         self.consents()[purpose] = granted
+        if was != granted:
+            from conversations import consent
+
+            if not granted:
+                consent.withdrawn(self.db, self.resident.id, purpose, now=self.now, tz=self.config.timezone)
+            elif self.resident.onboarded_at is not None:  # given again (onboarding has nothing to restore)
+                consent.granted(self.db, self.resident.id, purpose, now=self.now, settings=self.config.settings)
 
     # -- proactive messages to any resident, through the outbox, committed with this step
     def notify(self, resident_id: int, build: Callable[[Translator, str], Outbound], *, kind: str = "notification",
@@ -308,6 +319,13 @@ class Ctx:
     @property
     def is_staff(self) -> bool:
         return repo.staff_for(self.db, self.channel, self.identity.address) is not None
+
+    @property
+    def actor(self) -> str:
+        """Who acts, for audit rows and records: "staff:ID" for a staff member, else the resident's
+        pseudonym "resident:ID" (never a chat id or a phone number; erasure leaves it meaningless)."""
+        staff = repo.staff_for(self.db, self.channel, self.identity.address)
+        return f"staff:{staff.id}" if staff is not None else f"resident:{self.resident.id}"
 
 
 @dataclass
@@ -362,6 +380,13 @@ def _command_words(key: str) -> frozenset[str]:
     return frozenset(fold(w) for lang in LANGUAGES for w in translator(lang)(key).split(",") if w.strip())
 
 
+def refuse_staff(ctx: Ctx, what: str) -> None:
+    """A staff-only state reached by someone who is not staff: refused politely and audited, with
+    the resident's pseudonym as the actor."""
+    repo.audit(ctx.db, f"resident:{ctx.resident.id}", "staff.refused", what)
+    ctx.say(ctx.t("staff.refused"))
+
+
 def enter(ctx: Ctx, name: str) -> str:
     target = STATES.get(name)
     if target is None:
@@ -369,8 +394,7 @@ def enter(ctx: Ctx, name: str) -> str:
         name, target = IDLE, STATES[IDLE]
     if target.staff_only and not ctx.is_staff:
         # a command or menu item leading to a staff screen: refused before its prompt shows anything
-        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", name)
-        ctx.say(ctx.t("staff.refused"))
+        refuse_staff(ctx, name)
         ctx.data = {}
         name, target = IDLE, STATES[IDLE]
     ctx.state = name
@@ -403,7 +427,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     try:
         return _step(ctx, msg)
     except Exception:  # noqa: BLE001
-        log.exception("step failed in state %s for %s:%s", ctx.state, ctx.channel, ctx.identity.address)
+        log.exception("step failed in state %s for resident:%s (%s)", ctx.state, ctx.resident.id, ctx.channel)
         ctx.replies.clear()
         ctx.data = {k: v for k, v in saved.items() if not k.startswith("_")}
         ctx.say(ctx.t("engine.error"))
@@ -441,8 +465,7 @@ def _step(ctx: Ctx, msg: Inbound) -> StepResult:
         return StepResult(ctx.state, ctx.data, ctx.replies)
     msg = resolve_choice(ctx, msg)
     if current.staff_only and not ctx.is_staff:
-        repo.audit(ctx.db, f"{ctx.channel}:{ctx.identity.address}", "staff.refused", ctx.state)
-        ctx.say(ctx.t("staff.refused"))
+        refuse_staff(ctx, ctx.state)
         ctx.data = {}
         enter(ctx, IDLE)
         return StepResult(ctx.state, ctx.data, ctx.replies)
@@ -515,6 +538,7 @@ class Handled:
     replies: list[tuple[int, Outbound]]   # (outbox id, message) claimed by this worker for direct sending
     duplicate: bool = False
     resident_id: int | None = None
+    erased: Erased | None = None          # the step erased the resident: what is left to do after the commit
 
 
 class Engine:
@@ -538,10 +562,13 @@ class Engine:
                     from storage import inbox
 
                     inbox.done(conn, inbox_id)
-                return self._handle(conn, msg)
+                handled = self._handle(conn, msg)
         except BaseException:
             self._drop(conn)  # the next step starts on a fresh connection (a restarted database)
             raise
+        if handled.erased is not None:  # committed: their files go now (a crash here: housekeeping's sweep)
+            attachments.remove(handled.erased.files, getattr(self.config.settings, "media_dir", None))
+        return handled
 
     def wants_attachment(self, msg: Inbound) -> bool:
         """Whether the step for this message would use its attachment (App.handle downloads only
@@ -642,19 +669,25 @@ class Engine:
                 result = step(ctx, msg)
         else:
             result = step(ctx, msg)
+        stored_media = [m.ref for m in msg.media if m.ref]
+        if stored_media and not ctx.erase:  # who sent which stored file (erasure finds a draft's photos)
+            attachments.record_uploads(ctx.db, resident.id, stored_media, now)
         _flush(ctx)  # what the step changed through the ORM goes first (foreign keys)
         # Claimed under a name of their own: a dispatcher stopping in this process releases its own
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
         claimed_by = f"{self.worker_id}/direct"
         if ctx.erase:
-            rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
             from conversations.core import erase_resident
 
-            erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}")
-            # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out.
-            outbox.erase_resident(ctx.db, resident.id, keep_ids=[row_id for row_id, _ in rows])
+            erased = erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}")
             _flush(ctx)
-            return Handled(rows, resident_id=resident.id)
+            # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out,
+            # telling the channel which files it wrote for them to forget, and loses its address
+            # once sent (storage.outbox.mark_sent).
+            for out in result.replies:
+                out.forget = list(erased.documents)
+            rows = outbox.enqueue_replies(conn, identity, result.replies, claimed_by=claimed_by, now=now)
+            return Handled(rows, resident_id=resident.id, erased=erased)
         # The replies, the session and (when due) the last inbound time: one round trip (PostgreSQL).
         writes = outbox.reply_statements(identity, result.replies, claimed_by=claimed_by, now=now)
         values = {"rid": resident.id, "state": result.state, "data": result.data, "now": now}

@@ -20,7 +20,7 @@ from datetime import timedelta
 from sqlmodel import func, select
 
 from conversations.core import COMMAND_TEXTS
-from conversations.engine import ERASERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
+from conversations.engine import ERASERS, EXPORTERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
 from conversations.i18n import N_
 from conversations.messages import Inbound, Kind
 from storage import linking, repo
@@ -34,6 +34,7 @@ MAX_WRONG_CODES = 5          # per resident and hour; every resident's wrong cod
 COMMAND_TEXTS["link"] = N_("link.command")
 menu_item(70, "link", N_("link.menu"), "link.start")
 ERASERS.append(linking.erase_codes)
+EXPORTERS.append(linking.export_codes)
 
 
 @command("link", "bagla", "bağla", menu={"tr": "bagla", "en": "link", "ar": "link"})
@@ -114,7 +115,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         return Invalid("link.expecting")
     if _say_if_paused(ctx):
         return _after(ctx)
-    actor = f"resident:{ctx.resident.id}"
+    actor = f"resident:{ctx.resident.id}"  # pseudonymous: never the chat id or the number
     wrong = ctx.db.exec(select(func.count()).select_from(AuditLog).where(
         AuditLog.actor == actor, AuditLog.action == "link.code_wrong",
         AuditLog.at > ctx.now - timedelta(hours=1))).one()

@@ -92,6 +92,9 @@ class Outbound:
     remove_keyboard: bool = False
     request_contact: str = ""       # a "share my phone number" button with this label (Telegram);
                                     # channels without one show the text only
+    forget: list[dict[str, str]] | None = None  # the goodbye after an erasure: the files ({"name",
+                                    # "sha256"}) a channel wrote for the recipient, to delete; once
+                                    # sent, the outbox row keeps no address (storage.outbox.mark_sent)
 
     def to_dict(self) -> dict[str, Any]:
         """The outbox payload: only the fields set (built by hand: asdict's deep copy costs more
@@ -107,6 +110,8 @@ class Outbound:
             value = getattr(self, name)
             if value is not None and value != "" and value is not False:  # 0.0 is a coordinate
                 d[name] = value
+        if self.forget is not None:
+            d["forget"] = [dict(item) for item in self.forget]
         return d
 
     @classmethod

@@ -507,6 +507,8 @@ def respond_to_call(db: Session, call_id: int, resident_id: int, action: str, *,
     if call.status != "open" or aware(call.starts_at) <= now:
         return Outcome(N_("volunteer.call.closed"), params)
     cancel = [(f"{CALL_PREFIX}:{call.id}:c", N_("volunteer.call.cancel_button"))]
+    if action in ("y", "t") and not repo.current_consents(db, resident_id).get("volunteering"):
+        return Outcome(N_("volunteer.call.needs_consent"), params)  # an old call's button, consent withdrawn
     if action in ("y", "t"):
         if response.status == "accepted":
             return Outcome(N_("volunteer.call.already_accepted"), params, cancel)
@@ -1044,6 +1046,31 @@ def merge_residents(db: Session, gone_id: int, keep_id: int) -> None:
     db.flush()
     for event_id in freed:
         promote_waitlist(db, event_id, now=utcnow(), offsets=CONFIG["offsets"], tz=CONFIG["tz"])
+
+
+def withdraw_volunteering(db: Session, resident_id: int, *, now: datetime, tz: str) -> None:
+    """The "volunteering" consent withdrawn: they leave every pool (skills, availability and mahalle
+    deleted); their answers to calls not started yet go (a place they held is freed and offered to
+    the reserve list, its reminders dropped). Answers to calls already held stay as the record of
+    what they did, until /verilerimisil."""
+    db.exec(delete(PoolMembership).where(PoolMembership.resident_id == resident_id))
+    for response, call in db.exec(select(CallResponse, VolunteerCall).join(
+            VolunteerCall, VolunteerCall.id == CallResponse.call_id).where(
+            CallResponse.resident_id == resident_id, VolunteerCall.starts_at > now)).all():
+        if response.status == "accepted" and call.status == "open":
+            lock_call(db, call.id)
+            cancel_call_place(db, call, response, now=now, tz=tz, params={})
+        drop_reminders(db, "call", call.id, resident_id, note="no_consent")
+        db.delete(response)
+    db.flush()
+
+
+def withdraw_reminders(db: Session, resident_id: int) -> int:
+    """The "reminders" consent withdrawn: every pending reminder of theirs is dropped now (the send
+    time check would drop it too); granted again, `enable_reminders_for` plans them again."""
+    return db.exec(update(Reminder).where(Reminder.resident_id == resident_id, Reminder.status == "pending")
+                   .values(status="dropped", note="no_consent").execution_options(synchronize_session=False)
+                   ).rowcount or 0
 
 
 def register_data_rights(exporters: list, erasers: list, mergers: list | None = None) -> None:

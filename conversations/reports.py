@@ -621,7 +621,11 @@ def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
     report = _answerable(ctx, code)
     if report is None or not value.isdigit() or not 1 <= int(value) <= 5:
         return Stay()
-    rp.rate(ctx.db, report.code, ctx.resident.id, int(value), now=ctx.now)
+    try:
+        rp.rate(ctx.db, report.code, ctx.resident.id, int(value), now=ctx.now)
+    except rp.ReportError as err:  # not resolved (any more): an old message's button
+        ctx.replies.append(Outbound(text=ctx.t(err.key, **err.params, status=status_name(ctx, report.status))))
+        return Go(IDLE) if ctx.state == "report.rate" else Stay()
     ctx.replies.append(Outbound(text=ctx.t("report.rated", rating=int(value), code=report.code)))
     return Go(IDLE) if ctx.state == "report.rate" else Stay()
 

@@ -28,8 +28,7 @@ TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_
 
 
 def _actor(ctx: Ctx) -> str:
-    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
-    return f"staff:{staff.id}" if staff else f"{ctx.channel}:{ctx.identity.address}"
+    return ctx.actor
 
 
 def _filter(ctx: Ctx) -> dict:
@@ -214,7 +213,7 @@ def staff_view(ctx: Ctx) -> None:
 def staff_text(ctx: Ctx, report: rp.Report) -> str:
     lines = [ctx.t("staffreport.view", code=report.code, status=status_name(ctx, report.status),
                    category=category_name(ctx, report.category),
-                   description=truncate(report.description, 1500) or "—",
+                   description=ctx.t("report.erased") if report.erased_at else truncate(report.description, 1500) or "—",
                    location=location_text(ctx, report.latitude, report.longitude, report.mahalle, report.address),
                    created=ctx.when(report.created_at), updated=ctx.when(report.updated_at),
                    supporters=report.supporters, reopened=report.reopened_count,

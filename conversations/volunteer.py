@@ -315,9 +315,7 @@ def call_button(ctx: Ctx, msg: Inbound) -> Transition:
 # ---------------------------------------------------------------- staff: a call for volunteers
 @command("volunteercall", "gonullucagri", "volunteercall")
 def cmd_volunteer_call(ctx: Ctx, text: str) -> Transition:
-    if not ctx.is_staff:
-        ctx.say(ctx.t("staff.refused"))
-        return Go(IDLE)
+    # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("volunteer.call_pools", {"pools": []})
 
 
@@ -440,7 +438,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         call = P.create_call(ctx.db, pools=d["pools"], what=d["what"], place=d["place"],
                              starts_at=datetime.fromisoformat(d["starts_at"]),
                              ends_at=datetime.fromisoformat(d["ends_at"]), capacity=d["capacity"],
-                             created_by=f"{ctx.channel}:{ctx.identity.address}", catalog=ctx.catalog, tz=_tz(ctx),
+                             created_by=ctx.actor, catalog=ctx.catalog, tz=_tz(ctx),
                              now=ctx.now)
     except P.ParticipationError as exc:
         ctx.say(ctx.t(exc.key))

@@ -10,6 +10,7 @@ refused in the resident's language, and the user's own path is never stored.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import sys
 from datetime import timedelta
@@ -34,8 +35,26 @@ class ConsoleSender:
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         self.out.write(render(out, self.files_dir) + "\n")
         self.out.flush()
+        if out.forget:
+            forget(out.forget, self.files_dir)
         self.sent += 1
         return f"console-{self.sent}"
+
+
+def forget(files: list[dict[str, str]], files_dir: Path) -> int:
+    """The goodbye after an erasure: the files this terminal wrote for the resident (their data
+    export) are deleted, each only if it still holds the bytes written (never another file of the
+    same name)."""
+    removed = 0
+    for item in files:
+        path = files_dir / Path(item.get("name", "")).name
+        try:
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == item.get("sha256"):
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def render(out: Outbound, files_dir: Path) -> str:

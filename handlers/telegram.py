@@ -198,7 +198,7 @@ def to_inbound(update: Update) -> Inbound | None:
     if user is None or user.is_bot:
         return None
     if chat is not None and chat.type != "private":
-        log.info("ignoring a message from %s chat %s (only private chats are served)", chat.type, chat.id)
+        log.info("ignoring a message from a %s chat (only private chats are served)", chat.type)
         return None
     base: dict[str, Any] = dict(channel=CHANNEL, address=str(chat.id if chat is not None else user.id),
                                 display_name=(user.first_name or "")[:128], language_hint=user.language_code or "",

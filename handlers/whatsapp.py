@@ -62,6 +62,7 @@ from bot.app import CHANNEL_HOOKS
 from bot.http import stored_file
 from storage import media as media_store
 from storage.media import MediaTooLarge
+from storage.attachments import suffix_of
 from bot.delivery import SendError
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
@@ -269,7 +270,7 @@ class OutboundFiles:
         if len(data) > self.limit:
             raise MediaTooLarge(len(data), self.limit)
         name = re.sub(r"[^\w.\-]", "_", Path(filename or "file").name)[:80] or "file"
-        suffix = Path(name).suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", Path(name).suffix) else ""
+        suffix = suffix_of(name)  # the copy's name erasure looks for (storage.attachments)
         target = media_store.path_for(self.dir, data, suffix)
         if target.exists():
             os.utime(target)  # published again: the clean-up keeps it for another FILE_TTL
@@ -542,7 +543,7 @@ class WhatsAppChannel:
                         log.warning("database busy or unreachable; handling %s again", inbound.external_id)
                         await asyncio.sleep(0.5 * 4 ** attempt)
             except Exception:  # noqa: BLE001  (logged; Twilio already has its answer)
-                log.exception("WhatsApp message %s from %s not handled", inbound.external_id, inbound.address)
+                log.exception("WhatsApp message %s not handled", inbound.external_id)
 
     def _answer_to_proactive(self, inbound: Inbound) -> None:
         """A number typed right after a message whose choices are global (a notification's "was it

@@ -52,3 +52,21 @@ def from_dict(d: dict[str, Any]) -> Inbound:
 
 
 _DONE = Prepared(delete(InboundQueue).where(InboundQueue.id == bindparam("id")))
+
+
+def waiting_from(db: Session, addresses: set[tuple[str, str]]) -> list[InboundQueue]:
+    """Messages from these (channel, address) pairs accepted and not handled yet (the inbox is
+    normally empty: a row lives from a webhook's answer to the end of its step)."""
+    if not addresses:
+        return []
+    channels = sorted({channel for channel, _ in addresses})
+    rows = db.exec(select(InboundQueue).where(InboundQueue.channel.in_(channels)).order_by(InboundQueue.id)).all()
+    return [row for row in rows if (row.channel, (row.payload or {}).get("address")) in addresses]
+
+
+def erase_from(db: Session, addresses: set[tuple[str, str]]) -> int:
+    """A resident erased their data: the raw messages they sent that wait here go too."""
+    rows = waiting_from(db, addresses)
+    if rows:
+        db.exec(delete(InboundQueue).where(InboundQueue.id.in_([row.id for row in rows])))
+    return len(rows)

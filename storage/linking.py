@@ -285,3 +285,13 @@ def _aware(dt: Optional[datetime]) -> datetime:
     from datetime import timezone
 
     return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def export_codes(db: Session, resident_id: int) -> dict:
+    """For the resident's data export: their live link codes (when and where; the code itself is a
+    credential and is not repeated)."""
+    from sqlmodel import select
+
+    rows = db.exec(select(LinkCode).where(LinkCode.resident_id == resident_id)).all()
+    return {"link_codes": [{"channel": r.channel, "created_at": _aware(r.created_at).isoformat(),
+                            "expires_at": _aware(r.expires_at).isoformat()} for r in rows]}

@@ -241,6 +241,8 @@ def store(folder: Path | str, data: bytes, suffix: str) -> Path:
     target = path_for(folder, data, suffix)
     if not target.exists():
         write_atomically(target, data)
+    else:
+        os.utime(target)  # stored again: fresh for housekeeping's sweep of old unreferenced files
     return target
 
 

@@ -4,11 +4,13 @@ rows are picked up again after `lease` passes; on PostgreSQL claims use FOR UPDA
 several workers share one outbox."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, text, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, text, update
 from sqlmodel import Session, select
 
 from conversations.i18n import Translator, translator
@@ -169,12 +171,18 @@ def claim(db: Session, worker_id: str, channel: str, limit: int, lease: timedelt
     return rows
 
 
-def mark_sent(db: Session, ids: list[int], provider_ids: list[str] | None = None) -> None:
+def mark_sent(db: Session, ids: list[int], provider_ids: list[str] | None = None,
+              forget: Iterable[int] = ()) -> None:
+    """Record rows as sent. `forget`: the goodbyes of residents who erased their data (an Outbound
+    with `forget` set): once sent, they keep neither the address nor the payload."""
     now = utcnow()
+    forget = set(forget)
     for i, row_id in enumerate(ids):
         values = {"status": "sent", "sent_at": now, "claimed_until": None, "error": ""}
         if provider_ids and provider_ids[i]:
             values["provider_id"] = provider_ids[i][:64]
+        if row_id in forget:
+            values.update(address="", payload={})
         db.exec(update(OutboxMessage).where(OutboxMessage.id == row_id, OutboxMessage.status == "sending")
                 .values(**values))
 
@@ -462,13 +470,66 @@ def broadcast_progress(db: Session, broadcast_id: int) -> BroadcastProgress:
     return progress
 
 
-def erase_resident(db: Session, resident_id: int, keep_ids: list[int]) -> int:
+def documents_of(db: Session, resident_id: int) -> list[dict[str, str]]:
+    """The documents sent to a resident that are still on record (their data export, calendar
+    files), as {"name", "sha256"} of the bytes a channel wrote for them."""
+    found: list[dict[str, str]] = []
+    for payload in db.exec(select(OutboxMessage.payload).where(OutboxMessage.resident_id == resident_id)):
+        doc = (payload or {}).get("document") or {}
+        if doc.get("data") and doc.get("filename"):
+            item = {"name": Path(doc["filename"]).name,
+                    "sha256": hashlib.sha256(doc["data"].encode("utf-8")).hexdigest()}
+            if item not in found:
+                found.append(item)
+    return found
+
+
+def erase_resident(db: Session, resident_id: int, keep_ids: Iterable[int] = ()) -> int:
     """Delete a resident's outbox rows (queued messages and the archive of sent ones, with their
-    address and payloads) when they delete their data; `keep_ids` (the goodbye) still goes out."""
+    address and payloads) when they delete their data; `keep_ids` still go out."""
     query = delete(OutboxMessage).where(OutboxMessage.resident_id == resident_id)
+    keep_ids = list(keep_ids)
     if keep_ids:
         query = query.where(OutboxMessage.id.not_in(keep_ids))
     return db.exec(query).rowcount or 0
+
+
+MIN_QUOTE = 8  # shorter texts are not searched for in others' messages (they identify no one)
+QUOTE_PREFIX = 60  # a long text is searched for by its beginning (a message may shorten it)
+
+
+def forget_quotes(db: Session, words: Iterable[str], names: Iterable[str]) -> int:
+    """Delete the messages to others (delivered, or still waiting) that quote an erased resident's
+    words or show their files: staff's view of their report, a duplicate offered to a neighbour.
+    Broadcasts are staff texts and never quote a resident. Returns the rows deleted."""
+    needles = {json_text(w.strip()[:QUOTE_PREFIX])[1:-1] for w in words if len(w.strip()) >= MIN_QUOTE}
+    needles |= {n for n in names if n}
+    if not needles:
+        return 0
+    searched = cast(OutboxMessage.payload, Text)
+    rows = db.exec(select(OutboxMessage.id, OutboxMessage.payload).where(
+        OutboxMessage.broadcast_id.is_(None), or_(*[searched.contains(n, autoescape=True) for n in sorted(needles)])))
+    ids = [row_id for row_id, payload in rows if any(n in json_text(payload) for n in needles)]
+    if ids:
+        db.exec(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+    return len(ids)
+
+
+def purge_erased(db: Session, stuck_after: timedelta = timedelta(days=1)) -> int:
+    """Housekeeping: goodbyes to residents who erased their data that were not sent (failed, or
+    still waiting after `stuck_after`) are deleted with their address; sent ones lost it already."""
+    anonymised = select(Resident.id).where(Resident.anonymised_at.is_not(None))
+    return db.exec(delete(OutboxMessage).where(
+        OutboxMessage.resident_id.in_(anonymised), OutboxMessage.address != "",
+        or_(OutboxMessage.status.not_in(WAITING_STATUSES), OutboxMessage.created_at < utcnow() - stuck_after))
+    ).rowcount or 0
+
+
+def withdraw_announcements(db: Session, resident_id: int) -> int:
+    """The "announcements" consent withdrawn: broadcasts already queued for them are not sent."""
+    return db.exec(update(OutboxMessage).where(
+        OutboxMessage.resident_id == resident_id, OutboxMessage.broadcast_id.is_not(None),
+        OutboxMessage.status == "pending").values(status="cancelled", error="consent withdrawn")).rowcount or 0
 
 
 def purge_sent(db: Session, older_than: timedelta) -> int:
@@ -476,3 +537,29 @@ def purge_sent(db: Session, older_than: timedelta) -> int:
     return db.exec(delete(OutboxMessage).where(
         OutboxMessage.status.in_(("sent", "failed", "unsendable", "cancelled")),
         OutboxMessage.created_at < utcnow() - older_than)).rowcount or 0
+
+
+def messages_to(db: Session, resident_id: int) -> list[dict]:
+    """For the resident's data export: the messages to them still on record (sent ones are kept
+    for OUTBOX_RETENTION), with their texts and the names of the files they carried."""
+    rows = db.exec(select(OutboxMessage).where(OutboxMessage.resident_id == resident_id).order_by(OutboxMessage.id))
+    found = []
+    for row in rows:
+        payload = row.payload or {}
+        item = {"id": row.id, "at": _iso(row.created_at), "channel": row.channel, "kind": row.kind,
+                "status": row.status, "sent_at": _iso(row.sent_at), "text": payload.get("text", ""),
+                "choices": [c.get("label", "") for c in payload.get("choices") or []]}
+        if payload.get("photo_path"):
+            item["photo"] = Path(payload["photo_path"]).name
+        if payload.get("document"):
+            item["document"] = Path(payload["document"].get("filename") or "").name
+        found.append(item)
+    return found
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    from datetime import timezone
+
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()

@@ -139,6 +139,14 @@ def export_core(db: Session, resident_id: int) -> dict[str, Any]:
     }
 
 
+def export_audit(db: Session, resident_id: int) -> dict[str, Any]:
+    """For the resident's data export: the audit rows about them (as actor or target)."""
+    who = f"resident:{resident_id}"
+    rows = db.exec(select(AuditLog).where((AuditLog.actor == who) | (AuditLog.target == who)).order_by(AuditLog.id))
+    return {"audit": [{"at": _iso(a.at), "actor": a.actor, "action": a.action, "target": a.target,
+                       "details": a.details} for a in rows]}
+
+
 def erase_core(db: Session, resident_id: int) -> None:
     """Delete personal data; keep the anonymised resident row (consent history points at it)."""
     resident = db.get(Resident, resident_id)
@@ -155,4 +163,8 @@ def erase_core(db: Session, resident_id: int) -> None:
 
 
 def _iso(dt) -> str | None:
-    return dt.isoformat() if dt else None
+    if not dt:
+        return None
+    from datetime import timezone
+
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()

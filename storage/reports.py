@@ -12,7 +12,7 @@ Stable API (other features build on it): STATUSES, OPEN_STATUSES, Report, Report
 ReportFollower, ReportEvent, ReportCounter, next_code, create_report, get_report, get_by_code,
 find_nearby_open, follow, is_following, followers_of, set_status, merge, reopen, rate,
 list_for_resident, count_for_resident_since, list_reports, count_reports, media_of, history_of,
-export_rows, export_resident, erase_resident, notify_staff, ReportError.
+export_rows, export_resident, erase_resident, withdraw_consent, consenting, notify_staff, ReportError.
 """
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, func
+from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
 from conversations.i18n import N_, Translator, translator
 from conversations.messages import Choice, Outbound
 from storage import outbox, repo
+from storage.attachments import Erased, stored_name
 from storage.db import utcnow
 from storage.models import ChannelIdentity, Resident, Staff
 
@@ -49,6 +50,7 @@ NOTIFY_KEYS = {"new": N_("report.notify.new"), "seen": N_("report.notify.seen"),
 # Prefix of the proactive "was it solved?" buttons: rs:yes:CODE / rs:no:CODE; rating rr:N:CODE.
 RESOLVED_PREFIX = "rs"
 RATING_PREFIX = "rr"
+CONSENT_PURPOSE = "reports"
 
 
 class ReportError(ValueError):
@@ -95,6 +97,9 @@ class Report(SQLModel, table=True):
     reopened_count: int = Field(default=0)
     rating: Optional[int] = None
     supporters: int = Field(default=0)
+    # set when the reporter erased their data: description and street are gone (staff views show
+    # the catalog's "report.erased" marker); category, status, dates, mahalle and pin stay
+    erased_at: Optional[datetime] = None
 
 
 def media_token() -> str:
@@ -337,9 +342,16 @@ def _category_name(catalog, key: str, lang: str) -> str:
     return key
 
 
+def consenting(db: Session, people: list[int]) -> list[int]:
+    """Those of these residents whose "reports" consent stands: only they are told of a report's
+    changes (a withdrawn consent stops the news, README "Privacy")."""
+    consents = repo.current_consents_many(db, people)
+    return [rid for rid in people if consents.get(rid, {}).get(CONSENT_PURPOSE)]
+
+
 def _notify_all(db: Session, report: Report, build: Callable[[Translator, str, int], Outbound], tz: str) -> int:
     sent = 0
-    for resident_id in audience_of(db, report):
+    for resident_id in consenting(db, audience_of(db, report)):
         sent += outbox.notify_resident(db, resident_id, lambda t, lang, rid=resident_id: build(t, lang, rid),
                                        kind="notification", tz=tz)
     return sent
@@ -405,7 +417,7 @@ def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, t
         raise ReportError(N_("report.error.merged"), code=report.code)
     now = now or utcnow()
     previous = report.status
-    people = audience_of(db, report)
+    people = consenting(db, audience_of(db, report))
     report.status = "merged"
     report.merged_into_id = target.id
     report.updated_at = now
@@ -450,11 +462,13 @@ def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", 
 
 
 def rate(db: Session, code: str, resident_id: int | None, rating: int, *, now: datetime | None = None) -> Report:
-    """A 1-5 rating of how a resolved report was handled. The reporter's rating is the report's;
-    a follower's is kept in the history."""
+    """A 1-5 rating of how a resolved report was handled (ReportError for any other status). The
+    reporter's rating is the report's; a follower's is kept in the history."""
     if not 1 <= int(rating) <= 5:
         raise ReportError(N_("report.error.bad_rating"))
     report = _require(db, code)
+    if report.status != "resolved":  # a button from an old message, after a reopening
+        raise ReportError(N_("report.error.rate_not_resolved"), code=report.code)
     now = now or utcnow()
     if resident_id is not None and report.resident_id == resident_id:
         report.rating = int(rating)
@@ -502,8 +516,9 @@ def report_dict(db: Session, report: Report, *, with_history: bool = True) -> di
             "mahalle": report.mahalle, "address": report.address, "reject_reason": report.reject_reason,
             "created_at": _iso(report.created_at), "updated_at": _iso(report.updated_at),
             "resolved_at": _iso(report.resolved_at), "rating": report.rating, "supporters": report.supporters,
-            "media": [{"kind": m.kind, "path": m.path, "content_type": m.content_type, "size": m.size}
-                      for m in media_of(db, report.id)]}
+            "media": [{"kind": m.kind, "name": stored_name(m.path) or Path(m.path).name,
+                       "content_type": m.content_type, "size": m.size} for m in media_of(db, report.id)],
+            "erased_at": _iso(report.erased_at)}
     if report.merged_into_id:
         target = db.get(Report, report.merged_into_id)
         data["merged_into"] = target.code if target else None
@@ -519,21 +534,38 @@ def export_resident(db: Session, resident_id: int) -> dict[str, Any]:
             "followed_reports": [{"code": r.code, "status": r.status} for r in followed_by(db, resident_id)]}
 
 
-def erase_resident(db: Session, resident_id: int) -> None:
-    """Detach the resident from their reports (kept, anonymised), drop their follows and their
-    voice notes (a voice identifies a person; photos of the street stay with the report)."""
+def erase_resident(db: Session, resident_id: int) -> Erased:
+    """The resident's reports stay for the municipality's records, anonymised: no longer linked
+    to them, their words (description, street) gone (`erased_at` set: staff see a marker), their
+    photos and voice notes deleted (the files too, unless another report holds the same file);
+    category, status, dates, mahalle and pin stay. The notes they wrote in a report's history go,
+    and so do their follows (the supporters count stays: an anonymous number)."""
+    now = utcnow()
+    erased = Erased()
     for report in list_for_resident(db, resident_id):
-        for media in media_of(db, report.id, kind="voice"):
-            try:
-                Path(media.path).unlink(missing_ok=True)
-            except OSError:
-                log.warning("voice note %s not removed", media.path)
+        erased.words |= {report.description, report.address} - {""}
+        for media in media_of(db, report.id):
+            erased.files.add(media.path)
             db.delete(media)
         report.resident_id = None
+        report.description = ""
+        report.address = ""
+        report.erased_at = now
         db.add(report)
-    for row in db.exec(select(ReportFollower).where(ReportFollower.resident_id == resident_id)):
-        db.delete(row)  # the supporters count stays: an anonymous number
+    for event in db.exec(select(ReportEvent).where(ReportEvent.actor == f"resident:{resident_id}",
+                                                   ReportEvent.kind != "rated", ReportEvent.note != "")):
+        erased.words.add(event.note)
+        event.note = ""
+        db.add(event)
+    db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
     db.flush()
+    return erased
+
+
+def withdraw_consent(db: Session, resident_id: int) -> None:
+    """The "reports" consent withdrawn: no more news of any report (their own are not notified,
+    see `consenting`), and they follow no other report (the supporters count stays)."""
+    db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
 
 
 def _aware(dt: datetime) -> datetime:

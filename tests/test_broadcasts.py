@@ -596,8 +596,9 @@ async def test_non_staff_is_refused_and_audited(running, tg):
     assert replies[0].text == t_in("tr", "staff.refused")
     with transaction(app.db) as db:
         refused = db.exec(select(AuditLog).where(AuditLog.action == "staff.refused")).all()
-        assert [(a.actor, a.target) for a in refused] == [("telegram:555", "broadcast.text"),
-                                                          ("telegram:555", "broadcast.list")]
+        who = db.exec(select(ChannelIdentity.resident_id).where(ChannelIdentity.address == "555")).one()
+        assert [(a.actor, a.target) for a in refused] == [(f"resident:{who}", "broadcast.text"),   # never the chat id
+                                                          (f"resident:{who}", "broadcast.list")]
         assert db.exec(select(Broadcast)).all() == []
 
 

@@ -46,13 +46,15 @@ def test_chat_session(tmp_path):
         "2",                    # English
         "/cikartma",
         "/konum 38.39 27.17",
-        "/verilerimisil",
-        "1",                    # yes, delete
     ]
     done = katilim(tmp_path, "chat", "--as", "ayse", stdin="\n".join(lines) + "\n")
     assert done.returncode == 0, done.stderr
-    out = done.stdout
-    assert "Traceback" not in done.stderr and tr("engine.error") not in out
+    written = (tmp_path / "katilim-verilerim.json").read_text(encoding="utf-8")
+    # the same resident comes back and deletes their data (the export written above goes too)
+    erased = katilim(tmp_path, "chat", "--as", "ayse", stdin="/verilerimisil\n1\n")
+    assert erased.returncode == 0, erased.stderr
+    out = done.stdout + erased.stdout
+    assert "Traceback" not in done.stderr + erased.stderr and tr("engine.error") not in out
     assert tr("console.intro", name="ayse") in done.stderr
     in_order(out,
              tr("onboarding.choose_language"), "1 · ✓ Türkçe", "2 · English",
@@ -71,7 +73,7 @@ def test_chat_session(tmp_path):
              en("engine.wrong_kind", what=en("kind.location")), en("menu.title"),
              en("data.delete_question"), en("data.deleted"))
     assert out.count("📎 ") == 1
-    exported = json.loads((tmp_path / "katilim-verilerim.json").read_text(encoding="utf-8"))
+    exported = json.loads(written)
     assert f"📎 {tmp_path / 'katilim-verilerim.json'}" in out
     assert exported["resident"]["name"] == "ayse" and exported["resident"]["mahalle"] == "kozagac"
     assert exported["resident"]["language"] == "tr"
@@ -79,6 +81,7 @@ def test_chat_session(tmp_path):
     assert [(c["purpose"], c["granted"]) for c in exported["consents"]] == [
         ("reports", True), ("volunteering", False), ("reminders", True), ("announcements", True)]
     assert exported["municipality"] == "Buca Belediyesi"
+    assert not (tmp_path / "katilim-verilerim.json").exists()   # erasure removed the export it wrote
 
 
 def test_chat_after_deletion_starts_afresh_and_quits(tmp_path):

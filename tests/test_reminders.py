@@ -66,11 +66,26 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert [(r.offset_seconds, r.status) for r in rows] == [(86400, "pending"), (7200, "pending")]
     assert P.aware(rows[0].due_at) == P.aware(event.starts_at) - timedelta(hours=24)
 
-    # consent withdrawn later: the reminder is dropped when it comes due
+    # consent withdrawn later: the reminders are dropped at once (conversations/consent.py)...
     ayse.send("/menu")
     ayse.tap("privacy")
     ayse.tap("p:reminders")
+    assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}
     with transaction(app.db) as db:
+        result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
+    assert (result.sent, result.dropped) == (0, 0)
+
+    # ...and one whose consent went without that (recorded before withdrawals had effects) is
+    # dropped when it comes due
+    ayse.send("/menu")
+    ayse.tap("privacy")
+    ayse.tap("p:reminders")                      # granted again: planned again
+    assert [r.status for r in reminders(app)] == ["pending", "pending"]
+    ayse_id = ayse.resident_id
+    with transaction(app.db) as db:
+        from storage import repo
+
+        repo.record_consent(db, ayse_id, "reminders", False, "old")
         result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
     assert (result.sent, result.dropped) == (0, 2)
     assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}

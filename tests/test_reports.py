@@ -349,9 +349,10 @@ def test_non_staff_is_refused_and_audited(make_app):
     eve.text("/raporlar")
     assert eve.state() == "menu" and "yalnızca belediye personeli" in eve.said
     assert "staffreport" not in " ".join(eve.keys())
+    eve_id = eve.resident_id()
     with transaction(app.db) as db:
         rows = db.exec(select(AuditLog).where(AuditLog.action == "staff.refused")).all()
-        assert rows and rows[-1].actor == "console:eve"
+        assert rows and rows[-1].actor == f"resident:{eve_id}"   # pseudonymous, never the address
 
 
 def test_rate_limit_per_hour(make_app):

@@ -17,7 +17,7 @@ from bot.dispatcher import Dispatcher
 from conversations.i18n import t_in
 from storage import reports as rp
 from storage.db import transaction
-from storage.models import AuditLog, Staff
+from storage.models import AuditLog, ChannelIdentity, Staff
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg, stored_as
 
@@ -151,8 +151,9 @@ async def _scenario(app, tg, channel, dispatcher) -> None:
     calls = await eve.say("/raporlar")
     assert t_in("tr", "staff.refused") in texts(calls)
     with transaction(app.db) as db:
+        eve_id = db.exec(select(ChannelIdentity.resident_id).where(ChannelIdentity.address == str(EVE))).one()
         assert db.exec(select(AuditLog).where(AuditLog.action == "staff.refused",
-                                              AuditLog.actor == f"telegram:{EVE}")).first()
+                                              AuditLog.actor == f"resident:{eve_id}")).first()   # never the chat id
 
     # -- staff triage with buttons: the photo as a photo, the pin as a location
     calls = await boss.say("/raporlar")

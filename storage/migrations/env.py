@@ -9,6 +9,7 @@ import storage.reports  # noqa: F401  (problem reports)
 import storage.linking  # noqa: F401  (link codes: one resident, several channels)
 import storage.inbox  # noqa: F401  (inbound messages accepted before they are handled)
 import storage.health  # noqa: F401  (the row /health writes)
+import storage.attachments  # noqa: F401  (who sent which stored file)
 
 config = context.config
 target_metadata = SQLModel.metadata
