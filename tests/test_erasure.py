@@ -134,7 +134,7 @@ async def live_a_life(h, tg) -> Life:
         await h.say(answer, AYSE, profile_name=NAME_WA)
     ayse = TG(tg, telegram, TG_AYSE, NAME_TG)
     await ayse.say("/bagla")
-    await ayse.say("000000")
+    await ayse.say("00000 00000")  # a wrong code (codes are 10 digits)
     calls = await ayse.contact("+90 555 111 22 33")
     assert t_in("tr", "link.done") in texts(calls)
 

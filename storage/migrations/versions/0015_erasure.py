@@ -19,7 +19,7 @@ import sqlmodel
 revision = '0015_erasure'
 down_revision = '0014'
 branch_labels = None
-depends_on = ('0003',)  # the report table
+depends_on = None  # the report table (0003) comes before 0010, which depends on 0006 and so on 0003
 
 CHANNELS = ("telegram", "whatsapp", "console")
 
@@ -64,8 +64,9 @@ def pseudonymise_audit_actors(conn) -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('report', schema=None) as batch_op:
-        batch_op.drop_column('erased_at')
+    # A plain DROP COLUMN (SQLite 3.35+ has it): a batch copy of `report` would drop the table that
+    # report_media, report_event and others point at, which foreign keys refuse once they hold rows.
+    op.drop_column('report', 'erased_at')
     with op.batch_alter_table('media_upload', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_media_upload_name'))
         batch_op.drop_index(batch_op.f('ix_media_upload_resident_id'))
