@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """A count in the CLI's English: "1 resident", "2 residents"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def operator_name() -> str:
     try:
         return f"cli:{getpass.getuser()}"

@@ -22,7 +22,7 @@ from sqlmodel import select
 
 from bot.app import make_worker_id
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
 from storage import media as media_store
@@ -142,13 +142,13 @@ def cmd_send(settings: Settings, args) -> int:
     except bc.BroadcastError as exc:
         return _fail(str(exc))
     if at is not None:
-        print(f"broadcast {broadcast_id} scheduled for {format_when(at, 'en', tz)}: {count} recipients now")
+        print(f"broadcast {broadcast_id} scheduled for {format_when(at, 'en', tz)}: {counted(count, 'recipient')} now")
         return 0
     bc.start_now(engine, broadcast_id, make_worker_id("cli"), tz)
     bc.check_running(engine, tz)  # nobody to send to: done at once
     with transaction(engine) as db:
         b = db.get(Broadcast, broadcast_id)
-        print(f"broadcast {broadcast_id} sending: {b.total} recipients")
+        print(f"broadcast {broadcast_id} sending: {counted(b.total, 'recipient')}")
     return 0
 
 
@@ -203,6 +203,6 @@ def cmd_cancel(settings: Settings, args) -> int:
         done = bc.cancel(db, args.id, operator_name(), tz=_timezone(settings, catalog))
         if done is None:
             return _fail(f"broadcast {args.id} is {status}: it can no longer be cancelled", 1)
-        print(f"broadcast {args.id} cancelled: {done.withdrawn} messages withdrawn, "
+        print(f"broadcast {args.id} cancelled: {counted(done.withdrawn, 'message')} withdrawn, "
               f"{done.already} already sent or on their way")
     return 0

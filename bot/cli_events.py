@@ -14,7 +14,7 @@ import httpx
 from sqlmodel import select
 
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
 from conversations import participation as P
@@ -176,7 +176,7 @@ def cmd_edit(settings: Settings, args) -> int:
         event, told = P.update_event(db, args.id, change, actor=operator_name(), now=utcnow(),
                                      offsets=P.offsets_of(settings), tz=tz, domain=domain)
         print(_show(event, tz))
-        print(f"{told} residents told")
+        print(f"{counted(told, 'resident')} told")
     return 0
 
 
@@ -185,7 +185,7 @@ def cmd_cancel(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
         told = P.cancel_event(db, args.id, actor=operator_name(), now=utcnow(), tz=tz, domain=domain)
-        print(f"event {args.id} cancelled; {told} residents told")
+        print(f"event {args.id} cancelled; {counted(told, 'resident')} told")
     return 0
 
 

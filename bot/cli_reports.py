@@ -16,7 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
 from conversations.i18n import t_in
@@ -96,7 +96,7 @@ def cmd_list(settings: Settings, args) -> int:
         for r in rows:
             print(f"{r.code:<16} {r.status:<11} {r.category:<14} {(r.mahalle or '-'):<16} "
                   f"{_local(r.created_at, tz):<16} {r.supporters:>3}")
-        print(f"{len(rows)} report(s)", file=sys.stderr)
+        print(counted(len(rows), "report"), file=sys.stderr)
     return 0
 
 
@@ -150,14 +150,14 @@ def cmd_set_status(settings: Settings, args) -> int:
         try:
             report = rp.get_by_code(db, args.code)
             before = report.status if report else None
-            people = len(rp.audience_of(db, report)) if report else 0
+            people = len(rp.to_be_told(db, report, args.status))
             report = rp.set_status(db, args.code, args.status, operator_name(), args.note,
                                    reason=args.note if args.status == "rejected" else "",
                                    catalog=catalog, tz=_tz(settings, catalog))
         except rp.ReportError as err:
             print(f"katilim: {err.key.rsplit('.', 1)[-1].replace('_', ' ')}: {args.code}", file=sys.stderr)
             return 1
-        print(f"{report.code}: {before} -> {report.status}; {people} resident(s) notified through the outbox")
+        print(f"{report.code}: {before} -> {report.status}; {counted(people, 'resident')} notified through the outbox")
     return 0
 
 
@@ -211,7 +211,7 @@ def cmd_export(settings: Settings, args) -> int:
     text = export_csv(rows) if args.format == "csv" else export_geojson(rows) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"{len(rows)} report(s) written to {args.output}", file=sys.stderr)
+        print(f"{counted(len(rows), 'report')} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -12,7 +12,7 @@ import sys
 from sqlmodel import select
 
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
 from conversations import participation as P
@@ -122,7 +122,7 @@ def cmd_cancel_call(settings: Settings, args) -> int:
     try:
         with transaction(engine) as db:
             told = P.cancel_call(db, args.id, operator_name(), tz=tz)
-            print(f"call {args.id} cancelled; {told} volunteers told")
+            print(f"call {args.id} cancelled; {counted(told, 'volunteer')} told")
     except P.ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0
@@ -140,5 +140,5 @@ def cmd_members(settings: Settings, args) -> int:
             avail = ",".join(a for a in ("weekdays", "weekends", "evenings") if getattr(m, a)) or "-"
             skills = ", ".join(m.skill_tags + ([m.skills] if m.skills else []))
             print(f"{m.pool:<12} {m.resident_id:>8}  {avail:<26} {m.mahalle or '-':<16} {skills}")
-        print(f"{len(rows)} memberships")
+        print(counted(len(rows), "membership"))
     return 0

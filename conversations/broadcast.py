@@ -116,7 +116,7 @@ def audience_text(ctx: Ctx, audience: dict) -> str:
     parts = []
     if audience.get("mahalles"):
         names = [h.name for key in audience["mahalles"] if (h := ctx.catalog.neighbourhood(key))]
-        parts.append(ctx.t("broadcast.audience_mahalles", names=", ".join(names)))
+        parts.append(ctx.t("broadcast.audience_mahalles", names=ctx.t.join(names)))
     if audience.get("language"):
         parts.append(ctx.t("broadcast.audience_language", language=t_in(audience["language"], "language.name")))
     return "; ".join(parts) or ctx.t("broadcast.audience_all")
@@ -155,7 +155,7 @@ def mahalles(ctx: Ctx) -> None:
     if chosen:
         extra += [Choice("done", ctx.t("broadcast.mahalles_done")), Choice("clear", ctx.t("broadcast.mahalles_clear"))]
     extra.append(Choice("back", ctx.t("common.back")))
-    text = ctx.t("broadcast.ask_mahalles", chosen=", ".join(names) or ctx.t("common.none"))
+    text = ctx.t("broadcast.ask_mahalles", chosen=ctx.t.join(names) or ctx.t("common.none"))
     if items:
         text += "\n" + ctx.t("broadcast.mahalles_candidates")
     ctx.ask(text, ctx.paged(items, ctx.data.get("_page", 0), extra), columns=2)
@@ -180,7 +180,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         aud["mahalles"] = chosen
         return Go("broadcast.mahalles", {"audience": aud, "candidates": []}, keep=True)
     options = [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods]
-    parts = [p.strip() for p in msg.text.replace(";", ",").split(",") if p.strip()]
+    parts = [p.strip() for p in msg.text.replace(";", ",").replace("،", ",").split(",") if p.strip()]
     missing, candidates = [], []
     for part in parts:
         found = match_options(part, options)
@@ -192,7 +192,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
         else:
             missing.append(part)
     if missing:
-        ctx.say(ctx.t("broadcast.mahalle_unknown", names=", ".join(truncate(m, 40) for m in missing)))
+        ctx.say(ctx.t("broadcast.mahalle_unknown", names=ctx.t.join(truncate(m, 40) for m in missing)))
     aud["mahalles"] = chosen
     return Go("broadcast.mahalles", {"audience": aud, "candidates": candidates}, keep=True)
 

@@ -201,7 +201,7 @@ def finish_onboarding(ctx: Ctx) -> Transition:
     payload = ctx.data.get("payload", "")
     granted = [p for p, ok in ctx.consents().items() if ok]
     if granted:
-        ctx.say(ctx.t("onboarding.thanks", purposes=", ".join(ctx.t(PURPOSE_KEYS[p]) for p in granted)))
+        ctx.say(ctx.t("onboarding.thanks", purposes=ctx.t.join(ctx.t(PURPOSE_KEYS[p]) for p in granted)))
         return Go("mahalle.pick", {"onboarding": True, "payload": payload})
     ctx.say(ctx.t("onboarding.no_consent"))
     return run_start_payload(ctx, payload) if payload else Go(IDLE)
@@ -394,8 +394,8 @@ def send_export(ctx: Ctx) -> None:
     hood = ctx.catalog.neighbourhood(resident["mahalle"]) if resident["mahalle"] else None
     summary = ctx.t("data.summary", language=ctx.t("language.name"),
                     mahalle=hood.name if hood else ctx.t("common.none"),
-                    channels=", ".join(c["channel"] for c in data["channels"]) or ctx.t("common.none"),
-                    consents=", ".join(given),
+                    channels=ctx.t.join(c["channel"] for c in data["channels"]) or ctx.t("common.none"),
+                    consents=ctx.t.join(given),
                     since=ctx.when(ctx.resident.created_at))
     ctx.say(summary, document=Attachment("katilim-verilerim.json", "application/json",
                                          json.dumps(data, ensure_ascii=False, indent=2, default=str)))

@@ -557,7 +557,7 @@ def apply_change(ctx: Ctx, change: P.EventChange) -> Transition:
     except P.ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go("event.edit", {"event_id": ctx.data.get("event_id")})
-    ctx.say(ctx.t("event.edit.saved", told=told))
+    ctx.say(ctx.t.n("event.edit.saved", told, told=told))
     return Go("event.detail", {"event_id": event.id})
 
 
@@ -663,5 +663,5 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     except P.ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
-    ctx.say(ctx.t("event.edit.cancelled", told=told))
+    ctx.say(ctx.t.n("event.edit.cancelled", told, told=told))
     return Go(IDLE)

@@ -19,7 +19,10 @@ import locales as _locales_pkg
 LOCALES_DIR = Path(_locales_pkg.__file__).parent
 LANGUAGES = ("tr", "en", "ar")
 RTL = {"ar"}
+# Dates as each language writes them: "4 Aralık 2026 Cuma 18:30", "Friday 4 December 2026, 18:30",
+# "الجمعة 4 ديسمبر 2026، 18:30" (Babel patterns; a language without one uses the Turkish).
 DATETIME_PATTERN = "d MMMM y EEEE HH:mm"
+DATETIME_PATTERNS = {"tr": DATETIME_PATTERN, "en": "EEEE d MMMM y, HH:mm", "ar": "EEEE d MMMM y، HH:mm"}
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +58,11 @@ class Translator:
     def has(self, key: str) -> bool:
         return key in self._catalog or (key, 0) in self._catalog
 
+    def join(self, items) -> str:
+        """A list in running text, with the language's separator ("a, b" / "أ، ب")."""
+        separator = self._catalog.get(N_("common.list_separator")) or ", "
+        return separator.join(items)
+
 
 @lru_cache(maxsize=8)
 def translator(lang: str) -> Translator:
@@ -73,11 +81,11 @@ def translator(lang: str) -> Translator:
 
 
 def format_when(dt: datetime, lang: str, tz: str | ZoneInfo = "Europe/Istanbul") -> str:
-    """'24 Kasım 2026 Salı 18:00' (in the municipality's time zone)."""
+    """'24 Kasım 2026 Salı 18:00', 'Tuesday 24 November 2026, 18:00' (in the municipality's time zone)."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
-    return format_datetime(dt, DATETIME_PATTERN, tzinfo=zone, locale=lang)
+    return format_datetime(dt, DATETIME_PATTERNS.get(lang, DATETIME_PATTERN), tzinfo=zone, locale=lang)
 
 
 def t_in(lang: str, key: str, **kwargs) -> str:

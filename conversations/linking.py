@@ -86,7 +86,8 @@ def _say_if_paused(ctx: Ctx) -> bool:
     left = linking.paused_for(ctx.db, ctx.now, pause=_guard_settings(ctx)[2])
     if left <= 0:
         return False
-    ctx.say(ctx.t("link.paused", minutes=max(1, math.ceil(left / 60))), remove_keyboard=True)
+    minutes = max(1, math.ceil(left / 60))
+    ctx.say(ctx.t.n("link.paused", minutes, minutes=minutes), remove_keyboard=True)
     return True
 
 

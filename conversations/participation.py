@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, update
 from sqlmodel import Session, select
 
-from conversations.i18n import N_, Translator, format_when
+from conversations.i18n import N_, Translator, format_when, translator
 from conversations.messages import Attachment, Choice, Outbound
 from storage import outbox, repo
 from storage.db import one_of, utcnow
@@ -435,7 +435,7 @@ def _pool_names(catalog: Any, pools: Iterable[str], lang: str) -> str:
     for key in pools:
         pool = catalog.pool(key) if catalog is not None else None
         names.append(pool.name.get(lang) if pool else key)
-    return ", ".join(names)
+    return translator(lang).join(names)
 
 
 def create_call(db: Session, *, pools: list[str], what: str, place: str, starts_at: datetime, ends_at: datetime,

@@ -68,7 +68,7 @@ def _rate_limited(ctx: Ctx) -> bool:
         return False
     recent = [r for r in rp.list_for_resident(ctx.db, ctx.resident.id, limit=limit) if _aware(r.created_at) >= since]
     oldest = min((_aware(r.created_at) for r in recent), default=ctx.now)
-    ctx.say(ctx.t("report.rate_limited", limit=limit, when=ctx.when(oldest + timedelta(hours=1))))
+    ctx.say(ctx.t.n("report.rate_limited", limit, limit=limit, when=ctx.when(oldest + timedelta(hours=1))))
     return True
 
 

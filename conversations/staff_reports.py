@@ -51,7 +51,7 @@ def _filter_text(ctx: Ctx) -> str:
         parts.append(category_name(ctx, f["category"]))
     if f.get("mahalle"):
         parts.append(mahalle_name(ctx, f["mahalle"]))
-    return ", ".join(parts) or ctx.t("staffreport.filter_none")
+    return ctx.t.join(parts) or ctx.t("staffreport.filter_none")
 
 
 def _query_args(ctx: Ctx) -> dict:
@@ -173,7 +173,7 @@ def staff_list(ctx: Ctx) -> None:
     if page < pages - 1:
         choices.append(Choice("page:next", ctx.t("engine.page_next", page=page + 2, pages=pages)))
     choices.append(Choice("filter", ctx.t("staffreport.change_filter")))
-    text = ctx.t("staffreport.list_title", n=total, filter=_filter_text(ctx)) if total \
+    text = ctx.t.n("staffreport.list_title", total, filter=_filter_text(ctx)) if total \
         else ctx.t("staffreport.list_empty", filter=_filter_text(ctx))
     ctx.ask(text, choices)
 
@@ -288,14 +288,17 @@ def _change(ctx: Ctx, status: str, *, note: str = "", reason: str = "") -> Trans
     code = ctx.data.get("code", "")
     try:
         report = rp.get_by_code(ctx.db, code)
-        people = len(rp.audience_of(ctx.db, report)) if report else 0
+        told = rp.to_be_told(ctx.db, report, status)
         report = rp.set_status(ctx.db, code, status, _actor(ctx), note, reason=reason, catalog=ctx.catalog,
                                tz=ctx.config.timezone, now=ctx.now)
     except rp.ReportError as err:
         ctx.say(ctx.t(err.key, **err.params))
         return Go("staffreport.view", keep=True)
     ctx.data.pop("to", None)
-    ctx.say(ctx.t("staffreport.status_changed", code=report.code, status=status_name(ctx, status), n=people))
+    if told and told == [report.resident_id]:
+        ctx.say(ctx.t("staffreport.status_changed_owner", code=report.code, status=status_name(ctx, status)))
+    else:
+        ctx.say(ctx.t.n("staffreport.status_changed", len(told), code=report.code, status=status_name(ctx, status)))
     return Go("staffreport.view", keep=True)
 
 
@@ -315,13 +318,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     code = ctx.data.get("code", "")
     try:
         source = rp.get_by_code(ctx.db, code)
-        people = len(rp.audience_of(ctx.db, source)) if source else 0
+        people = len(rp.to_be_told(ctx.db, source))
         report = rp.merge(ctx.db, code, found.group(1), _actor(ctx), catalog=ctx.catalog, tz=ctx.config.timezone,
                           now=ctx.now)
     except rp.ReportError as err:
         ctx.say(ctx.t(err.key, **err.params))
         return Go("staffreport.merge", keep=True)
     target = rp.get_report(ctx.db, report.merged_into_id)
-    ctx.say(ctx.t("staffreport.merged", code=report.code, into=target.code, n=people))
+    ctx.say(ctx.t.n("staffreport.merged", people, code=report.code, into=target.code))
     ctx.data.pop("shown", None)
     return Go("staffreport.view", {"code": target.code}, keep=True)

@@ -45,7 +45,7 @@ def _offsets(ctx: Ctx):
 
 
 def _sdg(ctx: Ctx, goals) -> str:
-    return ctx.t("volunteer.sdg", goals=", ".join(str(g) for g in goals)) if goals else ""
+    return ctx.t("volunteer.sdg", goals=ctx.t.join(str(g) for g in goals)) if goals else ""
 
 
 def _pool_name(ctx: Ctx, key: str) -> str:
@@ -131,7 +131,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 def _availability(ctx: Ctx, weekdays: bool, weekends: bool, evenings: bool) -> str:
     chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings)) if on]
-    return ", ".join(ctx.t(P.AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
+    return ctx.t.join(ctx.t(P.AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
 
 
 # ---------------------------------------------------------------- joining
@@ -229,7 +229,7 @@ def confirm(ctx: Ctx) -> None:
     d = ctx.data
     skill_names = [_skill_name(ctx, k) for k in d.get("tags", [])] + ([d["skills"]] if d.get("skills") else [])
     ctx.ask(ctx.t("volunteer.confirm", pool=_pool_name(ctx, d.get("pool", "")),
-                  skills=", ".join(skill_names) or ctx.t("common.none"),
+                  skills=ctx.t.join(skill_names) or ctx.t("common.none"),
                   availability=_availability(ctx, *(a in d.get("avail", []) for a in AVAILABILITY)),
                   mahalle=_hood_name(ctx, d.get("mahalle"))),
             [Choice("save", ctx.t("volunteer.save")), Choice("drop", ctx.t("volunteer.discard"))])
@@ -418,7 +418,7 @@ def call_confirm(ctx: Ctx) -> None:
     start, end = d.get("starts_at"), d.get("ends_at")
     when = (P.span_text(datetime.fromisoformat(start), datetime.fromisoformat(end), ctx.lang, _tz(ctx))
             if start and end else none)
-    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=", ".join(_pool_name(ctx, p) for p in d.get("pools", [])) or none,
+    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=ctx.t.join(_pool_name(ctx, p) for p in d.get("pools", [])) or none,
                   what=d.get("what") or none, place=d.get("place") or none, when=when,
                   capacity=d.get("capacity") or none),
             [Choice("send", ctx.t("volunteer.call_new.send")), Choice("drop", ctx.t("volunteer.discard"))])
@@ -443,5 +443,5 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     except P.ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
-    ctx.say(ctx.t("volunteer.call_new.sent", id=call.id, invited=call.invited))
+    ctx.say(ctx.t.n("volunteer.call_new.sent", call.invited, id=call.id, invited=call.invited))
     return Go(IDLE)

@@ -349,6 +349,15 @@ def consenting(db: Session, people: list[int]) -> list[int]:
     return [rid for rid in people if consents.get(rid, {}).get(CONSENT_PURPOSE)]
 
 
+def to_be_told(db: Session, report: Report | None, status: str | None = None) -> list[int]:
+    """Who hears of this report's next change (before it is made): its reporter and followers
+    whose consent stands; nobody when `status` is the report's status already (set_status tells
+    only of a move). A merge moves the same people to the target."""
+    if report is None or (status is not None and report.status == status):
+        return []
+    return consenting(db, audience_of(db, report))
+
+
 def _notify_all(db: Session, report: Report, build: Callable[[Translator, str, int], Outbound], tz: str) -> int:
     sent = 0
     for resident_id in consenting(db, audience_of(db, report)):

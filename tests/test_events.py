@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import Session, select
 
 from conversations import participation as P
-from conversations.i18n import t_in
+from conversations.i18n import t_in, translator
 from storage.db import transaction, utcnow
 from storage.participation import Event, EventFeedback, Reminder, Rsvp
 from tests.conftest import test_env as subprocess_env
@@ -235,12 +235,12 @@ def test_staff_add_and_edit_an_event_on_the_chat(make_app):
     staff.tap("time")
     staff.send("01.12.2030 11:00")
     staff.tap("same")
-    assert t_in("tr", "event.edit.saved", told=1) in staff.texts()
+    assert translator("tr").n("event.edit.saved", 1, told=1) in staff.texts()
     assert "11:00–13:00" in resident.notifications()[-1].text
     staff.tap("edit")
     staff.tap("cancel_event")
     staff.tap("yes")
-    assert t_in("tr", "event.edit.cancelled", told=1) in staff.texts()
+    assert translator("tr").n("event.edit.cancelled", 1, told=1) in staff.texts()
 
 
 def test_deep_link_through_the_engine_for_new_and_known_residents(make_app):

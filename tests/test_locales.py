@@ -139,30 +139,40 @@ def test_every_translation_has_well_formed_braces():
 def test_format_when_in_turkish():
     when = datetime(2026, 11, 24, 15, 0, tzinfo=timezone.utc)
     assert format_when(when, "tr") == "24 Kasım 2026 Salı 18:00"
-    assert format_when(when, "en") == "24 November 2026 Tuesday 18:00"
-    assert "18:00" in format_when(when, "ar") or "١٨:٠٠" in format_when(when, "ar")
+    assert format_when(when, "en") == "Tuesday 24 November 2026, 18:00"
+    assert format_when(when, "ar") == "الثلاثاء 24 نوفمبر 2026، 18:00"
     # a naive datetime is taken as UTC
     assert format_when(datetime(2026, 11, 24, 15, 0), "tr") == "24 Kasım 2026 Salı 18:00"
 
 
-def test_compiled_catalogs_are_inside_the_installed_package():
-    package_dir = Path(locales.__file__).parent
-    assert package_dir == i18n_tools.LOCALES_DIR
-    for lang in LANGUAGES:
-        mos = sorted((package_dir / lang / "LC_MESSAGES").glob("*.mo"))
-        assert package_dir / lang / "LC_MESSAGES" / "core.mo" in mos
-        assert {m.stem for m in mos} == {p.stem for p in (package_dir / lang / "LC_MESSAGES").glob("*.po")}
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    tool = pyproject["tool"]["setuptools"]
-    assert any(fnmatch.fnmatch("locales", pattern.rstrip("*") + "*") for pattern in tool["packages"]["find"]["include"])
-    patterns = tool["package-data"]["locales"]
-    for mo in package_dir.glob("*/LC_MESSAGES/*.mo"):
-        relative = mo.relative_to(package_dir).as_posix()
-        assert any(fnmatch.fnmatch(relative, p) for p in patterns), f"{relative} is not package data"
+def test_format_when_writes_each_language_its_own_way():
+    """Turkish: day month year weekday; English: weekday first, a comma before the time; Arabic the
+    same with the Arabic comma. In Istanbul time (UTC+3), so 22:59 UTC is the next day."""
+    friday = datetime(2026, 12, 4, 15, 30, tzinfo=timezone.utc)
+    late = datetime(2026, 12, 1, 22, 59, tzinfo=timezone.utc)
+    assert [format_when(friday, lang) for lang in LANGUAGES] == [
+        "4 Aralık 2026 Cuma 18:30", "Friday 4 December 2026, 18:30", "الجمعة 4 ديسمبر 2026، 18:30"]
+    assert [format_when(late, lang) for lang in LANGUAGES] == [
+        "2 Aralık 2026 Çarşamba 01:59", "Wednesday 2 December 2026, 01:59", "الأربعاء 2 ديسمبر 2026، 01:59"]
 
 
-def test_every_mo_file_loads():
-    from babel.messages.mofile import read_mo
+def test_lists_in_a_message_take_the_language_separator(make_app):
+    """The purposes in the onboarding thanks and the consents in /verilerim's summary: "، " in
+    Arabic, ", " in Turkish and English."""
+    from tests.participation_support import Person
 
-    for mo in i18n_tools.LOCALES_DIR.glob("*/LC_MESSAGES/*.mo"):
-        read_mo(io.BytesIO(mo.read_bytes()))
+    app = make_app()
+    expected = {"tr": ("Teşekkürler! İzin verdiğiniz amaçlar: Sorun bildirimleri, Gönüllülük, Hatırlatmalar, Duyurular.",
+                       "Verdiğiniz izinler: Sorun bildirimleri, Gönüllülük, Hatırlatmalar, Duyurular\n"),
+                "en": ("Thank you! The purposes you allowed: Problem reports, Volunteering, Reminders, Announcements.",
+                       "Permissions given: Problem reports, Volunteering, Reminders, Announcements\n"),
+                "ar": ("شكرًا! الأغراض التي سمحت بها: بلاغات المشكلات، التطوع، التذكيرات، الإعلانات.",
+                       "الأذونات الممنوحة: بلاغات المشكلات، التطوع، التذكيرات، الإعلانات\n")}
+    for lang, (thanks, consents) in expected.items():
+        someone = Person(app, f"list-{lang}")
+        someone.send("/start")
+        someone.tap(f"lang:{lang}")
+        assert thanks in someone.texts(someone.tap("all"))
+        someone.tap("skip")
+        someone.send("/verilerim" if lang == "tr" else "/mydata")
+        assert consents in someone.texts()

@@ -116,6 +116,16 @@ def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir �
     return chat.last
 
 
+def _staff_at_reports(app, address: str = "boss") -> Chat:
+    """A staff member on the console, onboarded in Turkish, at /raporlar."""
+    with transaction(app.db) as db:
+        db.add(Staff(name=f"console:{address}"))
+    staff = Chat(app, address)
+    staff.onboard("tr")
+    staff.text("/raporlar")
+    return staff
+
+
 def rp_max() -> int:
     from conversations.reports import MAX_PHOTOS
 
@@ -305,6 +315,38 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
         assert rp.get_by_code(db, code).status == "resolved"
 
 
+def test_staff_are_told_who_hears_of_a_status_change(make_app):
+    """Only the reporter: "Bildirim sahibine haber veriliyor."; otherwise how many people, counting
+    only those whose consent stands (who set_status really tells)."""
+    app = make_app()
+    ayse, john, eve = Chat(app, "ayse"), Chat(app, "john"), Chat(app, "eve")
+    for resident in (ayse, john, eve):
+        resident.onboard("tr")
+    _file(ayse)
+    ayse.tap("confirm")
+    code = CODE.search(ayse.said).group(0)
+    boss = _staff_at_reports(app)
+    boss.text(code)
+
+    def move(status: str) -> str:
+        boss.tap(f"to:{status}")
+        boss.tap("none")
+        return boss.said
+
+    assert f"✔ {code}: İşlemde. Bildirim sahibine haber veriliyor." in move("in_progress")
+    john_id, eve_id = john.resident_id(), eve.resident_id()
+    with transaction(app.db) as db:
+        rp.follow(db, code, john_id)
+        rp.follow(db, code, eve_id)
+    assert f"✔ {code}: Çözüldü. 3 kişiye haber veriliyor." in move("resolved")
+    for resident in (ayse, eve):                      # they withdraw: only John hears of the next change
+        resident.text("/menu")
+        resident.tap("privacy")
+        resident.tap("p:reports")
+    assert f"✔ {code}: İşlemde. 1 kişiye haber veriliyor." in move("in_progress")
+    assert len(_outbox(app, john_id)) == 2 and len(_outbox(app, eve_id)) == 1
+
+
 def test_staff_reject_merge_and_filters(make_app, photo_file):
     app = make_app()
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
@@ -316,11 +358,7 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     _file(john, category="rubbish", where=(38.3900, 27.1900))
     john.tap("confirm")
     second = CODE.search(john.said).group(0)
-    with transaction(app.db) as db:
-        db.add(Staff(name="console:boss"))
-    boss = Chat(app, "boss")
-    boss.onboard("tr")
-    boss.text("/raporlar")
+    boss = _staff_at_reports(app)
     boss.tap("cat")
     boss.tap("c:waste")
     assert "Çöp ve temizlik" in boss.said

@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import Session, select
 
 from conversations import participation as P
-from conversations.i18n import t_in
+from conversations.i18n import t_in, translator
 from storage.db import transaction
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
@@ -239,7 +239,7 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     staff.send("5")
     assert "30 Kasım 2030 Cumartesi 10:00–12:30" in staff.texts()
     staff.tap("send")
-    assert staff.texts().startswith(t_in("tr", "volunteer.call_new.sent", id=1, invited=1))
+    assert staff.texts().startswith(translator("tr").n("volunteer.call_new.sent", 1, id=1, invited=1))
     assert "Toplanma alanı tatbikatı" in vol.notifications()[0].text
 
 
@@ -263,7 +263,7 @@ def test_cli_sends_a_call_and_lists_responses(make_app, tmp_path):
     listed = katilim("responses", str(call_id))
     assert listed.returncode == 0 and "accepted" in listed.stdout
     cancelled = katilim("cancel-call", str(call_id))
-    assert cancelled.returncode == 0 and "1 volunteers told" in cancelled.stdout
+    assert cancelled.returncode == 0 and f"call {call_id} cancelled; 1 volunteer told" in cancelled.stdout
     assert vol.notifications()[-1].text.startswith("❌")
 
 

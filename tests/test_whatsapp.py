@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from bot.app import add_configured_channels
 from bot.delivery import SendError
 from bot.http import serve_http
-from conversations.i18n import t_in
+from conversations.i18n import t_in, translator
 from conversations.messages import Attachment, Choice, Kind, Outbound
 from handlers.whatsapp import (
     FILES_PATH,
@@ -765,7 +765,7 @@ async def test_guessing_across_many_residents_pauses_linking_and_voids_live_code
         # the wrong code that uses up the budget, from a resident who has not been stopped
         console_say(h.app, "last-guesser", "/bagla")
         replies = console_say(h.app, "last-guesser", next(guesses))
-        assert replies[0] == t_in("tr", "link.paused", minutes=60), replies  # then onboarding goes on
+        assert replies[0] == translator("tr").n("link.paused", 60, minutes=60), replies  # then onboarding goes on
         with h.db() as db:
             assert count(db, LinkCode) == 0  # Ayşe's live code is void
             guard = db.get(LinkGuard, 1)
@@ -776,9 +776,9 @@ async def test_guessing_across_many_residents_pauses_linking_and_voids_live_code
             assert all(r.actor.startswith("resident:") for r in link_audit(db))
         # paused for everyone: Ayşe's old code, and no new code on WhatsApp
         console_say(other, "ayse", "/bagla")
-        assert console_say(other, "ayse", ayse_code)[0] == t_in("tr", "link.paused", minutes=60)
+        assert console_say(other, "ayse", ayse_code)[0] == translator("tr").n("link.paused", 60, minutes=60)
         sent = await h.say("/bagla", AYSE)
-        assert t_in("tr", "link.paused", minutes=60) in [m.body for m in sent]
+        assert translator("tr").n("link.paused", 60, minutes=60) in [m.body for m in sent]
         assert not CODE_IN_TEXT.search(" ".join(m.body for m in sent))
 
         # an hour later (the pause's end moved into the past) linking by code works again
