@@ -1,6 +1,6 @@
 """What withdrawing a consent stops, per purpose, in one place. `Ctx.record_consent` calls
 `withdrawn` when a purpose goes from granted to withdrawn (privacy settings, DUR/STOP,
-/abonelik); the README's "Privacy" section and the catalogs' `privacy.withdrawn.*` texts say the
+/abonelik); the README's "Privacy" section and the catalogs' `privacy.stops.*` texts say the
 same, purpose by purpose:
 
 * reports: no news of any report any more (status changes, "was it solved?"): `storage.reports`

@@ -176,3 +176,26 @@ def test_lists_in_a_message_take_the_language_separator(make_app):
         someone.tap("skip")
         someone.send("/verilerim" if lang == "tr" else "/mydata")
         assert consents in someone.texts()
+
+
+def test_the_privacy_notice_names_the_processors_messages_travel_through(make_app):
+    """Messages go through Telegram, or Meta (WhatsApp) and Twilio: the notice says so, in every
+    language, instead of promising that nothing is shared with anyone."""
+    from tests.participation_support import Person
+
+    app = make_app()
+    said = {}
+    for lang in LANGUAGES:
+        someone = Person(app, f"notice-{lang}")
+        someone.send("/start")
+        said[lang] = someone.texts(someone.tap(f"lang:{lang}"))
+    assert ("Mesajlarınız, kullandığınız kanala göre Telegram ya da Meta (WhatsApp) ve Twilio üzerinden iletilir; "
+            "bu şirketler mesajları iletmek için veri işleyen olarak çalışır.") in said["tr"]
+    assert "Veri sorumlusu Buca Belediyesidir." in said["tr"] and "üçüncü kişi" not in said["tr"]
+    assert ("Your messages travel through Telegram, or Meta (WhatsApp) and Twilio, depending on the channel you use; "
+            "these companies act as data processors to carry them.") in said["en"]
+    assert "third parties" not in said["en"]
+    assert "الجهة المسؤولة عن البيانات هي بلدية بوجا." in said["ar"]
+    assert "تمرّ رسائلك عبر تيليغرام، أو عبر ميتا (واتساب) وتويليو" in said["ar"] and "أطراف ثالثة" not in said["ar"]
+    # what a withdrawal stops is still said, as conversations/consent.py does it
+    assert "(bildirimlerinizle ilgili haberler, gönüllü havuzları, hatırlatmalar, duyurular)" in said["tr"]
