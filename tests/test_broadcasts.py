@@ -354,7 +354,7 @@ def test_cancel_a_running_broadcast(make_app, db_url):
     with transaction(app.db) as db:
         notices = db.exec(select(OutboxMessage).where(OutboxMessage.address == "900")).all()
     assert len(notices) == 1 and "#%d" % bid in notices[0].payload["text"] and "staff:7" in notices[0].payload["text"]
-    assert notices[0].payload["text"].startswith("Broadcast")      # in the staff member's language
+    assert notices[0].payload["text"].startswith("Announcement")   # in the staff member's language
 
 
 def test_progress_and_summary_to_the_creator(make_app, db_url):

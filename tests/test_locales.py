@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import re
 import string
 import tomllib
 from functools import lru_cache
@@ -154,6 +155,68 @@ def test_format_when_writes_each_language_its_own_way():
         "4 Aralık 2026 Cuma 18:30", "Friday 4 December 2026, 18:30", "الجمعة 4 ديسمبر 2026، 18:30"]
     assert [format_when(late, lang) for lang in LANGUAGES] == [
         "2 Aralık 2026 Çarşamba 01:59", "Wednesday 2 December 2026, 01:59", "الأربعاء 2 ديسمبر 2026، 01:59"]
+
+
+def _texts(lang: str):
+    """Every text shown to someone in this language: (key, text), each plural form apart. The
+    words.* entries are lists of typed words the engine splits on commas, not prose."""
+    for po in sorted((i18n_tools.LOCALES_DIR / lang / "LC_MESSAGES").glob("*.po")):
+        for message in catalog(lang, po.stem):
+            if not message.id:
+                continue
+            key = message.id if isinstance(message.id, str) else message.id[0]
+            if not key.startswith("words."):
+                for text in strings_of(message):
+                    yield key, text
+
+
+def test_arabic_texts_use_arabic_punctuation():
+    latin_comma = re.compile(r"[\u0600-\u06ff}]\s*,\s*[\u0600-\u06ff{]")
+    latin_question = re.compile(r"[\u0600-\u06ff]\s*\?")
+    found = [f"{key}: {text!r}" for key, text in _texts("ar") if latin_comma.search(text) or latin_question.search(text)]
+    assert not found, "\n".join(found)
+    # a command inside Arabic text reads left to right (U+200E before the slash)
+    commands = re.compile(r"(?<![\u200eA-Za-z0-9_./:])/[a-z]")
+    found = [f"{key}: {text!r}" for key, text in _texts("ar") if commands.search(text)]
+    assert not found, "\n".join(found)
+
+
+def test_arabic_says_skip_with_one_word():
+    t = translator("ar")
+    assert {t(key) for key in ("broadcast.skip", "event.add.skip", "event.feedback.skip", "volunteer.skip")} == {"تخطَّ"}
+    assert not [key for key, text in _texts("ar") if "تخطٍّ" in text or "تخطي" in text]
+
+
+def test_turkish_suffixes_after_an_institution_take_no_apostrophe():
+    """TDK: "Buca Belediyesidir", never "Buca Belediyesi'dir"; a suffix glued to {municipality}
+    is written without an apostrophe."""
+    found = [f"{key}: {text!r}" for key, text in _texts("tr") if "Belediyesi'" in text or "{municipality}'" in text]
+    assert not found, "\n".join(found)
+    notice = translator("tr")("notice.summary", municipality="Buca Belediyesi", purposes="", url="", version="")
+    assert "Veri sorumlusu Buca Belediyesidir." in notice and "Belediyesi'dir" not in notice
+
+
+def test_compiled_catalogs_are_inside_the_installed_package():
+    package_dir = Path(locales.__file__).parent
+    assert package_dir == i18n_tools.LOCALES_DIR
+    for lang in LANGUAGES:
+        mos = sorted((package_dir / lang / "LC_MESSAGES").glob("*.mo"))
+        assert package_dir / lang / "LC_MESSAGES" / "core.mo" in mos
+        assert {m.stem for m in mos} == {p.stem for p in (package_dir / lang / "LC_MESSAGES").glob("*.po")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    tool = pyproject["tool"]["setuptools"]
+    assert any(fnmatch.fnmatch("locales", pattern.rstrip("*") + "*") for pattern in tool["packages"]["find"]["include"])
+    patterns = tool["package-data"]["locales"]
+    for mo in package_dir.glob("*/LC_MESSAGES/*.mo"):
+        relative = mo.relative_to(package_dir).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), f"{relative} is not package data"
+
+
+def test_every_mo_file_loads():
+    from babel.messages.mofile import read_mo
+
+    for mo in i18n_tools.LOCALES_DIR.glob("*/LC_MESSAGES/*.mo"):
+        read_mo(io.BytesIO(mo.read_bytes()))
 
 
 def test_lists_in_a_message_take_the_language_separator(make_app):

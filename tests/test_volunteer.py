@@ -65,7 +65,7 @@ def test_join_update_and_leave_a_pool_needs_consent(make_app):
     ayse.send("/gonullu")
     assert ayse.texts().startswith(t_in("tr", "consent.needed").split("{")[0])
     ayse.tap("yes")
-    assert "p:environment" in ayse.keys() and "SKA 11, 13, 15" in ayse.texts()
+    assert "p:environment" in ayse.keys() and "Sürdürülebilir Kalkınma Amaçları (SKA): 11, 13, 15" in ayse.texts()
 
     join(ayse, "environment", ["weekends", "evenings"], tags=["first_aid", "driving"], skills="Fidan dikimi")
     assert t_in("tr", "volunteer.joined", pool="Çevre ve iklim") in ayse.texts()
