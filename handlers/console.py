@@ -19,6 +19,7 @@ from typing import Callable, TextIO
 
 from bot.delivery import send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
+from handlers.kit import parse_command
 
 CHANNEL = "console"
 QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
@@ -85,9 +86,9 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
     if stripped.lower() in QUIT:
         return None
     base = dict(channel=CHANNEL, address=address, display_name=address)
-    if stripped.startswith("/"):
-        verb, _, rest = stripped[1:].partition(" ")
-        verb = verb.lower()
+    command = parse_command(stripped)
+    if command is not None:
+        verb, rest = command
         if verb in ("konum", "location"):
             numbers = re.findall(r"-?\d+(?:[.,]\d+)?", rest)
             if len(numbers) == 2:
@@ -100,7 +101,7 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
             return Inbound(kind=kind, media=[Media(ref=str(path), filename=path.name)], **base)
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
-        return Inbound(kind=Kind.COMMAND, command=verb, text=stripped, **base)
+        return Inbound(kind=Kind.COMMAND, command=verb, text=command.text, **base)
     return Inbound(kind=Kind.TEXT, text=text, **base)
 
 

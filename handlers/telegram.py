@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import hmac
 import json
@@ -50,10 +49,12 @@ from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHand
 from telegram.request import HTTPXRequest
 
 from bot.app import DB_RETRY_DELAYS
-from storage import media as media_store
-from storage.media import MediaTooLarge
 from bot.delivery import SendError, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from handlers import kit
+from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
+from storage import media as media_store
+from storage.media import MediaTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -74,48 +75,9 @@ MAX_WEBHOOK_BYTES = 256 * 1024  # an update is a few KB (text up to 4096 charact
 
 
 # ---------------------------------------------------------------- pure helpers
-def utf16_len(text: str) -> int:
-    """Length as Telegram counts it (UTF-16 code units)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _prefix_within(text: str, limit: int) -> int:
-    """The number of characters of text whose UTF-16 length is at most limit."""
-    if utf16_len(text) <= limit:
-        return len(text)
-    used = 0
-    for i, char in enumerate(text):
-        used += 2 if ord(char) > 0xFFFF else 1
-        if used > limit:
-            return i
-    return len(text)
-
-
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    """Split text into pieces of at most `limit` UTF-16 units, on a paragraph, line or word
-    boundary where there is one (a word longer than the limit is cut). No piece is empty."""
-    if limit < 1:
-        raise ValueError("limit must be positive")
-    pieces: list[str] = []
-    rest = text.strip()
-    while rest:
-        if utf16_len(rest) <= limit:
-            pieces.append(rest)
-            break
-        cut = max(1, _prefix_within(rest, limit))
-        window = rest[:cut + 1]  # a boundary right after the window still counts
-        at = -1
-        for sep in ("\n\n", "\n", " "):
-            found = window.rfind(sep, 0, cut + 1)
-            if found > 0 and (found >= cut // 2 or sep == " "):
-                at = found
-                break
-        if at <= 0:
-            found = max(window.rfind(c, 0, cut + 1) for c in ("\n", " ", "\t"))
-            at = found if found > 0 else cut
-        pieces.append(rest[:at].rstrip())  # rest starts with no whitespace: never empty
-        rest = rest[at:].lstrip()
-    return pieces
+def split_message(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """A text in messages Telegram accepts (its limits count UTF-16 code units)."""
+    return split_text(text, limit, utf16_len)
 
 
 def callback_data(key: str, number: int) -> str:
@@ -211,10 +173,9 @@ def to_inbound(update: Update) -> Inbound | None:
     base["received_at"] = message.date
     text = message.text
     if text is not None:
-        if re.match(r"/[^\s/]", text):
-            head, _, rest = text.partition(" ")
-            name = head[1:].split("@", 1)[0].lower()
-            return Inbound(kind=Kind.COMMAND, command=name, text=f"/{name} {rest}".strip(), **base)
+        command = parse_command(text)
+        if command is not None:
+            return Inbound(kind=Kind.COMMAND, command=command.name, text=command.text, **base)
         return Inbound(kind=Kind.TEXT, text=text, **base)
     caption = message.caption or ""
     if message.location is not None:
@@ -371,19 +332,19 @@ class TelegramSender:
             data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
             fits = utf16_len(text) <= CAPTION_LIMIT
             if not fits:
-                await self._texts(chat, split_text(text), None)
+                await self._texts(chat, split_message(text), None)
             sent = await self.bot.send_document(chat, InputFile(data, filename=doc.filename),
                                                 caption=(text or None) if fits else None, reply_markup=markup)
             return str(sent.message_id)
         if out.latitude is not None and out.longitude is not None:
-            await self._texts(chat, split_text(text), None)
+            await self._texts(chat, split_message(text), None)
             if out.venue_title:
                 sent = await self.bot.send_venue(chat, out.latitude, out.longitude, out.venue_title[:256],
                                                  f"{out.latitude:.5f}, {out.longitude:.5f}", reply_markup=markup)
             else:
                 sent = await self.bot.send_location(chat, out.latitude, out.longitude, reply_markup=markup)
             return str(sent.message_id)
-        return await self._texts(chat, split_text(text), markup)
+        return await self._texts(chat, split_message(text), markup)
 
     async def _texts(self, chat, pieces: list[str], markup) -> str:
         last = ""
@@ -397,9 +358,9 @@ def _caption_split(text: str) -> tuple[str, list[str]]:
     """A caption of at most CAPTION_LIMIT, and the rest of the text as following messages."""
     if utf16_len(text) <= CAPTION_LIMIT:
         return text, []
-    first = split_text(text, CAPTION_LIMIT)[0]
+    first = split_message(text, CAPTION_LIMIT)[0]
     rest = text.strip()[len(first):]
-    return first, split_text(rest)
+    return first, split_message(rest)
 
 
 # ---------------------------------------------------------------- the channel
@@ -472,7 +433,7 @@ class TelegramChannel:
         self.secret = webhook_secret(settings) if self.webhook else ""
         self.completed: collections.deque[int] = collections.deque(maxlen=1000)  # recently handled update ids
         self._failed: set[int] = set()
-        self._locks: dict[str, list] = {}
+        self._locks = AddressLocks()
         self._started = False
         self._inflight = 0                 # webhook updates being handled right now
         self._idle = asyncio.Event()
@@ -541,16 +502,11 @@ class TelegramChannel:
                 return Response(status_code=403)
             if not self._started:
                 return Response(status_code=503)
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+            body = await kit.read_body(request, MAX_WEBHOOK_BYTES)
+            if body is None:
                 return Response(status_code=413)
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_WEBHOOK_BYTES:
-                    return Response(status_code=413)
             try:
-                data = json.loads(bytes(body))
+                data = json.loads(body)
                 update = Update.de_json(data, self.application.bot)
             except Exception:  # noqa: BLE001
                 return Response(status_code=400)
@@ -582,7 +538,7 @@ class TelegramChannel:
             self.completed.append(update.update_id)
             return
         # The chat's lock is taken before anything is awaited: its updates are handled in order.
-        async with self._chat_lock(inbound.address):
+        async with self._locks.hold(inbound.address):
             if update.callback_query is not None:
                 await self._settle_callback(update)
             for attempt in range(len(DB_RETRY_DELAYS) + 1):  # the database restarting: about a minute
@@ -628,19 +584,6 @@ class TelegramChannel:
             if send_error(exc) is not None:
                 log.info("buttons of message %s not removed: %s", message.message_id, exc)
 
-    @contextlib.asynccontextmanager
-    async def _chat_lock(self, address: str):
-        """One chat's updates are handled one at a time, in order; other chats go on meanwhile."""
-        entry = self._locks.setdefault(address, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._locks.pop(address, None)
-
     # -- media
     async def download(self, media: Media) -> bytes:
         """A Telegram file's bytes (App._fetch_media judges, cleans and stores them); MediaTooLarge
@@ -659,5 +602,5 @@ class TelegramChannel:
         return data
 
 
-__all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_text", "keyboard_rows",
+__all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_message", "keyboard_rows",
                           "send_error", "to_inbound", "command_menu", "webhook_secret"]

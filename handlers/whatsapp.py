@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import json
 import logging
-import mimetypes
 import os
 import re
 import time
@@ -59,14 +58,16 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
-from bot.http import stored_file
-from storage import media as media_store
-from storage.media import MediaTooLarge
-from storage.attachments import suffix_of
 from bot.delivery import SendError
+from bot.http import stored_file
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from handlers import kit
+from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
+from storage import media as media_store
+from storage.attachments import suffix_of
 from storage.db import transaction, utcnow
+from storage.media import MediaTooLarge
 from storage.models import ChannelIdentity, OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,9 @@ def to_inbound(form: dict[str, str]) -> Inbound | None:
         kind = (Kind.PHOTO if content_type.startswith("image/") else
                 Kind.VOICE if content_type.startswith("audio/") else Kind.DOCUMENT)
         return Inbound(kind=kind, text=body, media=media, **base)
-    if re.match(r"/[^\s/]", body.strip()):
-        text = body.strip()
-        head, _, rest = text.partition(" ")
-        name = head[1:].lower()
-        return Inbound(kind=Kind.COMMAND, command=name, text=f"/{name} {rest}".strip(), **base)
+    command = parse_command(body)
+    if command is not None:
+        return Inbound(kind=Kind.COMMAND, command=command.name, text=command.text, **base)
     if body.strip():
         return Inbound(kind=Kind.TEXT, text=body, **base)
     return Inbound(kind=Kind.OTHER, **base)
@@ -160,39 +159,9 @@ def _float(value: str | None) -> float | None:
     return number if number is not None and abs(number) <= 180 else None
 
 
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def split_body(text: str, limit: int = BODY_LIMIT) -> list[str]:
-    """Pieces of at most `limit` characters (UTF-16 units), cut at a paragraph, line or word
-    boundary where there is one; no piece is empty."""
-    pieces: list[str] = []
-    rest = text.strip()
-    while rest:
-        if utf16_len(rest) <= limit:
-            pieces.append(rest)
-            break
-        cut, used = 0, 0
-        for i, char in enumerate(rest):
-            used += 2 if ord(char) > 0xFFFF else 1
-            if used > limit:
-                cut = i
-                break
-        window = rest[:cut + 1]
-        at = -1
-        for sep in ("\n\n", "\n", " "):
-            found = window.rfind(sep)
-            if found > 0 and (found >= cut // 2 or sep == " "):
-                at = found
-                break
-        if at <= 0:
-            at = max(1, cut)
-        piece, rest = rest[:at].rstrip(), rest[at:].lstrip()
-        if not piece:
-            piece, rest = rest[:max(1, cut)], rest[max(1, cut):].lstrip()
-        pieces.append(piece)
-    return pieces
+    """A text in message bodies Twilio accepts (its limit counts UTF-16 code units)."""
+    return split_text(text, limit, utf16_len)
 
 
 def render(out: Outbound) -> str:
@@ -447,7 +416,7 @@ class WhatsAppChannel:
         self.base_url = self.settings.public_base_url.rstrip("/")
         self.api_host = urlparse(self.settings.twilio_api_url).hostname or ""
         self._tasks: set[asyncio.Task] = set()
-        self._locks: dict[str, list] = {}
+        self._locks = AddressLocks()
         self._accepting = True
         app.media_fetchers[CHANNEL] = self.fetch_media
 
@@ -482,17 +451,12 @@ class WhatsAppChannel:
 
     async def _signed_form(self, request: Request, path: str) -> _Params | Response:
         """The request's parameters when Twilio signed them; otherwise the response to give."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+        body = await kit.read_body(request, MAX_WEBHOOK_BYTES)
+        if body is None:
             return Response(status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_WEBHOOK_BYTES:
-                return Response(status_code=413)
         signature = request.headers.get(SIGNATURE_HEADER, "")
         try:
-            pairs = parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True)
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
         except (UnicodeDecodeError, ValueError):
             pairs = None
         params = _Params()
@@ -529,7 +493,7 @@ class WhatsAppChannel:
         return Response(TWIML_EMPTY, media_type="text/xml")
 
     async def _process(self, inbound: Inbound, inbox_id: int | None = None) -> None:
-        async with self._address_lock(inbound.address):
+        async with self._locks.hold(inbound.address):
             try:
                 if inbound.kind == Kind.TEXT:
                     await asyncio.to_thread(self._answer_to_proactive, inbound)
@@ -567,24 +531,6 @@ class WhatsAppChannel:
         if 0 <= index < len(choices) and choices[index].key.split(":", 1)[0] in GLOBAL_CHOICES:
             inbound.kind = Kind.CHOICE
             inbound.choice = choices[index].key
-
-    def _address_lock(self, address: str):
-        channel = self
-
-        class _Held:
-            async def __aenter__(self_inner):
-                entry = channel._locks.setdefault(address, [asyncio.Lock(), 0])
-                entry[1] += 1
-                await entry[0].acquire()
-
-            async def __aexit__(self_inner, *exc):
-                entry = channel._locks[address]
-                entry[0].release()
-                entry[1] -= 1
-                if entry[1] == 0:
-                    channel._locks.pop(address, None)
-
-        return _Held()
 
     async def status_webhook(self, request: Request) -> Response:
         params = await self._signed_form(request, STATUS_PATH)

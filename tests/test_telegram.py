@@ -26,11 +26,11 @@ from handlers.telegram import (
     TelegramSender,
     command_menu,
     keyboard_rows,
-    split_text,
+    split_message,
     to_inbound,
-    utf16_len,
     webhook_secret,
 )
+from handlers.kit import utf16_len
 from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, ProcessedInbound, Resident
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg
@@ -661,18 +661,18 @@ async def test_sender_rate_limited():
 
 # ---------------------------------------------------------------- pure helpers
 def test_split_text_boundaries():
-    assert split_text("", 10) == []
-    assert split_text("kısa", 10) == ["kısa"]
-    assert split_text("bir iki üç dört", 8) == ["bir iki", "üç dört"]
-    assert split_text("paragraf bir\n\nikinci paragraf", 20) == ["paragraf bir", "ikinci paragraf"]
-    assert split_text("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
-    assert split_text("😀" * 6, 4) == ["😀😀", "😀😀", "😀😀"]  # UTF-16: an emoji counts twice
+    assert split_message("", 10) == []
+    assert split_message("kısa", 10) == ["kısa"]
+    assert split_message("bir iki üç dört", 8) == ["bir iki", "üç dört"]
+    assert split_message("paragraf bir\n\nikinci paragraf", 20) == ["paragraf bir", "ikinci paragraf"]
+    assert split_message("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
+    assert split_message("😀" * 6, 4) == ["😀😀", "😀😀", "😀😀"]  # UTF-16: an emoji counts twice
 
 
 @hsettings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("abcçğı İŞ\n😀")), max_size=300), st.integers(min_value=2, max_value=50))
 def test_split_text_properties(text, limit):
-    pieces = split_text(text, limit)
+    pieces = split_message(text, limit)
     assert all(p and utf16_len(p) <= limit for p in pieces)
     assert "".join("".join(pieces).split()) == "".join(text.split())
 
