@@ -26,10 +26,6 @@ from storage.migrate import upgrade
 
 log = logging.getLogger("katilim")
 
-# Channel adapters run a step again when the database is unavailable (locked past its busy timeout,
-# restarting, failing over), after these pauses (about a minute in all), before giving a message up.
-DB_RETRY_DELAYS = (0.5, 1.0, 2.0) + (3.0,) * 18
-
 
 class StartupError(Exception):
     """A channel cannot start (a refused token...): `katilim` prints the one-line reason and exits 2."""

@@ -19,6 +19,7 @@ from typing import Callable, TextIO
 
 from bot.delivery import send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
+from handlers import kit
 from handlers.kit import parse_command
 
 CHANNEL = "console"
@@ -155,7 +156,7 @@ class ConsoleChannel:
                 msg = parse_line(self.address, line)
                 if msg is None:
                     break
-                await self.app.handle(msg)
+                await kit.handle(self.app, msg)
         finally:
             proactive.cancel()
             await self.deliver_pending()

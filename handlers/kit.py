@@ -8,6 +8,8 @@ way, written once.
   meanwhile; nothing stays in memory for a quiet address.
 - `parse_command(text)`: "/Bildir@katilim_bot çukur" → Command("bildir", "çukur").
 - `read_body(request, limit)`: a webhook's body, refused over `limit` bytes without reading the rest.
+- `handle(app, msg)`: a resident's message handed to the conversation (bot.app.App.handle), run
+  again while the database is unavailable, by the one retry policy (storage.db.DB_RETRY).
 
 What a sender provides the dispatcher (its limits, its errors as bot.delivery.SendFailure) is in
 bot/delivery.py.
@@ -19,6 +21,8 @@ import contextlib
 import re
 from typing import AsyncIterator, Callable, NamedTuple
 
+from conversations.messages import Inbound
+from storage.db import DB_RETRY
 
 
 # ---------------------------------------------------------------- long texts
@@ -131,3 +135,14 @@ async def read_body(request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+# ---------------------------------------------------------------- handing a message on
+async def handle(app, msg: Inbound, *, inbox_id: int | None = None):
+    """A resident's message, as every channel hands it to the conversation: App.handle (the
+    step in one transaction, then its replies), run again while the database is unavailable
+    (storage.db.DB_RETRY: about a minute, the same for every channel). After that the error goes
+    to the channel: a Telegram webhook answers 500 (Telegram sends the update again), a WhatsApp
+    message stays in the inbox for the scheduler's "inbox" job."""
+    what = f"handling {msg.channel} message {msg.external_id}".rstrip()
+    return await DB_RETRY.call_async(lambda: app.handle(msg, inbox_id=inbox_id), what=what)

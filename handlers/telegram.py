@@ -31,7 +31,6 @@ from typing import Any, Iterable
 
 import httpx
 from fastapi import Request, Response
-from sqlalchemy.exc import OperationalError
 from telegram import (
     BotCommand,
     BotCommandScopeDefault,
@@ -48,7 +47,6 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import HTTPXRequest
 
-from bot.app import DB_RETRY_DELAYS
 from bot.delivery import SendError, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from handlers import kit
@@ -541,15 +539,7 @@ class TelegramChannel:
         async with self._locks.hold(inbound.address):
             if update.callback_query is not None:
                 await self._settle_callback(update)
-            for attempt in range(len(DB_RETRY_DELAYS) + 1):  # the database restarting: about a minute
-                try:
-                    await self.app.handle(inbound)
-                    break
-                except OperationalError:
-                    if attempt == len(DB_RETRY_DELAYS):
-                        raise
-                    log.warning("database busy or unreachable; handling update %s again", update.update_id)
-                    await asyncio.sleep(DB_RETRY_DELAYS[attempt])
+            await kit.handle(self.app, inbound)  # the database unavailable: tried again for about a minute
         self.completed.append(update.update_id)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

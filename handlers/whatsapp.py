@@ -50,7 +50,6 @@ from urllib.parse import parse_qsl, quote, urlparse
 import httpx
 import requests
 from fastapi import Request, Response
-from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
@@ -497,16 +496,8 @@ class WhatsAppChannel:
             try:
                 if inbound.kind == Kind.TEXT:
                     await asyncio.to_thread(self._answer_to_proactive, inbound)
-                for attempt in range(3):
-                    try:
-                        await self.app.handle(inbound, inbox_id=inbox_id)
-                        return
-                    except OperationalError:
-                        if attempt == 2:
-                            raise
-                        log.warning("database busy or unreachable; handling %s again", inbound.external_id)
-                        await asyncio.sleep(0.5 * 4 ** attempt)
-            except Exception:  # noqa: BLE001  (logged; Twilio already has its answer)
+                await kit.handle(self.app, inbound, inbox_id=inbox_id)
+            except Exception:  # noqa: BLE001  (logged; Twilio already has its answer, the inbox keeps it)
                 log.exception("WhatsApp message %s not handled", inbound.external_id)
 
     def _answer_to_proactive(self, inbound: Inbound) -> None:
