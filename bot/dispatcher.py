@@ -29,12 +29,12 @@ How it works
 - A sliding window of at most OUTBOX_BATCH_SIZE rows per channel is claimed and not yet confirmed:
   those are the only messages a crash can send twice. Outcomes are written in small groups
   (a few per transaction) as sends finish; a restarted or other dispatcher takes over expired leases.
-- Errors (bot.delivery.SendError kinds): "retry_after" pauses the channel for every worker
-  (ChannelRate.paused_until) and puts the row back without counting it; "transient" retries with
+- Errors (bot.delivery.SendFailure): RATE_LIMITED pauses the channel for every worker
+  (ChannelRate.paused_until) and puts the row back without counting it; RETRYABLE retries with
   exponential backoff and jitter up to OUTBOX_BACKOFF_CAP, failed after OUTBOX_MAX_ATTEMPTS (the
   chat's later rows wait for the retry: a resident never reads a chat's messages out of order);
-  "permanent" fails the row; "blocked" marks the resident's identity unreachable and cancels its
-  other waiting rows (nothing more goes to it until the resident writes again); "window" marks
+  PERMANENT fails the row; UNREACHABLE marks the resident's identity unreachable and cancels its
+  other waiting rows (nothing more goes to it until the resident writes again); WINDOW marks
   the row unsendable.
 - Conversation replies go out directly (bot.delivery.send_replies) through `PacedSender`, which
   reserves one slot of the same GCRA before each reply (one UPDATE; no wait while the channel is
@@ -71,7 +71,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import SendError, Sender, send_gate
+from bot.delivery import SendError, SendFailure, Sender, send_gate
 from bot.idle import IdleMap
 from bot.scheduler import Job, job
 from conversations.messages import Outbound
@@ -258,7 +258,7 @@ class PacedSender:
                 log.warning("no pacing slot for a %s reply (%s); sending anyway", self.channel, exc)
                 slot = None
             if slot is not None and slot.paused_for > 0:
-                raise SendError("retry_after", "the channel is paused after a 429", slot.paused_for)
+                raise SendError(SendFailure.RATE_LIMITED, "the channel is paused after a 429", slot.paused_for)
             if slot is not None and slot.start_in > 0:
                 await asyncio.sleep(slot.start_in)
         if self.pacing.chats is not None:
@@ -266,7 +266,7 @@ class PacedSender:
         try:
             return await send_paced(self.inner, self.pacing.starts, address, out, kind)
         except SendError as exc:
-            if exc.kind == "retry_after":
+            if exc.failure is SendFailure.RATE_LIMITED:
                 await asyncio.to_thread(self._pause, exc.retry_after)
             raise
 
@@ -310,6 +310,11 @@ class _Outcome:
     provider_id: str = ""
     retry_after: float = 0.0
     at: float = field(default_factory=time.monotonic)
+
+
+# A failed send's outcome, in the words the rows and the logs use.
+OUTCOME_OF = {SendFailure.RETRYABLE: "transient", SendFailure.RATE_LIMITED: "retry_after",
+              SendFailure.PERMANENT: "permanent", SendFailure.UNREACHABLE: "blocked", SendFailure.WINDOW: "window"}
 
 
 @dataclass
@@ -700,14 +705,13 @@ class _ChannelRunner:
             provider_id = await asyncio.wait_for(send_paced(self.sender, self.pacing.starts, row.address, out,
                                                             row.kind), timeout)
         except SendError as exc:
-            if exc.kind == "retry_after":
+            reason = exc.reason or exc.failure.value
+            if exc.failure is SendFailure.RATE_LIMITED:
                 self._pause_locally(max(exc.retry_after, 0.5))
                 self.wake.set()
-            elif exc.kind == "blocked":
-                self.blocked[row.address] = (time.monotonic(), exc.reason or "blocked")
-            kind = exc.kind if exc.kind in ("retry_after", "transient", "permanent", "blocked", "window") \
-                else "transient"
-            return _Outcome(row, kind, exc.reason or exc.kind, retry_after=exc.retry_after)
+            elif exc.failure is SendFailure.UNREACHABLE:
+                self.blocked[row.address] = (time.monotonic(), reason)
+            return _Outcome(row, OUTCOME_OF[exc.failure], reason, retry_after=exc.retry_after)
         except asyncio.TimeoutError:
             return _Outcome(row, "transient", f"no answer within {timeout:.0f}s")
         return _Outcome(row, "sent", provider_id=str(provider_id or ""))

@@ -47,7 +47,7 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import HTTPXRequest
 
-from bot.delivery import SendError, send_gate
+from bot.delivery import SendError, SendFailure, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from handlers import kit
 from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
@@ -114,18 +114,20 @@ def keyboard_rows(choices: list[Choice], columns: int = 1) -> tuple[list[list[Ch
 
 
 def send_error(exc: Exception) -> SendError | None:
-    """A Telegram error in the dispatcher's terms; None when it means success."""
+    """A Telegram error in the dispatcher's terms (bot.delivery.SendFailure); None when it means
+    success: 429 → RATE_LIMITED (with Telegram's retry_after), 403 → UNREACHABLE, 400 →
+    PERMANENT, timeouts, network errors and 5xx → RETRYABLE."""
     if isinstance(exc, RetryAfter):
-        return SendError("retry_after", str(exc), _retry_after_seconds(exc))
+        return SendError(SendFailure.RATE_LIMITED, str(exc), _retry_after_seconds(exc))
     if isinstance(exc, Forbidden):
-        return SendError("blocked", exc.message)
+        return SendError(SendFailure.UNREACHABLE, exc.message)
     if isinstance(exc, BadRequest):
         if "message is not modified" in exc.message.lower():
             return None
-        return SendError("permanent", exc.message)
+        return SendError(SendFailure.PERMANENT, exc.message)
     if isinstance(exc, (TimedOut, NetworkError)):
-        return SendError("transient", getattr(exc, "message", "") or type(exc).__name__)
-    return SendError("transient", f"{type(exc).__name__}: {exc}")
+        return SendError(SendFailure.RETRYABLE, getattr(exc, "message", "") or type(exc).__name__)
+    return SendError(SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}")
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
@@ -294,7 +296,7 @@ class TelegramSender:
                 return ""
             raise error from exc
         except OSError as exc:  # a file to send is gone
-            raise SendError("permanent", f"{type(exc).__name__}: {exc}") from exc
+            raise SendError(SendFailure.PERMANENT, f"{type(exc).__name__}: {exc}") from exc
 
     async def _send(self, address: str, out: Outbound) -> str:
         chat = int(address) if re.fullmatch(r"-?\d+", address) else address
@@ -587,7 +589,7 @@ class TelegramChannel:
             media_store.check_size(tg_file.file_size or None, limit)
             data = bytes(await tg_file.download_as_bytearray())
         except TelegramError as exc:
-            raise (send_error(exc) or SendError("transient", str(exc))) from exc
+            raise (send_error(exc) or SendError(SendFailure.RETRYABLE, str(exc))) from exc
         media_store.check_size(len(data), limit)
         return data
 

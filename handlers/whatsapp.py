@@ -21,11 +21,11 @@ WhatsApp's 24-hour customer-service window: a resident who wrote in the last 24 
 text. Outside it, proactive messages (any outbox kind but "reply") go as the approved template of
 their kind (TWILIO_TEMPLATE_NOTIFICATION / _REMINDER / _BROADCAST; other kinds use the
 notification template), the text as its variable {{1}}; without one the message is not sent and
-SendError("window", reason) makes the dispatcher record it as unsendable.
+SendError(SendFailure.WINDOW, reason) makes the dispatcher record it as unsendable.
 
-Twilio errors in the dispatcher's terms: 63016 (outside the window) → window; 21610 (the resident
-sent STOP) → blocked; 63018 or HTTP 429 → retry_after; other 4xx → permanent; 5xx and network
-failures → transient.
+Twilio errors in the dispatcher's terms (bot.delivery.SendFailure): 63016 (outside the window) →
+WINDOW; 21610 (the resident sent STOP) → UNREACHABLE; 63018 or HTTP 429 → RATE_LIMITED; other 4xx
+→ PERMANENT; 5xx and network failures → RETRYABLE.
 
 Several processes: files are written by whichever process sends (`katilim run` or `katilim worker`)
 and served by the one with the HTTP server, so they must share MEDIA_DIR. Outside the window a
@@ -48,16 +48,15 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, quote, urlparse
 
 import httpx
-import requests
 from fastapi import Request, Response
 from sqlmodel import select
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
-from bot.delivery import SendError
+from bot.delivery import SendError, SendFailure
 from bot.http import stored_file
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
@@ -192,21 +191,16 @@ def send_error(exc: BaseException) -> SendError:
         detail = getattr(exc, "msg", "") or getattr(exc, "title", "") or ""
         reason = f"Twilio {code}: {detail}".strip()[:500]
         if code == 63016:
-            return SendError("window", reason)
+            return SendError(SendFailure.WINDOW, reason)
         if code == 21610:
-            return SendError("blocked", reason)
+            return SendError(SendFailure.UNREACHABLE, reason)
         if code == 63018 or status == 429:
-            return SendError("retry_after", reason, RETRY_AFTER_DEFAULT)
-        if status >= 500:
-            return SendError("transient", reason)
+            return SendError(SendFailure.RATE_LIMITED, reason, RETRY_AFTER_DEFAULT)
         if 400 <= status < 500:
-            return SendError("permanent", reason)
-        return SendError("transient", reason)
-    if isinstance(exc, (requests.Timeout, requests.ConnectionError, OSError)):
-        return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
-    if isinstance(exc, TwilioException):
-        return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
-    return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
+            return SendError(SendFailure.PERMANENT, reason)
+        return SendError(SendFailure.RETRYABLE, reason)  # 5xx, or no status at all
+    # requests' timeouts and refused connections, OSError, TwilioException, anything else
+    return SendError(SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -312,7 +306,7 @@ class WhatsAppSender:
                     template = self.template_for(kind)
                     if not template:
                         when = last.isoformat(timespec="minutes") if last else "never"
-                        raise SendError("window", f"outside WhatsApp's 24-hour window (last message from the "
+                        raise SendError(SendFailure.WINDOW, f"outside WhatsApp's 24-hour window (last message from the "
                                                   f"resident: {when}) and no template for {kind!r} messages "
                                                   f"(TWILIO_TEMPLATE_{kind.upper()})")
                     return self._create(address, content_sid=template,
@@ -330,10 +324,10 @@ class WhatsAppSender:
         except SendError:
             raise
         except MediaTooLarge as exc:
-            raise SendError("permanent", str(exc)) from exc
+            raise SendError(SendFailure.PERMANENT, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001  (Twilio, network, a file gone)
             if isinstance(exc, FileNotFoundError):
-                raise SendError("permanent", f"file to send is gone: {exc}") from exc
+                raise SendError(SendFailure.PERMANENT, f"file to send is gone: {exc}") from exc
             raise send_error(exc) from exc
 
     def template_for(self, kind: str) -> str:
@@ -364,7 +358,7 @@ class WhatsAppSender:
         if media:
             last = self._create(address, media_url=media)
         if not last:
-            raise SendError("permanent", "nothing to send (empty message)")
+            raise SendError(SendFailure.PERMANENT, "nothing to send (empty message)")
         return last
 
     def _media_urls(self, out: Outbound) -> list[str]:
@@ -379,7 +373,7 @@ class WhatsAppSender:
             data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
             urls.append(self.files.publish(data, doc.filename))
         if urls and not self.files.base_url:
-            raise SendError("permanent", "PUBLIC_BASE_URL is not set: WhatsApp cannot fetch files")
+            raise SendError(SendFailure.PERMANENT, "PUBLIC_BASE_URL is not set: WhatsApp cannot fetch files")
         return urls
 
     def _create(self, address: str, **fields) -> str:

@@ -15,7 +15,7 @@ from telegram import Bot, Update
 from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError
+from bot.delivery import SendError, SendFailure
 from bot.flood import FloodGuard
 from conversations.engine import COMMAND_MENU
 from conversations.i18n import t_in
@@ -604,7 +604,7 @@ async def test_sender_photo_document_and_places(sender, tg, tmp_path):
     assert tg.calls_of("sendLocation")[-1].params["longitude"] == 27.2
     with pytest.raises(SendError) as err:
         await sender.send("42", Outbound(text="x", photo_path=str(tmp_path / "gone.jpg")))
-    assert err.value.kind == "permanent"
+    assert err.value.failure is SendFailure.PERMANENT
 
 
 async def test_sender_maps_errors(sender, tg):
@@ -612,12 +612,12 @@ async def test_sender_maps_errors(sender, tg):
     tg.block_chat(77)
     with pytest.raises(SendError) as err:
         await sender.send("77", out)
-    assert err.value.kind == "blocked"
+    assert err.value.failure is SendFailure.UNREACHABLE
 
     tg.fail_next(1, 400, "Bad Request: chat not found")
     with pytest.raises(SendError) as err:
         await sender.send("42", out)
-    assert err.value.kind == "permanent" and "chat not found" in err.value.reason.lower()
+    assert err.value.failure is SendFailure.PERMANENT and "chat not found" in err.value.reason.lower()
 
     tg.fail_next(1, 400, "Bad Request: message is not modified: specified new message content ...")
     assert await sender.send("42", out) == ""  # counts as success
@@ -626,12 +626,12 @@ async def test_sender_maps_errors(sender, tg):
         tg.fail_next(1, status)
         with pytest.raises(SendError) as err:
             await sender.send("42", out)
-        assert err.value.kind == "transient", status
+        assert err.value.failure is SendFailure.RETRYABLE, status
 
     tg.delay_next(1, 5.0)  # longer than the 1 s read timeout
     with pytest.raises(SendError) as err:
         await sender.send("42", out)
-    assert err.value.kind == "transient"
+    assert err.value.failure is SendFailure.RETRYABLE
     assert await sender.send("42", out)  # and the next one goes through
 
 
@@ -655,7 +655,7 @@ async def test_sender_rate_limited():
             with pytest.raises(SendError) as err:
                 for n in range(5):  # more than one a second
                     await sender.send("42", Outbound(text=f"mesaj {n}"))
-    assert err.value.kind == "retry_after" and err.value.retry_after == 3.0
+    assert err.value.failure is SendFailure.RATE_LIMITED and err.value.retry_after == 3.0
     assert tg.count_429 == 1
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError
+from bot.delivery import SendError, SendFailure
 from bot.http import serve_http
 from conversations.i18n import t_in
 from conversations.messages import Attachment, Choice, Kind, Outbound
@@ -436,7 +436,7 @@ async def test_the_24_hour_window_and_templates(wa):
     assert json.loads(sent.content_variables) == {"1": "Başvurunuz çözüldü. Teşekkürler!"}
     with pytest.raises(SendError) as err:
         await sender.send(AYSE, note, kind="reminder")   # no reminder template
-    assert err.value.kind == "window" and "TWILIO_TEMPLATE_REMINDER" in err.value.reason
+    assert err.value.failure is SendFailure.WINDOW and "TWILIO_TEMPLATE_REMINDER" in err.value.reason
     await sender.send(AYSE, Outbound(text="yanıt"), kind="reply")   # replies are always free text
     assert h.twilio.messages[-1].body == "yanıt"
 
@@ -472,26 +472,27 @@ async def test_the_24_hour_window_and_templates(wa):
 async def test_twilio_errors_in_the_dispatchers_terms(wa, make_settings):
     h = await wa()
     sender = h.channel.sender
-    expected = {63016: "window", 21610: "blocked", 63018: "retry_after", 20429: "retry_after",
-                21211: "permanent", 500: "transient", 503: "transient"}
-    for code, kind in expected.items():
+    expected = {63016: SendFailure.WINDOW, 21610: SendFailure.UNREACHABLE, 63018: SendFailure.RATE_LIMITED,
+                20429: SendFailure.RATE_LIMITED, 21211: SendFailure.PERMANENT, 500: SendFailure.RETRYABLE,
+                503: SendFailure.RETRYABLE}
+    for code, failure in expected.items():
         h.twilio.fail_next(code)
         with pytest.raises(SendError) as err:
             await sender.send(AYSE, Outbound(text="x"))
-        assert err.value.kind == kind, code
-        if kind == "retry_after":
+        assert err.value.failure is failure, code
+        if failure is SendFailure.RATE_LIMITED:
             assert err.value.retry_after > 0
     closed = make_settings(twilio_account_sid=h.twilio.account_sid, twilio_auth_token=h.twilio.auth_token,
                            twilio_whatsapp_from=SENDER, twilio_api_url=f"http://127.0.0.1:{free_port()}",
                            public_base_url=h.base)
     with pytest.raises(SendError) as err:
         await WhatsAppSender(closed, h.app.db).send(AYSE, Outbound(text="x"))
-    assert err.value.kind == "transient"
+    assert err.value.failure is SendFailure.RETRYABLE
     wrong_token = make_settings(twilio_account_sid=h.twilio.account_sid, twilio_auth_token="wrong",
                                 twilio_whatsapp_from=SENDER, twilio_api_url=h.twilio.root, public_base_url=h.base)
     with pytest.raises(SendError) as err:
         await WhatsAppSender(wrong_token, h.app.db).send(AYSE, Outbound(text="x"))
-    assert err.value.kind == "permanent"
+    assert err.value.failure is SendFailure.PERMANENT
 
 
 def assert_stored_file_headers(headers) -> None:
