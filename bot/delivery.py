@@ -1,4 +1,4 @@
-"""Delivery: the Sender each channel provides, the errors it raises (SendError, with a
+"""Delivery: the Sender each channel provides (its limits, the errors it raises as a
 SendFailure), and the direct path for conversation replies (the dispatcher in bot/dispatcher.py
 delivers everything else)."""
 from __future__ import annotations
@@ -47,9 +47,35 @@ class SendError(Exception):
         return f"{self.failure.value}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class ChannelLimits:
+    """What a platform allows a bot, as its sender declares it (`Sender.limits(settings)`); the
+    dispatcher paces a little under these (bot/pacing.py). 0: no limit (the terminal)."""
+
+    per_second: float = 0.0            # messages per second on the whole channel, all workers together
+    per_chat_per_second: float = 0.0   # messages per second to one chat
+    per_chat_burst: int = 1            # ... with a burst of this many
+
+
 class Sender(Protocol):
+    """What a channel gives the dispatcher and the direct replies (bot.app.Channel.sender)."""
+
     channel: str
-    # Optional: `gates_on_wire = True` when the sender's HTTP client awaits `send_gate` (below).
+    # True when the sender's HTTP client awaits `send_gate` (below) right before each request's
+    # body goes on the wire; False: the dispatcher takes the guard's place before calling send.
+    gates_on_wire: bool
+
+    def limits(self, settings) -> ChannelLimits:
+        """The platform's limits, from the settings (TELEGRAM_MESSAGES_PER_SECOND...)."""
+        ...
+
+    async def warm_up(self) -> None:
+        """Open connections ahead of the first send (a late first send would miss its slot)."""
+        ...
+
+    async def close(self) -> None:
+        """Close what the sender opened itself (a process that only dispatches)."""
+        ...
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         """Deliver one message; return the provider's message id; raise SendError."""

@@ -8,9 +8,11 @@ How it works
   PostgreSQL) and, in the same short transaction, reserves one send slot per row from the
   channel's shared pace: GCRA on `ChannelRate` (`storage.outbox.reserve_slots`, one atomic
   UPDATE ... RETURNING: start = max(tat, now), tat = start + k/rate). Slot i goes out at
-  start + i/rate, so any number of workers together stay under the limit. Telegram is paced at
-  29.25/s for its 30/s and WhatsApp at 97.5% of TWILIO_MESSAGES_PER_SECOND (2.5% headroom: a
-  server counting 30 per sliding second sees no 429); the terminal is unlimited.
+  start + i/rate, so any number of workers together stay under the limit. Each sender declares
+  its platform's limits (`Sender.limits(settings)`: bot.delivery.ChannelLimits); the pace is
+  97.5% of them (Telegram 29.25/s for its 30/s, WhatsApp 97.5% of TWILIO_MESSAGES_PER_SECOND:
+  2.5% headroom, so a server counting 30 per sliding second sees no 429); the terminal declares
+  none and is not paced.
 - A send more than a quarter interval late for its slot (LATE_TOLERANCE: a busy machine) goes back
   to pending for a fresh slot. Sends still bunch: a send can reach the socket tens of ms after its
   start (PTB, the connection pool, a busy event loop), and a batch's slots are mapped to this
@@ -22,8 +24,8 @@ How it works
   of a message in several parts takes its place), else just before `send`. The pace spaces
   `limit` slots 1.0256 s apart, so the guard holds back only bunched requests, by a few ms, and
   never lowers the rate. It is per process: several workers rely on the shared pace.
-- Per-chat pacing (TELEGRAM_PER_CHAT_PER_SECOND with a burst of TELEGRAM_PER_CHAT_BURST) is a token
-  bucket per chat in this process: a row whose chat is out of tokens goes back to pending until
+- Per-chat pacing (the platform's per-chat limit with its burst: Telegram's TELEGRAM_PER_CHAT_PER_SECOND
+  and TELEGRAM_PER_CHAT_BURST) is a token bucket per chat in this process: a row whose chat is out of tokens goes back to pending until
   one is free, without counting as an attempt. Several workers do not share it (a chat rarely has
   rows in two workers at once; if Telegram does answer 429, the rule below applies).
 - A sliding window of at most OUTBOX_BATCH_SIZE rows per channel is claimed and not yet confirmed:
@@ -71,7 +73,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import SendError, SendFailure, Sender, send_gate
+from bot.delivery import ChannelLimits, SendError, SendFailure, Sender, send_gate
 from bot.idle import IdleMap
 from bot.scheduler import Job, job
 from conversations.messages import Outbound
@@ -86,6 +88,7 @@ BACKOFF_BASE = 1.0                        # first retry after a transient error:
 SETTLE_AFTER = 0.2                        # a finished send waits at most this long to be recorded
 STOP_GRACE = 10.0                         # a stopping dispatcher waits this long for sends on the wire
 LATE_TOLERANCE = 0.25                     # a send more than this share of the interval past its slot waits for a new one
+WARM_UP_TIMEOUT = 15.0                    # seconds a sender has to open its connections at start
 SQLITE_SINGLE = ("SQLite allows a single outbox dispatcher and another one is running ({others}); this "
                  "process will not dispatch. Use PostgreSQL (DATABASE_URL=postgresql+psycopg://...) to run "
                  "several dispatchers (katilim run / katilim worker).")
@@ -110,28 +113,6 @@ def paced_rate(limit: float) -> float:
     within START_SPAN (the StartWindow guard), which leaves some 20 ms for the way from our socket
     to the platform's clock."""
     return limit * PACE_SHARE
-
-
-@dataclass
-class ChannelLimits:
-    rate: float | None = None            # messages per second for the whole channel, all workers together
-    per_chat_rate: float | None = None   # per chat, in this process
-    per_chat_burst: int = 1
-    per_second: int = 0                  # the platform's own count per sliding second (0: none)
-
-
-def _platform_limits(limit: float, **per_chat) -> ChannelLimits:
-    return ChannelLimits(paced_rate(limit), per_second=int(limit), **per_chat)
-
-
-def channel_limits(settings, channel: str) -> ChannelLimits:
-    if channel == "telegram":
-        return _platform_limits(settings.telegram_messages_per_second,
-                                per_chat_rate=settings.telegram_per_chat_per_second,
-                                per_chat_burst=settings.telegram_per_chat_burst)
-    if channel == "whatsapp":
-        return _platform_limits(settings.twilio_messages_per_second)
-    return ChannelLimits()  # console and anything local: unlimited
 
 
 class StartWindow:
@@ -167,7 +148,7 @@ async def send_paced(sender: Sender, starts: StartWindow | None, address: str, o
     the socket, PTB, the connection pool and a busy event loop can take tens of ms."""
     if starts is None:
         return await sender.send(address, out, kind=kind)
-    if not getattr(sender, "gates_on_wire", False):
+    if not sender.gates_on_wire:
         await starts.turn()
         return await sender.send(address, out, kind=kind)
     token = send_gate.set(starts.turn)
@@ -213,8 +194,9 @@ def _bucket_last(bucket: tuple[float, float]) -> float:
 
 
 class Pacing:
-    """A channel's limits in this process: the shared GCRA rate, the per-chat buckets and the
-    guard on send starts (shared by the dispatcher and the direct replies).
+    """A channel's limits in this process: the shared GCRA rate (`rate`, messages per second for
+    every worker together; None: not paced), the per-chat buckets and the guard on send starts
+    (shared by the dispatcher and the direct replies).
 
     `horizon`: the furthest ahead of now the shared pace (tat) can be while every slot reserved
     is used: the dispatcher sends no slot more than half a lease ahead, and one reservation adds
@@ -224,20 +206,27 @@ class Pacing:
     def __init__(self, channel: str, limits: ChannelLimits, settings=None) -> None:
         self.channel = channel
         self.limits = limits
+        self.rate = paced_rate(limits.per_second) if limits.per_second > 0 else None
         self.horizon = outbox.PACE_HORIZON
         if settings is not None:
             self.horizon = settings.outbox_lease.total_seconds() / 2
-            if limits.rate:
-                self.horizon += settings.outbox_batch_size / limits.rate
-        self.chats = ChatBuckets(limits.per_chat_rate, limits.per_chat_burst) if limits.per_chat_rate else None
-        self.starts = StartWindow(limits.per_second) if limits.per_second > 0 else None
+            if self.rate:
+                self.horizon += settings.outbox_batch_size / self.rate
+        self.chats = ChatBuckets(limits.per_chat_per_second, limits.per_chat_burst) \
+            if limits.per_chat_per_second > 0 else None
+        self.starts = StartWindow(int(limits.per_second)) if int(limits.per_second) > 0 else None
+
+    @classmethod
+    def of(cls, sender: Sender, settings) -> Pacing:
+        """The pacing a sender's declared limits call for."""
+        return cls(sender.channel, sender.limits(settings), settings)
 
 
 class PacedSender:
     """The direct path for conversation replies: each message reserves one slot of the channel's
     shared pace first (one UPDATE ... RETURNING; no wait while the channel is idle), so replies
     count toward the rate the dispatcher keeps; while the channel is paused by a 429 it answers
-    "retry_after" at once (send_replies hands the rows to the dispatcher), and a 429 it receives
+    RATE_LIMITED at once (send_replies hands the rows to the dispatcher), and a 429 it receives
     pauses the channel for every worker. The dispatcher unwraps it (`inner`) and paces in batches."""
 
     def __init__(self, inner: Sender, db: DbEngine, pacing: Pacing) -> None:
@@ -250,7 +239,7 @@ class PacedSender:
         return getattr(self.__dict__["inner"], name)
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
-        rate = self.pacing.limits.rate
+        rate = self.pacing.rate
         if rate:
             try:
                 slot = await asyncio.to_thread(self._reserve, rate)
@@ -283,13 +272,18 @@ class PacedSender:
 
 
 def paced(app, sender: Sender) -> Sender:
-    """The sender App.handle uses for direct replies: paced when the channel has a rate limit."""
+    """The sender App.handle uses for direct replies: paced when the channel has a limit."""
     if isinstance(sender, PacedSender):
         return sender
-    pacing = Pacing(sender.channel, channel_limits(app.settings, sender.channel), app.settings)
-    if pacing.limits.rate is None and pacing.chats is None:
+    pacing = Pacing.of(sender, app.settings)
+    if pacing.rate is None and pacing.chats is None:
         return sender
     return PacedSender(sender, app.db, pacing)
+
+
+def unpaced(sender: Sender) -> Sender:
+    """The channel's own sender under a PacedSender (the dispatcher paces in batches itself)."""
+    return sender.inner if isinstance(sender, PacedSender) else sender
 
 
 # ---------------------------------------------------------------- the dispatcher
@@ -323,14 +317,6 @@ class _Claimed:
     times: list[float] = field(default_factory=list)   # monotonic send times
     full: bool = False                                 # as many due rows as asked for: more may wait
     paused_for: float = 0.0
-
-
-def client_ready(client) -> bool:
-    """Whether a sender's client (a PTB Bot) is initialised (PTB 22: _bot_initialized)."""
-    for flag in ("_bot_initialized", "_initialized"):
-        if hasattr(client, flag):
-            return bool(getattr(client, flag))
-    return True
 
 
 def _host() -> str:
@@ -374,10 +360,9 @@ class Dispatcher:
         self.sqlite = is_sqlite(self.db)
         self.runners: dict[str, _ChannelRunner] = {}
         for channel, sender in senders.items():
-            inner = getattr(sender, "inner", sender) if isinstance(sender, PacedSender) else sender
-            pacing = sender.pacing if isinstance(sender, PacedSender) else \
-                Pacing(channel, channel_limits(settings, channel), settings)
-            self.runners[channel] = _ChannelRunner(self, channel, inner, pacing)
+            # the direct replies' pacing, when there is one: the guard and the chat buckets are shared
+            pacing = sender.pacing if isinstance(sender, PacedSender) else Pacing.of(sender, settings)
+            self.runners[channel] = _ChannelRunner(self, channel, unpaced(sender), pacing)
         self.started = False
         self.dispatching = False
         self.refused = ""
@@ -432,11 +417,8 @@ class Dispatcher:
         """Open the senders' connections before the first slot (a Telegram Bot initialises on its
         first call: done during a send, it would make that send late for its slot)."""
         for runner in self.runners.values():
-            client = getattr(runner.sender, "bot", None)
-            if client is None or client_ready(client):
-                continue
             try:
-                await asyncio.wait_for(client.initialize(), 15)
+                await asyncio.wait_for(runner.sender.warm_up(), WARM_UP_TIMEOUT)
             except Exception as exc:  # noqa: BLE001  (the first send will try again and apply the rules)
                 log.warning("outbox %s: sender not initialised ahead: %s", runner.channel, exc)
 
@@ -512,7 +494,7 @@ class _ChannelRunner:
         self.channel = channel
         self.sender = sender
         self.pacing = pacing
-        self.interval = 1.0 / pacing.limits.rate if pacing.limits.rate else 0.0
+        self.interval = 1.0 / pacing.rate if pacing.rate else 0.0
         self.unconfirmed = 0                      # claimed rows not yet recorded
         self.outcomes: list[_Outcome] = []
         self.tasks: set[asyncio.Task] = set()
@@ -575,10 +557,10 @@ class _ChannelRunner:
     # -- claiming (in a worker thread)
     def _claim(self, room: int) -> _Claimed:
         d = self.d
-        limits = self.pacing.limits
+        rate = self.pacing.rate
         result = _Claimed()
         with transaction(d.db) as db:
-            if limits.rate:
+            if rate:
                 result.paused_for = outbox.channel_paused_for(db, self.channel)
                 if result.paused_for > 0:
                     return result
@@ -608,8 +590,8 @@ class _ChannelRunner:
                     else:
                         ready.append(r)
                 rows = ready
-            if rows and limits.rate:
-                slots = outbox.reserve_slots(db, self.channel, len(rows), limits.rate, horizon=self.pacing.horizon)
+            if rows and rate:
+                slots = outbox.reserve_slots(db, self.channel, len(rows), rate, horizon=self.pacing.horizon)
                 base = time.monotonic()
                 if slots.paused_for > 0:
                     outbox.defer(db, [r.id for r in rows], worker_id=d.worker_id)
@@ -777,7 +759,7 @@ class _ChannelRunner:
                 row = next(o.row.id for o in outcomes if o.kind == "blocked" and o.row.address == address)
                 log.info("outbox %s: the recipient of row %s blocked the bot (%s); marked unreachable, "
                          "%d waiting rows cancelled", self.channel, row, why, cancelled)
-            return outbox.channel_paused_for(db, self.channel) if self.pacing.limits.rate else 0.0
+            return outbox.channel_paused_for(db, self.channel) if self.pacing.rate else 0.0
 
     def report(self) -> None:
         if self.counts:

@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
-from bot.delivery import send_replies
+from bot.delivery import ChannelLimits, send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
 from handlers import kit
 from handlers.kit import parse_command
@@ -28,11 +28,22 @@ QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
 
 class ConsoleSender:
     channel = CHANNEL
+    gates_on_wire = False
 
     def __init__(self, out: TextIO | None = None, files_dir: Path | None = None) -> None:
         self.out = out or sys.stdout
         self.files_dir = files_dir or Path.cwd()
         self.sent = 0
+
+    def limits(self, settings) -> ChannelLimits:
+        """A terminal has no limits: nothing is paced."""
+        return ChannelLimits()
+
+    async def warm_up(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         self.out.write(render(out, self.files_dir) + "\n")

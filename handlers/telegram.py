@@ -47,7 +47,7 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import HTTPXRequest
 
-from bot.delivery import SendError, SendFailure, send_gate
+from bot.delivery import ChannelLimits, SendError, SendFailure, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from handlers import kit
 from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
@@ -276,6 +276,28 @@ class TelegramSender:
         self.gates_on_wire = isinstance(getattr(bot, "request", None), GatedRequest)
         self._init_lock = asyncio.Lock()
         self._ready_done = False
+
+    def limits(self, settings) -> ChannelLimits:
+        """The Bot API's: TELEGRAM_MESSAGES_PER_SECOND (30) overall, TELEGRAM_PER_CHAT_PER_SECOND
+        (1) per chat with a burst of TELEGRAM_PER_CHAT_BURST."""
+        return ChannelLimits(per_second=settings.telegram_messages_per_second,
+                             per_chat_per_second=settings.telegram_per_chat_per_second,
+                             per_chat_burst=settings.telegram_per_chat_burst)
+
+    async def warm_up(self) -> None:
+        """The Bot initialises on its first call; done during a send, it would make that send late
+        for its slot. Bot.initialize does nothing when the Bot is initialised already (by the
+        Application), and initialises it again after a shutdown."""
+        async with self._init_lock:
+            await self.bot.initialize()
+            self._ready_done = True
+
+    async def close(self) -> None:
+        """Shut down the Bot this sender initialised (a started channel's Application shuts its
+        own down in TelegramChannel.stop)."""
+        if self._ready_done:
+            self._ready_done = False
+            await self.bot.shutdown()
 
     async def _ready(self) -> None:
         """A sender used without its channel started (katilim worker) initialises the Bot itself

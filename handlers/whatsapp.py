@@ -56,7 +56,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
-from bot.delivery import SendError, SendFailure
+from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import stored_file
 from bot.settings import SettingsError
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
@@ -292,6 +292,18 @@ class WhatsAppSender:
         self.client.api.base_url = settings.twilio_api_url  # Twilio's own, or a local test server
         base = settings.public_base_url.rstrip("/")
         self.status_callback = f"{base}{STATUS_PATH}" if base else None
+
+    gates_on_wire = False  # sent from a thread by twilio-python's client: gated before each send
+
+    def limits(self, settings) -> ChannelLimits:
+        """The sender's Messages API throughput: TWILIO_MESSAGES_PER_SECOND (no per-chat limit)."""
+        return ChannelLimits(per_second=settings.twilio_messages_per_second)
+
+    async def warm_up(self) -> None:
+        """Nothing to open ahead: each send is one HTTPS request from a thread."""
+
+    async def close(self) -> None:
+        """Nothing held open between sends."""
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         return await asyncio.to_thread(self.send_now, address, out, kind)

@@ -19,7 +19,7 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError, SendFailure
+from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.dispatcher import ChatBuckets, Dispatcher, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound
 from storage import outbox
@@ -123,10 +123,21 @@ async def deliver_all(app, worker_id: str, timeout: float, what: str) -> None:
 class Scripted:
     """A Sender answering from a script per address (for the rules that need no platform)."""
 
+    gates_on_wire = False
+
     def __init__(self, channel: str = "console", script: dict[str, list] | None = None) -> None:
         self.channel = channel
         self.script = script or {}
         self.sent: list[tuple[str, str]] = []
+
+    def limits(self, settings) -> ChannelLimits:
+        return ChannelLimits()  # not paced
+
+    async def warm_up(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         steps = self.script.get(address)
