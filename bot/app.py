@@ -131,7 +131,7 @@ class App:
             media.stored = True
 
     def add_channel(self, channel: Channel) -> None:
-        from bot.dispatcher import paced  # direct replies count toward the channel's shared pace
+        from bot.pacing import paced  # direct replies count toward the channel's shared pace
 
         self.channels[channel.name] = channel
         self.senders[channel.name] = paced(self, channel.sender)

@@ -12,7 +12,8 @@ import signal
 import sys
 
 from bot.app import add_configured_channels, build_app
-from bot.dispatcher import Dispatcher, unpaced
+from bot.dispatcher import Dispatcher
+from bot.pacing import unpaced
 from bot.settings import Settings
 from conversations.i18n import t_in
 

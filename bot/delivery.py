@@ -82,7 +82,7 @@ class Sender(Protocol):
         ...
 
 
-# While a paced send runs (bot.dispatcher.send_paced): the guard on the channel's send starts. A
+# While a paced send runs (bot.pacing.send_paced): the guard on the channel's send starts. A
 # sender whose HTTP client awaits it for each request, just before the request's body goes on the
 # wire, says so with `gates_on_wire = True`; the others are gated before `send` is called.
 send_gate: contextvars.ContextVar[Callable[[], Awaitable[object]] | None] = \

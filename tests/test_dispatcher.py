@@ -20,7 +20,8 @@ from sqlmodel import select
 
 from bot.app import add_configured_channels
 from bot.delivery import ChannelLimits, SendError, SendFailure
-from bot.dispatcher import ChatBuckets, Dispatcher, PacedSender, paced_rate
+from bot.dispatcher import Dispatcher
+from bot.pacing import ChatBuckets, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound
 from storage import outbox
 from storage.db import transaction, utcnow
