@@ -121,6 +121,7 @@ class ConsoleChannel:
     """Reads lines from stdin and hands them to the app; replies are printed by ConsoleSender."""
 
     name = CHANNEL
+    numbers_answer_proactive = False  # issue 14 turns it on: the terminal numbers its choices too
 
     def __init__(self, app, address: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
                  prompt: str = "› ") -> None:

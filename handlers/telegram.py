@@ -430,6 +430,7 @@ class TelegramChannel:
     """The Telegram channel (bot.app.Channel)."""
 
     name = CHANNEL
+    numbers_answer_proactive = False  # buttons say which message they answer (issue 14 may turn it on)
 
     def __init__(self, app) -> None:
         self.app = app

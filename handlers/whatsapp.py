@@ -12,8 +12,8 @@ takes them; bot/app.py then judges, cleans and stores them in MEDIA_DIR (storage
 Outbound (`WhatsAppSender`, bot.delivery.Sender): Twilio's REST client (`TWILIO_API_URL`), run in
 a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by number or by the
 option's words (the engine resolves both); a number typed after a proactive message with choices
-answers that message. Bodies over 1600 characters are split on word boundaries. Documents and
-photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
+answers that message (`numbers_answer_proactive`: conversations/proactive.py). Bodies over 1600
+characters are split on word boundaries. Documents and photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
 PUBLIC_BASE_URL), served by bot.http.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
 outbox row (delivery_status, delivery_error) found by the MessageSid the sender returned.
 
@@ -59,7 +59,7 @@ from bot.app import CHANNEL_HOOKS
 from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import stored_file
 from bot.settings import SettingsError
-from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from conversations.messages import Inbound, Kind, Media, Outbound
 from handlers import kit
 from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
 from storage import media as media_store
@@ -411,6 +411,9 @@ class WhatsAppChannel:
     """The WhatsApp channel (bot.app.Channel)."""
 
     name = CHANNEL
+    # A typed number right after a proactive message with choices answers that message: a
+    # numbered list has no buttons to say which question a number answers (conversations/proactive.py).
+    numbers_answer_proactive = True
 
     def __init__(self, app) -> None:
         self.app = app
@@ -500,34 +503,9 @@ class WhatsAppChannel:
     async def _process(self, inbound: Inbound, inbox_id: int | None = None) -> None:
         async with self._locks.hold(inbound.address):
             try:
-                if inbound.kind == Kind.TEXT:
-                    await asyncio.to_thread(self._answer_to_proactive, inbound)
                 await kit.handle(self.app, inbound, inbox_id=inbox_id)
             except Exception:  # noqa: BLE001  (logged; Twilio already has its answer, the inbox keeps it)
                 log.exception("WhatsApp message %s not handled", inbound.external_id)
-
-    def _answer_to_proactive(self, inbound: Inbound) -> None:
-        """A number typed right after a message whose choices are global (a notification's "was it
-        solved?" rs:yes:CODE, not a state's own question) answers that message: WhatsApp has no
-        buttons to say which question a number answers, so the latest message decides. Numbers
-        after a state's question are the engine's business (it resolves them to that question)."""
-        from conversations.engine import GLOBAL_CHOICES
-
-        text = inbound.text.strip()
-        if not re.fullmatch(r"\d{1,2}", text):
-            return
-        with transaction(self.app.db) as db:
-            row = db.exec(select(OutboxMessage).where(
-                OutboxMessage.channel == CHANNEL, OutboxMessage.address == inbound.address,
-                OutboxMessage.status == "sent").order_by(OutboxMessage.sent_at.desc(), OutboxMessage.id.desc())
-                .limit(1)).first()
-        if row is None:
-            return
-        choices = [Choice(**c) for c in (row.payload or {}).get("choices", [])]
-        index = int(text) - 1
-        if 0 <= index < len(choices) and choices[index].key.split(":", 1)[0] in GLOBAL_CHOICES:
-            inbound.kind = Kind.CHOICE
-            inbound.choice = choices[index].key
 
     async def status_webhook(self, request: Request) -> Response:
         params = await self._signed_form(request, STATUS_PATH)

@@ -276,6 +276,34 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
         assert rp.get_by_code(db, code).rating == 5
 
 
+async def test_a_number_accepted_before_a_restart_still_answers_the_proactive_question(wa):
+    """A "1" that the webhook stored but this process did not handle (it stopped first) is handed
+    over by the scheduler's "inbox" job (App.handle with its inbox row): it answers the "was it
+    solved?" question sent last, as it would have when handled at once."""
+    from bot.dispatcher import Dispatcher
+    from storage import reports as rp
+
+    h = await wa()
+    await h.onboard()
+    with transaction(h.app.db) as db:
+        report = rp.create_report(db, prefix=h.app.catalog.municipality.tracking_prefix, resident_id=h.resident().id,
+                                  category=h.app.catalog.categories[0].key, description="Kaldırımda çukur var",
+                                  channel="whatsapp")
+        rp.set_status(db, report.code, "resolved", "staff:test", catalog=h.app.catalog)
+    before = len(h.twilio.messages)
+    dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
+    assert await dispatcher.start()
+    await h.twilio.async_wait_for(lambda s: len(s.messages) > before)
+    await dispatcher.stop()
+    assert numbered(h.twilio.messages[-1].body)[0][1] == t_in("tr", "report.notify.resolved_yes")
+
+    typed = to_inbound(h.twilio.inbound(AYSE, "1"))
+    inbox_id = await h.app.accept(typed)          # stored by the webhook; then the process stopped
+    before = len(h.twilio.messages)
+    await h.app.handle(typed, inbox_id=inbox_id)  # what the "inbox" job does after a restart
+    assert t_in("tr", "report.rate_prompt", code=report.code) in h.twilio.messages[before].body
+
+
 async def test_long_lists_page_and_long_bodies_split(wa):
     h = await wa()
     await h.say("Merhaba")
