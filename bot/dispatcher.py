@@ -86,7 +86,7 @@ class Dispatcher:
         self.stopping = False
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task] = {}
-        self._heartbeat: asyncio.Task | None = None
+        self._beating: asyncio.Task | None = None  # the heartbeat loop
 
     # -- lifecycle
     async def start(self) -> bool:
@@ -101,7 +101,7 @@ class Dispatcher:
         else:
             await self._warm_up()
             self._start_runners()
-        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"outbox-heartbeat-{self.worker_id}")
+        self._beating = asyncio.create_task(self._heartbeat_loop(), name=f"outbox-heartbeat-{self.worker_id}")
         return self.dispatching
 
     async def stop(self) -> None:
@@ -115,9 +115,9 @@ class Dispatcher:
             runner.wake.set()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
         try:
             released = await asyncio.to_thread(self.heartbeat.unregister)
             if released:
