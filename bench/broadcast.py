@@ -166,7 +166,8 @@ def _describe(r: dict) -> str:
 def run(quick: bool) -> list[Result]:
     n = 300 if quick else 20_000
     name = f"broadcast, {n:,} recipients, server limit {LIMIT}/s with 429s"
-    logging.getLogger("bot.dispatcher").setLevel(logging.ERROR)  # 429 warnings would fill the screen
+    for logger in ("bot.dispatcher", "bot.outcomes"):  # 429 warnings would fill the screen
+        logging.getLogger(logger).setLevel(logging.ERROR)
     logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)  # a traceback per 429
     with tempfile.TemporaryDirectory() as tmp:
         reference = None

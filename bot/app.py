@@ -19,16 +19,13 @@ import conversations.flows  # noqa: F401  (registers every state)
 from bot.catalog import Catalog, load_catalog
 from bot.delivery import Sender, send_replies
 from bot.settings import Settings
-from conversations.engine import Engine, EngineConfig, Handled
-from conversations.messages import Inbound
-from storage.db import make_engine
+from conversations.engine import GLOBAL_CHOICES, Engine, EngineConfig, Handled
+from conversations.messages import Inbound, Kind
+from conversations.proactive import answer_by_number
+from storage.db import make_engine, transaction
 from storage.migrate import upgrade
 
 log = logging.getLogger("katilim")
-
-# Channel adapters run a step again when the database is unavailable (locked past its busy timeout,
-# restarting, failing over), after these pauses (about a minute in all), before giving a message up.
-DB_RETRY_DELAYS = (0.5, 1.0, 2.0) + (3.0,) * 18
 
 
 class StartupError(Exception):
@@ -38,6 +35,9 @@ class StartupError(Exception):
 class Channel(Protocol):
     name: str
     sender: Sender
+    # True: a typed number right after a proactive message with choices answers that message
+    # (conversations/proactive.py), for a channel whose choices are numbered lists, no buttons.
+    numbers_answer_proactive: bool
 
     async def start(self) -> None: ...
 
@@ -69,7 +69,6 @@ class App:
     async def accept(self, msg: Inbound) -> int:
         """Persist a message before answering its webhook; handle it with handle(msg, inbox_id)."""
         from storage import inbox
-        from storage.db import transaction
 
         def run() -> int:
             with transaction(self.db) as db:
@@ -81,6 +80,8 @@ class App:
         """Run a conversation step off the event loop, then send its replies directly.
 
         A flood from one account is throttled first (bot/flood.py: not processed, one notice).
+        On a channel that declares `numbers_answer_proactive`, a typed number right after a
+        proactive message with choices becomes the choice it picks (conversations/proactive.py).
         An attachment is downloaded only when the resident's state takes it (Engine.wants_attachment:
         a photo at a yes/no question or in the menu is never fetched), then judged, cleaned and
         stored in MEDIA_DIR (storage.media.keep), outside the database transaction; Media.ref
@@ -90,6 +91,9 @@ class App:
             from bot.flood import throttled
 
             return Handled(await throttled(self, msg, verdict, inbox_id))
+        channel = self.channels.get(msg.channel)
+        if msg.kind == Kind.TEXT and channel is not None and channel.numbers_answer_proactive:
+            await asyncio.to_thread(self._answer_by_number, msg)
         if msg.media:
             await self._fetch_media(msg)
         handled = await asyncio.to_thread(self.engine.handle, msg, inbox_id)
@@ -100,6 +104,10 @@ class App:
         if handled.replies and sender is not None:
             await send_replies(self.db, sender, handled.replies, msg.address)
         return handled
+
+    def _answer_by_number(self, msg: Inbound) -> None:
+        with transaction(self.db) as db:
+            answer_by_number(db, msg, GLOBAL_CHOICES)
 
     async def _fetch_media(self, msg: Inbound) -> None:
         """The one way a resident's file reaches MEDIA_DIR, whatever the channel. Only the first
@@ -135,7 +143,7 @@ class App:
             media.stored = True
 
     def add_channel(self, channel: Channel) -> None:
-        from bot.dispatcher import paced  # direct replies count toward the channel's shared pace
+        from bot.pacing import paced  # direct replies count toward the channel's shared pace
 
         self.channels[channel.name] = channel
         self.senders[channel.name] = paced(self, channel.sender)

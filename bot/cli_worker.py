@@ -12,7 +12,8 @@ import signal
 import sys
 
 from bot.app import add_configured_channels, build_app
-from bot.dispatcher import Dispatcher, PacedSender
+from bot.dispatcher import Dispatcher
+from bot.pacing import unpaced
 from bot.settings import Settings
 from conversations.i18n import t_in
 
@@ -58,10 +59,7 @@ async def cmd_worker(settings: Settings, args) -> int:
 async def _close_senders(app) -> None:
     """Close what the senders opened lazily (e.g. the Telegram Bot's HTTP connections)."""
     for sender in app.senders.values():
-        inner = sender.inner if isinstance(sender, PacedSender) else sender
-        bot = getattr(inner, "bot", None)
-        if bot is not None and getattr(bot, "_requests_initialized", getattr(bot, "_initialized", False)):
-            try:
-                await asyncio.wait_for(bot.shutdown(), timeout=5)
-            except Exception:  # noqa: BLE001
-                log.debug("sender of %s not closed cleanly", inner.channel, exc_info=True)
+        try:
+            await asyncio.wait_for(unpaced(sender).close(), timeout=5)
+        except Exception:  # noqa: BLE001
+            log.debug("sender of %s not closed cleanly", sender.channel, exc_info=True)

@@ -6,347 +6,56 @@ How it works
 - One loop per channel that has a sender in this process (rows of other channels are never
   touched). It claims due rows (`storage.outbox.claim`: leases, FOR UPDATE SKIP LOCKED on
   PostgreSQL) and, in the same short transaction, reserves one send slot per row from the
-  channel's shared pace: GCRA on `ChannelRate` (`storage.outbox.reserve_slots`, one atomic
-  UPDATE ... RETURNING: start = max(tat, now), tat = start + k/rate). Slot i goes out at
-  start + i/rate, so any number of workers together stay under the limit. Telegram is paced at
-  29.25/s for its 30/s and WhatsApp at 97.5% of TWILIO_MESSAGES_PER_SECOND (2.5% headroom: a
-  server counting 30 per sliding second sees no 429); the terminal is unlimited.
-- A send more than a quarter interval late for its slot (LATE_TOLERANCE: a busy machine) goes back
-  to pending for a fresh slot. Sends still bunch: a send can reach the socket tens of ms after its
-  start (PTB, the connection pool, a busy event loop), and a batch's slots are mapped to this
-  process's clock when the reservation returns, up to tens of ms late under load. So a guard
-  (`StartWindow`, shared with the direct replies) keeps the times of this process's last `limit`
-  requests: one waits until the request `limit` before it went at least START_SPAN (1.0205 s)
-  ago. It is taken on the wire, right before the request's body goes out, when the sender's HTTP
-  client supports it (`send_paced`, bot.delivery.send_gate: the Telegram channel's Bot; each part
-  of a message in several parts takes its place), else just before `send`. The pace spaces
-  `limit` slots 1.0256 s apart, so the guard holds back only bunched requests, by a few ms, and
-  never lowers the rate. It is per process: several workers rely on the shared pace.
-- Per-chat pacing (TELEGRAM_PER_CHAT_PER_SECOND with a burst of TELEGRAM_PER_CHAT_BURST) is a token
-  bucket per chat in this process: a row whose chat is out of tokens goes back to pending until
-  one is free, without counting as an attempt. Several workers do not share it (a chat rarely has
-  rows in two workers at once; if Telegram does answer 429, the rule below applies).
+  channel's shared pace (bot/pacing.py: the limits each sender declares, GCRA shared by every
+  worker, per-chat buckets, the guard on send starts).
+- A send more than a quarter interval late for its slot (LATE_TOLERANCE) goes back to pending
+  for a fresh slot; a chat's messages go out in order (a row waits for the chat's earlier one).
 - A sliding window of at most OUTBOX_BATCH_SIZE rows per channel is claimed and not yet confirmed:
   those are the only messages a crash can send twice. Outcomes are written in small groups
-  (a few per transaction) as sends finish; a restarted or other dispatcher takes over expired leases.
-- Errors (bot.delivery.SendError kinds): "retry_after" pauses the channel for every worker
-  (ChannelRate.paused_until) and puts the row back without counting it; "transient" retries with
-  exponential backoff and jitter up to OUTBOX_BACKOFF_CAP, failed after OUTBOX_MAX_ATTEMPTS (the
-  chat's later rows wait for the retry: a resident never reads a chat's messages out of order);
-  "permanent" fails the row; "blocked" marks the resident's identity unreachable and cancels its
-  other waiting rows (nothing more goes to it until the resident writes again); "window" marks
-  the row unsendable.
-- Conversation replies go out directly (bot.delivery.send_replies) through `PacedSender`, which
-  reserves one slot of the same GCRA before each reply (one UPDATE; no wait while the channel is
-  idle, at most one batch's worth while a broadcast runs) and shares the per-chat buckets; a 429
-  on the direct path pauses the channel for the dispatcher too.
-- The clock can move (an administrator or NTP steps it): waits in this process are measured on
-  the monotonic clock (slots are mapped to it when reserved, the guard and the chat buckets use
-  it), and what is stored on the wall clock is clamped when read: a pace (tat) further ahead than
-  `Pacing.horizon` (half a lease plus one batch: no slot further ahead is ever used) is reset to
-  now, a pause never lasts longer than the retry_after it was asked for (MAX_PAUSE, an hour, at
-  most), a pending row created after now (queued before the step) is due now, and the scheduler brings
-  back jobs planned further ahead than their interval (bot/scheduler.py). So a step back of an
-  hour holds no reply back (it used to hold them an hour and leave the pace 19 minutes ahead).
-- Workers record themselves in WorkerHeartbeat and beat every few seconds. SQLite allows one
-  dispatcher: a second one (another `katilim run` or `katilim worker` on the same file while the
-  first one's heartbeat is fresh) says so and does not dispatch; the only dispatcher starting on
-  SQLite gives back the 'sending' rows of dead workers at once instead of waiting for leases.
+  (a few per transaction) as sends finish (bot/outcomes.py: what each SendFailure does to its
+  row); a restarted or other dispatcher takes over expired leases.
+- The clock can move: waits are measured on the monotonic clock, stored pace and pauses are
+  clamped when read (bot/pacing.py), a pending row created after now (queued before the step) is
+  due now, and the scheduler brings back jobs planned further ahead than their interval
+  (bot/scheduler.py).
+- Workers record themselves and beat every few seconds (bot/workers.py); SQLite allows one
+  dispatcher, a second one says so and does not dispatch (`katilim run` takes over once the
+  first one is gone).
 
 Runs inside `katilim run` as the scheduler job "outbox" and alone in `katilim worker` (bot/cli_worker.py).
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
-import random
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import SendError, Sender, send_gate
-from bot.idle import IdleMap
+from bot.delivery import SendError, SendFailure, Sender
+from bot.outcomes import Delivery, Outcome, Row, record
+from bot.pacing import LATE_TOLERANCE, Pacing, PacedSender, send_paced, unpaced
 from bot.scheduler import Job, job
+from bot.workers import HEARTBEAT_INTERVAL, SQLITE_SINGLE, Heartbeat
 from conversations.messages import Outbound
 from storage import outbox
-from storage.db import is_sqlite, transaction, utcnow
+from storage.db import transaction, utcnow
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 3.0                  # seconds between two heartbeats
-HEARTBEAT_STALE = timedelta(seconds=15)   # a worker whose heartbeat is older is considered gone
-BACKOFF_BASE = 1.0                        # first retry after a transient error: 0.5-1 s, then doubling
 SETTLE_AFTER = 0.2                        # a finished send waits at most this long to be recorded
 STOP_GRACE = 10.0                         # a stopping dispatcher waits this long for sends on the wire
-LATE_TOLERANCE = 0.25                     # a send more than this share of the interval past its slot waits for a new one
-SQLITE_SINGLE = ("SQLite allows a single outbox dispatcher and another one is running ({others}); this "
-                 "process will not dispatch. Use PostgreSQL (DATABASE_URL=postgresql+psycopg://...) to run "
-                 "several dispatchers (katilim run / katilim worker).")
-
-
-class DispatcherRefused(RuntimeError):
-    """Another dispatcher is live on the same SQLite database."""
-
-
-# ---------------------------------------------------------------- limits and pacing
-PACE_SHARE = 0.975  # of the platform's limit: 30/s → 29.25/s, 10/s → 9.75/s
-# The guard (StartWindow): this process's request n goes no sooner than this after request
-# n - limit. The pace spaces them 1/PACE_SHARE = 1.0256 s apart, so only bunched requests wait (a
-# few ms) and the rate stays the pace's.
-START_SPAN = 1.0 + 0.8 * (1 / PACE_SHARE - 1)  # 1.0205 s
-
-
-def paced_rate(limit: float) -> float:
-    """A little under the platform's limit, so no sliding second ever holds more than the limit:
-    `limit` consecutive slots span 1/PACE_SHARE = 1.0256 s. Sends leave at most a quarter interval
-    after their slot (LATE_TOLERANCE) and, in one process, `limit` requests never go on the wire
-    within START_SPAN (the StartWindow guard), which leaves some 20 ms for the way from our socket
-    to the platform's clock."""
-    return limit * PACE_SHARE
-
-
-@dataclass
-class ChannelLimits:
-    rate: float | None = None            # messages per second for the whole channel, all workers together
-    per_chat_rate: float | None = None   # per chat, in this process
-    per_chat_burst: int = 1
-    per_second: int = 0                  # the platform's own count per sliding second (0: none)
-
-
-def _platform_limits(limit: float, **per_chat) -> ChannelLimits:
-    return ChannelLimits(paced_rate(limit), per_second=int(limit), **per_chat)
-
-
-def channel_limits(settings, channel: str) -> ChannelLimits:
-    if channel == "telegram":
-        return _platform_limits(settings.telegram_messages_per_second,
-                                per_chat_rate=settings.telegram_per_chat_per_second,
-                                per_chat_burst=settings.telegram_per_chat_burst)
-    if channel == "whatsapp":
-        return _platform_limits(settings.twilio_messages_per_second)
-    return ChannelLimits()  # console and anything local: unlimited
-
-
-class StartWindow:
-    """The times of this process's last `count` sends (requests) on a channel: one goes no sooner
-    than `span` seconds after the one `count` before it. Slots keep the pace; this guard takes care
-    of sends that went late (a busy event loop, a slot mapped late from the database's clock) and
-    so bunched with the next ones, which a platform counting per sliding second answers with a
-    429. Thread-safe; the wait is asyncio."""
-
-    def __init__(self, count: int, span: float = START_SPAN) -> None:
-        self.count = count
-        self.span = span
-        self._starts: collections.deque[float] = collections.deque(maxlen=count)
-        self._lock = threading.Lock()
-
-    async def turn(self) -> float:
-        """Wait for a free place in the window and take it; returns the seconds waited."""
-        began = time.monotonic()
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                free_at = self._starts[0] + self.span if len(self._starts) == self.count else now
-                if free_at <= now:
-                    self._starts.append(now)
-                    return now - began
-            await asyncio.sleep(free_at - now)
-
-
-async def send_paced(sender: Sender, starts: StartWindow | None, address: str, out: Outbound, kind: str) -> str:
-    """`sender.send` with a place in the guard: taken by each request just before it goes on the
-    wire when the sender's HTTP client can wait there (`gates_on_wire`: it awaits
-    bot.delivery.send_gate), else now. The wire is what the platform counts: between the call and
-    the socket, PTB, the connection pool and a busy event loop can take tens of ms."""
-    if starts is None:
-        return await sender.send(address, out, kind=kind)
-    if not getattr(sender, "gates_on_wire", False):
-        await starts.turn()
-        return await sender.send(address, out, kind=kind)
-    token = send_gate.set(starts.turn)
-    try:
-        return await sender.send(address, out, kind=kind)
-    finally:
-        send_gate.reset(token)
-
-
-class ChatBuckets:
-    """A token bucket per chat (thread-safe: the claim runs in a worker thread). A bucket unused
-    for 2 × burst / rate seconds (the longest a refill from -burst to full takes) is dropped: it
-    would be full again, so only the chats active lately are in memory (bot/idle.IdleMap)."""
-
-    MAX_CHATS = 50_000
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(max(1, burst))
-        self._buckets: IdleMap[str, tuple[float, float]] = IdleMap(2 * self.burst / rate, _bucket_last,
-                                                                    self.MAX_CHATS)
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def take(self, address: str, *, force: bool = False) -> float:
-        """Take a token: 0.0 when taken, else the seconds until one is free (nothing taken).
-        `force` takes one even when none is left (a direct reply: the chat's next rows wait longer)."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(address) or (self.burst, now)
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0 or force:
-                self._buckets.put(address, (max(tokens - 1.0, -self.burst), now), now)
-                return 0.0
-            self._buckets.put(address, (tokens, now), now)
-            return (1.0 - tokens) / self.rate
-
-
-def _bucket_last(bucket: tuple[float, float]) -> float:
-    return bucket[1]
-
-
-class Pacing:
-    """A channel's limits in this process: the shared GCRA rate, the per-chat buckets and the
-    guard on send starts (shared by the dispatcher and the direct replies).
-
-    `horizon`: the furthest ahead of now the shared pace (tat) can be while every slot reserved
-    is used: the dispatcher sends no slot more than half a lease ahead, and one reservation adds
-    at most a batch. A tat further ahead was left by a clock since set back: reserve_slots resets
-    it, so no reply waits for more than this, whatever the clock does."""
-
-    def __init__(self, channel: str, limits: ChannelLimits, settings=None) -> None:
-        self.channel = channel
-        self.limits = limits
-        self.horizon = outbox.PACE_HORIZON
-        if settings is not None:
-            self.horizon = settings.outbox_lease.total_seconds() / 2
-            if limits.rate:
-                self.horizon += settings.outbox_batch_size / limits.rate
-        self.chats = ChatBuckets(limits.per_chat_rate, limits.per_chat_burst) if limits.per_chat_rate else None
-        self.starts = StartWindow(limits.per_second) if limits.per_second > 0 else None
-
-
-class PacedSender:
-    """The direct path for conversation replies: each message reserves one slot of the channel's
-    shared pace first (one UPDATE ... RETURNING; no wait while the channel is idle), so replies
-    count toward the rate the dispatcher keeps; while the channel is paused by a 429 it answers
-    "retry_after" at once (send_replies hands the rows to the dispatcher), and a 429 it receives
-    pauses the channel for every worker. The dispatcher unwraps it (`inner`) and paces in batches."""
-
-    def __init__(self, inner: Sender, db: DbEngine, pacing: Pacing) -> None:
-        self.inner = inner
-        self.channel = inner.channel
-        self.db = db
-        self.pacing = pacing
-
-    def __getattr__(self, name: str) -> Any:  # the channel's own helpers stay reachable
-        return getattr(self.__dict__["inner"], name)
-
-    async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
-        rate = self.pacing.limits.rate
-        if rate:
-            try:
-                slot = await asyncio.to_thread(self._reserve, rate)
-            except Exception as exc:  # noqa: BLE001  (the database is briefly busy: send anyway)
-                log.warning("no pacing slot for a %s reply (%s); sending anyway", self.channel, exc)
-                slot = None
-            if slot is not None and slot.paused_for > 0:
-                raise SendError("retry_after", "the channel is paused after a 429", slot.paused_for)
-            if slot is not None and slot.start_in > 0:
-                await asyncio.sleep(slot.start_in)
-        if self.pacing.chats is not None:
-            self.pacing.chats.take(address, force=True)
-        try:
-            return await send_paced(self.inner, self.pacing.starts, address, out, kind)
-        except SendError as exc:
-            if exc.kind == "retry_after":
-                await asyncio.to_thread(self._pause, exc.retry_after)
-            raise
-
-    def _reserve(self, rate: float) -> outbox.Reservation:
-        with transaction(self.db) as db:
-            return outbox.reserve_slots(db, self.channel, 1, rate, horizon=self.pacing.horizon)
-
-    def _pause(self, seconds: float) -> None:
-        try:
-            with transaction(self.db) as db:
-                outbox.pause_channel(db, self.channel, max(seconds, 0.5))
-        except Exception:  # noqa: BLE001
-            log.exception("could not record the pause of %s", self.channel)
-
-
-def paced(app, sender: Sender) -> Sender:
-    """The sender App.handle uses for direct replies: paced when the channel has a rate limit."""
-    if isinstance(sender, PacedSender):
-        return sender
-    pacing = Pacing(sender.channel, channel_limits(app.settings, sender.channel), app.settings)
-    if pacing.limits.rate is None and pacing.chats is None:
-        return sender
-    return PacedSender(sender, app.db, pacing)
-
-
-# ---------------------------------------------------------------- the dispatcher
-@dataclass
-class _Row:
-    id: int
-    address: str
-    kind: str
-    payload: dict
-    attempts: int
-
-
-@dataclass
-class _Outcome:
-    row: _Row
-    kind: str  # sent, skip (back to pending), retry_after, transient, permanent, blocked, window, gone (chat blocked)
-    reason: str = ""
-    provider_id: str = ""
-    retry_after: float = 0.0
-    at: float = field(default_factory=time.monotonic)
+WARM_UP_TIMEOUT = 15.0                    # seconds a sender has to open its connections at start
 
 
 @dataclass
 class _Claimed:
-    rows: list[_Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     times: list[float] = field(default_factory=list)   # monotonic send times
     full: bool = False                                 # as many due rows as asked for: more may wait
     paused_for: float = 0.0
-
-
-def client_ready(client) -> bool:
-    """Whether a sender's client (a PTB Bot) is initialised (PTB 22: _bot_initialized)."""
-    for flag in ("_bot_initialized", "_initialized"):
-        if hasattr(client, flag):
-            return bool(getattr(client, flag))
-    return True
-
-
-def _host() -> str:
-    return socket.gethostname()[:40]
-
-
-def _dead_here(worker_id: str) -> bool:
-    """A worker of this host (host:pid:role) whose process is gone: dead, whatever its heartbeat says."""
-    parts = worker_id.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class Dispatcher:
@@ -364,22 +73,20 @@ class Dispatcher:
             settings = settings or app_or_db.settings
         self.settings = settings
         self.worker_id = worker_id
-        self.role = role
         self.retry_when_refused = retry_when_refused
-        self.sqlite = is_sqlite(self.db)
         self.runners: dict[str, _ChannelRunner] = {}
         for channel, sender in senders.items():
-            inner = getattr(sender, "inner", sender) if isinstance(sender, PacedSender) else sender
-            pacing = sender.pacing if isinstance(sender, PacedSender) else \
-                Pacing(channel, channel_limits(settings, channel), settings)
-            self.runners[channel] = _ChannelRunner(self, channel, inner, pacing)
+            # the direct replies' pacing, when there is one: the guard and the chat buckets are shared
+            pacing = sender.pacing if isinstance(sender, PacedSender) else Pacing.of(sender, settings)
+            self.runners[channel] = _ChannelRunner(self, channel, unpaced(sender), pacing)
+        self.heartbeat = Heartbeat(self.db, worker_id, role, self.runners)
         self.started = False
         self.dispatching = False
         self.refused = ""
         self.stopping = False
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task] = {}
-        self._heartbeat: asyncio.Task | None = None
+        self._beating: asyncio.Task | None = None  # the heartbeat loop
 
     # -- lifecycle
     async def start(self) -> bool:
@@ -387,14 +94,14 @@ class Dispatcher:
         if self.started:
             return self.dispatching
         self.started = True
-        rivals = await asyncio.to_thread(self._register)
+        rivals = await asyncio.to_thread(self.heartbeat.register)
         if rivals:
             self.refused = SQLITE_SINGLE.format(others=", ".join(rivals))
             log.error(self.refused)
         else:
             await self._warm_up()
             self._start_runners()
-        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"outbox-heartbeat-{self.worker_id}")
+        self._beating = asyncio.create_task(self._heartbeat_loop(), name=f"outbox-heartbeat-{self.worker_id}")
         return self.dispatching
 
     async def stop(self) -> None:
@@ -408,11 +115,11 @@ class Dispatcher:
             runner.wake.set()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
         try:
-            released = await asyncio.to_thread(self._unregister)
+            released = await asyncio.to_thread(self.heartbeat.unregister)
             if released:
                 log.info("outbox: gave back %d claimed rows at stop", released)
         except Exception:  # noqa: BLE001
@@ -427,11 +134,8 @@ class Dispatcher:
         """Open the senders' connections before the first slot (a Telegram Bot initialises on its
         first call: done during a send, it would make that send late for its slot)."""
         for runner in self.runners.values():
-            client = getattr(runner.sender, "bot", None)
-            if client is None or client_ready(client):
-                continue
             try:
-                await asyncio.wait_for(client.initialize(), 15)
+                await asyncio.wait_for(runner.sender.warm_up(), WARM_UP_TIMEOUT)
             except Exception as exc:  # noqa: BLE001  (the first send will try again and apply the rules)
                 log.warning("outbox %s: sender not initialised ahead: %s", runner.channel, exc)
 
@@ -440,32 +144,6 @@ class Dispatcher:
         for channel, runner in self.runners.items():
             self._tasks[channel] = asyncio.create_task(runner.run(), name=f"outbox-{channel}")
         log.info("outbox dispatcher %s running for %s", self.worker_id, ", ".join(self.runners) or "no channel")
-
-    def _register(self) -> list[str]:
-        """Heartbeat row in; on SQLite refuse beside another live dispatcher, else give back the
-        'sending' rows of dead workers at once. Returns the live rival dispatchers (refused)."""
-        with transaction(self.db) as db:
-            others = [w for w in outbox.live_workers(db, HEARTBEAT_STALE)
-                      if w.worker_id != self.worker_id and not _dead_here(w.worker_id)]
-            rivals = [w.worker_id for w in others if w.dispatching] if self.sqlite and self.runners else []
-            outbox.forget_workers_except(db, [w.worker_id for w in others] + [self.worker_id])
-            outbox.beat(db, self.worker_id, self.role, dispatching=bool(self.runners) and not rivals)
-            if self.sqlite and self.runners and not rivals:
-                released = outbox.release_dead_workers(db, self.runners, [w.worker_id for w in others]
-                                                       + [self.worker_id])
-                if released:
-                    log.info("outbox: gave back %d rows claimed by workers that are gone", released)
-            return rivals
-
-    def _unregister(self) -> int:
-        with transaction(self.db) as db:
-            released = outbox.release_worker(db, self.worker_id)
-            outbox.forget_worker(db, self.worker_id)
-            return released
-
-    def _beat(self) -> None:
-        with transaction(self.db) as db:
-            outbox.beat(db, self.worker_id, self.role, dispatching=self.dispatching and bool(self.runners))
 
     async def _heartbeat_loop(self) -> None:
         while not self.stopping:
@@ -476,13 +154,13 @@ class Dispatcher:
                 pass
             try:
                 if not self.dispatching and self.retry_when_refused:
-                    if not await asyncio.to_thread(self._register):
+                    if not await asyncio.to_thread(self.heartbeat.register):
                         log.info("outbox: the other dispatcher is gone; this process dispatches now")
                         self.refused = ""
                         await self._warm_up()
                         self._start_runners()
                     continue
-                await asyncio.to_thread(self._beat)
+                await asyncio.to_thread(self.heartbeat.beat, self.dispatching)
                 for channel, task in list(self._tasks.items()):
                     if task.done() and not task.cancelled() and not self.stopping:  # a bug: log, start again
                         log.error("outbox loop for %s ended: %r; restarting it", channel, task.exception())
@@ -492,11 +170,9 @@ class Dispatcher:
             except Exception:  # noqa: BLE001
                 log.exception("outbox heartbeat failed")
 
-    # -- retry rules
-    def backoff(self, attempts: int) -> float:
-        cap = self.settings.outbox_backoff_cap.total_seconds()
-        delay = min(cap, BACKOFF_BASE * 2 ** max(0, attempts - 1))
-        return delay / 2 + random.uniform(0, delay / 2)
+
+# A chat's later row waits while its earlier one went back to pending or waits for a retry.
+WAITING = (Delivery.DEFERRED, SendFailure.RATE_LIMITED, SendFailure.RETRYABLE)
 
 
 class _ChannelRunner:
@@ -507,9 +183,9 @@ class _ChannelRunner:
         self.channel = channel
         self.sender = sender
         self.pacing = pacing
-        self.interval = 1.0 / pacing.limits.rate if pacing.limits.rate else 0.0
+        self.interval = 1.0 / pacing.rate if pacing.rate else 0.0
         self.unconfirmed = 0                      # claimed rows not yet recorded
-        self.outcomes: list[_Outcome] = []
+        self.outcomes: list[Outcome] = []
         self.tasks: set[asyncio.Task] = set()
         self.last_by_address: dict[str, asyncio.Task] = {}
         self.blocked: dict[str, tuple[float, str]] = {}  # address → (when, reason), found in this process
@@ -570,10 +246,10 @@ class _ChannelRunner:
     # -- claiming (in a worker thread)
     def _claim(self, room: int) -> _Claimed:
         d = self.d
-        limits = self.pacing.limits
+        rate = self.pacing.rate
         result = _Claimed()
         with transaction(d.db) as db:
-            if limits.rate:
+            if rate:
                 result.paused_for = outbox.channel_paused_for(db, self.channel)
                 if result.paused_for > 0:
                     return result
@@ -581,7 +257,7 @@ class _ChannelRunner:
             if not claimed:
                 return result
             result.full = len(claimed) == room
-            rows = [_Row(r.id, r.address, r.kind, dict(r.payload or {}), r.attempts) for r in claimed]
+            rows = [Row(r.id, r.address, r.kind, dict(r.payload or {}), r.attempts) for r in claimed]
             too_many = [r.id for r in rows if r.attempts > d.settings.outbox_max_attempts]
             if too_many:  # claimed again and again: its worker kept dying while sending it
                 outbox.finish(db, too_many, "failed", f"gave up after {d.settings.outbox_max_attempts} attempts "
@@ -603,8 +279,8 @@ class _ChannelRunner:
                     else:
                         ready.append(r)
                 rows = ready
-            if rows and limits.rate:
-                slots = outbox.reserve_slots(db, self.channel, len(rows), limits.rate, horizon=self.pacing.horizon)
+            if rows and rate:
+                slots = outbox.reserve_slots(db, self.channel, len(rows), rate, horizon=self.pacing.horizon)
                 base = time.monotonic()
                 if slots.paused_for > 0:
                     outbox.defer(db, [r.id for r in rows], worker_id=d.worker_id)
@@ -646,36 +322,36 @@ class _ChannelRunner:
         if self.last_by_address.get(address) is task:
             del self.last_by_address[address]
 
-    async def _deliver(self, row: _Row, at: float, previous: asyncio.Task | None) -> str:
+    async def _deliver(self, row: Row, at: float, previous: asyncio.Task | None) -> Delivery | SendFailure:
         try:
             if previous is not None:  # one chat's messages stay in order
                 if not previous.done():
                     await asyncio.wait([previous])
-                if not previous.cancelled() and previous.result() in ("skip", "retry_after", "transient"):
-                    outcome = _Outcome(row, "skip", "an earlier message to this chat is not out yet")
+                if not previous.cancelled() and previous.result() in WAITING:
+                    outcome = Outcome(row, Delivery.DEFERRED, "an earlier message to this chat is not out yet")
                 else:
                     outcome = await self._send_at(row, at)
             else:
                 outcome = await self._send_at(row, at)
         except asyncio.CancelledError:
-            outcome = _Outcome(row, "skip", "stopped")
+            outcome = Outcome(row, Delivery.DEFERRED, "stopped")
         except Exception as exc:  # noqa: BLE001
             log.exception("outbox %s: sending row %s failed unexpectedly", self.channel, row.id)
-            outcome = _Outcome(row, "transient", f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(row, SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}")
         self.outcomes.append(outcome)
         self.wake.set()
         return outcome.kind
 
-    async def _send_at(self, row: _Row, at: float) -> _Outcome:
+    async def _send_at(self, row: Row, at: float) -> Outcome:
         lease = self.d.settings.outbox_lease.total_seconds()
         if at - time.monotonic() > lease / 2:  # never hold a claim near its lease's end
-            return _Outcome(row, "skip", "its send slot is too far ahead")
+            return Outcome(row, Delivery.DEFERRED, "its send slot is too far ahead")
         while True:
             now = time.monotonic()
             if self.d.stopping:
-                return _Outcome(row, "skip", "stopping")
+                return Outcome(row, Delivery.DEFERRED, "stopping")
             if self.paused_until > now:  # a 429: back to pending, claimed again after the pause
-                return _Outcome(row, "skip", "the channel is paused")
+                return Outcome(row, Delivery.DEFERRED, "the channel is paused")
             wait = at - now
             if wait <= 0:
                 break
@@ -688,29 +364,28 @@ class _ChannelRunner:
             # with the slots after it, so it goes back to pending and takes a fresh slot. Every
             # send starts within a quarter interval of its slot: at 29.25/s no second holds 31
             # (a send slowed down after its start bunches too: the guard in send_paced sees to it).
-            return _Outcome(row, "skip", "late for its send slot")
+            return Outcome(row, Delivery.DEFERRED, "late for its send slot")
         if self._is_blocked(row.address):  # an earlier message to this chat answered 403
-            return _Outcome(row, "gone", self.blocked[row.address][1])
+            return Outcome(row, Delivery.GONE, self.blocked[row.address][1])
         try:
             out = Outbound.from_dict(row.payload)
         except Exception as exc:  # noqa: BLE001
-            return _Outcome(row, "permanent", f"unreadable payload: {type(exc).__name__}: {exc}")
+            return Outcome(row, SendFailure.PERMANENT, f"unreadable payload: {type(exc).__name__}: {exc}")
         timeout = lease * 0.8  # an answer must come before the claim's lease runs out
         try:  # the guard's few ms come after the lateness rule: a send held there bunches with nothing
             provider_id = await asyncio.wait_for(send_paced(self.sender, self.pacing.starts, row.address, out,
                                                             row.kind), timeout)
         except SendError as exc:
-            if exc.kind == "retry_after":
+            reason = exc.reason or exc.failure.value
+            if exc.failure is SendFailure.RATE_LIMITED:
                 self._pause_locally(max(exc.retry_after, 0.5))
                 self.wake.set()
-            elif exc.kind == "blocked":
-                self.blocked[row.address] = (time.monotonic(), exc.reason or "blocked")
-            kind = exc.kind if exc.kind in ("retry_after", "transient", "permanent", "blocked", "window") \
-                else "transient"
-            return _Outcome(row, kind, exc.reason or exc.kind, retry_after=exc.retry_after)
+            elif exc.failure is SendFailure.UNREACHABLE:
+                self.blocked[row.address] = (time.monotonic(), reason)
+            return Outcome(row, exc.failure, reason, retry_after=exc.retry_after)
         except asyncio.TimeoutError:
-            return _Outcome(row, "transient", f"no answer within {timeout:.0f}s")
-        return _Outcome(row, "sent", provider_id=str(provider_id or ""))
+            return Outcome(row, SendFailure.RETRYABLE, f"no answer within {timeout:.0f}s")
+        return Outcome(row, Delivery.SENT, provider_id=str(provider_id or ""))
 
     # -- recording outcomes
     async def _settle(self, *, force: bool) -> None:
@@ -719,61 +394,21 @@ class _ChannelRunner:
         half = max(1, self.d.settings.outbox_batch_size // 2)
         due = (force or not self.tasks or len(self.outcomes) >= half
                or time.monotonic() - self.outcomes[0].at >= SETTLE_AFTER
-               or any(o.kind in ("retry_after", "blocked") for o in self.outcomes))
+               or any(o.kind in (SendFailure.RATE_LIMITED, SendFailure.UNREACHABLE) for o in self.outcomes))
         if not due:
             return
         outcomes, self.outcomes = self.outcomes, []
         try:
-            paused_for = await asyncio.to_thread(self._record, outcomes)
+            paused_for = await asyncio.to_thread(record, self.d.db, self.channel, self.d.worker_id, self.d.settings,
+                                                 outcomes, paced=bool(self.pacing.rate))
         except BaseException:
             self.outcomes = outcomes + self.outcomes  # kept (and still counted unconfirmed): tried again
             raise
         self.unconfirmed -= len(outcomes)
         for o in outcomes:
-            self.counts[o.kind] = self.counts.get(o.kind, 0) + 1
+            self.counts[o.kind.value] = self.counts.get(o.kind.value, 0) + 1
         if paused_for > 0:
             self._pause_locally(paused_for)
-
-    def _record(self, outcomes: list[_Outcome]) -> float:
-        d = self.d
-        me = d.worker_id
-        now = utcnow()
-        with transaction(d.db) as db:
-            sent = [o for o in outcomes if o.kind == "sent"]
-            if sent:
-                outbox.mark_sent(db, [o.row.id for o in sent], [o.provider_id for o in sent],
-                                 forget=[o.row.id for o in sent if "forget" in o.row.payload])
-            skipped = [o.row.id for o in outcomes if o.kind in ("skip", "retry_after")]
-            outbox.defer(db, skipped, worker_id=me)
-            pause = max((o.retry_after for o in outcomes if o.kind == "retry_after"), default=0.0)
-            if any(o.kind == "retry_after" for o in outcomes):
-                outbox.pause_channel(db, self.channel, max(pause, 0.5))
-                log.warning("outbox %s: rate limited (429); every worker pauses %.1fs", self.channel, pause)
-            for o in outcomes:
-                reason = f"{o.kind}: {o.reason}"
-                if o.kind == "transient":
-                    if o.row.attempts >= d.settings.outbox_max_attempts:
-                        outbox.finish(db, [o.row.id], "failed",
-                                      f"gave up after {o.row.attempts} attempts: {o.reason}", worker_id=me)
-                    else:
-                        delay = d.backoff(o.row.attempts)
-                        outbox.retry_later(db, o.row.id, now + timedelta(seconds=delay), reason, worker_id=me)
-                        # the chat's later rows wait for it: a resident never reads them out of order
-                        outbox.hold_back_after(db, o.row.id, self.channel, o.row.address,
-                                               now + timedelta(seconds=delay))
-                elif o.kind == "permanent":
-                    outbox.finish(db, [o.row.id], "failed", reason, worker_id=me)
-                elif o.kind == "window":
-                    outbox.finish(db, [o.row.id], "unsendable", reason, worker_id=me)
-                elif o.kind in ("blocked", "gone"):
-                    outbox.finish(db, [o.row.id], "unsendable", f"blocked: {o.reason}", worker_id=me)
-            for address in {o.row.address for o in outcomes if o.kind == "blocked"}:
-                why = next(o.reason for o in outcomes if o.kind == "blocked" and o.row.address == address)
-                cancelled = outbox.mark_unreachable(db, self.channel, address, why)
-                row = next(o.row.id for o in outcomes if o.kind == "blocked" and o.row.address == address)
-                log.info("outbox %s: the recipient of row %s blocked the bot (%s); marked unreachable, "
-                         "%d waiting rows cancelled", self.channel, row, why, cancelled)
-            return outbox.channel_paused_for(db, self.channel) if self.pacing.limits.rate else 0.0
 
     def report(self) -> None:
         if self.counts:

@@ -74,6 +74,7 @@ from sqlmodel import Session, select
 from bot.catalog import LOCALES, Catalog
 from conversations.i18n import t_in
 from bot.http import HTTP_HOOKS, IMAGE_TYPES, stored_file
+from handlers.kit import read_body
 from storage import apikeys, quota, repo
 from storage.apikeys import ApiKey
 from storage.db import transaction, utcnow
@@ -339,17 +340,10 @@ def _coordinate(value: Any, name: str, limit: float) -> float | None:
 
 async def _read_body(request: Request) -> bytes:
     """The body, refused beyond MAX_BODY without reading the rest."""
-    too_large = Open311Error(400, f"the request body is larger than {MAX_BODY} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await read_body(request, MAX_BODY)
+    if body is None:
+        raise Open311Error(400, f"the request body is larger than {MAX_BODY} bytes")
+    return body
 
 
 # ---------------------------------------------------------------- the API

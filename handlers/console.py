@@ -17,8 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
-from bot.delivery import send_replies
+from bot.delivery import ChannelLimits, send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
+from handlers import kit
+from handlers.kit import parse_command
 
 CHANNEL = "console"
 QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
@@ -26,11 +28,22 @@ QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
 
 class ConsoleSender:
     channel = CHANNEL
+    gates_on_wire = False
 
     def __init__(self, out: TextIO | None = None, files_dir: Path | None = None) -> None:
         self.out = out or sys.stdout
         self.files_dir = files_dir or Path.cwd()
         self.sent = 0
+
+    def limits(self, settings) -> ChannelLimits:
+        """A terminal has no limits: nothing is paced."""
+        return ChannelLimits()
+
+    async def warm_up(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         self.out.write(render(out, self.files_dir) + "\n")
@@ -85,9 +98,9 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
     if stripped.lower() in QUIT:
         return None
     base = dict(channel=CHANNEL, address=address, display_name=address)
-    if stripped.startswith("/"):
-        verb, _, rest = stripped[1:].partition(" ")
-        verb = verb.lower()
+    command = parse_command(stripped)
+    if command is not None:
+        verb, rest = command
         if verb in ("konum", "location"):
             numbers = re.findall(r"-?\d+(?:[.,]\d+)?", rest)
             if len(numbers) == 2:
@@ -100,7 +113,7 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
             return Inbound(kind=kind, media=[Media(ref=str(path), filename=path.name)], **base)
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
-        return Inbound(kind=Kind.COMMAND, command=verb, text=stripped, **base)
+        return Inbound(kind=Kind.COMMAND, command=verb, text=command.text, **base)
     return Inbound(kind=Kind.TEXT, text=text, **base)
 
 
@@ -108,6 +121,7 @@ class ConsoleChannel:
     """Reads lines from stdin and hands them to the app; replies are printed by ConsoleSender."""
 
     name = CHANNEL
+    numbers_answer_proactive = False  # issue 14 turns it on: the terminal numbers its choices too
 
     def __init__(self, app, address: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
                  prompt: str = "› ") -> None:
@@ -154,7 +168,7 @@ class ConsoleChannel:
                 msg = parse_line(self.address, line)
                 if msg is None:
                     break
-                await self.app.handle(msg)
+                await kit.handle(self.app, msg)
         finally:
             proactive.cancel()
             await self.deliver_pending()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import hmac
 import json
@@ -32,7 +31,6 @@ from typing import Any, Iterable
 
 import httpx
 from fastapi import Request, Response
-from sqlalchemy.exc import OperationalError
 from telegram import (
     BotCommand,
     BotCommandScopeDefault,
@@ -49,11 +47,12 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import HTTPXRequest
 
-from bot.app import DB_RETRY_DELAYS
+from bot.delivery import ChannelLimits, SendError, SendFailure, send_gate
+from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from handlers import kit
+from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
 from storage import media as media_store
 from storage.media import MediaTooLarge
-from bot.delivery import SendError, send_gate
-from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -74,48 +73,9 @@ MAX_WEBHOOK_BYTES = 256 * 1024  # an update is a few KB (text up to 4096 charact
 
 
 # ---------------------------------------------------------------- pure helpers
-def utf16_len(text: str) -> int:
-    """Length as Telegram counts it (UTF-16 code units)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _prefix_within(text: str, limit: int) -> int:
-    """The number of characters of text whose UTF-16 length is at most limit."""
-    if utf16_len(text) <= limit:
-        return len(text)
-    used = 0
-    for i, char in enumerate(text):
-        used += 2 if ord(char) > 0xFFFF else 1
-        if used > limit:
-            return i
-    return len(text)
-
-
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    """Split text into pieces of at most `limit` UTF-16 units, on a paragraph, line or word
-    boundary where there is one (a word longer than the limit is cut). No piece is empty."""
-    if limit < 1:
-        raise ValueError("limit must be positive")
-    pieces: list[str] = []
-    rest = text.strip()
-    while rest:
-        if utf16_len(rest) <= limit:
-            pieces.append(rest)
-            break
-        cut = max(1, _prefix_within(rest, limit))
-        window = rest[:cut + 1]  # a boundary right after the window still counts
-        at = -1
-        for sep in ("\n\n", "\n", " "):
-            found = window.rfind(sep, 0, cut + 1)
-            if found > 0 and (found >= cut // 2 or sep == " "):
-                at = found
-                break
-        if at <= 0:
-            found = max(window.rfind(c, 0, cut + 1) for c in ("\n", " ", "\t"))
-            at = found if found > 0 else cut
-        pieces.append(rest[:at].rstrip())  # rest starts with no whitespace: never empty
-        rest = rest[at:].lstrip()
-    return pieces
+def split_message(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """A text in messages Telegram accepts (its limits count UTF-16 code units)."""
+    return split_text(text, limit, utf16_len)
 
 
 def callback_data(key: str, number: int) -> str:
@@ -154,18 +114,20 @@ def keyboard_rows(choices: list[Choice], columns: int = 1) -> tuple[list[list[Ch
 
 
 def send_error(exc: Exception) -> SendError | None:
-    """A Telegram error in the dispatcher's terms; None when it means success."""
+    """A Telegram error in the dispatcher's terms (bot.delivery.SendFailure); None when it means
+    success: 429 → RATE_LIMITED (with Telegram's retry_after), 403 → UNREACHABLE, 400 →
+    PERMANENT, timeouts, network errors and 5xx → RETRYABLE."""
     if isinstance(exc, RetryAfter):
-        return SendError("retry_after", str(exc), _retry_after_seconds(exc))
+        return SendError(SendFailure.RATE_LIMITED, str(exc), _retry_after_seconds(exc))
     if isinstance(exc, Forbidden):
-        return SendError("blocked", exc.message)
+        return SendError(SendFailure.UNREACHABLE, exc.message)
     if isinstance(exc, BadRequest):
         if "message is not modified" in exc.message.lower():
             return None
-        return SendError("permanent", exc.message)
+        return SendError(SendFailure.PERMANENT, exc.message)
     if isinstance(exc, (TimedOut, NetworkError)):
-        return SendError("transient", getattr(exc, "message", "") or type(exc).__name__)
-    return SendError("transient", f"{type(exc).__name__}: {exc}")
+        return SendError(SendFailure.RETRYABLE, getattr(exc, "message", "") or type(exc).__name__)
+    return SendError(SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}")
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
@@ -211,10 +173,9 @@ def to_inbound(update: Update) -> Inbound | None:
     base["received_at"] = message.date
     text = message.text
     if text is not None:
-        if re.match(r"/[^\s/]", text):
-            head, _, rest = text.partition(" ")
-            name = head[1:].split("@", 1)[0].lower()
-            return Inbound(kind=Kind.COMMAND, command=name, text=f"/{name} {rest}".strip(), **base)
+        command = parse_command(text)
+        if command is not None:
+            return Inbound(kind=Kind.COMMAND, command=command.name, text=command.text, **base)
         return Inbound(kind=Kind.TEXT, text=text, **base)
     caption = message.caption or ""
     if message.location is not None:
@@ -316,6 +277,28 @@ class TelegramSender:
         self._init_lock = asyncio.Lock()
         self._ready_done = False
 
+    def limits(self, settings) -> ChannelLimits:
+        """The Bot API's: TELEGRAM_MESSAGES_PER_SECOND (30) overall, TELEGRAM_PER_CHAT_PER_SECOND
+        (1) per chat with a burst of TELEGRAM_PER_CHAT_BURST."""
+        return ChannelLimits(per_second=settings.telegram_messages_per_second,
+                             per_chat_per_second=settings.telegram_per_chat_per_second,
+                             per_chat_burst=settings.telegram_per_chat_burst)
+
+    async def warm_up(self) -> None:
+        """The Bot initialises on its first call; done during a send, it would make that send late
+        for its slot. Bot.initialize does nothing when the Bot is initialised already (by the
+        Application), and initialises it again after a shutdown."""
+        async with self._init_lock:
+            await self.bot.initialize()
+            self._ready_done = True
+
+    async def close(self) -> None:
+        """Shut down the Bot this sender initialised (a started channel's Application shuts its
+        own down in TelegramChannel.stop)."""
+        if self._ready_done:
+            self._ready_done = False
+            await self.bot.shutdown()
+
     async def _ready(self) -> None:
         """A sender used without its channel started (katilim worker) initialises the Bot itself
         (Bot.initialize does nothing when the Application already did it)."""
@@ -335,7 +318,7 @@ class TelegramSender:
                 return ""
             raise error from exc
         except OSError as exc:  # a file to send is gone
-            raise SendError("permanent", f"{type(exc).__name__}: {exc}") from exc
+            raise SendError(SendFailure.PERMANENT, f"{type(exc).__name__}: {exc}") from exc
 
     async def _send(self, address: str, out: Outbound) -> str:
         chat = int(address) if re.fullmatch(r"-?\d+", address) else address
@@ -371,19 +354,19 @@ class TelegramSender:
             data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
             fits = utf16_len(text) <= CAPTION_LIMIT
             if not fits:
-                await self._texts(chat, split_text(text), None)
+                await self._texts(chat, split_message(text), None)
             sent = await self.bot.send_document(chat, InputFile(data, filename=doc.filename),
                                                 caption=(text or None) if fits else None, reply_markup=markup)
             return str(sent.message_id)
         if out.latitude is not None and out.longitude is not None:
-            await self._texts(chat, split_text(text), None)
+            await self._texts(chat, split_message(text), None)
             if out.venue_title:
                 sent = await self.bot.send_venue(chat, out.latitude, out.longitude, out.venue_title[:256],
                                                  f"{out.latitude:.5f}, {out.longitude:.5f}", reply_markup=markup)
             else:
                 sent = await self.bot.send_location(chat, out.latitude, out.longitude, reply_markup=markup)
             return str(sent.message_id)
-        return await self._texts(chat, split_text(text), markup)
+        return await self._texts(chat, split_message(text), markup)
 
     async def _texts(self, chat, pieces: list[str], markup) -> str:
         last = ""
@@ -397,9 +380,9 @@ def _caption_split(text: str) -> tuple[str, list[str]]:
     """A caption of at most CAPTION_LIMIT, and the rest of the text as following messages."""
     if utf16_len(text) <= CAPTION_LIMIT:
         return text, []
-    first = split_text(text, CAPTION_LIMIT)[0]
+    first = split_message(text, CAPTION_LIMIT)[0]
     rest = text.strip()[len(first):]
-    return first, split_text(rest)
+    return first, split_message(rest)
 
 
 # ---------------------------------------------------------------- the channel
@@ -447,6 +430,7 @@ class TelegramChannel:
     """The Telegram channel (bot.app.Channel)."""
 
     name = CHANNEL
+    numbers_answer_proactive = False  # buttons say which message they answer (issue 14 may turn it on)
 
     def __init__(self, app) -> None:
         self.app = app
@@ -472,7 +456,7 @@ class TelegramChannel:
         self.secret = webhook_secret(settings) if self.webhook else ""
         self.completed: collections.deque[int] = collections.deque(maxlen=1000)  # recently handled update ids
         self._failed: set[int] = set()
-        self._locks: dict[str, list] = {}
+        self._locks = AddressLocks()
         self._started = False
         self._inflight = 0                 # webhook updates being handled right now
         self._idle = asyncio.Event()
@@ -541,16 +525,11 @@ class TelegramChannel:
                 return Response(status_code=403)
             if not self._started:
                 return Response(status_code=503)
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+            body = await kit.read_body(request, MAX_WEBHOOK_BYTES)
+            if body is None:
                 return Response(status_code=413)
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_WEBHOOK_BYTES:
-                    return Response(status_code=413)
             try:
-                data = json.loads(bytes(body))
+                data = json.loads(body)
                 update = Update.de_json(data, self.application.bot)
             except Exception:  # noqa: BLE001
                 return Response(status_code=400)
@@ -582,18 +561,10 @@ class TelegramChannel:
             self.completed.append(update.update_id)
             return
         # The chat's lock is taken before anything is awaited: its updates are handled in order.
-        async with self._chat_lock(inbound.address):
+        async with self._locks.hold(inbound.address):
             if update.callback_query is not None:
                 await self._settle_callback(update)
-            for attempt in range(len(DB_RETRY_DELAYS) + 1):  # the database restarting: about a minute
-                try:
-                    await self.app.handle(inbound)
-                    break
-                except OperationalError:
-                    if attempt == len(DB_RETRY_DELAYS):
-                        raise
-                    log.warning("database busy or unreachable; handling update %s again", update.update_id)
-                    await asyncio.sleep(DB_RETRY_DELAYS[attempt])
+            await kit.handle(self.app, inbound)  # the database unavailable: tried again for about a minute
         self.completed.append(update.update_id)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -628,19 +599,6 @@ class TelegramChannel:
             if send_error(exc) is not None:
                 log.info("buttons of message %s not removed: %s", message.message_id, exc)
 
-    @contextlib.asynccontextmanager
-    async def _chat_lock(self, address: str):
-        """One chat's updates are handled one at a time, in order; other chats go on meanwhile."""
-        entry = self._locks.setdefault(address, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._locks.pop(address, None)
-
     # -- media
     async def download(self, media: Media) -> bytes:
         """A Telegram file's bytes (App._fetch_media judges, cleans and stores them); MediaTooLarge
@@ -654,10 +612,10 @@ class TelegramChannel:
             media_store.check_size(tg_file.file_size or None, limit)
             data = bytes(await tg_file.download_as_bytearray())
         except TelegramError as exc:
-            raise (send_error(exc) or SendError("transient", str(exc))) from exc
+            raise (send_error(exc) or SendError(SendFailure.RETRYABLE, str(exc))) from exc
         media_store.check_size(len(data), limit)
         return data
 
 
-__all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_text", "keyboard_rows",
+__all__: Iterable[str] = ["TelegramChannel", "TelegramSender", "MediaTooLarge", "split_message", "keyboard_rows",
                           "send_error", "to_inbound", "command_menu", "webhook_secret"]

@@ -12,8 +12,8 @@ takes them; bot/app.py then judges, cleans and stores them in MEDIA_DIR (storage
 Outbound (`WhatsAppSender`, bot.delivery.Sender): Twilio's REST client (`TWILIO_API_URL`), run in
 a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by number or by the
 option's words (the engine resolves both); a number typed after a proactive message with choices
-answers that message. Bodies over 1600 characters are split on word boundaries. Documents and
-photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
+answers that message (`numbers_answer_proactive`: conversations/proactive.py). Bodies over 1600
+characters are split on word boundaries. Documents and photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
 PUBLIC_BASE_URL), served by bot.http.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
 outbox row (delivery_status, delivery_error) found by the MessageSid the sender returned.
 
@@ -21,11 +21,11 @@ WhatsApp's 24-hour customer-service window: a resident who wrote in the last 24 
 text. Outside it, proactive messages (any outbox kind but "reply") go as the approved template of
 their kind (TWILIO_TEMPLATE_NOTIFICATION / _REMINDER / _BROADCAST; other kinds use the
 notification template), the text as its variable {{1}}; without one the message is not sent and
-SendError("window", reason) makes the dispatcher record it as unsendable.
+SendError(SendFailure.WINDOW, reason) makes the dispatcher record it as unsendable.
 
-Twilio errors in the dispatcher's terms: 63016 (outside the window) → window; 21610 (the resident
-sent STOP) → blocked; 63018 or HTTP 429 → retry_after; other 4xx → permanent; 5xx and network
-failures → transient.
+Twilio errors in the dispatcher's terms (bot.delivery.SendFailure): 63016 (outside the window) →
+WINDOW; 21610 (the resident sent STOP) → UNREACHABLE; 63018 or HTTP 429 → RATE_LIMITED; other 4xx
+→ PERMANENT; 5xx and network failures → RETRYABLE.
 
 Several processes: files are written by whichever process sends (`katilim run` or `katilim worker`)
 and served by the one with the HTTP server, so they must share MEDIA_DIR. Outside the window a
@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import json
 import logging
-import mimetypes
 import os
 import re
 import time
@@ -49,24 +48,24 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl, quote, urlparse
 
 import httpx
-import requests
 from fastapi import Request, Response
-from sqlalchemy.exc import OperationalError
 from sqlmodel import select
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from bot.app import CHANNEL_HOOKS
+from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import stored_file
-from storage import media as media_store
-from storage.media import MediaTooLarge
-from storage.attachments import suffix_of
-from bot.delivery import SendError
 from bot.settings import SettingsError
-from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from conversations.messages import Inbound, Kind, Media, Outbound
+from handlers import kit
+from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
+from storage import media as media_store
+from storage.attachments import suffix_of
 from storage.db import transaction, utcnow
+from storage.media import MediaTooLarge
 from storage.models import ChannelIdentity, OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -142,11 +141,9 @@ def to_inbound(form: dict[str, str]) -> Inbound | None:
         kind = (Kind.PHOTO if content_type.startswith("image/") else
                 Kind.VOICE if content_type.startswith("audio/") else Kind.DOCUMENT)
         return Inbound(kind=kind, text=body, media=media, **base)
-    if re.match(r"/[^\s/]", body.strip()):
-        text = body.strip()
-        head, _, rest = text.partition(" ")
-        name = head[1:].lower()
-        return Inbound(kind=Kind.COMMAND, command=name, text=f"/{name} {rest}".strip(), **base)
+    command = parse_command(body)
+    if command is not None:
+        return Inbound(kind=Kind.COMMAND, command=command.name, text=command.text, **base)
     if body.strip():
         return Inbound(kind=Kind.TEXT, text=body, **base)
     return Inbound(kind=Kind.OTHER, **base)
@@ -160,39 +157,9 @@ def _float(value: str | None) -> float | None:
     return number if number is not None and abs(number) <= 180 else None
 
 
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def split_body(text: str, limit: int = BODY_LIMIT) -> list[str]:
-    """Pieces of at most `limit` characters (UTF-16 units), cut at a paragraph, line or word
-    boundary where there is one; no piece is empty."""
-    pieces: list[str] = []
-    rest = text.strip()
-    while rest:
-        if utf16_len(rest) <= limit:
-            pieces.append(rest)
-            break
-        cut, used = 0, 0
-        for i, char in enumerate(rest):
-            used += 2 if ord(char) > 0xFFFF else 1
-            if used > limit:
-                cut = i
-                break
-        window = rest[:cut + 1]
-        at = -1
-        for sep in ("\n\n", "\n", " "):
-            found = window.rfind(sep)
-            if found > 0 and (found >= cut // 2 or sep == " "):
-                at = found
-                break
-        if at <= 0:
-            at = max(1, cut)
-        piece, rest = rest[:at].rstrip(), rest[at:].lstrip()
-        if not piece:
-            piece, rest = rest[:max(1, cut)], rest[max(1, cut):].lstrip()
-        pieces.append(piece)
-    return pieces
+    """A text in message bodies Twilio accepts (its limit counts UTF-16 code units)."""
+    return split_text(text, limit, utf16_len)
 
 
 def render(out: Outbound) -> str:
@@ -224,21 +191,16 @@ def send_error(exc: BaseException) -> SendError:
         detail = getattr(exc, "msg", "") or getattr(exc, "title", "") or ""
         reason = f"Twilio {code}: {detail}".strip()[:500]
         if code == 63016:
-            return SendError("window", reason)
+            return SendError(SendFailure.WINDOW, reason)
         if code == 21610:
-            return SendError("blocked", reason)
+            return SendError(SendFailure.UNREACHABLE, reason)
         if code == 63018 or status == 429:
-            return SendError("retry_after", reason, RETRY_AFTER_DEFAULT)
-        if status >= 500:
-            return SendError("transient", reason)
+            return SendError(SendFailure.RATE_LIMITED, reason, RETRY_AFTER_DEFAULT)
         if 400 <= status < 500:
-            return SendError("permanent", reason)
-        return SendError("transient", reason)
-    if isinstance(exc, (requests.Timeout, requests.ConnectionError, OSError)):
-        return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
-    if isinstance(exc, TwilioException):
-        return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
-    return SendError("transient", f"{type(exc).__name__}: {exc}"[:500])
+            return SendError(SendFailure.PERMANENT, reason)
+        return SendError(SendFailure.RETRYABLE, reason)  # 5xx, or no status at all
+    # requests' timeouts and refused connections, OSError, TwilioException, anything else
+    return SendError(SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -331,6 +293,18 @@ class WhatsAppSender:
         base = settings.public_base_url.rstrip("/")
         self.status_callback = f"{base}{STATUS_PATH}" if base else None
 
+    gates_on_wire = False  # sent from a thread by twilio-python's client: gated before each send
+
+    def limits(self, settings) -> ChannelLimits:
+        """The sender's Messages API throughput: TWILIO_MESSAGES_PER_SECOND (no per-chat limit)."""
+        return ChannelLimits(per_second=settings.twilio_messages_per_second)
+
+    async def warm_up(self) -> None:
+        """Nothing to open ahead: each send is one HTTPS request from a thread."""
+
+    async def close(self) -> None:
+        """Nothing held open between sends."""
+
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         return await asyncio.to_thread(self.send_now, address, out, kind)
 
@@ -344,7 +318,7 @@ class WhatsAppSender:
                     template = self.template_for(kind)
                     if not template:
                         when = last.isoformat(timespec="minutes") if last else "never"
-                        raise SendError("window", f"outside WhatsApp's 24-hour window (last message from the "
+                        raise SendError(SendFailure.WINDOW, f"outside WhatsApp's 24-hour window (last message from the "
                                                   f"resident: {when}) and no template for {kind!r} messages "
                                                   f"(TWILIO_TEMPLATE_{kind.upper()})")
                     return self._create(address, content_sid=template,
@@ -362,10 +336,10 @@ class WhatsAppSender:
         except SendError:
             raise
         except MediaTooLarge as exc:
-            raise SendError("permanent", str(exc)) from exc
+            raise SendError(SendFailure.PERMANENT, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001  (Twilio, network, a file gone)
             if isinstance(exc, FileNotFoundError):
-                raise SendError("permanent", f"file to send is gone: {exc}") from exc
+                raise SendError(SendFailure.PERMANENT, f"file to send is gone: {exc}") from exc
             raise send_error(exc) from exc
 
     def template_for(self, kind: str) -> str:
@@ -396,7 +370,7 @@ class WhatsAppSender:
         if media:
             last = self._create(address, media_url=media)
         if not last:
-            raise SendError("permanent", "nothing to send (empty message)")
+            raise SendError(SendFailure.PERMANENT, "nothing to send (empty message)")
         return last
 
     def _media_urls(self, out: Outbound) -> list[str]:
@@ -411,7 +385,7 @@ class WhatsAppSender:
             data = Path(doc.path).read_bytes() if doc.path else (doc.data or "").encode("utf-8")
             urls.append(self.files.publish(data, doc.filename))
         if urls and not self.files.base_url:
-            raise SendError("permanent", "PUBLIC_BASE_URL is not set: WhatsApp cannot fetch files")
+            raise SendError(SendFailure.PERMANENT, "PUBLIC_BASE_URL is not set: WhatsApp cannot fetch files")
         return urls
 
     def _create(self, address: str, **fields) -> str:
@@ -437,6 +411,9 @@ class WhatsAppChannel:
     """The WhatsApp channel (bot.app.Channel)."""
 
     name = CHANNEL
+    # A typed number right after a proactive message with choices answers that message: a
+    # numbered list has no buttons to say which question a number answers (conversations/proactive.py).
+    numbers_answer_proactive = True
 
     def __init__(self, app) -> None:
         self.app = app
@@ -447,7 +424,7 @@ class WhatsAppChannel:
         self.base_url = self.settings.public_base_url.rstrip("/")
         self.api_host = urlparse(self.settings.twilio_api_url).hostname or ""
         self._tasks: set[asyncio.Task] = set()
-        self._locks: dict[str, list] = {}
+        self._locks = AddressLocks()
         self._accepting = True
         app.media_fetchers[CHANNEL] = self.fetch_media
 
@@ -482,17 +459,12 @@ class WhatsAppChannel:
 
     async def _signed_form(self, request: Request, path: str) -> _Params | Response:
         """The request's parameters when Twilio signed them; otherwise the response to give."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+        body = await kit.read_body(request, MAX_WEBHOOK_BYTES)
+        if body is None:
             return Response(status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_WEBHOOK_BYTES:
-                return Response(status_code=413)
         signature = request.headers.get(SIGNATURE_HEADER, "")
         try:
-            pairs = parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True)
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
         except (UnicodeDecodeError, ValueError):
             pairs = None
         params = _Params()
@@ -529,62 +501,11 @@ class WhatsAppChannel:
         return Response(TWIML_EMPTY, media_type="text/xml")
 
     async def _process(self, inbound: Inbound, inbox_id: int | None = None) -> None:
-        async with self._address_lock(inbound.address):
+        async with self._locks.hold(inbound.address):
             try:
-                if inbound.kind == Kind.TEXT:
-                    await asyncio.to_thread(self._answer_to_proactive, inbound)
-                for attempt in range(3):
-                    try:
-                        await self.app.handle(inbound, inbox_id=inbox_id)
-                        return
-                    except OperationalError:
-                        if attempt == 2:
-                            raise
-                        log.warning("database busy or unreachable; handling %s again", inbound.external_id)
-                        await asyncio.sleep(0.5 * 4 ** attempt)
-            except Exception:  # noqa: BLE001  (logged; Twilio already has its answer)
+                await kit.handle(self.app, inbound, inbox_id=inbox_id)
+            except Exception:  # noqa: BLE001  (logged; Twilio already has its answer, the inbox keeps it)
                 log.exception("WhatsApp message %s not handled", inbound.external_id)
-
-    def _answer_to_proactive(self, inbound: Inbound) -> None:
-        """A number typed right after a message whose choices are global (a notification's "was it
-        solved?" rs:yes:CODE, not a state's own question) answers that message: WhatsApp has no
-        buttons to say which question a number answers, so the latest message decides. Numbers
-        after a state's question are the engine's business (it resolves them to that question)."""
-        from conversations.engine import GLOBAL_CHOICES
-
-        text = inbound.text.strip()
-        if not re.fullmatch(r"\d{1,2}", text):
-            return
-        with transaction(self.app.db) as db:
-            row = db.exec(select(OutboxMessage).where(
-                OutboxMessage.channel == CHANNEL, OutboxMessage.address == inbound.address,
-                OutboxMessage.status == "sent").order_by(OutboxMessage.sent_at.desc(), OutboxMessage.id.desc())
-                .limit(1)).first()
-        if row is None:
-            return
-        choices = [Choice(**c) for c in (row.payload or {}).get("choices", [])]
-        index = int(text) - 1
-        if 0 <= index < len(choices) and choices[index].key.split(":", 1)[0] in GLOBAL_CHOICES:
-            inbound.kind = Kind.CHOICE
-            inbound.choice = choices[index].key
-
-    def _address_lock(self, address: str):
-        channel = self
-
-        class _Held:
-            async def __aenter__(self_inner):
-                entry = channel._locks.setdefault(address, [asyncio.Lock(), 0])
-                entry[1] += 1
-                await entry[0].acquire()
-
-            async def __aexit__(self_inner, *exc):
-                entry = channel._locks[address]
-                entry[0].release()
-                entry[1] -= 1
-                if entry[1] == 0:
-                    channel._locks.pop(address, None)
-
-        return _Held()
 
     async def status_webhook(self, request: Request) -> Response:
         params = await self._signed_form(request, STATUS_PATH)

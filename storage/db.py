@@ -2,11 +2,14 @@
 PostgreSQL (postgresql+psycopg://) is the scale-out path with several workers on one database."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator, TypeVar
 
 from sqlalchemy import any_, bindparam, create_engine, event
 from sqlalchemy.types import ARRAY
@@ -15,6 +18,9 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from storage.fastsql import begin_immediate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable host stops start-up (or fails a step) instead of hanging
@@ -95,12 +101,49 @@ def transaction(engine: Engine) -> Iterator[Session]:
             raise
 
 
-def retrying(fn, *, attempts: int = 5, delay: float = 0.2):
-    """Run fn() again when the database is briefly unavailable (locked, restarting)."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay * (2 ** attempt))
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How work that meets an unavailable database is tried again: SQLite locked past its busy
+    timeout, PostgreSQL restarting or failing over (a dropped connection). The work runs again
+    after each of `delays` (its transaction rolled back, so nothing of a failed try stays); after
+    the last one the error goes to the caller. Only OperationalError counts: a bug or a refused
+    constraint is not made better by waiting."""
+
+    delays: tuple[float, ...]
+
+    def call(self, fn: Callable[[], T], *, what: str = "the work") -> T:
+        """fn() in this thread, retried (time.sleep between tries)."""
+        for delay in self.delays:
+            try:
+                return fn()
+            except OperationalError as exc:
+                self._waiting(what, delay, exc)
+            time.sleep(delay)
+        return fn()
+
+    async def call_async(self, fn: Callable[[], Awaitable[T]], *, what: str = "the work") -> T:
+        """await fn(), retried (asyncio.sleep between tries: the event loop goes on)."""
+        for delay in self.delays:
+            try:
+                return await fn()
+            except OperationalError as exc:
+                self._waiting(what, delay, exc)
+            await asyncio.sleep(delay)
+        return await fn()
+
+    @staticmethod
+    def _waiting(what: str, delay: float, exc: OperationalError) -> None:
+        # The driver's message only (never the statement's parameters: they can hold a resident's words).
+        reason = (str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines() or [""])[0][:200]
+        log.warning("database busy or unreachable (%s); %s again in %.1fs", reason, what, delay)
+
+
+# The one retry policy: a conversation step on every channel, and the scheduler's scans, meet an
+# unavailable database (a PostgreSQL restart takes seconds, a failover up to a minute) by trying
+# again after 0.5, 1, 2, then every 3 seconds, for about a minute in all.
+DB_RETRY = RetryPolicy((0.5, 1.0, 2.0) + (3.0,) * 18)
+
+
+def retrying(fn: Callable[[], T], *, what: str = "the work") -> T:
+    """fn() in this thread, run again by DB_RETRY while the database is unavailable."""
+    return DB_RETRY.call(fn, what=what)

@@ -19,8 +19,9 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError
-from bot.dispatcher import ChatBuckets, Dispatcher, PacedSender, paced_rate
+from bot.delivery import ChannelLimits, SendError, SendFailure
+from bot.dispatcher import Dispatcher
+from bot.pacing import ChatBuckets, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound
 from storage import outbox
 from storage.db import transaction, utcnow
@@ -123,10 +124,21 @@ async def deliver_all(app, worker_id: str, timeout: float, what: str) -> None:
 class Scripted:
     """A Sender answering from a script per address (for the rules that need no platform)."""
 
+    gates_on_wire = False
+
     def __init__(self, channel: str = "console", script: dict[str, list] | None = None) -> None:
         self.channel = channel
         self.script = script or {}
         self.sent: list[tuple[str, str]] = []
+
+    def limits(self, settings) -> ChannelLimits:
+        return ChannelLimits()  # not paced
+
+    async def warm_up(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
         steps = self.script.get(address)
@@ -188,16 +200,17 @@ def test_reserve_slots_is_shared_gcra(make_app, db_url):
 
 # ---------------------------------------------------------------- the rules
 async def test_error_rules_with_a_scripted_sender(make_app, db_url):
-    """transient → retried with backoff, then failed after OUTBOX_MAX_ATTEMPTS; permanent → failed;
-    window → unsendable; a channel without a sender in this process stays untouched."""
+    """RETRYABLE → retried with backoff, then failed after OUTBOX_MAX_ATTEMPTS; PERMANENT → failed;
+    WINDOW → unsendable; a channel without a sender in this process stays untouched."""
     app = make_app(database_url=db_url, outbox_max_attempts=2, outbox_backoff_cap="1s")
     seed(app.db, [1, 2, 3, 4, 5], channel="console")
     seed(app.db, [9], channel="whatsapp")
     sender = Scripted("console", {
-        "1": [SendError("transient", "502 Bad Gateway")],                                  # then fine
-        "2": [SendError("transient", "timeout"), SendError("transient", "timeout again")],  # gives up
-        "3": [SendError("permanent", "Bad Request: chat not found")],
-        "4": [SendError("window", "outside the 24-hour window")],
+        "1": [SendError(SendFailure.RETRYABLE, "502 Bad Gateway")],                         # then fine
+        "2": [SendError(SendFailure.RETRYABLE, "timeout"),                                  # gives up
+              SendError(SendFailure.RETRYABLE, "timeout again")],
+        "3": [SendError(SendFailure.PERMANENT, "Bad Request: chat not found")],
+        "4": [SendError(SendFailure.WINDOW, "outside the 24-hour window")],
     })
     dispatcher = Dispatcher(app.db, {"console": sender}, "test-rules", app.settings)
     assert await dispatcher.start()

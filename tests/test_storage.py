@@ -138,7 +138,7 @@ def test_steps_keep_a_connection_per_thread_and_give_it_back_on_dispose(make_app
 
 def test_a_connection_the_server_dropped_is_replaced_by_the_next_step(make_app, pg_url):
     """PostgreSQL restarted (here: the backend of the held connection terminated): the step that
-    meets the dead connection fails (the channel adapters run it again, DB_RETRY_DELAYS), the
+    meets the dead connection fails (the channel adapters run it again, storage.db.DB_RETRY), the
     next one runs on a fresh connection and nothing of the failed one was committed."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError

@@ -15,7 +15,7 @@ from telegram import Bot, Update
 from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError
+from bot.delivery import SendError, SendFailure
 from bot.flood import FloodGuard
 from conversations.engine import COMMAND_MENU
 from conversations.i18n import t_in
@@ -26,11 +26,11 @@ from handlers.telegram import (
     TelegramSender,
     command_menu,
     keyboard_rows,
-    split_text,
+    split_message,
     to_inbound,
-    utf16_len,
     webhook_secret,
 )
+from handlers.kit import utf16_len
 from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, ProcessedInbound, Resident
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg
@@ -604,7 +604,7 @@ async def test_sender_photo_document_and_places(sender, tg, tmp_path):
     assert tg.calls_of("sendLocation")[-1].params["longitude"] == 27.2
     with pytest.raises(SendError) as err:
         await sender.send("42", Outbound(text="x", photo_path=str(tmp_path / "gone.jpg")))
-    assert err.value.kind == "permanent"
+    assert err.value.failure is SendFailure.PERMANENT
 
 
 async def test_sender_maps_errors(sender, tg):
@@ -612,12 +612,12 @@ async def test_sender_maps_errors(sender, tg):
     tg.block_chat(77)
     with pytest.raises(SendError) as err:
         await sender.send("77", out)
-    assert err.value.kind == "blocked"
+    assert err.value.failure is SendFailure.UNREACHABLE
 
     tg.fail_next(1, 400, "Bad Request: chat not found")
     with pytest.raises(SendError) as err:
         await sender.send("42", out)
-    assert err.value.kind == "permanent" and "chat not found" in err.value.reason.lower()
+    assert err.value.failure is SendFailure.PERMANENT and "chat not found" in err.value.reason.lower()
 
     tg.fail_next(1, 400, "Bad Request: message is not modified: specified new message content ...")
     assert await sender.send("42", out) == ""  # counts as success
@@ -626,12 +626,12 @@ async def test_sender_maps_errors(sender, tg):
         tg.fail_next(1, status)
         with pytest.raises(SendError) as err:
             await sender.send("42", out)
-        assert err.value.kind == "transient", status
+        assert err.value.failure is SendFailure.RETRYABLE, status
 
     tg.delay_next(1, 5.0)  # longer than the 1 s read timeout
     with pytest.raises(SendError) as err:
         await sender.send("42", out)
-    assert err.value.kind == "transient"
+    assert err.value.failure is SendFailure.RETRYABLE
     assert await sender.send("42", out)  # and the next one goes through
 
 
@@ -655,24 +655,24 @@ async def test_sender_rate_limited():
             with pytest.raises(SendError) as err:
                 for n in range(5):  # more than one a second
                     await sender.send("42", Outbound(text=f"mesaj {n}"))
-    assert err.value.kind == "retry_after" and err.value.retry_after == 3.0
+    assert err.value.failure is SendFailure.RATE_LIMITED and err.value.retry_after == 3.0
     assert tg.count_429 == 1
 
 
 # ---------------------------------------------------------------- pure helpers
 def test_split_text_boundaries():
-    assert split_text("", 10) == []
-    assert split_text("kısa", 10) == ["kısa"]
-    assert split_text("bir iki üç dört", 8) == ["bir iki", "üç dört"]
-    assert split_text("paragraf bir\n\nikinci paragraf", 20) == ["paragraf bir", "ikinci paragraf"]
-    assert split_text("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
-    assert split_text("😀" * 6, 4) == ["😀😀", "😀😀", "😀😀"]  # UTF-16: an emoji counts twice
+    assert split_message("", 10) == []
+    assert split_message("kısa", 10) == ["kısa"]
+    assert split_message("bir iki üç dört", 8) == ["bir iki", "üç dört"]
+    assert split_message("paragraf bir\n\nikinci paragraf", 20) == ["paragraf bir", "ikinci paragraf"]
+    assert split_message("a" * 25, 10) == ["a" * 10, "a" * 10, "a" * 5]
+    assert split_message("😀" * 6, 4) == ["😀😀", "😀😀", "😀😀"]  # UTF-16: an emoji counts twice
 
 
 @hsettings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("abcçğı İŞ\n😀")), max_size=300), st.integers(min_value=2, max_value=50))
 def test_split_text_properties(text, limit):
-    pieces = split_text(text, limit)
+    pieces = split_message(text, limit)
     assert all(p and utf16_len(p) <= limit for p in pieces)
     assert "".join("".join(pieces).split()) == "".join(text.split())
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError
+from bot.delivery import SendError, SendFailure
 from bot.http import serve_http
 from conversations.i18n import t_in, translator
 from conversations.messages import Attachment, Choice, Kind, Outbound
@@ -276,6 +276,34 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
         assert rp.get_by_code(db, code).rating == 5
 
 
+async def test_a_number_accepted_before_a_restart_still_answers_the_proactive_question(wa):
+    """A "1" that the webhook stored but this process did not handle (it stopped first) is handed
+    over by the scheduler's "inbox" job (App.handle with its inbox row): it answers the "was it
+    solved?" question sent last, as it would have when handled at once."""
+    from bot.dispatcher import Dispatcher
+    from storage import reports as rp
+
+    h = await wa()
+    await h.onboard()
+    with transaction(h.app.db) as db:
+        report = rp.create_report(db, prefix=h.app.catalog.municipality.tracking_prefix, resident_id=h.resident().id,
+                                  category=h.app.catalog.categories[0].key, description="Kaldırımda çukur var",
+                                  channel="whatsapp")
+        rp.set_status(db, report.code, "resolved", "staff:test", catalog=h.app.catalog)
+    before = len(h.twilio.messages)
+    dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
+    assert await dispatcher.start()
+    await h.twilio.async_wait_for(lambda s: len(s.messages) > before)
+    await dispatcher.stop()
+    assert numbered(h.twilio.messages[-1].body)[0][1] == t_in("tr", "report.notify.resolved_yes")
+
+    typed = to_inbound(h.twilio.inbound(AYSE, "1"))
+    inbox_id = await h.app.accept(typed)          # stored by the webhook; then the process stopped
+    before = len(h.twilio.messages)
+    await h.app.handle(typed, inbox_id=inbox_id)  # what the "inbox" job does after a restart
+    assert t_in("tr", "report.rate_prompt", code=report.code) in h.twilio.messages[before].body
+
+
 async def test_long_lists_page_and_long_bodies_split(wa):
     h = await wa()
     await h.say("Merhaba")
@@ -436,7 +464,7 @@ async def test_the_24_hour_window_and_templates(wa):
     assert json.loads(sent.content_variables) == {"1": "Başvurunuz çözüldü. Teşekkürler!"}
     with pytest.raises(SendError) as err:
         await sender.send(AYSE, note, kind="reminder")   # no reminder template
-    assert err.value.kind == "window" and "TWILIO_TEMPLATE_REMINDER" in err.value.reason
+    assert err.value.failure is SendFailure.WINDOW and "TWILIO_TEMPLATE_REMINDER" in err.value.reason
     await sender.send(AYSE, Outbound(text="yanıt"), kind="reply")   # replies are always free text
     assert h.twilio.messages[-1].body == "yanıt"
 
@@ -472,26 +500,27 @@ async def test_the_24_hour_window_and_templates(wa):
 async def test_twilio_errors_in_the_dispatchers_terms(wa, make_settings):
     h = await wa()
     sender = h.channel.sender
-    expected = {63016: "window", 21610: "blocked", 63018: "retry_after", 20429: "retry_after",
-                21211: "permanent", 500: "transient", 503: "transient"}
-    for code, kind in expected.items():
+    expected = {63016: SendFailure.WINDOW, 21610: SendFailure.UNREACHABLE, 63018: SendFailure.RATE_LIMITED,
+                20429: SendFailure.RATE_LIMITED, 21211: SendFailure.PERMANENT, 500: SendFailure.RETRYABLE,
+                503: SendFailure.RETRYABLE}
+    for code, failure in expected.items():
         h.twilio.fail_next(code)
         with pytest.raises(SendError) as err:
             await sender.send(AYSE, Outbound(text="x"))
-        assert err.value.kind == kind, code
-        if kind == "retry_after":
+        assert err.value.failure is failure, code
+        if failure is SendFailure.RATE_LIMITED:
             assert err.value.retry_after > 0
     closed = make_settings(twilio_account_sid=h.twilio.account_sid, twilio_auth_token=h.twilio.auth_token,
                            twilio_whatsapp_from=SENDER, twilio_api_url=f"http://127.0.0.1:{free_port()}",
                            public_base_url=h.base)
     with pytest.raises(SendError) as err:
         await WhatsAppSender(closed, h.app.db).send(AYSE, Outbound(text="x"))
-    assert err.value.kind == "transient"
+    assert err.value.failure is SendFailure.RETRYABLE
     wrong_token = make_settings(twilio_account_sid=h.twilio.account_sid, twilio_auth_token="wrong",
                                 twilio_whatsapp_from=SENDER, twilio_api_url=h.twilio.root, public_base_url=h.base)
     with pytest.raises(SendError) as err:
         await WhatsAppSender(wrong_token, h.app.db).send(AYSE, Outbound(text="x"))
-    assert err.value.kind == "permanent"
+    assert err.value.failure is SendFailure.PERMANENT
 
 
 def assert_stored_file_headers(headers) -> None:

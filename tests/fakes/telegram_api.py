@@ -12,9 +12,10 @@ against it::
         tg.push_text(42, "/start")
         await tg.async_wait_for(lambda s: s.delivered_texts(42))
 
-Every API call is recorded in ``server.calls`` (``Call`` objects).  Faults
-(blocked chats, 5xx answers, delays, dropped connections) and Telegram's flood
-limits (HTTP 429) can be switched on for outbox/retry tests.
+Every API call is recorded in ``server.calls`` (``Call`` objects); a text over
+4096 UTF-16 code units (a caption over 1024) is refused with 400, as Telegram
+does.  Faults (blocked chats, 5xx answers, delays, dropped connections) and
+Telegram's flood limits (HTTP 429) can be switched on for outbox/retry tests.
 
 ``FakeTelegramProcess`` runs the same server in a process of its own
 (``python -m tests.fakes.telegram_api --serve``), for measurements: a real Bot
@@ -149,6 +150,10 @@ def _chat_key(chat_id: Any) -> Any:
         return int(chat_id)
     except (TypeError, ValueError):
         return chat_id
+
+
+TEXT_LIMIT = 4096     # the Bot API's limits, in UTF-16 code units (an emoji counts two)
+CAPTION_LIMIT = 1024
 
 
 def _utf16_len(text: str) -> int:
@@ -593,6 +598,10 @@ class FakeTelegramServer(LocalServer):
             raise _ApiError(400, "Bad Request: chat_id is empty")
         if method in ("sendMessage", "editMessageText") and not p.get("text"):
             raise _ApiError(400, "Bad Request: message text is empty")
+        if method in ("sendMessage", "editMessageText") and _utf16_len(str(p["text"])) > TEXT_LIMIT:
+            raise _ApiError(400, "Bad Request: message is too long")
+        if p.get("caption") and _utf16_len(str(p["caption"])) > CAPTION_LIMIT:
+            raise _ApiError(400, "Bad Request: message caption is too long")
         if method == "sendMessage":
             return self._store_bot_message(chat, {"text": p.get("text"), "entities": p.get("entities"),
                                                   "reply_markup": self._inline_markup(p)})

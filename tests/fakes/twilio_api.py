@@ -12,7 +12,7 @@ and answers what the *real* twilio-python ``Client`` calls to send WhatsApp mess
 - ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (HTTP basic auth with the account SID and
   auth token) records a ``SentMessage`` and answers Twilio-shaped JSON with a ``SM...`` sid.
   Media URLs in the message are fetched like Twilio does (``fetch_media``), so tests see what a
-  signed file link served.
+  signed file link served. A body over 1600 characters is refused (21617), as Twilio does.
 - ``GET /2010-04-01/Accounts/{sid}/Messages/{MM}/Media/{ME}`` serves files added with
   ``add_media`` (basic auth required), as a resident's photo or voice note would be.
 - Faults: ``fail_next(code)`` makes the next sends answer a Twilio error: 63016 (outside the
@@ -47,6 +47,7 @@ from tests.fakes.base import LocalServer
 
 __all__ = ["FakeTwilioServer", "SentMessage", "signature"]
 
+BODY_LIMIT = 1600  # characters of a body, counted here in UTF-16 code units (the stricter reading)
 ERRORS = {
     63016: (400, "Failed to send freeform message because you are outside the allowed window. "
                  "If you are using WhatsApp, please use a Message Template."),
@@ -55,6 +56,7 @@ ERRORS = {
     20429: (429, "Too Many Requests"),
     21211: (400, "Invalid 'To' Phone Number"),
     21619: (400, "A text message body or media url must be specified."),
+    21617: (400, "The concatenated message body exceeds the 1600 character limit."),
     20003: (401, "Authenticate"),
     20500: (500, "Internal Server Error"),
 }
@@ -236,6 +238,8 @@ class FakeTwilioServer(LocalServer):
             return self._error(21211)
         if not (params.get("Body") or params.get("MediaUrl") or params.get("ContentSid")):
             return self._error(21619)
+        if len(params.get("Body", "").encode("utf-16-le")) // 2 > BODY_LIMIT:
+            return self._error(21617)
         if self.fetch_media:
             async with httpx.AsyncClient(timeout=10) as client:
                 for url in params.get("MediaUrl", []):
