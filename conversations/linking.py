@@ -37,7 +37,7 @@ ERASERS.append(linking.erase_codes)
 EXPORTERS.append(linking.export_codes)
 
 
-@command("link", "bagla", "bağla", menu={"tr": "bagla", "en": "link", "ar": "link"})
+@command("link", "bagla", "bağla", "link", menu={"tr": "bagla", "en": "link", "ar": "link"})
 def cmd_link(ctx: Ctx, text: str) -> Transition:
     return Go("link.start")
 

@@ -801,6 +801,18 @@ def test_privacy_toggles_consent(make_app):
     assert [r.granted for r in chat.consents()][-2:] == [False, True]
 
 
+@pytest.mark.parametrize("lang", ["en", "ar"])
+def test_the_link_command_shown_in_the_menu_works_when_typed(make_app, lang):
+    """/link is in the English and Arabic command menus and /yardim: typed, it starts linking."""
+    app = make_app(twilio_account_sid="AC" + "0" * 32, twilio_auth_token="test",
+                   twilio_whatsapp_from="whatsapp:+905550000000")
+    chat = Chat(app, lang)
+    onboard(chat)
+    assert "/link — " in chat.cmd("help")[0].text
+    replies = chat.cmd("link")
+    assert replies[-1].text == T(lang, "link.ask_code") and chat.state == "link.start"
+
+
 def test_change_language(make_app):
     app = make_app()
     chat = Chat(app)
