@@ -73,7 +73,7 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from bot.delivery import SendError, Sender, send_gate
 from bot.idle import IdleMap
-from bot.scheduler import Job, job
+from bot.scheduler import Job
 from conversations.messages import Outbound
 from storage import outbox
 from storage.db import is_sqlite, transaction, utcnow
@@ -782,7 +782,6 @@ class _ChannelRunner:
 
 
 # ---------------------------------------------------------------- the scheduler job (katilim run)
-@job
 def outbox_job(app) -> Job:
     """`katilim run`: the dispatcher runs beside the channels; on SQLite, when another dispatcher
     is live, this process handles conversations only and takes over when the other one is gone."""

@@ -16,31 +16,16 @@ from typing import Any
 from babel.dates import format_datetime
 
 from conversations import participation as P
-from conversations.core import COMMAND_TEXTS, START_PAYLOADS, require_consent, yes_no
-from conversations.engine import (
-    ERASERS,
-    EXPORTERS,
-    IDLE,
-    MERGERS,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    global_choice,
-    menu_item,
-    state,
-)
+from conversations.core import require_consent, yes_no
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import record_id, truncate
 from storage.participation import EVENT_TYPES, Event
 
-COMMAND_TEXTS["events"] = N_("event.command")
-COMMAND_TEXTS["addevent"] = N_("event.add.command")
-menu_item(30, "events", N_("event.menu"), "event.list")
-P.register_data_rights(EXPORTERS, ERASERS, MERGERS)
+router = Router("events")
+router.menu_item(30, "events", N_("event.menu"), "event.list")
 LANG_FIELDS = [("title", "tr"), ("title", "en"), ("title", "ar"),
                ("description", "tr"), ("description", "en"), ("description", "ar")]
 FIELD_PROMPTS = {("title", "tr"): N_("event.add.title_tr"), ("title", "en"): N_("event.add.title_en"),
@@ -54,9 +39,7 @@ def _tz(ctx: Ctx) -> str:
 
 
 def _offsets(ctx: Ctx):
-    offsets = P.offsets_of(ctx.config.settings)
-    P.configure(ctx.config.timezone, offsets)
-    return offsets
+    return P.offsets_of(ctx.config.settings)
 
 
 def _domain(ctx: Ctx) -> str:
@@ -97,17 +80,19 @@ def bot_username(ctx: Ctx) -> str:
 
 
 # ---------------------------------------------------------------- commands and deep links
-@command("events", "etkinlikler", "events", menu={"tr": "etkinlikler", "en": "events", "ar": "events"})
+@router.command("events", "etkinlikler", "events", menu={"tr": "etkinlikler", "en": "events", "ar": "events"},
+                description=N_("event.command"))
 def cmd_events(ctx: Ctx, text: str) -> Transition:
     return Go("event.list")
 
 
-@command("addevent", "etkinlikekle", "addevent")
+@router.command("addevent", "etkinlikekle", "addevent", description=N_("event.add.command"))
 def cmd_add_event(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("event.add_text", {"i": 0, "title": {}, "description": {}})
 
 
+@router.start_payload("ev")
 def open_event_link(ctx: Ctx, arg: str) -> Transition:
     event_id = record_id(arg)
     if event_id is None or ctx.db.get(Event, event_id) is None:
@@ -116,6 +101,7 @@ def open_event_link(ctx: Ctx, arg: str) -> Transition:
     return Go("event.detail", {"event_id": event_id})
 
 
+@router.start_payload("ci")
 def checkin_link(ctx: Ctx, arg: str) -> Transition:
     outcome, event = P.check_in(ctx.db, arg.strip()[:32], ctx.resident.id, now=ctx.now)
     title = event.title_in(ctx.lang) if event else ""
@@ -125,12 +111,8 @@ def checkin_link(ctx: Ctx, arg: str) -> Transition:
     return Go(IDLE)
 
 
-START_PAYLOADS["ev"] = open_event_link
-START_PAYLOADS["ci"] = checkin_link
-
-
 # ---------------------------------------------------------------- the list
-@state("event.list")
+@router.state("event.list")
 def event_list(ctx: Ctx) -> None:
     events = P.upcoming_events(ctx.db, ctx.now)
     if not events:
@@ -216,7 +198,7 @@ def detail_choices(ctx: Ctx, event: Event, rsvp) -> list[Choice]:
     return choices
 
 
-@state("event.detail")
+@router.state("event.detail")
 def event_detail(ctx: Ctx) -> None:
     event = _event(ctx)
     if event is None:
@@ -273,7 +255,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Invalid("engine.choose")
 
 
-@state("event.reminders_on")
+@router.state("event.reminders_on")
 def reminders_on(ctx: Ctx) -> None:
     P.enable_reminders_for(ctx.db, ctx.resident.id, ctx.now, _offsets(ctx))
     ctx.say(ctx.t("event.reminders_enabled"))
@@ -286,7 +268,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.detail", ctx.data)
 
 
-@state("event.cancel_confirm")
+@router.state("event.cancel_confirm")
 def cancel_confirm(ctx: Ctx) -> None:
     event = _event(ctx)
     rsvp = P.rsvp_of(ctx.db, event.id, ctx.resident.id) if event else None
@@ -308,7 +290,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- buttons on notifications
-@global_choice(P.EVENT_PREFIX)
+@router.global_choice(P.EVENT_PREFIX)
 def event_button(ctx: Ctx, msg: Inbound) -> Transition:
     """ev:<event>:c asks, ev:<event>:cy cancels the registration (from a reminder or a notice)."""
     parts = msg.choice.split(":")
@@ -341,7 +323,7 @@ def event_button(ctx: Ctx, msg: Inbound) -> Transition:
     return Stay()
 
 
-@global_choice(P.FEEDBACK_PREFIX)
+@router.global_choice(P.FEEDBACK_PREFIX)
 def feedback_button(ctx: Ctx, msg: Inbound) -> Transition:
     """fb:<event>:<1-5>: the rating is saved at once; then an optional comment."""
     parts = msg.choice.split(":")
@@ -359,7 +341,7 @@ def feedback_button(ctx: Ctx, msg: Inbound) -> Transition:
                                          "resume_data": resume})
 
 
-@state("event.feedback_comment")
+@router.state("event.feedback_comment")
 def feedback_comment(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.feedback.comment_ask", rating=ctx.data.get("rating", "")),
             [Choice("skip", ctx.t("event.feedback.skip"))])
@@ -377,7 +359,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: a new event
-@state("event.add_text", staff_only=True)
+@router.state("event.add_text", staff_only=True)
 def add_text(ctx: Ctx) -> None:
     field, lang = LANG_FIELDS[ctx.data.get("i", 0)]
     choices = [] if (field, lang) == ("title", "tr") else [Choice("skip", ctx.t("event.add.skip"))]
@@ -398,7 +380,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_type", keep=True)
 
 
-@state("event.add_type", staff_only=True)
+@router.state("event.add_type", staff_only=True)
 def add_type(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.type"), [Choice(f"t:{k}", ctx.t(P.TYPE_KEYS[k])) for k in EVENT_TYPES], columns=2)
 
@@ -412,7 +394,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 def _time_state(name: str, prompt_key: str, next_state: str, data_key: str, *, base_key: str | None = None,
                 optional: bool = False):
-    @state(name, staff_only=True)
+    @router.state(name, staff_only=True)
     def prompt(ctx: Ctx) -> None:
         ctx.ask(ctx.t(prompt_key), [Choice("skip", ctx.t("event.add.skip"))] if optional else [])
 
@@ -441,7 +423,7 @@ _time_state("event.add_end", N_("event.add.end"), "event.add_place", "ends_at", 
 _time_state("event.add_deadline", N_("event.add.deadline"), "event.add_confirm", "deadline", optional=True)
 
 
-@state("event.add_place", staff_only=True)
+@router.state("event.add_place", staff_only=True)
 def add_place(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.place"))
 
@@ -453,7 +435,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_pin", {"place": msg.text.strip()[:255]}, keep=True)
 
 
-@state("event.add_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
+@router.state("event.add_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
 def add_pin(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.pin"), [Choice("skip", ctx.t("event.add.skip"))])
 
@@ -464,7 +446,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go(ctx.data.get("pin_next", "event.add_capacity"), {"pin": pin}, keep=True)
 
 
-@state("event.add_capacity", staff_only=True)
+@router.state("event.add_capacity", staff_only=True)
 def add_capacity(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.capacity"), [Choice("skip", ctx.t("event.add.no_limit"))])
 
@@ -495,7 +477,7 @@ def summary(ctx: Ctx, data: dict[str, Any]) -> str:
                  deadline=ctx.when(_dt(data["deadline"])) if data.get("deadline") else none)
 
 
-@state("event.add_confirm", staff_only=True)
+@router.state("event.add_confirm", staff_only=True)
 def add_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.confirm", summary=summary(ctx, ctx.data)),
             [Choice("save", ctx.t("event.add.save")), Choice("drop", ctx.t("event.add.discard"))])
@@ -527,7 +509,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: edit or cancel
-@state("event.edit", staff_only=True)
+@router.state("event.edit", staff_only=True)
 def edit_menu(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.menu", title=event.title_in(ctx.lang) if event else ""),
@@ -561,7 +543,7 @@ def apply_change(ctx: Ctx, change: P.EventChange) -> Transition:
     return Go("event.detail", {"event_id": event.id})
 
 
-@state("event.edit_start", staff_only=True)
+@router.state("event.edit_start", staff_only=True)
 def edit_start(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.start", current=ctx.when(event.starts_at) if event else ""))
@@ -578,7 +560,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.edit_end", {"starts_at": when.isoformat()}, keep=True)
 
 
-@state("event.edit_end", staff_only=True)
+@router.state("event.edit_end", staff_only=True)
 def edit_end(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.edit.end"), [Choice("same", ctx.t("event.edit.same_length"))])
 
@@ -599,7 +581,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, P.EventChange(starts_at=start, ends_at=end))
 
 
-@state("event.edit_place", staff_only=True)
+@router.state("event.edit_place", staff_only=True)
 def edit_place(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.place"))
 
@@ -611,7 +593,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.edit_pin", {"place": msg.text.strip()[:255]}, keep=True)
 
 
-@state("event.edit_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
+@router.state("event.edit_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
 def edit_pin(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.pin"), [Choice("skip", ctx.t("event.edit.keep_pin")),
                                      Choice("remove", ctx.t("event.edit.remove_pin"))])
@@ -627,7 +609,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, change)
 
 
-@state("event.edit_capacity", staff_only=True)
+@router.state("event.edit_capacity", staff_only=True)
 def edit_capacity(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.capacity"), [Choice("none", ctx.t("event.add.no_limit"))])
 
@@ -642,7 +624,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, P.EventChange(capacity=number))
 
 
-@state("event.edit_cancel", staff_only=True)
+@router.state("event.edit_cancel", staff_only=True)
 def edit_cancel(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.cancel_question", title=event.title_in(ctx.lang) if event else ""), yes_no(ctx))

@@ -6,23 +6,16 @@ storage.reports.set_status / merge, which notify the reporter and the followers 
 """
 from __future__ import annotations
 
-from conversations.engine import (
-    PAGE_SIZE,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    state,
-)
 from conversations.i18n import N_
 from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.registry import Router
 from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
+from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import match_options, truncate
 from storage import repo
 from storage import reports as rp
 
+router = Router("staff_reports")
 TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_in_progress"),
            "resolved": N_("staffreport.to_resolved"), "rejected": N_("staffreport.to_rejected")}
 
@@ -65,7 +58,7 @@ def _query_args(ctx: Ctx) -> dict:
     return args
 
 
-@command("reports", "raporlar", "reports")
+@router.command("reports", "raporlar", "reports")
 def cmd_reports(ctx: Ctx, text: str) -> Transition:
     found = CODE_RE.search((text or "").upper())
     if found:
@@ -85,7 +78,7 @@ def _open_code(ctx: Ctx, text: str) -> Transition | None:
 
 
 # ---------------------------------------------------------------- home: counts and filters
-@state("staffreport.home", staff_only=True)
+@router.state("staffreport.home", staff_only=True)
 def staff_home(ctx: Ctx) -> None:
     f = _filter(ctx)
     scope = {"category": f.get("category"), "mahalle": f.get("mahalle")}
@@ -117,7 +110,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.home", keep=True)
 
 
-@state("staffreport.category", staff_only=True)
+@router.state("staffreport.category", staff_only=True)
 def staff_category(ctx: Ctx) -> None:
     choices = [Choice(f"c:{c.key}", c.name.get(ctx.lang)) for c in ctx.catalog.categories]
     ctx.ask(ctx.t("staffreport.pick_category"), choices + [Choice("any", ctx.t("staffreport.any"))], columns=2)
@@ -136,7 +129,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.home", keep=True)
 
 
-@state("staffreport.mahalle", staff_only=True)
+@router.state("staffreport.mahalle", staff_only=True)
 def staff_mahalle(ctx: Ctx) -> None:
     items = [Choice(f"m:{n.key}", n.name) for n in ctx.catalog.neighbourhoods]
     ctx.ask(ctx.t("staffreport.pick_mahalle"),
@@ -158,7 +151,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- the list
-@state("staffreport.list", staff_only=True)
+@router.state("staffreport.list", staff_only=True)
 def staff_list(ctx: Ctx) -> None:
     args = _query_args(ctx)
     total = rp.count_reports(ctx.db, **args)
@@ -189,7 +182,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- one report
-@state("staffreport.view", staff_only=True)
+@router.state("staffreport.view", staff_only=True)
 def staff_view(ctx: Ctx) -> None:
     report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
     if report is None:
@@ -254,7 +247,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.reason" if target == "rejected" else "staffreport.note", keep=True)
 
 
-@state("staffreport.note", staff_only=True)
+@router.state("staffreport.note", staff_only=True)
 def staff_note(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""), status=status_name(ctx, ctx.data.get("to", ""))),
             [Choice("none", ctx.t("staffreport.no_note")), Choice("cancel", ctx.t("staffreport.back"))])
@@ -268,7 +261,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return _change(ctx, ctx.data.get("to", ""), note=note)
 
 
-@state("staffreport.reason", staff_only=True)
+@router.state("staffreport.reason", staff_only=True)
 def staff_reason(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.reason_prompt", code=ctx.data.get("code", "")),
             [Choice("cancel", ctx.t("staffreport.back"))])
@@ -299,7 +292,7 @@ def _change(ctx: Ctx, status: str, *, note: str = "", reason: str = "") -> Trans
     return Go("staffreport.view", keep=True)
 
 
-@state("staffreport.merge", staff_only=True)
+@router.state("staffreport.merge", staff_only=True)
 def staff_merge(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.merge_prompt", code=ctx.data.get("code", "")),
             [Choice("cancel", ctx.t("staffreport.back"))])

@@ -1,7 +1,7 @@
 """The conversation engine through `Engine.handle`, on a real database (SQLite and PostgreSQL).
 
-The state table iterates `conversations.engine.STATES`, so every state a feature registers later is
-covered too: in every state, every unusable inbound kind gets a short re-prompt in the resident's
+The state table iterates the states of bot/features.py's registry, so every state a feature declares
+later is covered too: in every state, every unusable inbound kind gets a short re-prompt in the resident's
 language, and neither the state nor what was collected changes; a typed cancel word (İPTAL,
 iptal, Iptal) leaves every state.
 """
@@ -16,10 +16,11 @@ from typing import Any, Callable
 import pytest
 from sqlmodel import select
 
-import conversations.flows  # noqa: F401  (registers every state, command and menu item)
-from conversations.engine import IDLE, KIND_NAMES, MENU_ITEMS, STATES, Go, Stay, state
+from bot.features import FEATURES, Feature, build_registry
 from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, KIND_NAMES, Go, Stay
 from storage.db import transaction
 from storage.models import (
     CONSENT_PURPOSES,
@@ -34,6 +35,8 @@ from storage.models import (
 from tests.conftest import drop_pg_schema, new_pg_schema_url
 
 CHANNEL = "console"
+REGISTRY = build_registry()
+STATES = REGISTRY.states
 ONBOARDING_PATHS = ("onboarding.language", "onboarding.notice", "onboarding.purpose")
 
 
@@ -168,7 +171,7 @@ def onboard(chat: Chat, consent: str | list[bool] = "all", mahalle: str | None =
 
 
 def menu_key_for(target: str) -> str | None:
-    return next((key for _, key, _, t in MENU_ITEMS if t == target), None)
+    return next((item.key for item in REGISTRY.menu_items if item.target == target), None)
 
 
 def reach(chat: Chat, name: str) -> list[Outbound]:
@@ -618,52 +621,70 @@ def test_unknown_stored_state_resets_politely(make_app, db_url):
 
 
 def test_a_state_removed_by_a_feature(make_app, db_url):
+    """A conversation stored in a state of a feature the next version no longer lists."""
     name = f"test.feature_{uuid.uuid4().hex[:6]}"
+    router = Router("test")
 
-    @state(name)
+    @router.state(name)
     def feature_step(ctx):
         ctx.ask("feature prompt")
 
     @feature_step.on_input
-    def _(ctx, msg):
+    def on_feature_step(ctx, msg):
         ctx.say("feature got " + msg.text)
         return Stay()
 
-    try:
-        app = make_app(database_url=db_url)
-        chat = Chat(app)
-        onboard(chat)
-        chat.set_session(name, {"collected": 1})
-        assert chat.text("hi")[0].text == "feature got hi"
-        assert chat.state == name and chat.data == {"collected": 1}
-    finally:
-        del STATES[name]
+    app = make_app(database_url=db_url, features=FEATURES + (Feature("test", routers=(router,)),))
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"collected": 1})
+    assert chat.text("hi")[0].text == "feature got hi"
+    assert chat.state == name and chat.data == {"collected": 1}
+    without = make_app(database_url=db_url)   # the same database, the feature gone
+    chat.app = without
     replies = chat.text("hi")
     assert replies[0].text == T("tr", "engine.state_gone")
     assert chat.state == IDLE and chat.data == {}
 
 
-def test_a_go_to_a_missing_state_lands_in_the_menu(make_app):
+def going_nowhere() -> tuple[Router, str]:
+    """A feature whose button leads to the state its conversation's data names (a state no router
+    declares, as an old session's data could)."""
     name = f"test.gone_{uuid.uuid4().hex[:6]}"
+    router = Router("test")
 
-    @state(name)
+    @router.state(name, choice_only=True)
     def feature_step(ctx):
         ctx.ask("go?", [Choice("go", "go")])
 
     @feature_step.on_input
-    def _(ctx, msg):
-        return Go("test.never_registered")
+    def on_feature_step(ctx, msg):
+        return Go(ctx.data["then"])
 
-    try:
-        app = make_app()
-        chat = Chat(app)
-        onboard(chat)
-        chat.set_session(name, {})
-        chat.text("x")
-        replies = chat.choose("go")
-        assert replies[-1].text == T("tr", "menu.title") and chat.state == IDLE
-    finally:
-        del STATES[name]
+    return router, name
+
+
+def test_a_go_to_a_missing_state_lands_in_the_menu(make_app):
+    router, name = going_nowhere()
+    app = make_app(features=FEATURES + (Feature("test", routers=(router,)),), strict_targets=False)
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"then": "test.never_registered"})
+    assert chat.text("x")[-1].text == "go?"
+    replies = chat.choose("go")
+    assert replies[-1].text == T("tr", "menu.title") and chat.state == IDLE
+
+
+def test_in_the_tests_a_go_to_a_missing_state_is_an_error(make_app):
+    router, name = going_nowhere()
+    app = make_app(features=FEATURES + (Feature("test", routers=(router,)),))
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"then": "test.never_registered"})
+    assert chat.text("x")[-1].text == "go?"
+    with pytest.raises(AssertionError, match="engine.error"):
+        chat.choose("go")
+    assert chat.state == IDLE
 
 
 def test_duplicate_external_id_is_ignored(make_app, db_url):
