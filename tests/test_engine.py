@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import event, update
 from sqlmodel import select
 
 from bot.features import FEATURES, Feature, build_registry
@@ -21,6 +22,7 @@ from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from conversations.registry import Router
 from conversations.step import IDLE, KIND_NAMES, Go, Stay
+from storage import repo
 from storage.db import transaction
 from storage.models import (
     CONSENT_PURPOSES,
@@ -685,6 +687,73 @@ def test_in_the_tests_a_go_to_a_missing_state_is_an_error(make_app):
     with pytest.raises(AssertionError, match="engine.error"):
         chat.choose("go")
     assert chat.state == IDLE
+
+
+# ---------------------------------------------------------------- a step that fails commits nothing of its own
+CRASH = Router("test.crash")
+
+
+@CRASH.state("test.crash", choice_only=True)
+def crash_prompt(ctx):
+    ctx.ask("crash?", [Choice("go", "go")])
+
+
+@crash_prompt.on_input
+def on_crash(ctx, msg):
+    """Writes through every way a state has (the ORM, the step's connection, the profile), then fails."""
+    repo.audit(ctx.db, ctx.actor, "test.crashed", f"resident:{ctx.resident.id}")
+    ctx.db.add(ConsentRecord(resident_id=ctx.resident.id, purpose="announcements", granted=False,
+                             notice_version="test", channel=ctx.channel))
+    ctx.db.flush()
+    ctx.conn.execute(update(Resident).where(Resident.id == ctx.resident.id).values(display_name="changed"))
+    ctx.update_resident(locale="ar", mahalle="kozagac")
+    raise RuntimeError("a bug in a state")
+
+
+def test_a_step_that_fails_commits_nothing_of_its_own(make_app, db_url, caplog):
+    app = make_app(database_url=db_url, features=FEATURES + (Feature("crash", routers=(CRASH,)),))
+    chat = Chat(app, "en")
+    onboard(chat)
+    consents = [(r.purpose, r.granted) for r in chat.consents()]
+    chat.set_session("test.crash", {"collected": 1})
+    assert chat.text("x")[-1].text == "crash?"
+    failed = Inbound(channel=CHANNEL, address=chat.address, kind=Kind.CHOICE, choice="go", external_id="crash-1")
+    handled = app.engine.handle(failed)
+    # the apology in the resident's language (not the Arabic the failed step chose), then the menu
+    assert [out.text for _, out in handled.replies] == [T("en", "engine.error"), T("en", "menu.title")]
+    assert chat.state == IDLE and chat.data == {}
+    resident = chat.resident
+    assert (resident.locale, resident.mahalle, resident.display_name) == ("en", None, chat.address)
+    assert [(r.purpose, r.granted) for r in chat.consents()] == consents
+    with transaction(app.db) as db:
+        assert db.exec(select(AuditLog).where(AuditLog.action == "test.crashed")).all() == []
+    assert "a bug in a state" in caplog.text
+    # the rest of the step committed: the message is known (its replies are in the outbox)
+    assert app.engine.handle(failed).duplicate
+    with transaction(app.db) as db:
+        texts = [row.payload["text"] for row in db.exec(select(OutboxMessage).where(
+            OutboxMessage.address == chat.address).order_by(OutboxMessage.id))]
+    assert texts[-2:] == [T("en", "engine.error"), T("en", "menu.title")]
+
+
+def test_the_common_steps_take_no_savepoint(make_app):
+    """A prompt, a choice, a profile change: no SAVEPOINT (the profile change goes with the step's
+    last statements); a step that writes through the ORM takes one."""
+    app = make_app()
+    savepoints = []
+    event.listen(app.db, "savepoint", lambda conn, name: savepoints.append(name))
+    chat = Chat(app)
+    onboard(chat)
+    savepoints.clear()
+    chat.cmd("dil")
+    chat.choose("lang:en")
+    chat.choose("mahalle")
+    chat.text("kozagac")
+    assert savepoints == []
+    assert (chat.resident.locale, chat.resident.mahalle) == ("en", "kozagac")
+    chat.choose("privacy")
+    chat.choose("p:announcements")
+    assert len(savepoints) == 1 and not chat.consents()[-1].granted
 
 
 def test_duplicate_external_id_is_ignored(make_app, db_url):
