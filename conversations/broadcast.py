@@ -69,7 +69,7 @@ def _text_state(lang: str, next_state: str, optional: bool):
         ctx.ask(ctx.t(TEXT_PROMPTS[lang]), choices)
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_text(ctx: Ctx, msg: Inbound) -> Transition:
         texts = dict(ctx.data.get("texts") or {})   # copies: the session's JSON must see the change
         if msg.kind == Kind.CHOICE:
             texts.pop(lang, None)
@@ -91,7 +91,7 @@ def photo(ctx: Ctx) -> None:
 
 
 @photo.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_photo(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         ctx.data.pop("photo", None)
         return Go("broadcast.audience", keep=True)
@@ -126,7 +126,7 @@ def audience(ctx: Ctx) -> None:
 
 
 @audience.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_audience(ctx: Ctx, msg: Inbound) -> Transition:
     ctx.data.pop("previewed", None)
     if msg.choice == "all":
         return Go("broadcast.preview", {"audience": {}}, keep=True)
@@ -155,7 +155,7 @@ def mahalles(ctx: Ctx) -> None:
 
 
 @mahalles.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalles(ctx: Ctx, msg: Inbound) -> Transition:
     aud = dict(ctx.data.get("audience") or {})
     chosen: list[str] = list(aud.get("mahalles") or [])
     ctx.data["_page"] = 0
@@ -198,7 +198,7 @@ def language(ctx: Ctx) -> None:
 
 
 @language.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_language(ctx: Ctx, msg: Inbound) -> Transition:
     aud = dict(ctx.data.get("audience") or {})
     if msg.choice == "any":
         aud.pop("language", None)
@@ -230,7 +230,7 @@ def preview(ctx: Ctx) -> None:
 
 
 @preview.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_preview(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "discard":
         ctx.say(ctx.t("broadcast.discarded"))
         return Go(IDLE)
@@ -257,7 +257,7 @@ def when(ctx: Ctx) -> None:
 
 
 @when.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_when(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("broadcast.preview", keep=True)
     try:
@@ -298,7 +298,7 @@ def broadcast_list(ctx: Ctx) -> None:
 
 
 @broadcast_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_broadcast_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "new":
         return Go("broadcast.text", {"texts": {}, "audience": {}})
     if msg.choice.startswith("c:"):
@@ -313,7 +313,7 @@ def cancel_confirm(ctx: Ctx) -> None:
 
 
 @cancel_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_cancel_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "yes":
         return Go("broadcast.list")
     broadcast_id = int(ctx.data.get("id") or 0)
@@ -372,7 +372,7 @@ def subscription(ctx: Ctx) -> None:
 
 
 @subscription.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_subscription(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "toggle":
         ctx.record_consent(PURPOSE, not ctx.consented(PURPOSE))
         return Go("subscription", {"changed": True})

@@ -143,7 +143,7 @@ def onboarding_language(ctx: Ctx) -> None:
 
 
 @onboarding_language.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_onboarding_language(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang])
                                          for lang in LANGUAGES])
@@ -154,7 +154,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("onboarding.notice", keep=True)
 
 
-@router.state("onboarding.notice", needs_onboarding=False)
+@router.state("onboarding.notice", needs_onboarding=False, choice_only=True)
 def onboarding_notice(ctx: Ctx) -> None:
     m = ctx.catalog.municipality
     purposes = "\n".join(f"• {ctx.t(PURPOSE_KEYS[p])}" for p in CONSENT_PURPOSES)
@@ -165,9 +165,7 @@ def onboarding_notice(ctx: Ctx) -> None:
 
 
 @onboarding_notice.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_onboarding_notice(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "choose":
         return Go("onboarding.purpose", {"i": 0, "payload": ctx.data.get("payload", "")})
     granted = msg.choice == "all"
@@ -176,7 +174,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return finish_onboarding(ctx)
 
 
-@router.state("onboarding.purpose", needs_onboarding=False)
+@router.state("onboarding.purpose", needs_onboarding=False, choice_only=True)
 def onboarding_purpose(ctx: Ctx) -> None:
     purpose = CONSENT_PURPOSES[ctx.data.get("i", 0)]
     ctx.ask(ctx.t("consent.question", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose])),
@@ -184,9 +182,7 @@ def onboarding_purpose(ctx: Ctx) -> None:
 
 
 @onboarding_purpose.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_onboarding_purpose(ctx: Ctx, msg: Inbound) -> Transition:
     i = ctx.data.get("i", 0)
     ctx.record_consent(CONSENT_PURPOSES[i], msg.choice == YES)
     if i + 1 < len(CONSENT_PURPOSES):
@@ -206,7 +202,7 @@ def finish_onboarding(ctx: Ctx) -> Transition:
 
 
 # ---------------------------------------------------------------- consent asked just in time
-@router.state("consent.ask")
+@router.state("consent.ask", choice_only=True)
 def consent_ask(ctx: Ctx) -> None:
     purpose = ctx.data.get("purpose", "reports")
     ctx.ask(ctx.t("consent.needed", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose]),
@@ -214,9 +210,7 @@ def consent_ask(ctx: Ctx) -> None:
 
 
 @consent_ask.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_consent_ask(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != YES:
         ctx.say(ctx.t("consent.declined"))
         return Go(IDLE)
@@ -238,7 +232,7 @@ def menu(ctx: Ctx) -> None:
 
 
 @menu.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_menu(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("menu.choose")
     target = ctx.registry.menu_item(msg.choice).target
@@ -248,15 +242,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- language
-@router.state("language.pick")
+@router.state("language.pick", choice_only=True)
 def language_pick(ctx: Ctx) -> None:
     ctx.ask(ctx.t("language.prompt"), _language_choices(ctx))
 
 
 @language_pick.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_language_pick(ctx: Ctx, msg: Inbound) -> Transition:
     ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     ctx.say(ctx.t("language.changed"))
     return Go(IDLE)
@@ -284,7 +276,7 @@ def mahalle_pick(ctx: Ctx) -> None:
 
 
 @mahalle_pick.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalle_pick(ctx: Ctx, msg: Inbound) -> Transition:
     if ctx.data.get("blocked"):
         if msg.kind == Kind.CHOICE and msg.choice == "privacy":
             return Go("privacy")
@@ -320,7 +312,7 @@ def _after_mahalle(ctx: Ctx) -> Transition:
 
 
 # ---------------------------------------------------------------- privacy settings and data rights
-@router.state("privacy")
+@router.state("privacy", choice_only=True)
 def privacy(ctx: Ctx) -> None:
     consents = ctx.consents()
     lines = [ctx.t("privacy.title")]
@@ -338,9 +330,7 @@ def privacy(ctx: Ctx) -> None:
 
 
 @privacy.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_privacy(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice.startswith("p:"):
         purpose = msg.choice[2:]
         granted = not ctx.consented(purpose)
@@ -397,15 +387,13 @@ def send_export(ctx: Ctx) -> None:
                                          json.dumps(data, ensure_ascii=False, indent=2, default=str)))
 
 
-@router.state("data.delete_confirm", needs_onboarding=False)  # the notice offers /verilerimisil during onboarding
+@router.state("data.delete_confirm", needs_onboarding=False, choice_only=True)  # the notice offers /verilerimisil during onboarding
 def delete_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("data.delete_question"), [Choice(YES, ctx.t("data.delete_yes")), Choice(NO, ctx.t("common.no"))])
 
 
 @delete_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_delete_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != YES:
         ctx.say(ctx.t("data.delete_kept"))
         return Go(IDLE)

@@ -112,7 +112,7 @@ def checkin_link(ctx: Ctx, arg: str) -> Transition:
 
 
 # ---------------------------------------------------------------- the list
-@router.state("event.list")
+@router.state("event.list", choice_only=True)
 def event_list(ctx: Ctx) -> None:
     events = P.upcoming_events(ctx.db, ctx.now)
     if not events:
@@ -131,9 +131,7 @@ def event_list(ctx: Ctx) -> None:
 
 
 @event_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_event_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "menu":
         return Go(IDLE)
     return Go("event.detail", {"event_id": int(msg.choice[2:]), "back_page": ctx.data.get("_page", 0)})
@@ -198,7 +196,7 @@ def detail_choices(ctx: Ctx, event: Event, rsvp) -> list[Choice]:
     return choices
 
 
-@router.state("event.detail")
+@router.state("event.detail", choice_only=True)
 def event_detail(ctx: Ctx) -> None:
     event = _event(ctx)
     if event is None:
@@ -218,9 +216,7 @@ def event_detail(ctx: Ctx) -> None:
 
 
 @event_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_event_detail(ctx: Ctx, msg: Inbound) -> Transition:
     event = _event(ctx)
     if msg.choice == "list" or event is None:
         return Go("event.list", {"_page": ctx.data.get("back_page", 0)})
@@ -264,11 +260,11 @@ def reminders_on(ctx: Ctx) -> None:
 
 
 @reminders_on.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_reminders_on(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.detail", ctx.data)
 
 
-@router.state("event.cancel_confirm")
+@router.state("event.cancel_confirm", choice_only=True)
 def cancel_confirm(ctx: Ctx) -> None:
     event = _event(ctx)
     rsvp = P.rsvp_of(ctx.db, event.id, ctx.resident.id) if event else None
@@ -277,9 +273,7 @@ def cancel_confirm(ctx: Ctx) -> None:
 
 
 @cancel_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_cancel_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "yes" and ctx.data.get("event_id"):
         result = P.cancel_registration(ctx.db, int(ctx.data["event_id"]), ctx.resident.id, now=ctx.now,
                                        offsets=_offsets(ctx), tz=_tz(ctx), domain=_domain(ctx))
@@ -348,7 +342,7 @@ def feedback_comment(ctx: Ctx) -> None:
 
 
 @feedback_comment.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_feedback_comment(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT and str(ctx.data.get("event_id", "")).isdigit():
         P.record_comment(ctx.db, int(ctx.data["event_id"]), ctx.resident.id, msg.text)
     ctx.say(ctx.t("event.feedback.thanks"))
@@ -367,7 +361,7 @@ def add_text(ctx: Ctx) -> None:
 
 
 @add_text.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_text(ctx: Ctx, msg: Inbound) -> Transition:
     i = ctx.data.get("i", 0)
     field, lang = LANG_FIELDS[i]
     if msg.kind == Kind.TEXT:
@@ -380,15 +374,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_type", keep=True)
 
 
-@router.state("event.add_type", staff_only=True)
+@router.state("event.add_type", staff_only=True, choice_only=True)
 def add_type(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.type"), [Choice(f"t:{k}", ctx.t(P.TYPE_KEYS[k])) for k in EVENT_TYPES], columns=2)
 
 
 @add_type.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_add_type(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_start", {"type": msg.choice[2:]}, keep=True)
 
 
@@ -399,7 +391,7 @@ def _time_state(name: str, prompt_key: str, next_state: str, data_key: str, *, b
         ctx.ask(ctx.t(prompt_key), [Choice("skip", ctx.t("event.add.skip"))] if optional else [])
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_time(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.kind == Kind.CHOICE and optional:
             return Go(next_state, {data_key: None}, keep=True)
         if msg.kind != Kind.TEXT:
@@ -429,7 +421,7 @@ def add_place(ctx: Ctx) -> None:
 
 
 @add_place.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_place(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.add.place")
     return Go("event.add_pin", {"place": msg.text.strip()[:255]}, keep=True)
@@ -441,7 +433,7 @@ def add_pin(ctx: Ctx) -> None:
 
 
 @add_pin.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_pin(ctx: Ctx, msg: Inbound) -> Transition:
     pin = [msg.latitude, msg.longitude] if msg.kind == Kind.LOCATION else None
     return Go(ctx.data.get("pin_next", "event.add_capacity"), {"pin": pin}, keep=True)
 
@@ -452,7 +444,7 @@ def add_capacity(ctx: Ctx) -> None:
 
 
 @add_capacity.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_capacity(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("event.add_deadline", {"capacity": None}, keep=True)
     number = _number(msg.text)
@@ -477,16 +469,14 @@ def summary(ctx: Ctx, data: dict[str, Any]) -> str:
                  deadline=ctx.when(_dt(data["deadline"])) if data.get("deadline") else none)
 
 
-@router.state("event.add_confirm", staff_only=True)
+@router.state("event.add_confirm", staff_only=True, choice_only=True)
 def add_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.confirm", summary=summary(ctx, ctx.data)),
             [Choice("save", ctx.t("event.add.save")), Choice("drop", ctx.t("event.add.discard"))])
 
 
 @add_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_add_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "save":
         ctx.say(ctx.t("cancel.done"))
         return Go(IDLE)
@@ -509,7 +499,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: edit or cancel
-@router.state("event.edit", staff_only=True)
+@router.state("event.edit", staff_only=True, choice_only=True)
 def edit_menu(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.menu", title=event.title_in(ctx.lang) if event else ""),
@@ -519,9 +509,7 @@ def edit_menu(ctx: Ctx) -> None:
 
 
 @edit_menu.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_edit_menu(ctx: Ctx, msg: Inbound) -> Transition:
     target = {"time": "event.edit_start", "place": "event.edit_place", "capacity": "event.edit_capacity",
               "cancel_event": "event.edit_cancel"}.get(msg.choice)
     if target is None:
@@ -550,7 +538,7 @@ def edit_start(ctx: Ctx) -> None:
 
 
 @edit_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     try:
@@ -566,7 +554,7 @@ def edit_end(ctx: Ctx) -> None:
 
 
 @edit_end.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_end(ctx: Ctx, msg: Inbound) -> Transition:
     start = _dt(ctx.data.get("starts_at"))
     if start is None:
         return Go("event.edit_start", keep=True)
@@ -587,7 +575,7 @@ def edit_place(ctx: Ctx) -> None:
 
 
 @edit_place.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_place(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.add.place")
     return Go("event.edit_pin", {"place": msg.text.strip()[:255]}, keep=True)
@@ -600,7 +588,7 @@ def edit_pin(ctx: Ctx) -> None:
 
 
 @edit_pin.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_pin(ctx: Ctx, msg: Inbound) -> Transition:
     change = P.EventChange(place=ctx.data.get("place"))
     if msg.kind == Kind.LOCATION:
         change.latitude, change.longitude = msg.latitude, msg.longitude
@@ -615,7 +603,7 @@ def edit_capacity(ctx: Ctx) -> None:
 
 
 @edit_capacity.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_capacity(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return apply_change(ctx, P.EventChange(clear_capacity=True))
     number = _number(msg.text)
@@ -624,16 +612,14 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, P.EventChange(capacity=number))
 
 
-@router.state("event.edit_cancel", staff_only=True)
+@router.state("event.edit_cancel", staff_only=True, choice_only=True)
 def edit_cancel(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.cancel_question", title=event.title_in(ctx.lang) if event else ""), yes_no(ctx))
 
 
 @edit_cancel.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_edit_cancel(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "yes":
         return Go("event.edit", {"event_id": ctx.data.get("event_id")})
     if not str(ctx.data.get("event_id", "")).isdigit():

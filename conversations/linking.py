@@ -114,7 +114,7 @@ def _leave(ctx: Ctx) -> None:
 
 
 @link_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_link_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CONTACT:
         phone = linking.normalize_phone(msg.phone)
         if not phone:

@@ -139,7 +139,7 @@ def report_category(ctx: Ctx) -> None:
 
 
 @report_category.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         key = msg.choice.removeprefix("c:")
     else:
@@ -164,7 +164,7 @@ def report_describe(ctx: Ctx) -> None:
 
 
 @report_describe.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_describe(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.STICKER:
         return Invalid("report.describe_sticker")
     if msg.kind == Kind.VOICE:
@@ -211,7 +211,7 @@ def report_location(ctx: Ctx) -> None:
 
 
 @report_location.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_location(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:
         if msg.latitude is None or msg.longitude is None or not (-90 <= msg.latitude <= 90) \
                 or not (-180 <= msg.longitude <= 180):
@@ -248,7 +248,7 @@ def report_mahalle(ctx: Ctx) -> None:
 
 
 @report_mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
     found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
@@ -266,7 +266,7 @@ def report_street(ctx: Ctx) -> None:
 
 
 @report_street.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_street(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:  # a pin is even better: keep the mahalle, ask nothing more
         ctx.data.update(lat=msg.latitude, lon=msg.longitude)
         ctx.say(ctx.t("report.location_saved"))
@@ -286,7 +286,7 @@ def report_photos(ctx: Ctx) -> None:
 
 
 @report_photos.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_photos(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         ctx.data.pop("edit", None)
         return Go("report.summary", keep=True)
@@ -331,7 +331,7 @@ def report_summary(ctx: Ctx) -> None:
 
 
 @report_summary.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_summary(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.PHOTO:
         return _add_photo(ctx, msg, then="report.summary")
     if msg.kind != Kind.CHOICE:
@@ -396,7 +396,7 @@ def file_report(ctx: Ctx) -> Transition:
     return Go(IDLE)
 
 
-@router.state("report.duplicate")
+@router.state("report.duplicate", choice_only=True)
 def report_duplicate(ctx: Ctx) -> None:
     codes = ctx.data.get("dups") or []
     reports = [r for r in (rp.get_by_code(ctx.db, c) for c in codes) if r is not None]
@@ -425,9 +425,7 @@ def _duplicate_text(ctx: Ctx, report: rp.Report) -> str:
 
 
 @report_duplicate.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_report_duplicate(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "file":
         return file_report(ctx)
     if msg.choice == "back":
@@ -489,7 +487,7 @@ def report_mine(ctx: Ctx) -> None:
 
 
 @report_mine.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_mine(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = CODE_RE.search(msg.text.upper())
         if found:
@@ -551,7 +549,7 @@ def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) ->
 
 
 @report_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = CODE_RE.search(msg.text.upper())
         if found:
@@ -637,7 +635,7 @@ def report_rate(ctx: Ctx) -> None:
 
 
 @report_rate.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_rate(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("report.rate_hint")
     if msg.choice == "skip":

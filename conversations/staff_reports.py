@@ -96,7 +96,7 @@ def staff_home(ctx: Ctx) -> None:
 
 
 @staff_home.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_home(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
     if msg.choice.startswith("st:"):
@@ -117,7 +117,7 @@ def staff_category(ctx: Ctx) -> None:
 
 
 @staff_category.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
         if len(found) != 1:
@@ -137,7 +137,7 @@ def staff_mahalle(ctx: Ctx) -> None:
 
 
 @staff_mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
         if len(found) != 1:
@@ -172,7 +172,7 @@ def staff_list(ctx: Ctx) -> None:
 
 
 @staff_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
     if msg.choice == "filter":
@@ -235,7 +235,7 @@ def _view_choices(ctx: Ctx, report: rp.Report) -> list[Choice]:
 
 
 @staff_view.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_view(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("engine.choose")
     if msg.choice == "back":
@@ -254,7 +254,7 @@ def staff_note(ctx: Ctx) -> None:
 
 
 @staff_note.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_note(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE and msg.choice == "cancel":
         return Go("staffreport.view", keep=True)
     note = msg.text.strip() if msg.kind == Kind.TEXT else ""
@@ -268,7 +268,7 @@ def staff_reason(ctx: Ctx) -> None:
 
 
 @staff_reason.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_reason(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("staffreport.view", keep=True)
     reason = msg.text.strip()
@@ -299,7 +299,7 @@ def staff_merge(ctx: Ctx) -> None:
 
 
 @staff_merge.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_merge(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("staffreport.view", keep=True)
     found = CODE_RE.search(msg.text.upper())

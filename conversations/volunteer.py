@@ -64,7 +64,7 @@ def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
     return require_consent(ctx, "volunteering", "volunteer.home")
 
 
-@router.state("volunteer.home")
+@router.state("volunteer.home", choice_only=True)
 def home(ctx: Ctx) -> None:
     joined = {m.pool for m in P.memberships_of(ctx.db, ctx.resident.id)}
     lines = [ctx.t("volunteer.home", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
@@ -80,9 +80,7 @@ def home(ctx: Ctx) -> None:
 
 
 @home.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_home(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "menu":
         return Go(IDLE)
     if msg.choice == "mine":
@@ -111,7 +109,7 @@ def pool_detail(ctx: Ctx) -> None:
 
 
 @pool_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_pool_detail(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE or msg.choice == "back":
         return Go("volunteer.home")
     pool = ctx.data.get("pool", "")
@@ -141,7 +139,7 @@ def skills(ctx: Ctx) -> None:
 
 
 @skills.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_skills(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -162,7 +160,7 @@ def skills_text(ctx: Ctx) -> None:
 
 
 @skills_text.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_skills_text(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         ctx.data["skills"] = msg.text.strip()[:1000]
     return Go("volunteer.availability", keep=True)
@@ -177,7 +175,7 @@ def availability(ctx: Ctx) -> None:
 
 
 @availability.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_availability(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -205,7 +203,7 @@ def mahalle(ctx: Ctx) -> None:
 
 
 @mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         if msg.choice == "keep":
             return Go("volunteer.confirm", {"candidates": None}, keep=True)
@@ -220,7 +218,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.mahalle", {"candidates": found, "_page": 0}, keep=True)
 
 
-@router.state("volunteer.confirm")
+@router.state("volunteer.confirm", choice_only=True)
 def confirm(ctx: Ctx) -> None:
     d = ctx.data
     skill_names = [_skill_name(ctx, k) for k in d.get("tags", [])] + ([d["skills"]] if d.get("skills") else [])
@@ -232,9 +230,7 @@ def confirm(ctx: Ctx) -> None:
 
 
 @confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "save":
         ctx.say(ctx.t("cancel.done"))
         return Go("volunteer.home")
@@ -250,15 +246,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.home")
 
 
-@router.state("volunteer.leave")
+@router.state("volunteer.leave", choice_only=True)
 def leave(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.leave_question", pool=_pool_name(ctx, ctx.data.get("pool", ""))), yes_no(ctx))
 
 
 @leave.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_leave(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "yes" and P.leave_pool(ctx.db, ctx.resident.id, ctx.data.get("pool", "")):
         ctx.say(ctx.t("volunteer.left", pool=_pool_name(ctx, ctx.data.get("pool", ""))))
     return Go("volunteer.home")
@@ -284,7 +278,7 @@ def mine(ctx: Ctx) -> None:
 
 
 @mine.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mine(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE or msg.choice == "back":
         return Go("volunteer.home")
     outcome = P.respond_to_call(ctx.db, int(msg.choice[2:]), ctx.resident.id, "c", lang=ctx.lang, tz=_tz(ctx),
@@ -325,7 +319,7 @@ def call_pools(ctx: Ctx) -> None:
 
 
 @call_pools.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_pools(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -343,7 +337,7 @@ def _text_state(name: str, prompt_key: str, next_state: str, data_key: str, limi
         ctx.ask(ctx.t(prompt_key))
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_text(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.kind != Kind.TEXT:
             return Invalid(prompt_key)
         return Go(next_state, {data_key: msg.text.strip()[:limit]}, keep=True)
@@ -361,7 +355,7 @@ def call_start(ctx: Ctx) -> None:
 
 
 @call_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     try:
@@ -379,7 +373,7 @@ def call_end(ctx: Ctx) -> None:
 
 
 @call_end.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_end(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     if not ctx.data.get("starts_at"):
@@ -400,14 +394,14 @@ def call_count(ctx: Ctx) -> None:
 
 
 @call_count.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_count(ctx: Ctx, msg: Inbound) -> Transition:
     text = msg.text.strip() if msg.kind == Kind.TEXT else ""
     if not text.isdigit() or not 1 <= int(text) <= 10_000:
         return Invalid("event.bad_number")
     return Go("volunteer.call_confirm", {"capacity": int(text)}, keep=True)
 
 
-@router.state("volunteer.call_confirm", staff_only=True)
+@router.state("volunteer.call_confirm", staff_only=True, choice_only=True)
 def call_confirm(ctx: Ctx) -> None:
     d = ctx.data
     none = ctx.t("common.none")
@@ -421,9 +415,7 @@ def call_confirm(ctx: Ctx) -> None:
 
 
 @call_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_call_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "send":
         ctx.say(ctx.t("cancel.done"))
         return Go(IDLE)
