@@ -243,6 +243,8 @@ def on_event_detail(ctx: Ctx, msg: Inbound) -> Transition:
                 document=P.ics_attachment(event, ctx.lang, _domain(ctx)))
         return Go("event.detail", back)
     if msg.choice == "remind":
+        if ctx.consented("reminders"):  # an old page's button (else giving the consent plans them)
+            P.enable_reminders_for(ctx.db, ctx.resident.id, ctx.now, _offsets(ctx))
         return require_consent(ctx, "reminders", "event.reminders_on", back)
     if msg.choice == "cancel":
         return Go("event.cancel_confirm", back)
@@ -251,17 +253,15 @@ def on_event_detail(ctx: Ctx, msg: Inbound) -> Transition:
     return Invalid("engine.choose")
 
 
-@router.state("event.reminders_on")
+@router.state("event.reminders_on", choice_only=True)
 def reminders_on(ctx: Ctx) -> None:
-    P.enable_reminders_for(ctx.db, ctx.resident.id, ctx.now, _offsets(ctx))
+    """The event's page after "remind me", saying first that reminders are on (planned when the
+    "reminders" consent was given: the participation router's on_grant). Its buttons are the page's."""
     ctx.say(ctx.t("event.reminders_enabled"))
     event_detail(ctx)
-    ctx.state = "event.detail"
 
 
-@reminders_on.on_input
-def on_reminders_on(ctx: Ctx, msg: Inbound) -> Transition:
-    return Go("event.detail", ctx.data)
+reminders_on.on_input(on_event_detail)
 
 
 @router.state("event.cancel_confirm", choice_only=True)

@@ -32,7 +32,7 @@ WHATSAPP = "whatsapp"
 MAX_WRONG_CODES = 5          # per resident and hour; every resident's wrong codes also count globally
 
 router = Router("linking")
-router.menu_item(70, "link", N_("link.menu"), "link.start")
+router.menu_item(70, "link", N_("link.menu"), "cmd:link")
 router.exporter(linking.export_codes)
 
 
@@ -54,6 +54,14 @@ def merge(db: Session, keep_id: int, gone_id: int, config: EngineConfig, actor: 
 @router.command("link", "bagla", "bağla", "link", menu={"tr": "bagla", "en": "link", "ar": "link"},
                 description=N_("link.command"))
 def cmd_link(ctx: Ctx, text: str) -> Transition:
+    """/bagla (and the menu's button): on WhatsApp, the code to type on Telegram; on the other
+    channels, the question (link.start); without WhatsApp configured, that linking is unavailable."""
+    if not _available(ctx):
+        ctx.say(ctx.t("link.unavailable"))
+        return _after(ctx)
+    if ctx.channel == WHATSAPP:
+        show_code(ctx)
+        return _after(ctx)
     return Go("link.start")
 
 
@@ -66,22 +74,19 @@ def _after(ctx: Ctx) -> Transition:
     return Go(IDLE) if ctx.resident.onboarded_at is not None else Go("onboarding.language")
 
 
+def show_code(ctx: Ctx) -> None:
+    """WhatsApp knows the number already: a one-time code to type on Telegram's /bagla."""
+    others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
+    if others:
+        ctx.say(ctx.t("link.already"))
+    if not _say_if_paused(ctx):
+        code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
+        ctx.say(ctx.t("link.whatsapp_code", code=linking.shown(code.code),
+                      minutes=int(linking.CODE_TTL.total_seconds() // 60)))
+
+
 @router.state("link.start", accepts={Kind.TEXT, Kind.CONTACT}, needs_onboarding=False)
 def link_start(ctx: Ctx) -> None:
-    if not _available(ctx):
-        ctx.say(ctx.t("link.unavailable"))
-        _leave(ctx)
-        return
-    if ctx.channel == WHATSAPP:
-        others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
-        if others:
-            ctx.say(ctx.t("link.already"))
-        if not _say_if_paused(ctx):
-            code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
-            ctx.say(ctx.t("link.whatsapp_code", code=linking.shown(code.code),
-                          minutes=int(linking.CODE_TTL.total_seconds() // 60)))
-        _leave(ctx)
-        return
     if ctx.channel == "telegram":
         ctx.ask(ctx.t("link.ask_contact"), request_contact=ctx.t("link.share_button"))
     else:
@@ -103,14 +108,6 @@ def _say_if_paused(ctx: Ctx) -> bool:
         return False
     ctx.say(ctx.t("link.paused", minutes=max(1, math.ceil(left / 60))), remove_keyboard=True)
     return True
-
-
-def _leave(ctx: Ctx) -> None:
-    """link.start shown on a channel with nothing to answer: back to the menu (or onboarding)."""
-    from conversations.step import enter
-
-    ctx.data = {}
-    enter(ctx, IDLE if ctx.resident.onboarded_at is not None else "onboarding.language")
 
 
 @link_start.on_input
