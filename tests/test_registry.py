@@ -183,7 +183,7 @@ def test_importing_every_module_fills_no_registry():
                 held.append(f"{module.__name__}.{name}")
             if isinstance(value, dict):
                 items = [*value.keys(), *value.values()]
-            elif isinstance(value, (list, set, frozenset)):
+            elif isinstance(value, (list, tuple, set, frozenset)):
                 items = list(value)
             else:
                 continue
