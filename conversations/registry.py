@@ -279,24 +279,26 @@ class Registry:
         grants: dict[str, list[ConsentHook]] = {}
         owner: dict[tuple[str, str], str] = {}
 
-        def claim(kind: str, key: str, router: Router) -> bool:
-            first = owner.setdefault((kind, key), router.name)
-            if first != router.name:
-                problems.append(f"{kind} {key!r} is declared by router {first!r} and by router {router.name!r}")
+        def claim(kind: str, key: str, by: str) -> bool:
+            if (kind, key) in owner:
+                problems.append(f"{kind} {key!r} is declared by {owner[kind, key]} and by {by}")
                 return False
+            owner[kind, key] = by
             return True
 
         for router in routers:
             problems += router.problems
+            by = f"router {router.name!r}"
             for name, entry in router.states.items():
-                if claim("state", name, router):
+                if claim("state", name, by):
                     states[name] = entry
             for cmd in router.commands:
-                if not claim("command", cmd.name, router):
+                if not claim("command", cmd.name, by):
                     continue
                 commands[cmd.name] = cmd
+                command_by = f"command {cmd.name!r} of {by}"
                 for spelling in cmd.spellings:
-                    if claim("command spelling", spelling, router) or spellings.get(spelling) == cmd.name:
+                    if claim("command spelling", spelling, command_by):
                         spellings[spelling] = cmd.name
                 for lang, shown in cmd.menu.items():
                     if lang not in menu:
@@ -307,16 +309,16 @@ class Registry:
                     else:
                         menu[lang].append(shown)
             for item in router.menu_items:
-                if claim("menu item", item.key, router):
+                if claim("menu item", item.key, by):
                     items[item.key] = item
             for prefix, fn in router.global_choices.items():
-                if claim("global choice prefix", prefix, router):
+                if claim("global choice prefix", prefix, by):
                     global_choices[prefix] = fn
             for prefix, fn in router.start_payloads.items():
-                if claim("start payload", prefix, router):
+                if claim("start payload", prefix, by):
                     payloads[prefix] = fn
             for key, action in router.word_commands.items():
-                if claim("word command", key, router):
+                if claim("word command", key, by):
                     words[key] = action
             for purpose, hooks in router.withdrawals.items():
                 withdrawals.setdefault(purpose, []).extend(hooks)

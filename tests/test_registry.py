@@ -109,10 +109,24 @@ def test_two_routers_declaring_the_same_thing_fail_the_build(what):
     named = {"state": "state 'shared.state'", "command": "command 'shared'", "spelling": "command spelling 'ortak'",
              "menu key": "menu item 'shared'", "global choice": "global choice prefix 'zz'",
              "start payload": "start payload 'zz'"}[what]
+    by = ("command 'first' of router 'first' and by command 'second' of router 'second'" if what == "spelling"
+          else "router 'first' and by router 'second'")
     core = FEATURES[0].routers
     with pytest.raises(RegistryError) as raised:
         Registry.build([*core, first, second])
-    assert raised.value.problems == [f"{named} is declared by router 'first' and by router 'second'"]
+    assert raised.value.problems == [f"{named} is declared by {by}"]
+
+
+def test_one_router_declaring_a_command_or_a_menu_key_twice_fails_the_build():
+    router = small_router("twice", "twice.one")
+    for name in ("one", "two"):
+        router.command(name, "ikisi")(lambda ctx, text: Go("menu"))
+        router.menu_item(50, "same", "menu.help", "menu")
+    with pytest.raises(RegistryError) as raised:
+        Registry.build([*FEATURES[0].routers, router])
+    assert raised.value.problems == [
+        "command spelling 'ikisi' is declared by command 'one' of router 'twice' and by command 'two' of router 'twice'",
+        "menu item 'same' is declared by router 'twice' and by router 'twice'"]
 
 
 def test_a_menu_item_to_an_unknown_state_or_command_fails_the_build():
