@@ -15,10 +15,11 @@ from bench.common import Result, pg_url_or_none, percentile
 
 
 def _prepare(url: str, residents: int):
-    import conversations.flows  # noqa: F401
     from bot.catalog import load_catalog
+    from bot.features import build_registry
     from bot.settings import SAMPLE_CATALOG
-    from conversations.engine import Engine, EngineConfig
+    from conversations.runtime import Engine
+    from conversations.step import EngineConfig
     from storage.db import make_engine, transaction, utcnow
     from storage.migrate import upgrade
     from storage.models import ChannelIdentity, ConversationSession, Resident
@@ -35,7 +36,8 @@ def _prepare(url: str, residents: int):
                                                  last_inbound_at=now) for i in range(1, residents + 1)])
         s.execute(insert(ConversationSession), [dict(resident_id=i, state="mahalle.pick", data={}, updated_at=now,
                                                      version=0) for i in range(1, residents + 1)])
-    engine = Engine(db, EngineConfig(catalog=load_catalog(SAMPLE_CATALOG)), worker_id="bench")
+    config = EngineConfig(catalog=load_catalog(SAMPLE_CATALOG), registry=build_registry())
+    engine = Engine(db, config, worker_id="bench")
     return db, engine
 
 

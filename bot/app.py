@@ -1,6 +1,6 @@
-"""Explicit wiring, in one place: settings → catalog → database → conversation engine → channels,
-HTTP server and scheduler. `katilim run`, `katilim chat`, `katilim worker` and the tests all build
-the application here."""
+"""Explicit wiring: settings → catalog → the features' registry → database → conversation engine →
+channels, HTTP server and scheduler. `katilim run`, `katilim chat`, `katilim worker` and the tests
+all build the application here, from the features and channels listed in bot/features.py."""
 from __future__ import annotations
 
 import asyncio
@@ -15,13 +15,14 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine as DbEngine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-import conversations.flows  # noqa: F401  (registers every state)
 from bot.catalog import Catalog, load_catalog
 from bot.delivery import Sender, send_replies
 from bot.settings import Settings
-from conversations.engine import GLOBAL_CHOICES, Engine, EngineConfig, Handled
 from conversations.messages import Inbound, Kind
 from conversations.proactive import answer_by_number
+from conversations.registry import Registry, RegistryError
+from conversations.runtime import Engine, Handled
+from conversations.step import EngineConfig
 from storage.db import make_engine, transaction
 from storage.migrate import upgrade
 
@@ -59,12 +60,22 @@ class App:
     # by the channel itself: App._fetch_media judges, cleans and stores it (storage.media.keep)
     media_fetchers: dict[str, Any] = field(default_factory=dict)
     flood: Any = None  # bot.flood.FloodGuard: FLOOD_MESSAGES per FLOOD_WINDOW per account
+    features: tuple = ()          # bot.features.Feature: their jobs, HTTP routes (the routers are in the registry)
+    channel_specs: tuple = ()     # bot.features.ChannelSpec: the channels this application may add
 
     def __post_init__(self) -> None:
         if self.flood is None:
             from bot.flood import FloodGuard
 
             self.flood = FloodGuard.from_settings(self.settings)
+
+    @property
+    def registry(self) -> Registry:
+        return self.engine.config.registry
+
+    def jobs(self) -> list:
+        """The factories of the scheduler's jobs: every feature's, and those of the channels added."""
+        return [factory for part in (*self.features, *self.channel_specs) for factory in part.jobs]
 
     async def accept(self, msg: Inbound) -> int:
         """Persist a message before answering its webhook; handle it with handle(msg, inbox_id)."""
@@ -107,7 +118,7 @@ class App:
 
     def _answer_by_number(self, msg: Inbound) -> None:
         with transaction(self.db) as db:
-            answer_by_number(db, msg, GLOBAL_CHOICES)
+            answer_by_number(db, msg, self.registry.global_choices)
 
     async def _fetch_media(self, msg: Inbound) -> None:
         """The one way a resident's file reaches MEDIA_DIR, whatever the channel. Only the first
@@ -192,35 +203,40 @@ def database_problem(url: str, exc: Exception) -> str:
     return f"DATABASE_URL={masked_url(url)}: cannot open the database: {reason}"
 
 
-def build_app(settings: Settings, *, role: str = "run", migrate: bool = True) -> App:
+def build_app(settings: Settings, *, features: tuple | None = None, channels: tuple | None = None,
+              strict_targets: bool = False, role: str = "run", migrate: bool = True) -> App:
+    """The application of these features and channels (default: bot/features.py's FEATURES and
+    CHANNELS). Routers that do not fit together (a duplicate, a misspelt state) stop start-up
+    with one line: StartupError. `strict_targets`: a state entered by an unknown name from a
+    conversation's data is an error instead of the menu (the tests)."""
+    from bot import features as wiring  # it lists the CLI's modules, which import this one
+
+    features = wiring.FEATURES if features is None else features
+    channels = wiring.CHANNELS if channels is None else channels
+    try:
+        registry = wiring.build_registry(features)
+    except RegistryError as exc:
+        raise StartupError(f"the features do not fit together: {exc}") from None
     catalog = load_catalog(settings.katilim_catalog)
     db = open_db(settings, migrate=migrate)
     worker_id = make_worker_id(role)
-    config = EngineConfig(catalog=catalog, timezone=catalog.municipality.timezone or settings.timezone,
+    config = EngineConfig(catalog=catalog, registry=registry,
+                          timezone=catalog.municipality.timezone or settings.timezone,
                           default_locale=settings.default_locale, session_expiry=settings.session_expiry,
                           max_text_length=settings.max_text_length, notice_version=settings.privacy_notice_version,
-                          settings=settings)
+                          settings=settings, strict_targets=strict_targets)
     try:
         settings.media_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"MEDIA_DIR={settings.media_dir}: cannot be created: {exc.strerror}") from None
-    return App(settings=settings, catalog=catalog, db=db, engine=Engine(db, config, worker_id), worker_id=worker_id)
+    return App(settings=settings, catalog=catalog, db=db, engine=Engine(db, config, worker_id), worker_id=worker_id,
+               features=tuple(features), channel_specs=tuple(channels))
 
 
 def add_configured_channels(app: App) -> None:
-    """Every channel whose settings are present."""
-    if app.settings.telegram_enabled:
-        from handlers.telegram import TelegramChannel
-
-        app.add_channel(TelegramChannel(app))
-    import handlers.whatsapp  # noqa: F401  (adds its CHANNEL_HOOKS entry)
-
-    for hook in CHANNEL_HOOKS:
-        hook(app)
-
-
-# Later channels (WhatsApp) register a function here that adds their channel when configured.
-CHANNEL_HOOKS: list = []
+    """Every channel whose settings are present (bot/features.py's CHANNELS, in order)."""
+    for spec in app.channel_specs:
+        spec.add(app)
 
 
 async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, channels: bool = True) -> None:

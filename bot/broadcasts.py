@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.scheduler import Job, job
+from bot.scheduler import Job
 from storage import broadcasts
 
 INTERVAL_SECONDS = 2.0
 
 
-@job
 def broadcasts_job(app) -> Job:
     tz = app.engine.config.timezone
 

@@ -1,18 +1,17 @@
-"""The `katilim` command. Each feature adds its subcommands in its own module (CLI_MODULES)."""
+"""The `katilim` command. Each feature adds its subcommands from its own module (bot/features.py
+lists them: `Feature(cli=(cli_reports.register,))`)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import importlib
 import logging
 import sys
+from typing import Iterable
 
 from bot.app import StartupError
 from bot.catalog import CatalogError
 from bot.settings import Settings, SettingsError, load_settings
-
-CLI_MODULES = ["bot.cli_core", "bot.cli_apikey", "bot.cli_worker", "bot.cli_reports", "bot.cli_broadcast", "bot.cli_events", "bot.cli_volunteer"]
 
 
 def configure_logging(settings: Settings) -> None:
@@ -22,17 +21,24 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, settings.log_level)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(features: Iterable | None = None) -> argparse.ArgumentParser:
+    """The subcommands of these features (default: bot/features.py's FEATURES); a subcommand that
+    builds the application builds it of the same features (`args.features`)."""
+    from bot.features import FEATURES  # it lists the cli_* modules, which import this one
+
+    features = tuple(FEATURES if features is None else features)
     parser = argparse.ArgumentParser(prog="katilim", description="Katılım: the municipality's participation chatbot")
+    parser.set_defaults(features=features)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in CLI_MODULES:
-        importlib.import_module(name).register(sub)
+    for feature in features:
+        for register in feature.cli:
+            register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, features: Iterable | None = None) -> int:
+    parser = build_parser(features)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_run(settings: Settings, args) -> int:
-    app = build_app(settings)
+    app = build_app(settings, features=args.features)
     add_configured_channels(app)
     if not app.channels:
         print(t_in(settings.default_locale, "console.no_channel"), file=sys.stderr)
@@ -60,7 +60,7 @@ async def cmd_run(settings: Settings, args) -> int:
 
 
 async def cmd_chat(settings: Settings, args) -> int:
-    return await _chat(build_app(settings, role="chat"), args.name)
+    return await _chat(build_app(settings, features=args.features, role="chat"), args.name)
 
 
 async def _chat(app, name: str | None) -> int:

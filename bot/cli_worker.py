@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_worker(settings: Settings, args) -> int:
-    app = build_app(settings, role="worker")
+    app = build_app(settings, features=args.features, role="worker")
     add_configured_channels(app)  # constructs the channels; their start() (inbound) is never called
     lang = settings.default_locale
     if not app.senders:

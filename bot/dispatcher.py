@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine as DbEngine
 from bot.delivery import SendError, SendFailure, Sender
 from bot.outcomes import Delivery, Outcome, Row, record
 from bot.pacing import LATE_TOLERANCE, Pacing, PacedSender, send_paced, unpaced
-from bot.scheduler import Job, job
+from bot.scheduler import Job
 from bot.workers import HEARTBEAT_INTERVAL, SQLITE_SINGLE, Heartbeat
 from conversations.messages import Outbound
 from storage import outbox
@@ -417,7 +417,6 @@ class _ChannelRunner:
 
 
 # ---------------------------------------------------------------- the scheduler job (katilim run)
-@job
 def outbox_job(app) -> Job:
     """`katilim run`: the dispatcher runs beside the channels; on SQLite, when another dispatcher
     is live, this process handles conversations only and takes over when the other one is gone."""

@@ -35,8 +35,6 @@ from storage.health import probe_database, probe_media
 
 log = logging.getLogger(__name__)
 
-# Feature routers (Open311 ...) register a function(app, http_app) here.
-HTTP_HOOKS: list = []
 HEALTH_TIMEOUT = 5.0  # seconds each /health probe may take (a locked database answers "fail")
 
 
@@ -62,8 +60,9 @@ def create_http_app(app) -> FastAPI:
 
     for channel in app.channels.values():
         channel.mount(http_app)
-    for hook in HTTP_HOOKS:
-        hook(app, http_app)
+    for feature in app.features:  # bot/features.py: Open311 ...
+        for add_routes in feature.http:
+            add_routes(app, http_app)
     http_app.add_middleware(RequestLimits, read_timeout=app.settings.http_read_timeout.total_seconds())
     return http_app
 
@@ -260,6 +259,3 @@ async def serve_http(app) -> _Server:
     app.http_port = wrapped.port
     return wrapped
 
-
-# Features that register HTTP_HOOKS (imported last: they import HTTP_HOOKS from here).
-import bot.open311  # noqa: E402,F401  (Open311 GeoReport v2 under /open311/v2/)

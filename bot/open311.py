@@ -73,7 +73,7 @@ from sqlmodel import Session, select
 
 from bot.catalog import LOCALES, Catalog
 from conversations.i18n import t_in
-from bot.http import HTTP_HOOKS, IMAGE_TYPES, stored_file
+from bot.http import IMAGE_TYPES, stored_file
 from handlers.kit import read_body
 from storage import apikeys, quota, repo
 from storage.apikeys import ApiKey
@@ -807,8 +807,5 @@ def build_router(app) -> APIRouter:
 
 
 def install(app, http_app: FastAPI) -> None:
+    """Open311 GeoReport v2 under /open311/v2/ (bot/features.py lists it)."""
     http_app.include_router(build_router(app))
-
-
-if install not in HTTP_HOOKS:
-    HTTP_HOOKS.append(install)

@@ -1,4 +1,4 @@
-"""The scheduler jobs of volunteer pools and events (issue 5), registered with bot.scheduler's @job:
+"""The scheduler jobs of volunteer pools and events (issue 5), listed in bot/features.py:
 
 * "reminders" (every REMINDER_SCAN_INTERVAL seconds): due reminders become outbox rows, claimed
   race-free in the transaction that writes them (conversations.participation.send_due_reminders);
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bot.scheduler import Job, job
+from bot.scheduler import Job
 from conversations import participation as P
 from storage.db import retrying, transaction, utcnow
 
@@ -51,10 +51,7 @@ def ask_feedback(app) -> int:
     return asked
 
 
-@job
 def reminders_job(app) -> Job:
-    P.configure(app.engine.config.timezone, P.offsets_of(app.settings))
-
     async def run(app=app) -> None:
         try:
             await asyncio.to_thread(scan_reminders, app)
@@ -64,7 +61,6 @@ def reminders_job(app) -> Job:
     return Job("reminders", app.settings.reminder_scan_interval, run)
 
 
-@job
 def feedback_job(app) -> Job:
     async def run(app=app) -> None:
         try:

@@ -1,7 +1,9 @@
 """The scheduler: a few named periodic jobs that scan the database (due reminders, scheduled
 broadcasts, the outbox, housekeeping), never one APScheduler job per reminder. Its job store is
 in memory and belongs to this process; the work itself is claimed through the database, so any
-number of processes can run the same jobs safely."""
+number of processes can run the same jobs safely. The jobs are the features' and the channels'
+(bot/features.py: a job factory takes the App and returns a Job, or None when it has nothing to do
+in this process)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,16 +30,6 @@ class Job:
     stop: Callable[..., Awaitable[None]] | None = None
 
 
-# Features register their jobs here (name, interval, coroutine taking the App).
-JOBS: list[Callable[..., Job | None]] = []
-
-
-def job(factory: Callable[..., Job | None]):
-    JOBS.append(factory)
-    return factory
-
-
-@job
 def housekeeping(app) -> Job:
     async def run(app=app) -> None:
         def purge():
@@ -79,12 +71,8 @@ def _tracked(app, j: Job) -> Callable[[], Awaitable[None]]:
 
 
 def start_scheduler(app) -> AsyncIOScheduler:
-    import bot.dispatcher  # noqa: F401  (registers the "outbox" job)
-    import bot.broadcasts  # noqa: F401  (registers the "broadcasts" job)
-    import bot.participation_jobs  # noqa: F401  (registers the "reminders" and "feedback" jobs)
-
     scheduler = AsyncIOScheduler(timezone="UTC")
-    jobs = [j for j in (factory(app) for factory in JOBS) if j is not None]
+    jobs = [j for j in (factory(app) for factory in app.jobs()) if j is not None]
     for j in jobs:
         scheduler.add_job(_tracked(app, j), "interval", seconds=j.seconds, id=j.name, name=j.name, max_instances=1,
                           coalesce=True, next_run_time=utcnow(), misfire_grace_time=None)
@@ -150,7 +138,6 @@ async def stop_jobs(app, scheduler: AsyncIOScheduler | None = None) -> None:
             await j.stop()
 
 
-@job
 def inbox(app) -> Job:
     """Messages a webhook accepted but whose process died before handling them."""
 

@@ -14,26 +14,19 @@ reminders) still arrives.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
-from conversations.core import COMMAND_TEXTS
-from conversations.engine import (
-    IDLE,
-    Ctx,
-    Go,
-    Invalid,
-    Transition,
-    command,
-    media_refusal,
-    state,
-    word_command,
-)
+from sqlmodel import Session
+
 from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Choice, Inbound, Kind
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition, media_refusal
 from conversations.text import match_options, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
-from storage import repo
+from storage import outbox, repo
 from storage.models import Broadcast
 
 PURPOSE = bc.PURPOSE
@@ -46,7 +39,7 @@ STATUS_NAMES = {"draft": N_("broadcast.status_draft"), "scheduled": N_("broadcas
                 "sending": N_("broadcast.status_sending"), "done": N_("broadcast.status_done"),
                 "cancelled": N_("broadcast.status_cancelled")}
 
-COMMAND_TEXTS["subscription"] = N_("subscription.command")
+router = Router("broadcasts")
 
 
 def _actor(ctx: Ctx) -> str:
@@ -63,20 +56,20 @@ def _n(ctx: Ctx, n: int) -> str:
 
 
 # ---------------------------------------------------------------- /duyuru: the texts
-@command("broadcast", "duyuru", "announce")
+@router.command("broadcast", "duyuru", "announce")
 def cmd_broadcast(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.text", {"texts": {}, "audience": {}})
 
 
 def _text_state(lang: str, next_state: str, optional: bool):
-    @state(f"broadcast.text_{lang}" if lang != "tr" else "broadcast.text",
+    @router.state(f"broadcast.text_{lang}" if lang != "tr" else "broadcast.text",
            accepts={Kind.TEXT, Kind.CHOICE} if optional else {Kind.TEXT}, **STAFF)
     def prompt(ctx: Ctx) -> None:
         choices = [Choice("skip", ctx.t("broadcast.skip"))] if optional else []
         ctx.ask(ctx.t(TEXT_PROMPTS[lang]), choices)
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_text(ctx: Ctx, msg: Inbound) -> Transition:
         texts = dict(ctx.data.get("texts") or {})   # copies: the session's JSON must see the change
         if msg.kind == Kind.CHOICE:
             texts.pop(lang, None)
@@ -92,13 +85,13 @@ _text_state("en", "broadcast.text_ar", optional=True)
 _text_state("ar", "broadcast.photo", optional=True)
 
 
-@state("broadcast.photo", accepts={Kind.PHOTO, Kind.CHOICE}, **STAFF)
+@router.state("broadcast.photo", accepts={Kind.PHOTO, Kind.CHOICE}, **STAFF)
 def photo(ctx: Ctx) -> None:
     ctx.ask(ctx.t("broadcast.ask_photo"), [Choice("skip", ctx.t("broadcast.no_photo"))])
 
 
 @photo.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_photo(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         ctx.data.pop("photo", None)
         return Go("broadcast.audience", keep=True)
@@ -122,7 +115,7 @@ def audience_text(ctx: Ctx, audience: dict) -> str:
     return "; ".join(parts) or ctx.t("broadcast.audience_all")
 
 
-@state("broadcast.audience", accepts={Kind.CHOICE}, **STAFF)
+@router.state("broadcast.audience", accepts={Kind.CHOICE}, **STAFF)
 def audience(ctx: Ctx) -> None:
     current = ctx.data.get("audience") or {}
     choices = [Choice("all", ctx.t("broadcast.to_everyone")), Choice("mahalles", ctx.t("broadcast.by_mahalle")),
@@ -133,7 +126,7 @@ def audience(ctx: Ctx) -> None:
 
 
 @audience.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_audience(ctx: Ctx, msg: Inbound) -> Transition:
     ctx.data.pop("previewed", None)
     if msg.choice == "all":
         return Go("broadcast.preview", {"audience": {}}, keep=True)
@@ -145,7 +138,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("broadcast.language", keep=True)
 
 
-@state("broadcast.mahalles", accepts={Kind.TEXT, Kind.CHOICE}, **STAFF)
+@router.state("broadcast.mahalles", accepts={Kind.TEXT, Kind.CHOICE}, **STAFF)
 def mahalles(ctx: Ctx) -> None:
     chosen = ctx.data.get("audience", {}).get("mahalles") or []
     names = [h.name for key in chosen if (h := ctx.catalog.neighbourhood(key))]
@@ -162,7 +155,7 @@ def mahalles(ctx: Ctx) -> None:
 
 
 @mahalles.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalles(ctx: Ctx, msg: Inbound) -> Transition:
     aud = dict(ctx.data.get("audience") or {})
     chosen: list[str] = list(aud.get("mahalles") or [])
     ctx.data["_page"] = 0
@@ -197,7 +190,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("broadcast.mahalles", {"audience": aud, "candidates": candidates}, keep=True)
 
 
-@state("broadcast.language", accepts={Kind.CHOICE}, **STAFF)
+@router.state("broadcast.language", accepts={Kind.CHOICE}, **STAFF)
 def language(ctx: Ctx) -> None:
     choices = [Choice(f"lang:{lang}", t_in(lang, "language.name")) for lang in LANGUAGES]
     choices.append(Choice("any", ctx.t("broadcast.any_language")))
@@ -205,7 +198,7 @@ def language(ctx: Ctx) -> None:
 
 
 @language.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_language(ctx: Ctx, msg: Inbound) -> Transition:
     aud = dict(ctx.data.get("audience") or {})
     if msg.choice == "any":
         aud.pop("language", None)
@@ -215,7 +208,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- preview and send
-@state("broadcast.preview", accepts={Kind.CHOICE}, **STAFF)
+@router.state("broadcast.preview", accepts={Kind.CHOICE}, **STAFF)
 def preview(ctx: Ctx) -> None:
     texts, photo_path = ctx.data.get("texts") or {}, ctx.data.get("photo", "")
     aud = ctx.data.get("audience") or {}
@@ -237,7 +230,7 @@ def preview(ctx: Ctx) -> None:
 
 
 @preview.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_preview(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "discard":
         ctx.say(ctx.t("broadcast.discarded"))
         return Go(IDLE)
@@ -258,13 +251,13 @@ def _create(ctx: Ctx, at) -> Broadcast:
                      photo_path=ctx.data.get("photo", ""), scheduled_at=at, now=ctx.now)
 
 
-@state("broadcast.when", accepts={Kind.TEXT, Kind.CHOICE}, **STAFF)
+@router.state("broadcast.when", accepts={Kind.TEXT, Kind.CHOICE}, **STAFF)
 def when(ctx: Ctx) -> None:
     ctx.ask(ctx.t("broadcast.ask_when"), [Choice("back", ctx.t("common.back"))])
 
 
 @when.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_when(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("broadcast.preview", keep=True)
     try:
@@ -280,12 +273,12 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- /duyurular: list and cancel
-@command("broadcasts", "duyurular", "broadcasts")
+@router.command("broadcasts", "duyurular", "broadcasts")
 def cmd_broadcasts(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.list")
 
 
-@state("broadcast.list", accepts={Kind.CHOICE}, **STAFF)
+@router.state("broadcast.list", accepts={Kind.CHOICE}, **STAFF)
 def broadcast_list(ctx: Ctx) -> None:
     rows = bc.active_for(ctx.db, None if _is_admin(ctx) else _actor(ctx))
     if not rows:
@@ -305,7 +298,7 @@ def broadcast_list(ctx: Ctx) -> None:
 
 
 @broadcast_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_broadcast_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "new":
         return Go("broadcast.text", {"texts": {}, "audience": {}})
     if msg.choice.startswith("c:"):
@@ -313,14 +306,14 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go(IDLE)
 
 
-@state("broadcast.cancel", accepts={Kind.CHOICE}, **STAFF)
+@router.state("broadcast.cancel", accepts={Kind.CHOICE}, **STAFF)
 def cancel_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("broadcast.cancel_question", id=ctx.data.get("id")),
             [Choice("yes", ctx.t("broadcast.cancel_yes")), Choice("no", ctx.t("common.no"))])
 
 
 @cancel_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_cancel_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "yes":
         return Go("broadcast.list")
     broadcast_id = int(ctx.data.get("id") or 0)
@@ -337,10 +330,16 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- residents: DUR / STOP, /abonelik
-word_command(N_("words.stop"), "unsubscribe")
+router.word_command(N_("words.stop"), "unsubscribe")
 
 
-@command("unsubscribe", "dur", "stop")
+@router.on_withdrawal(PURPOSE)
+def cancel_queued_announcements(db: Session, resident_id: int, now: datetime, config: EngineConfig) -> None:
+    """Broadcasts already queued for them are cancelled; later ones skip them (storage/outbox.py)."""
+    outbox.withdraw_announcements(db, resident_id)
+
+
+@router.command("unsubscribe", "dur", "stop")
 def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         ctx.say(ctx.t("subscription.status_off"))
@@ -351,8 +350,9 @@ def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
     return Go("subscription", {"changed": changed})
 
 
-@command("subscription", "abonelik", "subscription",
-         menu={"tr": "abonelik", "en": "subscription", "ar": "subscription"})
+@router.command("subscription", "abonelik", "subscription",
+                menu={"tr": "abonelik", "en": "subscription", "ar": "subscription"},
+                description=N_("subscription.command"))
 def cmd_subscription(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
@@ -360,7 +360,7 @@ def cmd_subscription(ctx: Ctx, text: str) -> Transition:
     return Go("subscription", {"changed": True})
 
 
-@state("subscription", accepts={Kind.CHOICE})
+@router.state("subscription", accepts={Kind.CHOICE})
 def subscription(ctx: Ctx) -> None:
     on = ctx.consented(PURPOSE)
     if ctx.data.get("changed"):
@@ -372,7 +372,7 @@ def subscription(ctx: Ctx) -> None:
 
 
 @subscription.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_subscription(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "toggle":
         ctx.record_consent(PURPOSE, not ctx.consented(PURPOSE))
         return Go("subscription", {"changed": True})

@@ -4,45 +4,40 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
-from conversations.engine import (
-    COMMAND_MENU,
-    ERASERS,
-    EXPORTERS,
-    IDLE,
-    MENU_ITEMS,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    menu_item,
-    state,
-)
-from conversations.i18n import LANGUAGES, N_, t_in, translator
+from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.registry import COMMAND_PREFIX, Router
+from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, run_command
 from conversations.text import match_options
 from storage import attachments, inbox, outbox, repo
 from storage.attachments import Erased, names_in, stored_name, suffix_of
 from storage.models import CONSENT_PURPOSES, ConversationSession
+
+if TYPE_CHECKING:
+    from conversations.step import EngineConfig
+
+router = Router("core")
 
 YES, NO = "yes", "no"
 PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("consent.purpose.volunteering"),
                 "reminders": N_("consent.purpose.reminders"), "announcements": N_("consent.purpose.announcements")}
 PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
                "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
-# What a withdrawal stops, said when it happens (conversations/consent.py does it).
+# What a withdrawal stops, said when it happens. The routers declare what stops (on_withdrawal):
+# reports (conversations/reports.py), volunteering (volunteer.py), reminders (participation.py),
+# announcements (broadcast.py); Ctx.record_consent runs them.
 WITHDRAWN_KEYS = {"reports": N_("privacy.stops.reports"), "volunteering": N_("privacy.stops.volunteering"),
                   "reminders": N_("privacy.stops.reminders"), "announcements": N_("privacy.stops.announcements")}
-COMMAND_TEXTS = {"menu": N_("command.menu"), "help": N_("command.help"), "cancel": N_("command.cancel"),
-                 "language": N_("command.language"), "mydata": N_("command.mydata"),
-                 "deletedata": N_("command.deletedata")}
-# /start payloads from deep links ("ev_12" → events); features register a handler per prefix.
-START_PAYLOADS: dict[str, Callable[[Ctx, str], Transition]] = {}
+
+
+def _menu(tr: str, other: str) -> dict[str, str]:
+    """A command's name in the command menu and /yardim: Turkish, and the other languages' (Latin
+    letters only: Telegram's menu takes no other)."""
+    return {"tr": tr, "en": other, "ar": other}
 
 
 def yes_no(ctx: Ctx) -> list[Choice]:
@@ -57,7 +52,7 @@ def require_consent(ctx: Ctx, purpose: str, next_state: str, data: dict[str, Any
 
 
 # ---------------------------------------------------------------- global commands
-@command("start")
+@router.command("start", "start")
 def cmd_start(ctx: Ctx, text: str) -> Transition:
     payload = text.split(maxsplit=1)[1].strip() if text.startswith("/") and " " in text.strip() else ""
     if ctx.resident.onboarded_at is None:
@@ -70,24 +65,25 @@ def cmd_start(ctx: Ctx, text: str) -> Transition:
 
 def run_start_payload(ctx: Ctx, payload: str) -> Transition:
     prefix, _, arg = payload.partition("_")
-    handler = START_PAYLOADS.get(prefix)
+    handler = ctx.registry.start_payloads.get(prefix)
     if handler is None:
         ctx.say(ctx.t("start.unknown_link"))
         return Go(IDLE)
     return handler(ctx, arg)
 
 
-@command("menu")
+@router.command("menu", "menu", "menü", menu=_menu("menu", "menu"), description=N_("command.menu"))
 def cmd_menu(ctx: Ctx, text: str) -> Transition:
     return Go(IDLE)
 
 
-@command("help")
+@router.command("help", "yardim", "help", menu=_menu("yardim", "help"), description=N_("command.help"))
 def cmd_help(ctx: Ctx, text: str) -> Transition:
-    names = COMMAND_MENU.get(ctx.lang, COMMAND_MENU["en"])
+    registry = ctx.registry
+    names = registry.command_menu.get(ctx.lang, registry.command_menu["en"])
     lines = [ctx.t("help.intro", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
     for name in names:
-        key = COMMAND_TEXTS.get(_canonical(name))
+        key = registry.description(name)
         if key:
             lines.append(f"/{name} — {ctx.t(key)}")
     lines.append(ctx.t("help.footer"))
@@ -97,13 +93,7 @@ def cmd_help(ctx: Ctx, text: str) -> Transition:
     return Go(ctx.state, keep=True)
 
 
-def _canonical(name: str) -> str:
-    from conversations.engine import COMMAND_ALIASES
-
-    return COMMAND_ALIASES.get(name, name)
-
-
-@command("cancel")
+@router.command("cancel", "iptal", "cancel", menu=_menu("iptal", "cancel"), description=N_("command.cancel"))
 def cmd_cancel(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         ctx.say(ctx.t("cancel.onboarding"))
@@ -112,22 +102,30 @@ def cmd_cancel(ctx: Ctx, text: str) -> Transition:
     return Go(IDLE)
 
 
-@command("language")
+@router.command("language", "dil", "language", menu=_menu("dil", "language"),
+                description=N_("command.language"))
 def cmd_language(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
     return Go("language.pick")
 
 
-@command("mydata")
+@router.command("mydata", "verilerim", "mydata", menu=_menu("verilerim", "mydata"), description=N_("command.mydata"))
 def cmd_mydata(ctx: Ctx, text: str) -> Transition:
     send_export(ctx)
     return Go(IDLE) if ctx.resident.onboarded_at else Go("onboarding.language", keep=True)
 
 
-@command("deletedata")
+@router.command("deletedata", "verilerimisil", "deletemydata", menu=_menu("verilerimisil", "deletemydata"),
+                description=N_("command.deletedata"))
 def cmd_deletedata(ctx: Ctx, text: str) -> Transition:
     return Go("data.delete_confirm")
+
+
+# Typed words that act like a command in any state ("iptal", "menü", "yardım", in every language).
+router.word_command(N_("words.cancel"), "cancel")
+router.word_command(N_("words.menu"), "menu")
+router.word_command(N_("words.help"), "help")
 
 
 # ---------------------------------------------------------------- onboarding
@@ -137,7 +135,7 @@ def _language_choices(ctx: Ctx) -> list[Choice]:
             for lang in LANGUAGES]
 
 
-@state("onboarding.language", needs_onboarding=False)
+@router.state("onboarding.language", needs_onboarding=False)
 def onboarding_language(ctx: Ctx) -> None:
     order = [ctx.lang] + [lang for lang in LANGUAGES if lang != ctx.lang]
     text = "\n".join(t_in(lang, "onboarding.choose_language") for lang in order)
@@ -145,7 +143,7 @@ def onboarding_language(ctx: Ctx) -> None:
 
 
 @onboarding_language.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_onboarding_language(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang])
                                          for lang in LANGUAGES])
@@ -156,7 +154,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("onboarding.notice", keep=True)
 
 
-@state("onboarding.notice", needs_onboarding=False)
+@router.state("onboarding.notice", needs_onboarding=False, choice_only=True)
 def onboarding_notice(ctx: Ctx) -> None:
     m = ctx.catalog.municipality
     purposes = "\n".join(f"• {ctx.t(PURPOSE_KEYS[p])}" for p in CONSENT_PURPOSES)
@@ -167,9 +165,7 @@ def onboarding_notice(ctx: Ctx) -> None:
 
 
 @onboarding_notice.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_onboarding_notice(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "choose":
         return Go("onboarding.purpose", {"i": 0, "payload": ctx.data.get("payload", "")})
     granted = msg.choice == "all"
@@ -178,7 +174,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return finish_onboarding(ctx)
 
 
-@state("onboarding.purpose", needs_onboarding=False)
+@router.state("onboarding.purpose", needs_onboarding=False, choice_only=True)
 def onboarding_purpose(ctx: Ctx) -> None:
     purpose = CONSENT_PURPOSES[ctx.data.get("i", 0)]
     ctx.ask(ctx.t("consent.question", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose])),
@@ -186,9 +182,7 @@ def onboarding_purpose(ctx: Ctx) -> None:
 
 
 @onboarding_purpose.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_onboarding_purpose(ctx: Ctx, msg: Inbound) -> Transition:
     i = ctx.data.get("i", 0)
     ctx.record_consent(CONSENT_PURPOSES[i], msg.choice == YES)
     if i + 1 < len(CONSENT_PURPOSES):
@@ -208,7 +202,7 @@ def finish_onboarding(ctx: Ctx) -> Transition:
 
 
 # ---------------------------------------------------------------- consent asked just in time
-@state("consent.ask")
+@router.state("consent.ask", choice_only=True)
 def consent_ask(ctx: Ctx) -> None:
     purpose = ctx.data.get("purpose", "reports")
     ctx.ask(ctx.t("consent.needed", purpose=ctx.t(PURPOSE_KEYS[purpose]), why=ctx.t(PURPOSE_WHY[purpose]),
@@ -216,9 +210,7 @@ def consent_ask(ctx: Ctx) -> None:
 
 
 @consent_ask.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_consent_ask(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != YES:
         ctx.say(ctx.t("consent.declined"))
         return Go(IDLE)
@@ -228,46 +220,42 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- menu
-menu_item(60, "mahalle", N_("menu.mahalle"), "mahalle.pick")
-menu_item(80, "privacy", N_("menu.privacy"), "privacy")
-menu_item(85, "language", N_("menu.language"), "language.pick")
-menu_item(90, "help", N_("menu.help"), "cmd:help")
+router.menu_item(60, "mahalle", N_("menu.mahalle"), "mahalle.pick")
+router.menu_item(80, "privacy", N_("menu.privacy"), "privacy")
+router.menu_item(85, "language", N_("menu.language"), "language.pick")
+router.menu_item(90, "help", N_("menu.help"), "cmd:help")
 
 
-@state(IDLE)
+@router.state(IDLE)
 def menu(ctx: Ctx) -> None:
-    ctx.ask(ctx.t("menu.title"), [Choice(key, ctx.t(label)) for _, key, label, _ in MENU_ITEMS], columns=2)
+    ctx.ask(ctx.t("menu.title"), [Choice(item.key, ctx.t(item.label)) for item in ctx.registry.menu_items], columns=2)
 
 
 @menu.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_menu(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("menu.choose")
-    target = next(t for _, key, _, t in MENU_ITEMS if key == msg.choice)
-    if target.startswith("cmd:"):
-        from conversations.engine import COMMANDS
-
-        return COMMANDS[target[4:]](ctx, "")
+    target = ctx.registry.menu_item(msg.choice).target
+    if target.startswith(COMMAND_PREFIX):
+        return run_command(ctx, target[len(COMMAND_PREFIX):])
     return Go(target)
 
 
 # ---------------------------------------------------------------- language
-@state("language.pick")
+@router.state("language.pick", choice_only=True)
 def language_pick(ctx: Ctx) -> None:
     ctx.ask(ctx.t("language.prompt"), _language_choices(ctx))
 
 
 @language_pick.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_language_pick(ctx: Ctx, msg: Inbound) -> Transition:
     ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     ctx.say(ctx.t("language.changed"))
     return Go(IDLE)
 
 
 # ---------------------------------------------------------------- mahalle
-@state("mahalle.pick", accepts={Kind.TEXT, Kind.CHOICE})
+@router.state("mahalle.pick", accepts={Kind.TEXT, Kind.CHOICE})
 def mahalle_pick(ctx: Ctx) -> None:
     if not ctx.data.get("onboarding") and not any(ctx.consents().values()):
         ctx.data["blocked"] = True
@@ -288,7 +276,7 @@ def mahalle_pick(ctx: Ctx) -> None:
 
 
 @mahalle_pick.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalle_pick(ctx: Ctx, msg: Inbound) -> Transition:
     if ctx.data.get("blocked"):
         if msg.kind == Kind.CHOICE and msg.choice == "privacy":
             return Go("privacy")
@@ -324,7 +312,7 @@ def _after_mahalle(ctx: Ctx) -> Transition:
 
 
 # ---------------------------------------------------------------- privacy settings and data rights
-@state("privacy")
+@router.state("privacy", choice_only=True)
 def privacy(ctx: Ctx) -> None:
     consents = ctx.consents()
     lines = [ctx.t("privacy.title")]
@@ -342,16 +330,14 @@ def privacy(ctx: Ctx) -> None:
 
 
 @privacy.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_privacy(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice.startswith("p:"):
         purpose = msg.choice[2:]
         granted = not ctx.consented(purpose)
         ctx.record_consent(purpose, granted)
         said = N_("privacy.granted") if granted else N_("privacy.withdrawn")
         ctx.say(ctx.t(said, purpose=ctx.t(PURPOSE_KEYS[purpose])))
-        if not granted:  # exactly what stopped (conversations/consent.py does it)
+        if not granted:  # exactly what stopped (the routers' on_withdrawal did it)
             ctx.say(ctx.t(WITHDRAWN_KEYS[purpose]))
         return Go("privacy")
     if msg.choice == "export":
@@ -364,7 +350,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 def collect_export(ctx: Ctx) -> dict[str, Any]:
     data = repo.export_core(ctx.db, ctx.resident.id)
-    for exporter in EXPORTERS:
+    for exporter in ctx.registry.exporters:
         data.update(exporter(ctx.db, ctx.resident.id))
     data["exported_at"] = ctx.now.isoformat()
     data["municipality"] = ctx.catalog.municipality.name.get(ctx.lang)
@@ -401,15 +387,13 @@ def send_export(ctx: Ctx) -> None:
                                          json.dumps(data, ensure_ascii=False, indent=2, default=str)))
 
 
-@state("data.delete_confirm", needs_onboarding=False)  # the notice offers /verilerimisil during onboarding
+@router.state("data.delete_confirm", needs_onboarding=False, choice_only=True)  # the notice offers /verilerimisil during onboarding
 def delete_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("data.delete_question"), [Choice(YES, ctx.t("data.delete_yes")), Choice(NO, ctx.t("common.no"))])
 
 
 @delete_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_delete_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != YES:
         ctx.say(ctx.t("data.delete_kept"))
         return Go(IDLE)
@@ -429,13 +413,20 @@ def export_messages(db: Session, resident_id: int) -> dict[str, Any]:
     return {"messages": {"sent_to_you": outbox.messages_to(db, resident_id), "waiting_from_you": waiting}}
 
 
-EXPORTERS.extend([repo.export_audit, export_messages, attachments.export_resident])
-ERASERS.append(attachments.erase_uploads)
+router.exporter(repo.export_audit)
+router.exporter(export_messages)
+router.exporter(attachments.export_resident)
 
 
-def erase_resident(db: Session, resident_id: int, actor: str) -> Erased:
+@router.eraser
+def erase_uploads(db: Session, resident_id: int, config: "EngineConfig") -> Erased:
+    """Which stored files they sent (a draft's photos left at /iptal too): deleted after the commit."""
+    return attachments.erase_uploads(db, resident_id)
+
+
+def erase_resident(db: Session, resident_id: int, actor: str, config: "EngineConfig") -> Erased:
     """Delete a resident's personal data in this transaction; records the municipality must keep
-    stay, anonymised (README "Privacy"). Every feature's eraser runs (ERASERS), then the profile,
+    stay, anonymised (README "Privacy"). Every feature's eraser runs (the routers'), then the profile,
     identities, conversation, queued messages and outbox rows go, and the messages to others that
     quoted them. Returns what is left to do after the commit: the files to delete (their stored
     files that nothing else points at, with every copy under MEDIA_DIR), the documents channels
@@ -448,8 +439,8 @@ def erase_resident(db: Session, resident_id: int, actor: str) -> Erased:
     if session is not None:
         erased.files |= names_in(session.data or {})   # a draft's photos
     inbox.erase_from(db, erased.addresses)
-    for eraser in ERASERS:
-        erased.add(eraser(db, resident_id))
+    for eraser in config.registry.erasers:
+        erased.add(eraser(db, resident_id, config))
     repo.erase_core(db, resident_id)
     outbox.erase_resident(db, resident_id)
     db.flush()

@@ -16,31 +16,16 @@ from typing import Any
 from babel.dates import format_datetime
 
 from conversations import participation as P
-from conversations.core import COMMAND_TEXTS, START_PAYLOADS, require_consent, yes_no
-from conversations.engine import (
-    ERASERS,
-    EXPORTERS,
-    IDLE,
-    MERGERS,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    global_choice,
-    menu_item,
-    state,
-)
+from conversations.core import require_consent, yes_no
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import record_id, truncate
 from storage.participation import EVENT_TYPES, Event
 
-COMMAND_TEXTS["events"] = N_("event.command")
-COMMAND_TEXTS["addevent"] = N_("event.add.command")
-menu_item(30, "events", N_("event.menu"), "event.list")
-P.register_data_rights(EXPORTERS, ERASERS, MERGERS)
+router = Router("events")
+router.menu_item(30, "events", N_("event.menu"), "event.list")
 LANG_FIELDS = [("title", "tr"), ("title", "en"), ("title", "ar"),
                ("description", "tr"), ("description", "en"), ("description", "ar")]
 FIELD_PROMPTS = {("title", "tr"): N_("event.add.title_tr"), ("title", "en"): N_("event.add.title_en"),
@@ -54,9 +39,7 @@ def _tz(ctx: Ctx) -> str:
 
 
 def _offsets(ctx: Ctx):
-    offsets = P.offsets_of(ctx.config.settings)
-    P.configure(ctx.config.timezone, offsets)
-    return offsets
+    return P.offsets_of(ctx.config.settings)
 
 
 def _domain(ctx: Ctx) -> str:
@@ -97,17 +80,19 @@ def bot_username(ctx: Ctx) -> str:
 
 
 # ---------------------------------------------------------------- commands and deep links
-@command("events", "etkinlikler", "events", menu={"tr": "etkinlikler", "en": "events", "ar": "events"})
+@router.command("events", "etkinlikler", "events", menu={"tr": "etkinlikler", "en": "events", "ar": "events"},
+                description=N_("event.command"))
 def cmd_events(ctx: Ctx, text: str) -> Transition:
     return Go("event.list")
 
 
-@command("addevent", "etkinlikekle", "addevent")
+@router.command("addevent", "etkinlikekle", "addevent", description=N_("event.add.command"))
 def cmd_add_event(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("event.add_text", {"i": 0, "title": {}, "description": {}})
 
 
+@router.start_payload("ev")
 def open_event_link(ctx: Ctx, arg: str) -> Transition:
     event_id = record_id(arg)
     if event_id is None or ctx.db.get(Event, event_id) is None:
@@ -116,6 +101,7 @@ def open_event_link(ctx: Ctx, arg: str) -> Transition:
     return Go("event.detail", {"event_id": event_id})
 
 
+@router.start_payload("ci")
 def checkin_link(ctx: Ctx, arg: str) -> Transition:
     outcome, event = P.check_in(ctx.db, arg.strip()[:32], ctx.resident.id, now=ctx.now)
     title = event.title_in(ctx.lang) if event else ""
@@ -125,12 +111,8 @@ def checkin_link(ctx: Ctx, arg: str) -> Transition:
     return Go(IDLE)
 
 
-START_PAYLOADS["ev"] = open_event_link
-START_PAYLOADS["ci"] = checkin_link
-
-
 # ---------------------------------------------------------------- the list
-@state("event.list")
+@router.state("event.list", choice_only=True)
 def event_list(ctx: Ctx) -> None:
     events = P.upcoming_events(ctx.db, ctx.now)
     if not events:
@@ -149,9 +131,7 @@ def event_list(ctx: Ctx) -> None:
 
 
 @event_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_event_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "menu":
         return Go(IDLE)
     return Go("event.detail", {"event_id": int(msg.choice[2:]), "back_page": ctx.data.get("_page", 0)})
@@ -216,7 +196,7 @@ def detail_choices(ctx: Ctx, event: Event, rsvp) -> list[Choice]:
     return choices
 
 
-@state("event.detail")
+@router.state("event.detail", choice_only=True)
 def event_detail(ctx: Ctx) -> None:
     event = _event(ctx)
     if event is None:
@@ -236,9 +216,7 @@ def event_detail(ctx: Ctx) -> None:
 
 
 @event_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_event_detail(ctx: Ctx, msg: Inbound) -> Transition:
     event = _event(ctx)
     if msg.choice == "list" or event is None:
         return Go("event.list", {"_page": ctx.data.get("back_page", 0)})
@@ -265,6 +243,8 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
                 document=P.ics_attachment(event, ctx.lang, _domain(ctx)))
         return Go("event.detail", back)
     if msg.choice == "remind":
+        if ctx.consented("reminders"):  # an old page's button (else giving the consent plans them)
+            P.enable_reminders_for(ctx.db, ctx.resident.id, ctx.now, _offsets(ctx))
         return require_consent(ctx, "reminders", "event.reminders_on", back)
     if msg.choice == "cancel":
         return Go("event.cancel_confirm", back)
@@ -273,20 +253,18 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Invalid("engine.choose")
 
 
-@state("event.reminders_on")
+@router.state("event.reminders_on", choice_only=True)
 def reminders_on(ctx: Ctx) -> None:
-    P.enable_reminders_for(ctx.db, ctx.resident.id, ctx.now, _offsets(ctx))
+    """The event's page after "remind me", saying first that reminders are on (planned when the
+    "reminders" consent was given: the participation router's on_grant). Its buttons are the page's."""
     ctx.say(ctx.t("event.reminders_enabled"))
     event_detail(ctx)
-    ctx.state = "event.detail"
 
 
-@reminders_on.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    return Go("event.detail", ctx.data)
+reminders_on.on_input(on_event_detail)
 
 
-@state("event.cancel_confirm")
+@router.state("event.cancel_confirm", choice_only=True)
 def cancel_confirm(ctx: Ctx) -> None:
     event = _event(ctx)
     rsvp = P.rsvp_of(ctx.db, event.id, ctx.resident.id) if event else None
@@ -295,9 +273,7 @@ def cancel_confirm(ctx: Ctx) -> None:
 
 
 @cancel_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_cancel_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "yes" and ctx.data.get("event_id"):
         result = P.cancel_registration(ctx.db, int(ctx.data["event_id"]), ctx.resident.id, now=ctx.now,
                                        offsets=_offsets(ctx), tz=_tz(ctx), domain=_domain(ctx))
@@ -308,7 +284,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- buttons on notifications
-@global_choice(P.EVENT_PREFIX)
+@router.global_choice(P.EVENT_PREFIX)
 def event_button(ctx: Ctx, msg: Inbound) -> Transition:
     """ev:<event>:c asks, ev:<event>:cy cancels the registration (from a reminder or a notice)."""
     parts = msg.choice.split(":")
@@ -341,7 +317,7 @@ def event_button(ctx: Ctx, msg: Inbound) -> Transition:
     return Stay()
 
 
-@global_choice(P.FEEDBACK_PREFIX)
+@router.global_choice(P.FEEDBACK_PREFIX)
 def feedback_button(ctx: Ctx, msg: Inbound) -> Transition:
     """fb:<event>:<1-5>: the rating is saved at once; then an optional comment."""
     parts = msg.choice.split(":")
@@ -359,14 +335,14 @@ def feedback_button(ctx: Ctx, msg: Inbound) -> Transition:
                                          "resume_data": resume})
 
 
-@state("event.feedback_comment")
+@router.state("event.feedback_comment")
 def feedback_comment(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.feedback.comment_ask", rating=ctx.data.get("rating", "")),
             [Choice("skip", ctx.t("event.feedback.skip"))])
 
 
 @feedback_comment.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_feedback_comment(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT and str(ctx.data.get("event_id", "")).isdigit():
         P.record_comment(ctx.db, int(ctx.data["event_id"]), ctx.resident.id, msg.text)
     ctx.say(ctx.t("event.feedback.thanks"))
@@ -377,7 +353,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: a new event
-@state("event.add_text", staff_only=True)
+@router.state("event.add_text", staff_only=True)
 def add_text(ctx: Ctx) -> None:
     field, lang = LANG_FIELDS[ctx.data.get("i", 0)]
     choices = [] if (field, lang) == ("title", "tr") else [Choice("skip", ctx.t("event.add.skip"))]
@@ -385,7 +361,7 @@ def add_text(ctx: Ctx) -> None:
 
 
 @add_text.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_text(ctx: Ctx, msg: Inbound) -> Transition:
     i = ctx.data.get("i", 0)
     field, lang = LANG_FIELDS[i]
     if msg.kind == Kind.TEXT:
@@ -398,26 +374,24 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_type", keep=True)
 
 
-@state("event.add_type", staff_only=True)
+@router.state("event.add_type", staff_only=True, choice_only=True)
 def add_type(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.type"), [Choice(f"t:{k}", ctx.t(P.TYPE_KEYS[k])) for k in EVENT_TYPES], columns=2)
 
 
 @add_type.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_add_type(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.add_start", {"type": msg.choice[2:]}, keep=True)
 
 
 def _time_state(name: str, prompt_key: str, next_state: str, data_key: str, *, base_key: str | None = None,
                 optional: bool = False):
-    @state(name, staff_only=True)
+    @router.state(name, staff_only=True)
     def prompt(ctx: Ctx) -> None:
         ctx.ask(ctx.t(prompt_key), [Choice("skip", ctx.t("event.add.skip"))] if optional else [])
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_time(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.kind == Kind.CHOICE and optional:
             return Go(next_state, {data_key: None}, keep=True)
         if msg.kind != Kind.TEXT:
@@ -441,36 +415,36 @@ _time_state("event.add_end", N_("event.add.end"), "event.add_place", "ends_at", 
 _time_state("event.add_deadline", N_("event.add.deadline"), "event.add_confirm", "deadline", optional=True)
 
 
-@state("event.add_place", staff_only=True)
+@router.state("event.add_place", staff_only=True)
 def add_place(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.place"))
 
 
 @add_place.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_place(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.add.place")
     return Go("event.add_pin", {"place": msg.text.strip()[:255]}, keep=True)
 
 
-@state("event.add_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
+@router.state("event.add_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
 def add_pin(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.pin"), [Choice("skip", ctx.t("event.add.skip"))])
 
 
 @add_pin.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_pin(ctx: Ctx, msg: Inbound) -> Transition:
     pin = [msg.latitude, msg.longitude] if msg.kind == Kind.LOCATION else None
     return Go(ctx.data.get("pin_next", "event.add_capacity"), {"pin": pin}, keep=True)
 
 
-@state("event.add_capacity", staff_only=True)
+@router.state("event.add_capacity", staff_only=True)
 def add_capacity(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.capacity"), [Choice("skip", ctx.t("event.add.no_limit"))])
 
 
 @add_capacity.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_add_capacity(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("event.add_deadline", {"capacity": None}, keep=True)
     number = _number(msg.text)
@@ -495,16 +469,14 @@ def summary(ctx: Ctx, data: dict[str, Any]) -> str:
                  deadline=ctx.when(_dt(data["deadline"])) if data.get("deadline") else none)
 
 
-@state("event.add_confirm", staff_only=True)
+@router.state("event.add_confirm", staff_only=True, choice_only=True)
 def add_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.confirm", summary=summary(ctx, ctx.data)),
             [Choice("save", ctx.t("event.add.save")), Choice("drop", ctx.t("event.add.discard"))])
 
 
 @add_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_add_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "save":
         ctx.say(ctx.t("cancel.done"))
         return Go(IDLE)
@@ -527,7 +499,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: edit or cancel
-@state("event.edit", staff_only=True)
+@router.state("event.edit", staff_only=True, choice_only=True)
 def edit_menu(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.menu", title=event.title_in(ctx.lang) if event else ""),
@@ -537,9 +509,7 @@ def edit_menu(ctx: Ctx) -> None:
 
 
 @edit_menu.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_edit_menu(ctx: Ctx, msg: Inbound) -> Transition:
     target = {"time": "event.edit_start", "place": "event.edit_place", "capacity": "event.edit_capacity",
               "cancel_event": "event.edit_cancel"}.get(msg.choice)
     if target is None:
@@ -561,14 +531,14 @@ def apply_change(ctx: Ctx, change: P.EventChange) -> Transition:
     return Go("event.detail", {"event_id": event.id})
 
 
-@state("event.edit_start", staff_only=True)
+@router.state("event.edit_start", staff_only=True)
 def edit_start(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.start", current=ctx.when(event.starts_at) if event else ""))
 
 
 @edit_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     try:
@@ -578,13 +548,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("event.edit_end", {"starts_at": when.isoformat()}, keep=True)
 
 
-@state("event.edit_end", staff_only=True)
+@router.state("event.edit_end", staff_only=True)
 def edit_end(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.edit.end"), [Choice("same", ctx.t("event.edit.same_length"))])
 
 
 @edit_end.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_end(ctx: Ctx, msg: Inbound) -> Transition:
     start = _dt(ctx.data.get("starts_at"))
     if start is None:
         return Go("event.edit_start", keep=True)
@@ -599,26 +569,26 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, P.EventChange(starts_at=start, ends_at=end))
 
 
-@state("event.edit_place", staff_only=True)
+@router.state("event.edit_place", staff_only=True)
 def edit_place(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.place"))
 
 
 @edit_place.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_place(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.add.place")
     return Go("event.edit_pin", {"place": msg.text.strip()[:255]}, keep=True)
 
 
-@state("event.edit_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
+@router.state("event.edit_pin", accepts={Kind.LOCATION, Kind.CHOICE}, staff_only=True)
 def edit_pin(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.pin"), [Choice("skip", ctx.t("event.edit.keep_pin")),
                                      Choice("remove", ctx.t("event.edit.remove_pin"))])
 
 
 @edit_pin.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_pin(ctx: Ctx, msg: Inbound) -> Transition:
     change = P.EventChange(place=ctx.data.get("place"))
     if msg.kind == Kind.LOCATION:
         change.latitude, change.longitude = msg.latitude, msg.longitude
@@ -627,13 +597,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, change)
 
 
-@state("event.edit_capacity", staff_only=True)
+@router.state("event.edit_capacity", staff_only=True)
 def edit_capacity(ctx: Ctx) -> None:
     ctx.ask(ctx.t("event.add.capacity"), [Choice("none", ctx.t("event.add.no_limit"))])
 
 
 @edit_capacity.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_edit_capacity(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return apply_change(ctx, P.EventChange(clear_capacity=True))
     number = _number(msg.text)
@@ -642,16 +612,14 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return apply_change(ctx, P.EventChange(capacity=number))
 
 
-@state("event.edit_cancel", staff_only=True)
+@router.state("event.edit_cancel", staff_only=True, choice_only=True)
 def edit_cancel(ctx: Ctx) -> None:
     event = _event(ctx)
     ctx.ask(ctx.t("event.edit.cancel_question", title=event.title_in(ctx.lang) if event else ""), yes_no(ctx))
 
 
 @edit_cancel.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_edit_cancel(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "yes":
         return Go("event.edit", {"event_id": ctx.data.get("event_id")})
     if not str(ctx.data.get("event_id", "")).isdigit():

@@ -3,7 +3,7 @@
 On Telegram (or any channel but WhatsApp) the resident shares their own phone contact (the
 adapter only passes a contact that is the sender's own); when a WhatsApp conversation with that
 number exists, the two residents become one: identities, consents and every feature's rows move
-to the resident writing now (storage/linking.py; features add MERGERS for anything more). On
+to the resident writing now (storage/linking.py; routers add mergers for anything more). On
 WhatsApp the number is already known, so /bagla explains the Telegram side and shows a one-time
 10-digit code (10 minutes) that can be typed on Telegram's /bagla instead of sharing the contact.
 Wrong codes are limited per resident (MAX_WRONG_CODES an hour) and, as a wrong code cannot be
@@ -17,12 +17,12 @@ import logging
 import math
 from datetime import timedelta
 
-from sqlmodel import func, select
+from sqlmodel import Session, func, select
 
-from conversations.core import COMMAND_TEXTS
-from conversations.engine import ERASERS, EXPORTERS, IDLE, MERGERS, Ctx, Go, Invalid, Transition, command, menu_item, state
 from conversations.i18n import N_
 from conversations.messages import Inbound, Kind
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition
 from storage import linking, repo
 from storage.models import AuditLog, ChannelIdentity
 
@@ -31,14 +31,37 @@ log = logging.getLogger(__name__)
 WHATSAPP = "whatsapp"
 MAX_WRONG_CODES = 5          # per resident and hour; every resident's wrong codes also count globally
 
-COMMAND_TEXTS["link"] = N_("link.command")
-menu_item(70, "link", N_("link.menu"), "link.start")
-ERASERS.append(linking.erase_codes)
-EXPORTERS.append(linking.export_codes)
+router = Router("linking")
+router.menu_item(70, "link", N_("link.menu"), "cmd:link")
+router.exporter(linking.export_codes)
 
 
-@command("link", "bagla", "bağla", menu={"tr": "bagla", "en": "link", "ar": "link"})
+@router.eraser
+def erase_codes(db: Session, resident_id: int, config: EngineConfig) -> None:
+    linking.erase_codes(db, resident_id)
+
+
+def merge(db: Session, keep_id: int, gone_id: int, config: EngineConfig, actor: str = ""):
+    """Make one resident of two (storage.linking.merge_residents), every router's merger first."""
+
+    def bound(merger):
+        return lambda db, gone, keep: merger(db, gone, keep, config)
+
+    return linking.merge_residents(db, keep_id, gone_id, mergers=[bound(m) for m in config.registry.mergers],
+                                   actor=actor)
+
+
+@router.command("link", "bagla", "bağla", "link", menu={"tr": "bagla", "en": "link", "ar": "link"},
+                description=N_("link.command"))
 def cmd_link(ctx: Ctx, text: str) -> Transition:
+    """/bagla (and the menu's button): on WhatsApp, the code to type on Telegram; on the other
+    channels, the question (link.start); without WhatsApp configured, that linking is unavailable."""
+    if not _available(ctx):
+        ctx.say(ctx.t("link.unavailable"))
+        return _after(ctx)
+    if ctx.channel == WHATSAPP:
+        show_code(ctx)
+        return _after(ctx)
     return Go("link.start")
 
 
@@ -51,22 +74,19 @@ def _after(ctx: Ctx) -> Transition:
     return Go(IDLE) if ctx.resident.onboarded_at is not None else Go("onboarding.language")
 
 
-@state("link.start", accepts={Kind.TEXT, Kind.CONTACT}, needs_onboarding=False)
+def show_code(ctx: Ctx) -> None:
+    """WhatsApp knows the number already: a one-time code to type on Telegram's /bagla."""
+    others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
+    if others:
+        ctx.say(ctx.t("link.already"))
+    if not _say_if_paused(ctx):
+        code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
+        ctx.say(ctx.t("link.whatsapp_code", code=linking.shown(code.code),
+                      minutes=int(linking.CODE_TTL.total_seconds() // 60)))
+
+
+@router.state("link.start", accepts={Kind.TEXT, Kind.CONTACT}, needs_onboarding=False)
 def link_start(ctx: Ctx) -> None:
-    if not _available(ctx):
-        ctx.say(ctx.t("link.unavailable"))
-        _leave(ctx)
-        return
-    if ctx.channel == WHATSAPP:
-        others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
-        if others:
-            ctx.say(ctx.t("link.already"))
-        if not _say_if_paused(ctx):
-            code = linking.new_code(ctx.db, ctx.resident.id, ctx.channel, ctx.now)
-            ctx.say(ctx.t("link.whatsapp_code", code=linking.shown(code.code),
-                          minutes=int(linking.CODE_TTL.total_seconds() // 60)))
-        _leave(ctx)
-        return
     if ctx.channel == "telegram":
         ctx.ask(ctx.t("link.ask_contact"), request_contact=ctx.t("link.share_button"))
     else:
@@ -91,16 +111,8 @@ def _say_if_paused(ctx: Ctx) -> bool:
     return True
 
 
-def _leave(ctx: Ctx) -> None:
-    """link.start shown on a channel with nothing to answer: back to the menu (or onboarding)."""
-    from conversations.engine import enter
-
-    ctx.data = {}
-    enter(ctx, IDLE if ctx.resident.onboarded_at is not None else "onboarding.language")
-
-
 @link_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_link_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CONTACT:
         phone = linking.normalize_phone(msg.phone)
         if not phone:
@@ -144,8 +156,7 @@ def _link(ctx: Ctx, other_id: int, phone: str) -> Transition:
         return _after(ctx)
     try:
         with ctx.db.begin_nested():
-            resident = linking.merge_residents(ctx.db, ctx.resident.id, other_id, mergers=MERGERS,
-                                               actor=f"resident:{ctx.resident.id}")
+            resident = merge(ctx.db, ctx.resident.id, other_id, ctx.config, actor=f"resident:{ctx.resident.id}")
             if phone:
                 resident.phone = phone
                 ctx.db.add(resident)

@@ -24,7 +24,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, update
@@ -32,6 +32,7 @@ from sqlmodel import Session, select
 
 from conversations.i18n import N_, Translator, format_when, translator
 from conversations.messages import Attachment, Choice, Outbound
+from conversations.registry import Router
 from storage import outbox, repo
 from storage.db import one_of, utcnow
 from storage.models import Resident
@@ -56,7 +57,13 @@ from storage.participation import (
     take_event_place,
 )
 
+if TYPE_CHECKING:
+    from conversations.step import EngineConfig
+
 log = logging.getLogger(__name__)
+# What events and volunteering share: the resident's data rights over both, and the reminders
+# consent (reminders are for events and for calls alike).
+router = Router("participation")
 
 DEFAULT_OFFSETS = (timedelta(hours=24), timedelta(hours=2))
 DEFAULT_GRACE = timedelta(minutes=30)
@@ -64,7 +71,7 @@ EVENING_FROM = time(17, 0)          # a call starting at 17:00 or later (local t
 FEEDBACK_WINDOW = timedelta(days=2)  # feedback is asked only for events that ended this recently
 CHECKIN_OPENS = timedelta(hours=2)   # the check-in link works from this long before the start...
 CHECKIN_CLOSES = timedelta(hours=2)  # ...until this long after the end
-# Global button prefixes (conversations.engine.GLOBAL_CHOICES): vc:<call>:<y|n|c|cy|t>,
+# Global button prefixes (the routers' global choices): vc:<call>:<y|n|c|cy|t>,
 # ev:<event>:<c|cy>, fb:<event>:<1-5>.
 CALL_PREFIX, EVENT_PREFIX, FEEDBACK_PREFIX = "vc", "ev", "fb"
 
@@ -90,15 +97,6 @@ def offsets_of(settings: Any) -> list[timedelta]:
     if settings is None or not hasattr(settings, "reminder_offsets"):
         return list(DEFAULT_OFFSETS)
     return list(settings.reminder_offsets)
-
-
-# The time zone and reminder offsets in force, for the few paths that get no settings (the
-# data-erasure hook frees places and promotes from waiting lists); set from the engine's config.
-CONFIG: dict[str, Any] = {"tz": "Europe/Istanbul", "offsets": list(DEFAULT_OFFSETS)}
-
-
-def configure(tz: str, offsets: Iterable[timedelta]) -> None:
-    CONFIG["tz"], CONFIG["offsets"] = tz, list(offsets)
 
 
 def grace_of(settings: Any) -> timedelta:
@@ -956,6 +954,7 @@ def feedback_summary(db: Session, event_id: int) -> FeedbackSummary:
 
 
 # ---------------------------------------------------------------- data rights
+@router.exporter
 def export_resident(db: Session, resident_id: int) -> dict[str, Any]:
     def iso(dt):
         return dt.isoformat() if dt else None
@@ -978,10 +977,12 @@ def export_resident(db: Session, resident_id: int) -> dict[str, Any]:
     }
 
 
-def erase_resident(db: Session, resident_id: int) -> None:
+@router.eraser
+def erase_resident(db: Session, resident_id: int, config: "EngineConfig") -> None:
     """Memberships, responses, RSVPs and reminders are deleted. A place the resident held in an
-    upcoming event or call is freed (the waiting list moves up); past attendance stays only as a
-    count (Event.anonymous_checkins); ratings stay without the resident and without the comment."""
+    upcoming event or call is freed (the waiting list moves up, with reminders at the configured
+    offsets); past attendance stays only as a count (Event.anonymous_checkins); ratings stay
+    without the resident and without the comment."""
     now = utcnow()
     freed: list[int] = []
     db.exec(delete(Reminder).where(Reminder.resident_id == resident_id))
@@ -1006,14 +1007,15 @@ def erase_resident(db: Session, resident_id: int) -> None:
     db.flush()
     for event_id in freed:
         lock_event(db, event_id)
-        promote_waitlist(db, event_id, now=now, offsets=CONFIG["offsets"], tz=CONFIG["tz"])
+        promote_waitlist(db, event_id, now=now, offsets=offsets_of(config.settings), tz=config.timezone)
 
 
 RSVP_RANK = {"going": 3, "waitlist": 2, "cancelled": 1}
 RESPONSE_RANK = {"accepted": 5, "reserve": 4, "invited": 3, "declined": 2, "cancelled": 1}
 
 
-def merge_residents(db: Session, gone_id: int, keep_id: int) -> None:
+@router.merger
+def merge_residents(db: Session, gone_id: int, keep_id: int, config: "EngineConfig") -> None:
     """Two residents become one (conversations/linking.py): where both registered for the same
     event or answered the same call, the stronger answer stays on the kept resident and a place
     held twice is given back (the generic move then drops the rows that would collide)."""
@@ -1045,7 +1047,7 @@ def merge_residents(db: Session, gone_id: int, keep_id: int) -> None:
         db.delete(gone)
     db.flush()
     for event_id in freed:
-        promote_waitlist(db, event_id, now=utcnow(), offsets=CONFIG["offsets"], tz=CONFIG["tz"])
+        promote_waitlist(db, event_id, now=utcnow(), offsets=offsets_of(config.settings), tz=config.timezone)
 
 
 def withdraw_volunteering(db: Session, resident_id: int, *, now: datetime, tz: str) -> None:
@@ -1065,21 +1067,23 @@ def withdraw_volunteering(db: Session, resident_id: int, *, now: datetime, tz: s
     db.flush()
 
 
+@router.on_withdrawal("reminders")
+def drop_reminders_of(db: Session, resident_id: int, now: datetime, config: "EngineConfig") -> None:
+    withdraw_reminders(db, resident_id)
+
+
+@router.on_grant("reminders")
+def reminders_again(db: Session, resident_id: int, now: datetime, config: "EngineConfig") -> None:
+    """Given again after onboarding: reminders for what they are registered for come back."""
+    enable_reminders_for(db, resident_id, now, offsets_of(config.settings))
+
+
 def withdraw_reminders(db: Session, resident_id: int) -> int:
     """The "reminders" consent withdrawn: every pending reminder of theirs is dropped now (the send
     time check would drop it too); granted again, `enable_reminders_for` plans them again."""
     return db.exec(update(Reminder).where(Reminder.resident_id == resident_id, Reminder.status == "pending")
                    .values(status="dropped", note="no_consent").execution_options(synchronize_session=False)
                    ).rowcount or 0
-
-
-def register_data_rights(exporters: list, erasers: list, mergers: list | None = None) -> None:
-    if mergers is not None and merge_residents not in mergers:
-        mergers.append(merge_residents)
-    if export_resident not in exporters:
-        exporters.append(export_resident)
-    if erase_resident not in erasers:
-        erasers.append(erase_resident)
 
 
 # ---------------------------------------------------------------- broadcast audiences

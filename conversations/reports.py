@@ -6,32 +6,21 @@ same category nearby? follow it instead, or file anyway) → the tracking code.
 
 Status changes reach the reporter and the followers through the outbox (storage/reports.py); on
 "resolved" they are asked whether it is solved, with buttons that work from any state
-(engine.GLOBAL_CHOICES "rs:yes|no:CODE", and the rating "rr:1..5:CODE").
+(the router's global choices "rs:yes|no:CODE", and the rating "rr:1..5:CODE").
 """
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from conversations.core import COMMAND_TEXTS, require_consent
-from conversations.engine import (
-    ERASERS,
-    EXPORTERS,
-    IDLE,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    global_choice,
-    media_refusal,
-    menu_item,
-    state,
-)
+from sqlmodel import Session
+
+from conversations.core import require_consent
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition, media_refusal
 from conversations.text import match_options, truncate
 from storage import repo
 from storage import reports as rp
@@ -47,12 +36,22 @@ CODE_RE = re.compile(r"\b([A-Z]{2,6}-\d{4}-\d{6})\b")
 REPORT_COMMAND = {"tr": "bildir", "en": "report", "ar": "report"}
 MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
 
-COMMAND_TEXTS["report"] = N_("report.command")
-COMMAND_TEXTS["myreports"] = N_("report.command_mine")
-menu_item(10, "report", N_("report.menu"), "cmd:report")
-menu_item(15, "myreports", N_("report.menu_mine"), "cmd:myreports")
-EXPORTERS.append(rp.export_resident)
-ERASERS.append(rp.erase_resident)
+router = Router("reports")
+router.menu_item(10, "report", N_("report.menu"), "cmd:report")
+router.menu_item(15, "myreports", N_("report.menu_mine"), "cmd:myreports")
+router.exporter(rp.export_resident)
+
+
+@router.eraser
+def erase_reports(db: Session, resident_id: int, config: EngineConfig):
+    """Their reports stay, anonymised; their follows, notes and files go (storage.reports)."""
+    return rp.erase_resident(db, resident_id)
+
+
+@router.on_withdrawal("reports")
+def stop_report_news(db: Session, resident_id: int, now: datetime, config: EngineConfig) -> None:
+    """No news of any report any more; the reports they follow are no longer followed."""
+    rp.withdraw_consent(db, resident_id)
 
 
 # ---------------------------------------------------------------- helpers
@@ -122,7 +121,7 @@ def _after(ctx: Ctx, next_state: str) -> Transition:
 
 
 # ---------------------------------------------------------------- /bildir
-@command("report", "bildir", "report", menu=REPORT_COMMAND)
+@router.command("report", "bildir", "report", menu=REPORT_COMMAND, description=N_("report.command"))
 def cmd_report(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
@@ -131,7 +130,7 @@ def cmd_report(ctx: Ctx, text: str) -> Transition:
     return require_consent(ctx, "reports", "report.category", {})
 
 
-@state("report.category")
+@router.state("report.category")
 def report_category(ctx: Ctx) -> None:
     candidates = ctx.data.get("candidates")
     cats = [c for c in ctx.catalog.categories if not candidates or c.key in candidates]
@@ -140,7 +139,7 @@ def report_category(ctx: Ctx) -> None:
 
 
 @report_category.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         key = msg.choice.removeprefix("c:")
     else:
@@ -159,13 +158,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return _after(ctx, "report.describe")
 
 
-@state("report.describe", accepts={Kind.TEXT, Kind.VOICE, Kind.PHOTO, Kind.STICKER})
+@router.state("report.describe", accepts={Kind.TEXT, Kind.VOICE, Kind.PHOTO, Kind.STICKER})
 def report_describe(ctx: Ctx) -> None:
     ctx.ask(ctx.t("report.describe_prompt", category=category_name(ctx, ctx.data.get("category", ""))))
 
 
 @report_describe.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_describe(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.STICKER:
         return Invalid("report.describe_sticker")
     if msg.kind == Kind.VOICE:
@@ -201,7 +200,7 @@ def _describe_text(ctx: Ctx, text: str) -> Transition:
     return _after(ctx, "report.location")
 
 
-@state("report.location", accepts={Kind.LOCATION, Kind.TEXT, Kind.CHOICE})
+@router.state("report.location", accepts={Kind.LOCATION, Kind.TEXT, Kind.CHOICE})
 def report_location(ctx: Ctx) -> None:
     choices = []
     if ctx.resident.mahalle and ctx.catalog.neighbourhood(ctx.resident.mahalle):
@@ -212,7 +211,7 @@ def report_location(ctx: Ctx) -> None:
 
 
 @report_location.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_location(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:
         if msg.latitude is None or msg.longitude is None or not (-90 <= msg.latitude <= 90) \
                 or not (-180 <= msg.longitude <= 180):
@@ -240,7 +239,7 @@ def _set_mahalle(ctx: Ctx, key: str) -> Transition:
     return Go("report.street", keep=True)
 
 
-@state("report.mahalle")
+@router.state("report.mahalle")
 def report_mahalle(ctx: Ctx) -> None:
     candidates = ctx.data.get("candidates")
     hoods = [n for n in ctx.catalog.neighbourhoods if not candidates or n.key in candidates]
@@ -249,7 +248,7 @@ def report_mahalle(ctx: Ctx) -> None:
 
 
 @report_mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
     found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
@@ -261,13 +260,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("report.mahalle", keep=True)
 
 
-@state("report.street", accepts={Kind.TEXT, Kind.LOCATION})
+@router.state("report.street", accepts={Kind.TEXT, Kind.LOCATION})
 def report_street(ctx: Ctx) -> None:
     ctx.ask(ctx.t("report.street_prompt", mahalle=mahalle_name(ctx, ctx.data.get("mahalle"))))
 
 
 @report_street.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_street(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:  # a pin is even better: keep the mahalle, ask nothing more
         ctx.data.update(lat=msg.latitude, lon=msg.longitude)
         ctx.say(ctx.t("report.location_saved"))
@@ -279,7 +278,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return _after(ctx, "report.photos")
 
 
-@state("report.photos", accepts={Kind.PHOTO, Kind.CHOICE, Kind.TEXT})
+@router.state("report.photos", accepts={Kind.PHOTO, Kind.CHOICE, Kind.TEXT})
 def report_photos(ctx: Ctx) -> None:
     n = len(ctx.data.get("photos") or [])
     done = N_("report.photos_done") if n else N_("report.photos_skip")
@@ -287,7 +286,7 @@ def report_photos(ctx: Ctx) -> None:
 
 
 @report_photos.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_photos(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         ctx.data.pop("edit", None)
         return Go("report.summary", keep=True)
@@ -313,7 +312,7 @@ def _add_photo(ctx: Ctx, msg: Inbound, then: str) -> Transition:
     return Stay()
 
 
-@state("report.summary", accepts={Kind.CHOICE, Kind.TEXT, Kind.PHOTO})
+@router.state("report.summary", accepts={Kind.CHOICE, Kind.TEXT, Kind.PHOTO})
 def report_summary(ctx: Ctx) -> None:
     d = ctx.data
     description = truncate(d.get("description") or "", 300)
@@ -332,7 +331,7 @@ def report_summary(ctx: Ctx) -> None:
 
 
 @report_summary.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_summary(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.PHOTO:
         return _add_photo(ctx, msg, then="report.summary")
     if msg.kind != Kind.CHOICE:
@@ -397,7 +396,7 @@ def file_report(ctx: Ctx) -> Transition:
     return Go(IDLE)
 
 
-@state("report.duplicate")
+@router.state("report.duplicate", choice_only=True)
 def report_duplicate(ctx: Ctx) -> None:
     codes = ctx.data.get("dups") or []
     reports = [r for r in (rp.get_by_code(ctx.db, c) for c in codes) if r is not None]
@@ -426,9 +425,7 @@ def _duplicate_text(ctx: Ctx, report: rp.Report) -> str:
 
 
 @report_duplicate.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_report_duplicate(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "file":
         return file_report(ctx)
     if msg.choice == "back":
@@ -451,7 +448,7 @@ def _follow(ctx: Ctx, report: rp.Report) -> None:
 
 
 # ---------------------------------------------------------------- /raporlarim
-@command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND)
+@router.command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
 def cmd_myreports(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
@@ -478,7 +475,7 @@ def _my_items(ctx: Ctx) -> list[Choice]:
                    f"{status_name(ctx, r.status)}") for r, f in rows]
 
 
-@state("report.mine")
+@router.state("report.mine")
 def report_mine(ctx: Ctx) -> None:
     items = _my_items(ctx)
     if not items:
@@ -490,7 +487,7 @@ def report_mine(ctx: Ctx) -> None:
 
 
 @report_mine.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_mine(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = CODE_RE.search(msg.text.upper())
         if found:
@@ -503,7 +500,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return _open_detail(ctx, msg.choice.removeprefix("r:"))
 
 
-@state("report.detail")
+@router.state("report.detail")
 def report_detail(ctx: Ctx) -> None:
     report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
     if report is None:
@@ -552,7 +549,7 @@ def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) ->
 
 
 @report_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = CODE_RE.search(msg.text.upper())
         if found:
@@ -585,7 +582,7 @@ def rating_choices(ctx: Ctx, code: str) -> list[Choice]:
     return [Choice(f"{rp.RATING_PREFIX}:{n}:{code}", f"{n} ⭐") for n in range(1, 6)]
 
 
-@global_choice(rp.RESOLVED_PREFIX)
+@router.global_choice(rp.RESOLVED_PREFIX)
 def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
     """rs:yes:CODE / rs:no:CODE from a "resolved" notification, whatever state the resident is in."""
     _, answer, code = (msg.choice.split(":", 2) + ["", ""])[:3]
@@ -614,7 +611,7 @@ def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
     return Stay()
 
 
-@global_choice(rp.RATING_PREFIX)
+@router.global_choice(rp.RATING_PREFIX)
 def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
     """rr:N:CODE: a 1-5 rating after a resident said the problem is solved."""
     _, value, code = (msg.choice.split(":", 2) + ["", ""])[:3]
@@ -630,7 +627,7 @@ def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
     return Go(IDLE) if ctx.state == "report.rate" else Stay()
 
 
-@state("report.rate")
+@router.state("report.rate")
 def report_rate(ctx: Ctx) -> None:
     code = ctx.data.get("code", "")
     ctx.ask(ctx.t("report.rate_prompt", code=code), rating_choices(ctx, code) + [
@@ -638,7 +635,7 @@ def report_rate(ctx: Ctx) -> None:
 
 
 @report_rate.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_report_rate(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("report.rate_hint")
     if msg.choice == "skip":

@@ -6,23 +6,16 @@ storage.reports.set_status / merge, which notify the reporter and the followers 
 """
 from __future__ import annotations
 
-from conversations.engine import (
-    PAGE_SIZE,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    state,
-)
 from conversations.i18n import N_
 from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.registry import Router
 from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
+from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import match_options, truncate
 from storage import repo
 from storage import reports as rp
 
+router = Router("staff_reports")
 TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_in_progress"),
            "resolved": N_("staffreport.to_resolved"), "rejected": N_("staffreport.to_rejected")}
 
@@ -65,7 +58,7 @@ def _query_args(ctx: Ctx) -> dict:
     return args
 
 
-@command("reports", "raporlar", "reports")
+@router.command("reports", "raporlar", "reports")
 def cmd_reports(ctx: Ctx, text: str) -> Transition:
     found = CODE_RE.search((text or "").upper())
     if found:
@@ -85,7 +78,7 @@ def _open_code(ctx: Ctx, text: str) -> Transition | None:
 
 
 # ---------------------------------------------------------------- home: counts and filters
-@state("staffreport.home", staff_only=True)
+@router.state("staffreport.home", staff_only=True)
 def staff_home(ctx: Ctx) -> None:
     f = _filter(ctx)
     scope = {"category": f.get("category"), "mahalle": f.get("mahalle")}
@@ -103,7 +96,7 @@ def staff_home(ctx: Ctx) -> None:
 
 
 @staff_home.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_home(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
     if msg.choice.startswith("st:"):
@@ -117,14 +110,14 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.home", keep=True)
 
 
-@state("staffreport.category", staff_only=True)
+@router.state("staffreport.category", staff_only=True)
 def staff_category(ctx: Ctx) -> None:
     choices = [Choice(f"c:{c.key}", c.name.get(ctx.lang)) for c in ctx.catalog.categories]
     ctx.ask(ctx.t("staffreport.pick_category"), choices + [Choice("any", ctx.t("staffreport.any"))], columns=2)
 
 
 @staff_category.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
         if len(found) != 1:
@@ -136,7 +129,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.home", keep=True)
 
 
-@state("staffreport.mahalle", staff_only=True)
+@router.state("staffreport.mahalle", staff_only=True)
 def staff_mahalle(ctx: Ctx) -> None:
     items = [Choice(f"m:{n.key}", n.name) for n in ctx.catalog.neighbourhoods]
     ctx.ask(ctx.t("staffreport.pick_mahalle"),
@@ -144,7 +137,7 @@ def staff_mahalle(ctx: Ctx) -> None:
 
 
 @staff_mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
         if len(found) != 1:
@@ -158,7 +151,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- the list
-@state("staffreport.list", staff_only=True)
+@router.state("staffreport.list", staff_only=True)
 def staff_list(ctx: Ctx) -> None:
     args = _query_args(ctx)
     total = rp.count_reports(ctx.db, **args)
@@ -179,7 +172,7 @@ def staff_list(ctx: Ctx) -> None:
 
 
 @staff_list.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_list(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
     if msg.choice == "filter":
@@ -189,7 +182,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- one report
-@state("staffreport.view", staff_only=True)
+@router.state("staffreport.view", staff_only=True)
 def staff_view(ctx: Ctx) -> None:
     report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
     if report is None:
@@ -242,7 +235,7 @@ def _view_choices(ctx: Ctx, report: rp.Report) -> list[Choice]:
 
 
 @staff_view.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_view(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("engine.choose")
     if msg.choice == "back":
@@ -254,28 +247,28 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("staffreport.reason" if target == "rejected" else "staffreport.note", keep=True)
 
 
-@state("staffreport.note", staff_only=True)
+@router.state("staffreport.note", staff_only=True)
 def staff_note(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""), status=status_name(ctx, ctx.data.get("to", ""))),
             [Choice("none", ctx.t("staffreport.no_note")), Choice("cancel", ctx.t("staffreport.back"))])
 
 
 @staff_note.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_note(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE and msg.choice == "cancel":
         return Go("staffreport.view", keep=True)
     note = msg.text.strip() if msg.kind == Kind.TEXT else ""
     return _change(ctx, ctx.data.get("to", ""), note=note)
 
 
-@state("staffreport.reason", staff_only=True)
+@router.state("staffreport.reason", staff_only=True)
 def staff_reason(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.reason_prompt", code=ctx.data.get("code", "")),
             [Choice("cancel", ctx.t("staffreport.back"))])
 
 
 @staff_reason.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_reason(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("staffreport.view", keep=True)
     reason = msg.text.strip()
@@ -302,14 +295,14 @@ def _change(ctx: Ctx, status: str, *, note: str = "", reason: str = "") -> Trans
     return Go("staffreport.view", keep=True)
 
 
-@state("staffreport.merge", staff_only=True)
+@router.state("staffreport.merge", staff_only=True)
 def staff_merge(ctx: Ctx) -> None:
     ctx.ask(ctx.t("staffreport.merge_prompt", code=ctx.data.get("code", "")),
             [Choice("cancel", ctx.t("staffreport.back"))])
 
 
 @staff_merge.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_staff_merge(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return Go("staffreport.view", keep=True)
     found = CODE_RE.search(msg.text.upper())

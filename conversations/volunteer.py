@@ -10,28 +10,25 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlmodel import Session
+
 from conversations import participation as P
-from conversations.core import COMMAND_TEXTS, require_consent, yes_no
-from conversations.engine import (
-    IDLE,
-    Ctx,
-    Go,
-    Invalid,
-    Stay,
-    Transition,
-    command,
-    global_choice,
-    menu_item,
-    state,
-)
+from conversations.core import require_consent, yes_no
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition
 from conversations.text import match_options, record_id, truncate
 from storage.participation import AVAILABILITY
 
-COMMAND_TEXTS["volunteer"] = N_("volunteer.command")
-COMMAND_TEXTS["volunteercall"] = N_("volunteer.call_new.command")
-menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
+router = Router("volunteering")
+router.menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
+
+
+@router.on_withdrawal("volunteering")
+def leave_everything(db: Session, resident_id: int, now: datetime, config: EngineConfig) -> None:
+    """They leave every pool; their answers to calls not started yet go (a place goes to the reserves)."""
+    P.withdraw_volunteering(db, resident_id, now=now, tz=config.timezone)
 
 
 def _tz(ctx: Ctx) -> str:
@@ -39,9 +36,7 @@ def _tz(ctx: Ctx) -> str:
 
 
 def _offsets(ctx: Ctx):
-    offsets = P.offsets_of(ctx.config.settings)
-    P.configure(ctx.config.timezone, offsets)
-    return offsets
+    return P.offsets_of(ctx.config.settings)
 
 
 def _sdg(ctx: Ctx, goals) -> str:
@@ -63,12 +58,13 @@ def _hood_name(ctx: Ctx, key: str | None) -> str:
 
 
 # ---------------------------------------------------------------- entry
-@command("volunteer", "gonullu", "gönüllü", "volunteer", menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"})
+@router.command("volunteer", "gonullu", "gönüllü", "volunteer", menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"},
+                description=N_("volunteer.command"))
 def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
     return require_consent(ctx, "volunteering", "volunteer.home")
 
 
-@state("volunteer.home")
+@router.state("volunteer.home", choice_only=True)
 def home(ctx: Ctx) -> None:
     joined = {m.pool for m in P.memberships_of(ctx.db, ctx.resident.id)}
     lines = [ctx.t("volunteer.home", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
@@ -84,9 +80,7 @@ def home(ctx: Ctx) -> None:
 
 
 @home.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_home(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "menu":
         return Go(IDLE)
     if msg.choice == "mine":
@@ -94,7 +88,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.pool", {"pool": msg.choice[2:]})
 
 
-@state("volunteer.pool")
+@router.state("volunteer.pool")
 def pool_detail(ctx: Ctx) -> None:
     pool = ctx.catalog.pool(ctx.data.get("pool", ""))
     if pool is None:
@@ -115,7 +109,7 @@ def pool_detail(ctx: Ctx) -> None:
 
 
 @pool_detail.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_pool_detail(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE or msg.choice == "back":
         return Go("volunteer.home")
     pool = ctx.data.get("pool", "")
@@ -135,7 +129,7 @@ def _availability(ctx: Ctx, weekdays: bool, weekends: bool, evenings: bool) -> s
 
 
 # ---------------------------------------------------------------- joining
-@state("volunteer.skills")
+@router.state("volunteer.skills")
 def skills(ctx: Ctx) -> None:
     chosen = set(ctx.data.get("tags", []))
     choices = [Choice(f"s:{key}", ("✅ " if key in chosen else "⬜ ") + name.get(ctx.lang))
@@ -145,7 +139,7 @@ def skills(ctx: Ctx) -> None:
 
 
 @skills.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_skills(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -155,7 +149,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.skills", {"tags": sorted(tags)}, keep=True)
 
 
-@state("volunteer.skills_text")
+@router.state("volunteer.skills_text")
 def skills_text(ctx: Ctx) -> None:
     current = ctx.data.get("skills") or ""
     choices = [Choice("skip", ctx.t(N_("volunteer.keep") if current else N_("volunteer.skip")))]
@@ -166,13 +160,13 @@ def skills_text(ctx: Ctx) -> None:
 
 
 @skills_text.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_skills_text(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         ctx.data["skills"] = msg.text.strip()[:1000]
     return Go("volunteer.availability", keep=True)
 
 
-@state("volunteer.availability")
+@router.state("volunteer.availability")
 def availability(ctx: Ctx) -> None:
     chosen = set(ctx.data.get("avail", []))
     choices = [Choice(f"a:{a}", ("✅ " if a in chosen else "⬜ ") + ctx.t(P.AVAILABILITY_KEYS[a])) for a in AVAILABILITY]
@@ -181,7 +175,7 @@ def availability(ctx: Ctx) -> None:
 
 
 @availability.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_availability(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -193,7 +187,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.availability", {"avail": [a for a in AVAILABILITY if a in avail]}, keep=True)
 
 
-@state("volunteer.mahalle")
+@router.state("volunteer.mahalle")
 def mahalle(ctx: Ctx) -> None:
     current = ctx.data.get("mahalle")
     candidates = ctx.data.get("candidates")
@@ -209,7 +203,7 @@ def mahalle(ctx: Ctx) -> None:
 
 
 @mahalle.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         if msg.choice == "keep":
             return Go("volunteer.confirm", {"candidates": None}, keep=True)
@@ -224,7 +218,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.mahalle", {"candidates": found, "_page": 0}, keep=True)
 
 
-@state("volunteer.confirm")
+@router.state("volunteer.confirm", choice_only=True)
 def confirm(ctx: Ctx) -> None:
     d = ctx.data
     skill_names = [_skill_name(ctx, k) for k in d.get("tags", [])] + ([d["skills"]] if d.get("skills") else [])
@@ -236,9 +230,7 @@ def confirm(ctx: Ctx) -> None:
 
 
 @confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "save":
         ctx.say(ctx.t("cancel.done"))
         return Go("volunteer.home")
@@ -254,22 +246,20 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.home")
 
 
-@state("volunteer.leave")
+@router.state("volunteer.leave", choice_only=True)
 def leave(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.leave_question", pool=_pool_name(ctx, ctx.data.get("pool", ""))), yes_no(ctx))
 
 
 @leave.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_leave(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "yes" and P.leave_pool(ctx.db, ctx.resident.id, ctx.data.get("pool", "")):
         ctx.say(ctx.t("volunteer.left", pool=_pool_name(ctx, ctx.data.get("pool", ""))))
     return Go("volunteer.home")
 
 
 # ---------------------------------------------------------------- my duties
-@state("volunteer.mine")
+@router.state("volunteer.mine")
 def mine(ctx: Ctx) -> None:
     rows = P.calls_of(ctx.db, ctx.resident.id, ctx.now)
     if not rows:
@@ -288,7 +278,7 @@ def mine(ctx: Ctx) -> None:
 
 
 @mine.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_mine(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE or msg.choice == "back":
         return Go("volunteer.home")
     outcome = P.respond_to_call(ctx.db, int(msg.choice[2:]), ctx.resident.id, "c", lang=ctx.lang, tz=_tz(ctx),
@@ -298,7 +288,7 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- the buttons of a call
-@global_choice(P.CALL_PREFIX)
+@router.global_choice(P.CALL_PREFIX)
 def call_button(ctx: Ctx, msg: Inbound) -> Transition:
     """vc:<call>:y accept · n decline · c cancel (asks) · cy cancel · t take a freed place."""
     parts = msg.choice.split(":")
@@ -313,13 +303,13 @@ def call_button(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: a call for volunteers
-@command("volunteercall", "gonullucagri", "volunteercall")
+@router.command("volunteercall", "gonullucagri", "volunteercall", description=N_("volunteer.call_new.command"))
 def cmd_volunteer_call(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("volunteer.call_pools", {"pools": []})
 
 
-@state("volunteer.call_pools", staff_only=True)
+@router.state("volunteer.call_pools", staff_only=True)
 def call_pools(ctx: Ctx) -> None:
     chosen = set(ctx.data.get("pools", []))
     choices = [Choice(f"p:{p.key}", ("✅ " if p.key in chosen else "⬜ ") + p.name.get(ctx.lang))
@@ -329,7 +319,7 @@ def call_pools(ctx: Ctx) -> None:
 
 
 @call_pools.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_pools(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
         return Invalid("volunteer.tap_to_select")
     if msg.choice == "done":
@@ -342,12 +332,12 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def _text_state(name: str, prompt_key: str, next_state: str, data_key: str, limit: int):
-    @state(name, staff_only=True)
+    @router.state(name, staff_only=True)
     def prompt(ctx: Ctx) -> None:
         ctx.ask(ctx.t(prompt_key))
 
     @prompt.on_input
-    def _(ctx: Ctx, msg: Inbound) -> Transition:
+    def on_text(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.kind != Kind.TEXT:
             return Invalid(prompt_key)
         return Go(next_state, {data_key: msg.text.strip()[:limit]}, keep=True)
@@ -359,13 +349,13 @@ _text_state("volunteer.call_what", N_("volunteer.call_new.what"), "volunteer.cal
 _text_state("volunteer.call_where", N_("volunteer.call_new.where"), "volunteer.call_start", "place", 255)
 
 
-@state("volunteer.call_start", staff_only=True)
+@router.state("volunteer.call_start", staff_only=True)
 def call_start(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.call_new.start"))
 
 
 @call_start.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     try:
@@ -377,13 +367,13 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.call_end", {"starts_at": when.isoformat()}, keep=True)
 
 
-@state("volunteer.call_end", staff_only=True)
+@router.state("volunteer.call_end", staff_only=True)
 def call_end(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.call_new.end"))
 
 
 @call_end.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_end(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     if not ctx.data.get("starts_at"):
@@ -398,20 +388,20 @@ def _(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.call_count", {"ends_at": end.isoformat()}, keep=True)
 
 
-@state("volunteer.call_count", staff_only=True)
+@router.state("volunteer.call_count", staff_only=True)
 def call_count(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.call_new.count"))
 
 
 @call_count.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
+def on_call_count(ctx: Ctx, msg: Inbound) -> Transition:
     text = msg.text.strip() if msg.kind == Kind.TEXT else ""
     if not text.isdigit() or not 1 <= int(text) <= 10_000:
         return Invalid("event.bad_number")
     return Go("volunteer.call_confirm", {"capacity": int(text)}, keep=True)
 
 
-@state("volunteer.call_confirm", staff_only=True)
+@router.state("volunteer.call_confirm", staff_only=True, choice_only=True)
 def call_confirm(ctx: Ctx) -> None:
     d = ctx.data
     none = ctx.t("common.none")
@@ -425,9 +415,7 @@ def call_confirm(ctx: Ctx) -> None:
 
 
 @call_confirm.on_input
-def _(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE:
-        return Invalid("engine.choose")
+def on_call_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "send":
         ctx.say(ctx.t("cancel.done"))
         return Go(IDLE)

@@ -225,17 +225,15 @@ def webhook_secret(settings) -> str:
     return hashlib.sha256(f"katilim-webhook:{settings.telegram_bot_token}".encode()).hexdigest()
 
 
-def command_menu(lang: str) -> list[tuple[str, str]]:
-    """(name, description) of the commands shown in Telegram's menu for a language, built when
-    asked: features add commands to COMMAND_MENU and COMMAND_TEXTS as they are imported."""
-    from conversations.core import COMMAND_TEXTS
-    from conversations.engine import COMMAND_ALIASES, COMMAND_MENU
+def command_menu(registry, lang: str) -> list[tuple[str, str]]:
+    """(name, description) of the commands shown in Telegram's menu for a language: the
+    registry's command menu (conversations/registry.py), those with a description."""
     from conversations.i18n import translator
 
     t = translator(lang)
     result, seen = [], set()
-    for name in COMMAND_MENU.get(lang, []):
-        key = COMMAND_TEXTS.get(COMMAND_ALIASES.get(name, name))
+    for name in registry.command_menu.get(lang, ()):
+        key = registry.description(name)
         if not key or not t.has(key) or name in seen or not re.fullmatch(r"[a-z0-9_]{1,32}", name):
             continue
         seen.add(name)
@@ -502,7 +500,8 @@ class TelegramChannel:
         """The command menu per language (the default scope shows the Turkish one)."""
         bot = self.application.bot
         try:
-            menus = {lang: [BotCommand(n, d) for n, d in command_menu(lang)] for lang in ("tr", "en", "ar")}
+            menus = {lang: [BotCommand(n, d) for n, d in command_menu(self.app.registry, lang)]
+                     for lang in ("tr", "en", "ar")}
             await bot.set_my_commands(menus["tr"], scope=BotCommandScopeDefault())
             for lang, commands in menus.items():
                 await bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=lang)

@@ -55,7 +55,6 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from bot.app import CHANNEL_HOOKS
 from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import stored_file
 from bot.settings import SettingsError
@@ -580,7 +579,7 @@ def record_status(db, sid: str, status: str, error: str = "") -> bool:
 
 # ---------------------------------------------------------------- wiring
 def add_whatsapp(app) -> None:
-    """bot.app.CHANNEL_HOOKS: the WhatsApp channel, when its settings are present."""
+    """The WhatsApp channel, when its settings are present (bot/features.py's CHANNELS)."""
     settings = app.settings
     if not settings.whatsapp_enabled or CHANNEL in app.channels:
         return
@@ -590,28 +589,20 @@ def add_whatsapp(app) -> None:
     app.add_channel(WhatsAppChannel(app))
 
 
-if add_whatsapp not in CHANNEL_HOOKS:
-    CHANNEL_HOOKS.append(add_whatsapp)
+def files_job(app):
+    """The scheduler's "whatsapp_files" job: the files published for Twilio to fetch expire."""
+    from bot.scheduler import Job
 
+    channel = app.channels.get(CHANNEL)
+    if channel is None:
+        return None
 
-def _register_cleanup() -> None:
-    from bot.scheduler import Job, job
+    async def run(app=app) -> None:
+        removed = await asyncio.to_thread(channel.files.clean)
+        if removed:
+            log.info("removed %d expired WhatsApp files", removed)
 
-    @job
-    def whatsapp_files(app) -> Job | None:
-        channel = app.channels.get(CHANNEL)
-        if channel is None:
-            return None
-
-        async def run(app=app) -> None:
-            removed = await asyncio.to_thread(channel.files.clean)
-            if removed:
-                log.info("removed %d expired WhatsApp files", removed)
-
-        return Job("whatsapp_files", 3600, run)
-
-
-_register_cleanup()
+    return Job("whatsapp_files", 3600, run)
 
 __all__: Iterable[str] = ["WhatsAppChannel", "WhatsAppSender", "OutboundFiles", "to_inbound", "render",
-                          "split_body", "send_error", "record_status", "add_whatsapp", "normalize_address"]
+                          "split_body", "send_error", "record_status", "add_whatsapp", "files_job", "normalize_address"]

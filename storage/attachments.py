@@ -9,7 +9,7 @@ one sent where none was asked for, is still known to be theirs.
 
 A stored file is *referenced* while a row needs it: a report's attachment (`report_media.path`), a
 broadcast's photo (`broadcast.photo_path`), a conversation in progress (`conversation_session.data`
-holds the paths of a draft's photos) or a message waiting to go (`outbox.payload`). `REFERENCES`
+holds the paths of a draft's photos) or a message waiting to go (`outbox.payload`). `references()`
 lists them; a feature that keeps paths to stored files elsewhere adds its column there.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ def erase_uploads(db: Session, resident_id: int) -> Erased:
 
 
 # ---------------------------------------------------------------- references
-def _references():
+def references():
     """(column, condition on its row, whether it holds JSON to search rather than one path)."""
     from storage.models import Broadcast, ConversationSession, OutboxMessage
     from storage.reports import ReportMedia
@@ -120,9 +120,6 @@ def _references():
     waiting = OutboxMessage.status.in_(("pending", "sending")) & OutboxMessage.broadcast_id.is_(None)
     return [(ReportMedia.path, None, False), (Broadcast.photo_path, Broadcast.photo_path != "", False),
             (ConversationSession.data, None, True), (OutboxMessage.payload, waiting, True)]
-
-
-REFERENCES = [_references]  # a feature keeping paths to stored files elsewhere adds its own
 
 
 def referenced(db: Session, files: Iterable[str] | None = None, *, media_dir: Path | str | None = None,
@@ -139,24 +136,23 @@ def referenced(db: Session, files: Iterable[str] | None = None, *, media_dir: Pa
         return set()
     keys = None if wanted is None else {stored_name(f) or f for f in wanted}
     found: set[str] = set()
-    for source in REFERENCES:
-        for column, condition, is_json in source():
-            if not messages and column is OutboxMessage.payload:
-                continue
-            searched = cast(column, Text) if is_json else column
-            query = select(column)
-            if condition is not None:
-                query = query.where(condition)
-            if keys is not None:
-                query = query.where(or_(*[searched.contains(k, autoescape=True) for k in sorted(keys)]))
-            elif is_json:  # the folder's own name: in every stored path, relative or absolute
-                query = query.where(searched.contains(Path(media_dir or ".").resolve().name, autoescape=True))
-            for value in db.exec(query.execution_options(yield_per=1000)):
-                if is_json:
-                    text = json_text(value)
-                    found |= names_in(text) | ({k for k in keys if k in text} if keys else set())
-                else:
-                    found |= {stored_name(value) or str(value)} - {""}
+    for column, condition, is_json in references():
+        if not messages and column is OutboxMessage.payload:
+            continue
+        searched = cast(column, Text) if is_json else column
+        query = select(column)
+        if condition is not None:
+            query = query.where(condition)
+        if keys is not None:
+            query = query.where(or_(*[searched.contains(k, autoescape=True) for k in sorted(keys)]))
+        elif is_json:  # the folder's own name: in every stored path, relative or absolute
+            query = query.where(searched.contains(Path(media_dir or ".").resolve().name, autoescape=True))
+        for value in db.exec(query.execution_options(yield_per=1000)):
+            if is_json:
+                text = json_text(value)
+                found |= names_in(text) | ({k for k in keys if k in text} if keys else set())
+            else:
+                found |= {stored_name(value) or str(value)} - {""}
     if wanted is None:
         return found
     return {f for f in wanted if (stored_name(f) or f) in found}

@@ -5,8 +5,8 @@ points at the resident that goes (a `resident_id` column or a foreign key to res
 moved to the one that stays, so identities, consents, reports, follows, RSVPs... follow the
 person without each feature writing its own merge. Rows that would then collide with a unique
 constraint (both followed the same report, both have a session) are dropped from the resident
-that goes first. Features with more to do (recount a total, combine two rows) register a function
-in conversations.engine.MERGERS; they run before the generic move. Runs inside the caller's
+that goes first. Features with more to do (recount a total, combine two rows) declare a merger on
+their router (conversations/registry.py); the caller passes them, and they run before the generic move. Runs inside the caller's
 transaction; callers wrap it in a SAVEPOINT so a failure leaves both residents as they were.
 """
 from __future__ import annotations

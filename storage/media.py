@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-# Why an upload is not kept (Media.refused); conversations/engine.py MEDIA_REFUSALS says it.
+# Why an upload is not kept (Media.refused); conversations/step.py MEDIA_REFUSALS says it.
 NOT_A_PHOTO = "not_a_photo"          # not JPEG/PNG/WebP by its bytes, or does not decode whole
 TOO_MANY_PIXELS = "too_many_pixels"  # over MEDIA_MAX_PIXELS (a decompression bomb, or just huge)
 NOT_AUDIO = "not_audio"              # a "voice note" whose bytes are no audio format a channel sends

@@ -58,14 +58,21 @@ def update_resident(db: Session | Connection, resident: Resident, **values: Any)
     """Change columns of a resident: one UPDATE now, and the object shows the new values without
     the unit of work's flush (a conversation step changes the profile often; `db` may be the
     step's connection, with no ORM session open)."""
+    stmt, params = resident_update(resident.id, values)
+    stmt.execute(connection_of(db), params)
+    for key, value in values.items():
+        set_committed_value(resident, key, value)
+
+
+def resident_update(resident_id: int, values: dict[str, Any]) -> tuple[Prepared, dict[str, Any]]:
+    """The UPDATE that writes these columns of a resident, with its parameters (to run with others
+    in one round trip: storage.fastsql.run_all)."""
     keys = tuple(sorted(values))
     stmt = _RESIDENT_UPDATES.get(keys)
     if stmt is None:
         stmt = _RESIDENT_UPDATES[keys] = Prepared(update(Resident).where(Resident.id == bindparam("rid"))
                                                   .values({k: bindparam(k) for k in keys}))
-    stmt.execute(connection_of(db), {"rid": resident.id, **values})
-    for key, value in values.items():
-        set_committed_value(resident, key, value)
+    return stmt, {"rid": resident_id, **values}
 
 
 _RESIDENT_UPDATES: dict[tuple[str, ...], Prepared] = {}

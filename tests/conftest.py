@@ -97,13 +97,15 @@ def make_settings(tmp_path: Path, sqlite_url: str):
 
 @pytest.fixture
 def make_app(make_settings):
-    """The application as `katilim run` builds it (migrations applied)."""
+    """The application as `katilim run` builds it (migrations applied), of bot/features.py's
+    features or of `features`. A state entered by an unknown name from a conversation's data is
+    an error here (`strict_targets`), not the menu as in production."""
     from bot.app import build_app
 
     built = []
 
-    def factory(**overrides):
-        app = build_app(make_settings(**overrides))
+    def factory(features=None, strict_targets=True, **overrides):
+        app = build_app(make_settings(**overrides), features=features, strict_targets=strict_targets)
         built.append(app)
         return app
 

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from conversations.engine import COMMAND_MENU
 from conversations.i18n import t_in
 from conversations.messages import Inbound, Kind
 from conversations.when import WhenError, parse_when
@@ -477,7 +476,7 @@ def test_abonelik_toggles(make_app):
     assert announcements_on(app, "78")
     assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.off")
     assert talk(app, "78", choice="back")[-1] == t_in("tr", "menu.title")
-    assert "abonelik" in COMMAND_MENU["tr"] and "subscription" in COMMAND_MENU["en"]
+    assert "abonelik" in app.registry.command_menu["tr"] and "subscription" in app.registry.command_menu["en"]
 
 
 # ---------------------------------------------------------------- the staff flow through Telegram

@@ -1,7 +1,7 @@
 """The conversation engine through `Engine.handle`, on a real database (SQLite and PostgreSQL).
 
-The state table iterates `conversations.engine.STATES`, so every state a feature registers later is
-covered too: in every state, every unusable inbound kind gets a short re-prompt in the resident's
+The state table iterates the states of bot/features.py's registry, so every state a feature declares
+later is covered too: in every state, every unusable inbound kind gets a short re-prompt in the resident's
 language, and neither the state nor what was collected changes; a typed cancel word (İPTAL,
 iptal, Iptal) leaves every state.
 """
@@ -14,12 +14,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import event, update
 from sqlmodel import select
 
-import conversations.flows  # noqa: F401  (registers every state, command and menu item)
-from conversations.engine import IDLE, KIND_NAMES, MENU_ITEMS, STATES, Go, Stay, state
+from bot.features import FEATURES, Feature, build_registry
 from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
+from conversations.registry import Router
+from conversations.step import IDLE, KIND_NAMES, Go, Stay
+from storage import repo
 from storage.db import transaction
 from storage.models import (
     CONSENT_PURPOSES,
@@ -34,6 +37,8 @@ from storage.models import (
 from tests.conftest import drop_pg_schema, new_pg_schema_url
 
 CHANNEL = "console"
+REGISTRY = build_registry()
+STATES = REGISTRY.states
 ONBOARDING_PATHS = ("onboarding.language", "onboarding.notice", "onboarding.purpose")
 
 
@@ -168,7 +173,7 @@ def onboard(chat: Chat, consent: str | list[bool] = "all", mahalle: str | None =
 
 
 def menu_key_for(target: str) -> str | None:
-    return next((key for _, key, _, t in MENU_ITEMS if t == target), None)
+    return next((item.key for item in REGISTRY.menu_items if item.target == target), None)
 
 
 def reach(chat: Chat, name: str) -> list[Outbound]:
@@ -618,52 +623,137 @@ def test_unknown_stored_state_resets_politely(make_app, db_url):
 
 
 def test_a_state_removed_by_a_feature(make_app, db_url):
+    """A conversation stored in a state of a feature the next version no longer lists."""
     name = f"test.feature_{uuid.uuid4().hex[:6]}"
+    router = Router("test")
 
-    @state(name)
+    @router.state(name)
     def feature_step(ctx):
         ctx.ask("feature prompt")
 
     @feature_step.on_input
-    def _(ctx, msg):
+    def on_feature_step(ctx, msg):
         ctx.say("feature got " + msg.text)
         return Stay()
 
-    try:
-        app = make_app(database_url=db_url)
-        chat = Chat(app)
-        onboard(chat)
-        chat.set_session(name, {"collected": 1})
-        assert chat.text("hi")[0].text == "feature got hi"
-        assert chat.state == name and chat.data == {"collected": 1}
-    finally:
-        del STATES[name]
+    app = make_app(database_url=db_url, features=FEATURES + (Feature("test", routers=(router,)),))
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"collected": 1})
+    assert chat.text("hi")[0].text == "feature got hi"
+    assert chat.state == name and chat.data == {"collected": 1}
+    without = make_app(database_url=db_url)   # the same database, the feature gone
+    chat.app = without
     replies = chat.text("hi")
     assert replies[0].text == T("tr", "engine.state_gone")
     assert chat.state == IDLE and chat.data == {}
 
 
-def test_a_go_to_a_missing_state_lands_in_the_menu(make_app):
+def going_nowhere() -> tuple[Router, str]:
+    """A feature whose button leads to the state its conversation's data names (a state no router
+    declares, as an old session's data could)."""
     name = f"test.gone_{uuid.uuid4().hex[:6]}"
+    router = Router("test")
 
-    @state(name)
+    @router.state(name, choice_only=True)
     def feature_step(ctx):
         ctx.ask("go?", [Choice("go", "go")])
 
     @feature_step.on_input
-    def _(ctx, msg):
-        return Go("test.never_registered")
+    def on_feature_step(ctx, msg):
+        return Go(ctx.data["then"])
 
-    try:
-        app = make_app()
-        chat = Chat(app)
-        onboard(chat)
-        chat.set_session(name, {})
-        chat.text("x")
-        replies = chat.choose("go")
-        assert replies[-1].text == T("tr", "menu.title") and chat.state == IDLE
-    finally:
-        del STATES[name]
+    return router, name
+
+
+def test_a_go_to_a_missing_state_lands_in_the_menu(make_app):
+    router, name = going_nowhere()
+    app = make_app(features=FEATURES + (Feature("test", routers=(router,)),), strict_targets=False)
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"then": "test.never_registered"})
+    assert chat.text("x")[-1].text == "go?"
+    replies = chat.choose("go")
+    assert replies[-1].text == T("tr", "menu.title") and chat.state == IDLE
+
+
+def test_in_the_tests_a_go_to_a_missing_state_is_an_error(make_app):
+    router, name = going_nowhere()
+    app = make_app(features=FEATURES + (Feature("test", routers=(router,)),))
+    chat = Chat(app)
+    onboard(chat)
+    chat.set_session(name, {"then": "test.never_registered"})
+    assert chat.text("x")[-1].text == "go?"
+    with pytest.raises(AssertionError, match="engine.error"):
+        chat.choose("go")
+    assert chat.state == IDLE
+
+
+# ---------------------------------------------------------------- a step that fails commits nothing of its own
+CRASH = Router("test.crash")
+
+
+@CRASH.state("test.crash", choice_only=True)
+def crash_prompt(ctx):
+    ctx.ask("crash?", [Choice("go", "go")])
+
+
+@crash_prompt.on_input
+def on_crash(ctx, msg):
+    """Writes through every way a state has (the ORM, the step's connection, the profile), then fails."""
+    repo.audit(ctx.db, ctx.actor, "test.crashed", f"resident:{ctx.resident.id}")
+    ctx.db.add(ConsentRecord(resident_id=ctx.resident.id, purpose="announcements", granted=False,
+                             notice_version="test", channel=ctx.channel))
+    ctx.db.flush()
+    ctx.conn.execute(update(Resident).where(Resident.id == ctx.resident.id).values(display_name="changed"))
+    ctx.update_resident(locale="ar", mahalle="kozagac")
+    raise RuntimeError("a bug in a state")
+
+
+def test_a_step_that_fails_commits_nothing_of_its_own(make_app, db_url, caplog):
+    app = make_app(database_url=db_url, features=FEATURES + (Feature("crash", routers=(CRASH,)),))
+    chat = Chat(app, "en")
+    onboard(chat)
+    consents = [(r.purpose, r.granted) for r in chat.consents()]
+    chat.set_session("test.crash", {"collected": 1})
+    assert chat.text("x")[-1].text == "crash?"
+    failed = Inbound(channel=CHANNEL, address=chat.address, kind=Kind.CHOICE, choice="go", external_id="crash-1")
+    handled = app.engine.handle(failed)
+    # the apology in the resident's language (not the Arabic the failed step chose), then the menu
+    assert [out.text for _, out in handled.replies] == [T("en", "engine.error"), T("en", "menu.title")]
+    assert chat.state == IDLE and chat.data == {}
+    resident = chat.resident
+    assert (resident.locale, resident.mahalle, resident.display_name) == ("en", None, chat.address)
+    assert [(r.purpose, r.granted) for r in chat.consents()] == consents
+    with transaction(app.db) as db:
+        assert db.exec(select(AuditLog).where(AuditLog.action == "test.crashed")).all() == []
+    assert "a bug in a state" in caplog.text
+    # the rest of the step committed: the message is known (its replies are in the outbox)
+    assert app.engine.handle(failed).duplicate
+    with transaction(app.db) as db:
+        texts = [row.payload["text"] for row in db.exec(select(OutboxMessage).where(
+            OutboxMessage.address == chat.address).order_by(OutboxMessage.id))]
+    assert texts[-2:] == [T("en", "engine.error"), T("en", "menu.title")]
+
+
+def test_the_common_steps_take_no_savepoint(make_app):
+    """A prompt, a choice, a profile change: no SAVEPOINT (the profile change goes with the step's
+    last statements); a step that writes through the ORM takes one."""
+    app = make_app()
+    savepoints = []
+    event.listen(app.db, "savepoint", lambda conn, name: savepoints.append(name))
+    chat = Chat(app)
+    onboard(chat)
+    savepoints.clear()
+    chat.cmd("dil")
+    chat.choose("lang:en")
+    chat.choose("mahalle")
+    chat.text("kozagac")
+    assert savepoints == []
+    assert (chat.resident.locale, chat.resident.mahalle) == ("en", "kozagac")
+    chat.choose("privacy")
+    chat.choose("p:announcements")
+    assert len(savepoints) == 1 and not chat.consents()[-1].granted
 
 
 def test_duplicate_external_id_is_ignored(make_app, db_url):
@@ -799,6 +889,18 @@ def test_privacy_toggles_consent(make_app):
     replies = chat.choose("p:reminders")
     assert replies[0].text == T("en", "privacy.granted", purpose=T("en", "consent.purpose.reminders"))
     assert [r.granted for r in chat.consents()][-2:] == [False, True]
+
+
+@pytest.mark.parametrize("lang", ["en", "ar"])
+def test_the_link_command_shown_in_the_menu_works_when_typed(make_app, lang):
+    """/link is in the English and Arabic command menus and /yardim: typed, it starts linking."""
+    app = make_app(twilio_account_sid="AC" + "0" * 32, twilio_auth_token="test",
+                   twilio_whatsapp_from="whatsapp:+905550000000")
+    chat = Chat(app, lang)
+    onboard(chat)
+    assert "/link — " in chat.cmd("help")[0].text
+    replies = chat.cmd("link")
+    assert replies[-1].text == T(lang, "link.ask_code") and chat.state == "link.start"
 
 
 def test_change_language(make_app):

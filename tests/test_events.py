@@ -396,8 +396,7 @@ def test_erasing_a_resident_frees_the_place_and_keeps_anonymous_ratings(make_app
 
 
 def test_merging_two_residents_keeps_one_place(make_app):
-    from conversations.engine import MERGERS
-    from storage.linking import merge_residents
+    from conversations.linking import merge
 
     app = make_app()
     event = add_event(app, capacity=2)
@@ -407,7 +406,7 @@ def test_merging_two_residents_keeps_one_place(make_app):
         p.tap("rsvp")
     keep, gone, waiting_id = phone.resident_id, laptop.resident_id, waiting.resident_id
     with transaction(app.db) as db:
-        merge_residents(db, keep, gone, mergers=MERGERS)
+        merge(db, keep, gone, app.engine.config)
     assert rsvps(app, event.id) == {keep: ("going", None), waiting_id: ("going", None)}
     with Session(app.db) as db:
         assert db.get(Event, event.id).going == 2

@@ -25,7 +25,6 @@ from twilio.base.exceptions import TwilioRestException
 from bot.app import add_configured_channels
 from bot.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import serve_http
-from conversations.engine import GLOBAL_CHOICES
 from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.proactive import answer_by_number
@@ -367,7 +366,7 @@ async def test_a_number_answers_a_proactive_message_where_the_channel_says_so(ma
     def read(channel: str, address: str, text: str) -> Inbound:
         msg = Inbound(channel=channel, address=address, kind=Kind.TEXT, text=text)
         with transaction(app.db) as db:
-            answer_by_number(db, msg, GLOBAL_CHOICES)
+            answer_by_number(db, msg, app.registry.global_choices)
         return msg
 
     assert read("whatsapp", AYSE, " 2 ").choice == "rs:no:BCA-2026-000001"

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlmodel import select
 
-from bot.cli import CLI_MODULES
+from bot.features import FEATURES
 from bot.http import create_http_app
 from storage import apikeys
 from storage.db import transaction, utcnow
@@ -153,7 +153,7 @@ async def test_post_creates_a_report_without_the_residents_identity(api, db_url,
         assert personal not in dump
 
     # The report is in staff's view: `katilim reports list` (when that feature is installed).
-    if "bot.cli_reports" in CLI_MODULES:
+    if any(feature.name == "reports" for feature in FEATURES):
         out = katilim(db_url, tmp_path, "reports", "list", "--status", "new")
         assert out.returncode == 0, out.stderr
         assert code in out.stdout

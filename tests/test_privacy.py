@@ -11,7 +11,6 @@ from sqlmodel import Session, select
 
 from conversations import participation as P
 from conversations.reports import CODE_RE
-from conversations.engine import COMMAND_ALIASES, STATES
 from conversations.i18n import t_in
 from storage import broadcasts as bc
 from storage import reports as rp
@@ -181,14 +180,14 @@ def test_every_staff_command_refused_to_a_resident_is_audited(make_app):
     eve = Person(app, "eve").onboard()
     eve_id = eve.resident_id
     staff_commands = set()
-    for alias in sorted(COMMAND_ALIASES):
+    for alias in sorted(app.registry.spellings):
         boss.send("/iptal")
         boss.send(f"/{alias}")
         with Session(app.db) as db:
             state = db.exec(select(ConversationSession.state).join(
                 ChannelIdentity, ChannelIdentity.resident_id == ConversationSession.resident_id).where(
                 ChannelIdentity.address == "boss")).one()
-        if not STATES[state].staff_only:
+        if not app.registry.states[state].staff_only:
             continue
         staff_commands.add(alias)
         before = audited(app, eve_id)

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import conversations.flows  # noqa: F401  (registers every state)
 from bot import i18n_tools
-from conversations.engine import COMMAND_ALIASES, STATES
+from bot.features import build_registry
 from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Inbound, Kind, Media
 from storage.db import transaction
@@ -82,7 +81,8 @@ SPECIAL_TEXTS = [
 ]
 PAYLOADS = ["", "ev_1", "ev_", "ev_abc", "ev_99999999999999999999999", "ci_1", "ci_x_y", "_", "__", "x" * 300,
             "ev_-1", "ev_1_2", "🚀", "r_1", "zz"]
-COMMANDS = sorted(set(COMMAND_ALIASES)) + ["foo", "", "START", "İPTAL", "Yardım", "MENÜ", "x" * 80]
+STATES = build_registry().states
+COMMANDS = sorted(set(build_registry().spellings)) + ["foo", "", "START", "İPTAL", "Yardım", "MENÜ", "x" * 80]
 LANG_HINTS = ["", "tr", "en", "ar", "de", "en-US", "AR"]
 
 plain_texts = st.one_of(

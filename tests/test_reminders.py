@@ -66,7 +66,7 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert [(r.offset_seconds, r.status) for r in rows] == [(86400, "pending"), (7200, "pending")]
     assert P.aware(rows[0].due_at) == P.aware(event.starts_at) - timedelta(hours=24)
 
-    # consent withdrawn later: the reminders are dropped at once (conversations/consent.py)...
+    # consent withdrawn later: the reminders are dropped at once (the participation router's on_withdrawal)...
     ayse.send("/menu")
     ayse.tap("privacy")
     ayse.tap("p:reminders")
@@ -175,7 +175,8 @@ async def test_shutdown_lets_a_scan_under_way_finish(make_app, caplog):
     """SIGTERM while a job's scan runs (the first runs start with the scheduler): `katilim run`
     stops the scheduler after the scan is done, not by cancelling it mid-way (which APScheduler
     logs as the job's error, with a traceback)."""
-    from bot.scheduler import JOBS, Job, start_scheduler, stop_jobs
+    from bot.features import FEATURES, Feature
+    from bot.scheduler import Job, start_scheduler, stop_jobs
 
     ran = {"started": threading.Event(), "finished": False}
 
@@ -187,14 +188,10 @@ async def test_shutdown_lets_a_scan_under_way_finish(make_app, caplog):
 
         return Job("slow-scan", 3600, run)
 
-    JOBS.append(slow_scan)
-    try:
-        app = make_app()
-        scheduler = start_scheduler(app)
-        await asyncio.to_thread(ran["started"].wait, 10)
-        await stop_jobs(app, scheduler)
-    finally:
-        JOBS.remove(slow_scan)
+    app = make_app(features=FEATURES + (Feature("slow", jobs=(slow_scan,)),))
+    scheduler = start_scheduler(app)
+    await asyncio.to_thread(ran["started"].wait, 10)
+    await stop_jobs(app, scheduler)
     assert ran["finished"]
     assert not scheduler.running
     assert "raised an exception" not in caplog.text

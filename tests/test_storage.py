@@ -20,8 +20,10 @@ from sqlmodel import Session, select
 
 from bot.catalog import CatalogError, load_catalog
 from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
-from conversations.engine import STATES, Stay, state
+from bot.features import FEATURES, Feature
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import Stay
 from storage import outbox, repo
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, current, upgrade
@@ -71,7 +73,7 @@ def test_migration_0009_keeps_the_seen_inbound_ids_in_one_btree(db_url, make_set
     from sqlalchemy import text
 
     from bot.app import build_app
-    from bot.scheduler import JOBS
+    from bot.scheduler import housekeeping
     from storage.models import ProcessedInbound
 
     engine = make_engine(db_url)
@@ -97,10 +99,9 @@ def test_migration_0009_keeps_the_seen_inbound_ids_in_one_btree(db_url, make_set
             assert app.engine.handle(seen).duplicate
             fresh = Inbound(channel="telegram", address="555", kind=Kind.TEXT, text="merhaba", external_id="u2")
             assert not app.engine.handle(fresh).duplicate
-            housekeeping = next(factory(app) for factory in JOBS if factory.__name__ == "housekeeping")
             import asyncio
 
-            asyncio.run(housekeeping.run())
+            asyncio.run(housekeeping(app).run())
             with transaction(engine) as db:
                 assert sorted(r.external_id for r in db.exec(select(ProcessedInbound))) == ["u1", "u2"]
         finally:
@@ -204,29 +205,31 @@ def test_a_second_sqlite_writer_waits_instead_of_failing(sqlite_url):
 
 
 # ---------------------------------------------------------------- concurrent steps for one resident
+COUNTER = Router("test.counter")
+
+
+@COUNTER.state("test.storage_counter")
+def counter(ctx):
+    """A feature-like state whose step reads, waits, then writes: a lost update would show."""
+    ctx.ask("count", [Choice("add", "add")])
+
+
+@counter.on_input
+def on_counter(ctx, msg):
+    n = ctx.data.get("n", 0)
+    time.sleep(0.15)
+    ctx.data["n"] = n + 1
+    ctx.say(f"n={n + 1}")
+    return Stay()
+
+
 @pytest.fixture
 def counter_state():
-    """A feature-like state whose step reads, waits, then writes: a lost update would show."""
-    name = "test.storage_counter"
-
-    @state(name)
-    def counter(ctx):
-        ctx.ask("count", [Choice("add", "add")])
-
-    @counter.on_input
-    def _(ctx, msg):
-        n = ctx.data.get("n", 0)
-        time.sleep(0.15)
-        ctx.data["n"] = n + 1
-        ctx.say(f"n={n + 1}")
-        return Stay()
-
-    yield name
-    STATES.pop(name, None)
+    return "test.storage_counter"
 
 
 def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, counter_state):
-    app = make_app(database_url=db_url)
+    app = make_app(database_url=db_url, features=FEATURES + (Feature("test", routers=(COUNTER,)),))
     chat = Chat(app)
     onboard(chat)
     chat.choose("privacy")

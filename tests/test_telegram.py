@@ -16,10 +16,12 @@ from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
 from bot.delivery import SendError, SendFailure
+from bot.features import FEATURES, Feature, build_registry
 from bot.flood import FloodGuard
-from conversations.engine import COMMAND_MENU
 from conversations.i18n import t_in
 from conversations.messages import Attachment, Choice, Kind, Outbound
+from conversations.registry import Router
+from conversations.step import Stay
 from handlers.telegram import (
     BACKLOG,
     MediaTooLarge,
@@ -425,7 +427,7 @@ async def test_sender_initialises_a_bot_that_was_not_started(tg):
 
 
 async def test_command_menu_per_language(started, tg):
-    await started()
+    app, _ = await started()
     calls = tg.calls_of("setMyCommands")
     by_lang = {c.params.get("language_code"): c.params for c in calls}
     assert set(by_lang) == {None, "tr", "en", "ar"}
@@ -433,16 +435,16 @@ async def test_command_menu_per_language(started, tg):
         assert params["scope"] == {"type": "default"}
         names = [c["command"] for c in params["commands"]]
         assert names[:6] == BASE_MENU[lang or "tr"]  # features append theirs after these
-        assert names == [name for name, _ in command_menu(lang or "tr")]
+        assert names == [name for name, _ in command_menu(app.registry, lang or "tr")]
         assert all(c["description"] for c in params["commands"])
         descriptions = dict((c["command"], c["description"]) for c in params["commands"])
         assert descriptions[BASE_MENU[lang or "tr"][-1]] == t_in(lang or "tr", "command.deletedata")
-    # a command appended later without a description key is left out, not sent empty
-    COMMAND_MENU["en"].append("nodescription")
-    try:
-        assert "nodescription" not in dict(command_menu("en"))
-    finally:
-        COMMAND_MENU["en"].remove("nodescription")
+    # a command a feature adds to the menu without a description key is left out, not sent empty
+    router = Router("test")
+    router.command("nodescription", "nodescription", menu={"en": "nodescription"})(lambda ctx, text: Stay())
+    registry = build_registry(FEATURES + (Feature("test", routers=(router,)),))
+    assert "nodescription" in registry.command_menu["en"]
+    assert "nodescription" not in dict(command_menu(registry, "en"))
 
 
 async def test_media_download_capped_and_stored_only_through_the_app(started, tg):
