@@ -263,3 +263,9 @@ async def serve_http(app) -> _Server:
 
 # Features that register HTTP_HOOKS (imported last: they import HTTP_HOOKS from here).
 import bot.open311  # noqa: E402,F401  (Open311 GeoReport v2 under /open311/v2/)
+
+# The staff console under /panel (issue 15): sign-in, account, staff (handlers/panel/).
+from handlers.panel import mount as _mount_panel  # noqa: E402
+
+if _mount_panel not in HTTP_HOOKS:
+    HTTP_HOOKS.append(_mount_panel)

@@ -318,7 +318,7 @@ class Ctx:
 
     @property
     def is_staff(self) -> bool:
-        return repo.staff_for(self.db, self.channel, self.identity.address) is not None
+        return repo.is_chat_staff(self.db, self.channel, self.identity.address)
 
     @property
     def actor(self) -> str:
@@ -582,7 +582,7 @@ class Engine:
 
         def is_staff() -> bool:
             with Session(self.db) as db:
-                return repo.staff_for(db, msg.channel, msg.address) is not None
+                return repo.is_chat_staff(db, msg.channel, msg.address)
 
         return takes_attachment(state, msg.kind, onboarded_at=onboarded_at, is_staff=is_staff,
                                 expired=_expired(state, updated_at, utcnow(), self.config.session_expiry))

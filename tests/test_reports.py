@@ -240,7 +240,7 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
         assert rp.get_by_code(db, code).supporters == 1
     # staff triage through the chat
     with transaction(app.db) as db:
-        db.add(Staff(name="console:boss", telegram_id="900"))
+        db.add(Staff(console="boss", telegram_id="900"))
     boss = Chat(app, "boss")
     boss.onboard("tr")
     boss.text("/raporlar")
@@ -317,7 +317,7 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     john.tap("confirm")
     second = CODE.search(john.said).group(0)
     with transaction(app.db) as db:
-        db.add(Staff(name="console:boss"))
+        db.add(Staff(console="boss"))
     boss = Chat(app, "boss")
     boss.onboard("tr")
     boss.text("/raporlar")
