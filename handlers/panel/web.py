@@ -12,8 +12,10 @@
   link from the chat app, and every unsafe request carries the CSRF token anyway), Path=/, and
   Secure with the `__Host-` prefix when PUBLIC_BASE_URL is https.
 - Headers on every /panel response (`SecurityHeaders`): a strict Content-Security-Policy (no
-  inline script or style, no framing), nosniff, Referrer-Policy same-origin (no-referrer on the
-  sign-in link's page) and Cache-Control: no-store.
+  inline script or style, no framing), nosniff, Referrer-Policy same-origin (a page's address,
+  the sign-in link's included, never goes to another site; "no-referrer" would make the browser
+  send "Origin: null" with the sign-in button's form, which the origin check must refuse) and
+  Cache-Control: no-store.
 """
 from __future__ import annotations
 
@@ -227,15 +229,13 @@ class SecurityHeaders:
         if scope["type"] != "http" or not (scope["path"] == "/panel" or scope["path"].startswith("/panel/")):
             await self.app(scope, receive, send)
             return
-        login_link = scope["path"].startswith("/panel/login/") and scope["path"] != "/panel/login/totp"
-
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() not in (b"cache-control", b"content-security-policy")]
                 headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
-                            (b"referrer-policy", b"no-referrer" if login_link else b"same-origin"),
+                            (b"referrer-policy", b"same-origin"),
                             (b"cross-origin-opener-policy", b"same-origin")]
                 message = {**message, "headers": headers}
             await send(message)
