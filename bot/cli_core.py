@@ -63,7 +63,7 @@ async def cmd_run(settings: Settings, args) -> int:
     if not app.channels:
         print(t_in(settings.default_locale, "console.no_channel"), file=sys.stderr)
         if args.or_chat:
-            return await _chat(app, None)
+            return await _chat(app, None, http=True)
         return 1
     await run_forever(app)
     return 0
@@ -73,15 +73,31 @@ async def cmd_chat(settings: Settings, args) -> int:
     return await _chat(build_app(settings, role="chat"), args.name)
 
 
-async def _chat(app, name: str | None) -> int:
+async def _chat(app, name: str | None, *, http: bool = False) -> int:
+    """The terminal chat; with `http` (make run: no channel configured) the HTTP server too, so
+    the staff console answers at http://HTTP_HOST:HTTP_PORT/panel beside the chat."""
     from handlers.console import ConsoleChannel
 
     address = (name or getpass.getuser() or "resident")[:64]
     channel = ConsoleChannel(app, address)
     app.add_channel(channel)
+    server = None
+    if http:
+        from bot.http import serve_http
+
+        try:
+            server = await serve_http(app)
+        except (OSError, RuntimeError, SystemExit) as exc:  # the port is taken: the chat still runs
+            print(f"katilim: the HTTP server did not start on {app.settings.http_host}:{app.settings.http_port} "
+                  f"({exc}); the staff console is off", file=sys.stderr)
     print(t_in(app.settings.default_locale, "console.intro", name=address), file=sys.stderr)
-    await channel.run()
-    app.db.dispose()
+    try:
+        await channel.run()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            await server.wait_closed()
+        app.db.dispose()
     return 0
 
 

@@ -416,3 +416,18 @@ def test_migration_0016_moves_console_names_both_ways(db_url):
         upgrade(engine)
     finally:
         engine.dispose()
+
+
+def test_housekeeping_deletes_sessions_and_links_ended_a_week_ago(make_app):
+    app = make_app()
+    sid = add_staff(app, name="Ayşe", console="ayse", role="admin")
+    old = utcnow() - timedelta(days=8)
+    with transaction(app.db) as db:
+        panel.issue_login_token(db, sid, "test", now=old)
+        panel.issue_login_token(db, sid, "test")
+        gone, _ = panel.open_session(db, sid, lifetime=timedelta(hours=12), mfa_ok=True, now=old)
+        live, _ = panel.open_session(db, sid, lifetime=timedelta(hours=12), mfa_ok=True)
+    with transaction(app.db) as db:
+        assert panel.purge(db) == 2
+        assert [s.id for s in db.exec(select(panel.PanelSession))] == [live.id]
+        assert len(db.exec(select(panel.PanelLoginToken)).all()) == 1
