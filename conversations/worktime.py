@@ -20,8 +20,6 @@ from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import holidays
-
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Bound on the days walked to find working time (a calendar with no working day at all).
 MAX_DAYS = 3 * 366
@@ -47,8 +45,12 @@ def _seconds(t: time) -> int:
 
 
 @lru_cache(maxsize=4)
-def _turkey(category: str) -> holidays.HolidayBase:
-    """Turkish holidays of one category ("public" or "half_day"), years filled in as asked."""
+def _turkey(category: str):
+    """Turkish holidays of one category ("public" or "half_day"), years filled in as asked.
+    Imported at first use: the package takes some 70 ms to import, and every CLI command loads
+    the catalog."""
+    import holidays
+
     return holidays.country_holidays("TR", categories=(category,), language="tr")
 
 
