@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     link = ssub.add_parser("login-link", help="print a one-time sign-in link to the staff console (10 minutes)")
     link.add_argument("id", type=int)
     link.set_defaults(func=cmd_staff_login_link)
+    reset = ssub.add_parser("reset-totp", help="turn a staff member's second factor off (a lost phone)")
+    reset.add_argument("id", type=int)
+    reset.set_defaults(func=cmd_staff_reset_totp)
 
 
 async def cmd_run(settings: Settings, args) -> int:
@@ -174,4 +177,15 @@ def cmd_staff_remove(settings: Settings, args) -> int:
         db.delete(staff)
         repo.audit(db, operator_name(), "staff.removed", f"staff:{args.id}")
         print(f"staff {args.id} removed")
+    return 0
+
+
+def cmd_staff_reset_totp(settings: Settings, args) -> int:
+    try:
+        with transaction(_db(settings)) as db:
+            staff_admin.reset_totp(db, Actor.cli(operator_name()), args.id)
+    except staff_admin.StaffError as exc:
+        print(f"katilim: {t_in('en', exc.key, **exc.params)}", file=sys.stderr)
+        return 1
+    print(f"staff {args.id}: two-step verification turned off, console sessions ended")
     return 0

@@ -218,6 +218,20 @@ def disable_totp(db: Session, actor: Actor, staff: Staff, code: str, *, required
     return True
 
 
+def reset_totp(db: Session, actor: Actor, staff_id: int) -> Staff:
+    """An admin turns a member's second factor off (a lost phone); their sessions end, and they
+    enrol again at the next sign-in if it is required."""
+    check(actor, "staff.manage")
+    staff = db.get(Staff, staff_id)
+    if staff is None:
+        raise StaffError(N_("panel.staff.not_found"), id=staff_id)
+    staff.totp_secret, staff.totp_enabled_at, staff.totp_last_timecode = "", None, None
+    db.add(staff)
+    panel.revoke_sessions(db, staff.id)
+    repo.audit(db, actor.who, "panel.totp_reset", f"staff:{staff.id}")
+    return staff
+
+
 def sign_out(db: Session, actor: Actor, staff: Staff, *, session_id: int | None = None,
              all_but: int | None = None) -> int:
     """End one of one's sessions, or all but the current one."""

@@ -431,3 +431,31 @@ def test_housekeeping_deletes_sessions_and_links_ended_a_week_ago(make_app):
         assert panel.purge(db) == 2
         assert [s.id for s in db.exec(select(panel.PanelSession))] == [live.id]
         assert len(db.exec(select(panel.PanelLoginToken)).all()) == 1
+
+
+async def test_an_admin_resets_a_lost_second_factor_in_the_console_and_the_cli(console, db_url, tmp_path):
+    admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
+    other = add_staff(console, name="Can", console="can", role="staff")
+    with transaction(console.db) as db:
+        for sid in (admin, other):
+            staff = db.get(Staff, sid)
+            staff.totp_secret, staff.totp_enabled_at = pyotp.random_base32(), utcnow()
+        panel.open_session(db, other, lifetime=timedelta(hours=1), mfa_ok=True)
+    async with client(console) as c:
+        done = await sign_in(c, link_for(console, admin))
+        page = await c.get("/panel/login/totp")
+        with transaction(console.db) as db:
+            code = pyotp.TOTP(db.get(Staff, admin).totp_secret).now()
+        assert (await c.post("/panel/login/totp", data={"csrf": form_csrf(page.text), "code": code})).status_code == 303
+        edit = await c.get(f"/panel/staff/{other}")
+        assert t_in("tr", "panel.staff.reset_totp") in edit.text and done.status_code == 303
+        reset = await c.post(f"/panel/staff/{other}/reset-totp", data={"csrf": form_csrf(edit.text)})
+        assert reset.status_code == 303 and reset.headers["location"].endswith("notice=totp_reset")
+    with transaction(console.db) as db:
+        assert db.get(Staff, other).totp_enabled_at is None and not db.get(Staff, other).totp_secret
+        assert panel.live_sessions(db, other, idle=timedelta(minutes=30)) == []
+    cli = katilim(tmp_path, "staff", "reset-totp", str(admin), db_url=db_url)
+    assert cli.returncode == 0 and "turned off" in cli.stdout, cli.stderr
+    with transaction(console.db) as db:
+        assert db.get(Staff, admin).totp_enabled_at is None
+    assert [a.actor.split(":")[0] for a in audits(console, "panel.totp_reset")] == ["staff", "cli"]

@@ -319,6 +319,16 @@ def router(app) -> APIRouter:
             return await _staff_error(request, signed, sid, exc)
         return redirect(f"/panel/staff/{sid}", "activated" if active else "deactivated")
 
+    @r.post("/staff/{sid}/reset-totp")
+    async def staff_reset_totp(request: Request, sid: int, signed: Signed = Depends(admin)):
+        try:
+            await _in_db(app, lambda db: staff_admin.reset_totp(db, signed.actor, sid))
+        except Refused as refused:
+            return await _refused(request, signed, refused)
+        except staff_admin.StaffError as exc:
+            return await _staff_error(request, signed, sid, exc)
+        return redirect(f"/panel/staff/{sid}", "totp_reset")
+
     # -- helpers bound to this app
     async def _change(request, signed, fn, to: str, notice: str, *, on_error):
         """Run fn(db, staff) for the signed-in member; redirect with a notice, or re-render."""

@@ -68,6 +68,7 @@ NOTICES = {
     "staff_added": N_("panel.notice.staff_added"),
     "deactivated": N_("panel.notice.deactivated"),
     "activated": N_("panel.notice.activated"),
+    "totp_reset": N_("panel.notice.totp_reset"),
 }
 
 _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
