@@ -29,6 +29,7 @@ from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, OutboxMessage, Staff
 from tests.conftest import test_env as subprocess_env
+from tests.test_whatsapp import twilio, wa  # noqa: F401  (fixtures: the fake Twilio API, the running app)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "http://testserver"
@@ -459,3 +460,20 @@ async def test_an_admin_resets_a_lost_second_factor_in_the_console_and_the_cli(c
     with transaction(console.db) as db:
         assert db.get(Staff, admin).totp_enabled_at is None
     assert [a.actor.split(":")[0] for a in audits(console, "panel.totp_reset")] == ["staff", "cli"]
+
+
+async def test_the_panel_command_over_whatsapp_gives_a_link_that_signs_in(wa):
+    from tests.test_whatsapp import AYSE
+
+    h = await wa()
+    add_staff(h.app, name="Ayşe", whatsapp=AYSE.removeprefix("whatsapp:"), role="staff", departments=["zabita"])
+    sent = await h.say("/panel")
+    found = re.search(re.escape(h.base) + r"(/panel/login/[A-Za-z0-9_-]+)", sent[-1].body)
+    assert found, [m.body for m in sent]
+    async with httpx.AsyncClient(base_url=h.base, timeout=10) as browser_like:
+        done = await sign_in(browser_like, found.group(1))
+        assert done.status_code == 303
+        account = await browser_like.get("/panel/account")
+        assert account.status_code == 200 and "Zabıta Müdürlüğü" in account.text
+    with transaction(h.app.db) as db:
+        assert db.exec(select(AuditLog.details).where(AuditLog.action == "panel.link_issued")).one() == {"via": "whatsapp"}
