@@ -93,7 +93,8 @@ def public_router(app) -> APIRouter:
             checked = panel.spend_login_token(db, token)
             if checked.staff is None:
                 who = f"staff:{checked.staff_id}" if checked.staff_id else "anonymous"
-                repo.audit(db, who, "panel.signin_refused", f"staff:{checked.staff_id or ''}", reason=checked.reason)
+                repo.audit(db, who, "panel.signin_refused", f"staff:{checked.staff_id}" if checked.staff_id else "",
+                           reason=checked.reason)
                 return checked, None, ""
             staff = checked.staff
             row, secret = panel.open_session(db, staff.id, lifetime=settings.panel_session_lifetime,
