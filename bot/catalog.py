@@ -1,19 +1,40 @@
-"""The municipality catalog: one TOML file a municipality edits (name, mahalles, categories, pools).
+"""The municipality catalog: one TOML file a municipality edits (name, mahalles, categories, pools,
+departments, working hours, response templates).
 
 Errors name the file, the line and the field, e.g.
 ``buca.toml:42: categories[3].name: the Turkish (tr) text is required``.
+
+Staff console fields (issue 15) and resident matching (issue 14):
+- ``[[departments]]``: ``key``, ``name`` per language (tr required);
+- per category: ``department`` (a department key), ``sla_hours`` (the target response time, in
+  working hours unless ``sla_calendar = true``), ``synonyms.tr|en|ar`` (the words residents use);
+- per mahalle: optional ``centre = [lat, lon]`` and ``boundary = [[lat, lon], ...]``;
+- ``[municipality]``: optional ``boundary`` (the district); ``[municipality.working_hours]``:
+  ``days`` ("mon-fri"), ``hours`` ("08:30-12:30,13:30-17:30"), ``half_day_end`` (arife half days
+  end at this time, "13:00"), ``extra_closed_days`` (announced administrative leave);
+- ``[[response_templates]]``: ``key``, ``status``, optional ``categories``, ``title`` and ``text``
+  per language; the text may use {code}, {category}, {mahalle} and {municipality}.
 """
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 from dataclasses import dataclass, field
+from datetime import date, time
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from conversations.text import fold
+from conversations.worktime import DAY_NAMES, WorkingHours
 
 LOCALES = ("tr", "en", "ar")
+# Statuses a response template may be written for (storage.reports.STATUSES less "new" and "merged",
+# which staff never set by hand).
+TEMPLATE_STATUSES = ("seen", "in_progress", "resolved", "rejected")
+TEMPLATE_PLACEHOLDERS = ("code", "category", "mahalle", "municipality")
+MAX_SLA_HOURS = 24 * 365
+Point = tuple[float, float]
 
 
 class CatalogError(Exception):
@@ -37,6 +58,14 @@ class Localized:
 class Neighbourhood:
     name: str
     key: str
+    centre: Point | None = None           # [lat, lon] (WGS84)
+    boundary: tuple[Point, ...] = ()      # a ring of [lat, lon]
+
+
+@dataclass(frozen=True)
+class Department:
+    key: str
+    name: Localized
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,29 @@ class Category:
     key: str
     name: Localized
     sdg: tuple[int, ...]
+    department: str = ""                  # a Department key ("" when the catalog has none)
+    sla_hours: float | None = None        # target response time
+    sla_calendar: bool = False            # sla_hours in calendar hours (default: working hours)
+    synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per language
+
+    def words(self) -> list[str]:
+        """Everything a resident may type to name this category: its names and synonyms in every
+        language, and its key."""
+        return self.name.all_forms() + [self.key] + [w for words in self.synonyms.values() for w in words]
+
+
+@dataclass(frozen=True)
+class ResponseTemplate:
+    """A ready answer staff start from when setting a status (editable before it is sent)."""
+
+    key: str
+    status: str
+    categories: tuple[str, ...]           # empty: every category
+    title: Localized
+    text: Localized
+
+    def applies(self, status: str, category: str) -> bool:
+        return self.status == status and (not self.categories or category in self.categories)
 
 
 @dataclass(frozen=True)
@@ -61,6 +113,8 @@ class Municipality:
     privacy_notice_url: str
     tracking_prefix: str
     contact: str = ""
+    boundary: tuple[Point, ...] = ()      # the district's outline, [lat, lon]
+    working_hours: WorkingHours = field(default_factory=WorkingHours)
 
 
 @dataclass(frozen=True)
@@ -71,6 +125,16 @@ class Catalog:
     categories: tuple[Category, ...]
     pools: tuple[Pool, ...]
     skills: tuple[tuple[str, Localized], ...] = field(default=())
+    departments: tuple[Department, ...] = ()
+    response_templates: tuple[ResponseTemplate, ...] = ()
+
+    def department(self, key: str) -> Department | None:
+        return next((d for d in self.departments if d.key == key), None)
+
+    def templates_for(self, status: str, category: str) -> list[ResponseTemplate]:
+        """The response templates for a status and a category: the category's own first."""
+        found = [r for r in self.response_templates if r.applies(status, category)]
+        return sorted(found, key=lambda r: not r.categories)
 
     def neighbourhood(self, key: str) -> Neighbourhood | None:
         return next((n for n in self.neighbourhoods if n.key == key), None)
@@ -80,6 +144,9 @@ class Catalog:
 
     def pool(self, key: str) -> Pool | None:
         return next((p for p in self.pools if p.key == key), None)
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z_\"']")  # a table header, not a line of an array of points
 
 
 class _Locator:
@@ -104,9 +171,9 @@ class _Locator:
                 return 1
         if key is None:
             return start + 1
-        pattern = re.compile(r"^\s*%s\s*=" % re.escape(key))
+        pattern = re.compile(r"^\s*%s\s*[=.]" % re.escape(key))
         for no in range(start + 1 if table else 0, len(self.lines)):
-            if table and no > start and re.match(r"^\s*\[", self.lines[no]):
+            if table and no > start and _HEADER.match(self.lines[no]):
                 break
             if pattern.match(self.lines[no]):
                 return no + 1
@@ -170,6 +237,82 @@ def load_catalog(path: str | Path) -> Catalog:
         seen.add(key)
         return key
 
+    def point(table, index, key, value) -> Point:
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            fail(table, index, key, "expected [latitude, longitude] in degrees, e.g. [38.3881, 27.1744]")
+        lat, lon = float(value[0]), float(value[1])
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            fail(table, index, key, f"[{value[0]}, {value[1]}] is not a [latitude, longitude] "
+                                    "(latitude -90..90, longitude -180..180)")
+        return lat, lon
+
+    def ring(table, index, key, value) -> tuple[Point, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or len(value) < 3:
+            fail(table, index, key, "expected a list of at least 3 [latitude, longitude] points")
+        return tuple(point(table, index, key, v) for v in value)
+
+    def working_hours(value) -> WorkingHours:
+        table = "municipality.working_hours"
+        defaults = WorkingHours()
+        if value is None:
+            return defaults
+        if not isinstance(value, dict):
+            fail("municipality", None, "working_hours", "expected a [municipality.working_hours] table")
+        unknown = sorted(set(value) - {"days", "hours", "half_day_end", "extra_closed_days"})
+        if unknown:
+            fail(table, None, unknown[0], "unknown field (use days, hours, half_day_end, extra_closed_days)")
+        days = defaults.days
+        if "days" in value:
+            days = _parse_days(value["days"]) if isinstance(value["days"], str) else None
+            if days is None:
+                fail(table, None, "days", 'expected weekdays such as "mon-fri" or "mon,tue,wed,thu,fri"')
+        hours = defaults.hours
+        if "hours" in value:
+            hours = _parse_intervals(value["hours"]) if isinstance(value["hours"], str) else None
+            if hours is None:
+                fail(table, None, "hours", 'expected times of day in order, e.g. "08:30-12:30,13:30-17:30"')
+        half = defaults.half_day_end
+        if "half_day_end" in value:
+            half = _parse_clock(value["half_day_end"]) if isinstance(value["half_day_end"], str) else None
+            if half is None:
+                fail(table, None, "half_day_end", 'expected a time of day, e.g. "13:00"')
+        closed: set[date] = set()
+        given = value.get("extra_closed_days", [])
+        if not isinstance(given, list):
+            fail(table, None, "extra_closed_days", 'expected a list of dates, e.g. ["2026-05-25"]')
+        for day in given:
+            if isinstance(day, str):
+                try:
+                    day = date.fromisoformat(day.strip())
+                except ValueError:
+                    fail(table, None, "extra_closed_days", f"{day!r} is not a date (YYYY-MM-DD)")
+            if not isinstance(day, date) or hasattr(day, "hour"):
+                fail(table, None, "extra_closed_days", f"{day!r} is not a date (YYYY-MM-DD)")
+            closed.add(day)
+        return WorkingHours(days=days, hours=hours, half_day_end=half, extra_closed_days=frozenset(closed))
+
+    def synonyms_of(index, value, category_key, owners: dict[str, str]) -> dict[str, tuple[str, ...]]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            fail("categories", index, "synonyms", "expected a list per language: synonyms.tr = [...], synonyms.en = [...]")
+        found: dict[str, tuple[str, ...]] = {}
+        for lang, words in value.items():
+            where = f"synonyms.{lang}"
+            if lang not in LOCALES:
+                fail("categories", index, where, f"unknown language {lang!r} (use tr, en, ar)")
+            if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+                fail("categories", index, where, "expected a list of words, e.g. [\"çukur\", \"asfalt\"]")
+            for word in words:
+                owner = owners.setdefault(fold(word), category_key)
+                if owner != category_key:
+                    fail("categories", index, where, f"{word!r} already names the category {owner!r}")
+            found[lang] = tuple(w.strip() for w in words)
+        return found
+
     m = data.get("municipality")
     if not isinstance(m, dict):
         fail(None, None, None, "the [municipality] table is missing")
@@ -190,6 +333,8 @@ def load_catalog(path: str | Path) -> Catalog:
         privacy_notice_url=url,
         tracking_prefix=prefix,
         contact=str(m.get("contact", "")),
+        boundary=ring("municipality", None, "boundary", m.get("boundary")),
+        working_hours=working_hours(m.get("working_hours")),
     )
 
     hoods: list[Neighbourhood] = []
@@ -202,16 +347,41 @@ def load_catalog(path: str | Path) -> Catalog:
         if key in seen_names:
             fail("neighbourhoods", i, "name", f"duplicate mahalle {name!r}")
         seen_names.add(key)
-        hoods.append(Neighbourhood(name=name.strip(), key=re.sub(r"[^a-z0-9]+", "_", key).strip("_")))
+        centre = item.get("centre")
+        hoods.append(Neighbourhood(name=name.strip(), key=re.sub(r"[^a-z0-9]+", "_", key).strip("_"),
+                                   centre=None if centre is None else point("neighbourhoods", i, "centre", centre),
+                                   boundary=ring("neighbourhoods", i, "boundary", item.get("boundary"))))
     if not hoods:
         fail(None, None, None, "at least one [[neighbourhoods]] entry is required")
 
+    departments: list[Department] = []
+    seen = set()
+    for i, item in enumerate(data.get("departments") or []):
+        key = key_of("departments", i, item, seen)
+        departments.append(Department(key=key, name=localized("departments", i, "name", item.get("name"))))
+    department_keys = {d.key for d in departments}
+
     cats: list[Category] = []
-    seen: set[str] = set()
+    seen = set()
+    synonym_owner: dict[str, str] = {}
     for i, item in enumerate(data.get("categories") or []):
         key = key_of("categories", i, item, seen)
+        department = item.get("department", "")
+        if department and department not in department_keys or not isinstance(department, str):
+            known = ", ".join(sorted(department_keys)) or "none: add [[departments]] first"
+            fail("categories", i, "department", f"unknown department {department!r} (known: {known})")
+        sla = item.get("sla_hours")
+        if sla is not None and (isinstance(sla, bool) or not isinstance(sla, (int, float))
+                                or not 0 < sla <= MAX_SLA_HOURS):
+            fail("categories", i, "sla_hours", f"expected a number of hours above 0 and at most {MAX_SLA_HOURS}")
+        calendar = item.get("sla_calendar", False)
+        if not isinstance(calendar, bool):
+            fail("categories", i, "sla_calendar", "expected true (calendar hours) or false (working hours)")
+        synonyms = synonyms_of(i, item.get("synonyms"), key, synonym_owner)
         cats.append(Category(key=key, name=localized("categories", i, "name", item.get("name")),
-                             sdg=sdg("categories", i, item.get("sdg"))))
+                             sdg=sdg("categories", i, item.get("sdg")), department=department,
+                             sla_hours=None if sla is None else float(sla), sla_calendar=calendar,
+                             synonyms=synonyms))
     if not cats:
         fail(None, None, None, "at least one [[categories]] entry is required")
 
@@ -229,5 +399,69 @@ def load_catalog(path: str | Path) -> Catalog:
         key = key_of("skills", i, item, seen)
         skills.append((key, localized("skills", i, "name", item.get("name"))))
 
+    templates: list[ResponseTemplate] = []
+    seen = set()
+    category_keys = {c.key for c in cats}
+    for i, item in enumerate(data.get("response_templates") or []):
+        key = key_of("response_templates", i, item, seen)
+        status = item.get("status")
+        if status not in TEMPLATE_STATUSES:
+            fail("response_templates", i, "status", f"expected one of {', '.join(TEMPLATE_STATUSES)}")
+        scope = item.get("categories", [])
+        if not isinstance(scope, list) or not all(isinstance(c, str) for c in scope):
+            fail("response_templates", i, "categories", "expected a list of category keys")
+        for c in scope:
+            if c not in category_keys:
+                fail("response_templates", i, "categories", f"unknown category {c!r}")
+        text = localized("response_templates", i, "text", item.get("text"))
+        for lang, value in text.values.items():
+            for name in _placeholders(value):
+                if name not in TEMPLATE_PLACEHOLDERS:
+                    fail("response_templates", i, "text", f"unknown placeholder {{{name}}} in the {lang} text "
+                         f"(use {', '.join('{' + p + '}' for p in TEMPLATE_PLACEHOLDERS)})")
+        templates.append(ResponseTemplate(key=key, status=status, categories=tuple(scope),
+                                          title=localized("response_templates", i, "title", item.get("title")),
+                                          text=text))
+
     return Catalog(path=path, municipality=municipality, neighbourhoods=tuple(hoods),
-                   categories=tuple(cats), pools=tuple(pools), skills=tuple(skills))
+                   categories=tuple(cats), pools=tuple(pools), skills=tuple(skills),
+                   departments=tuple(departments), response_templates=tuple(templates))
+
+
+def _placeholders(text: str) -> list[str]:
+    """The {names} a text uses; a lone brace is an error too (it would break formatting)."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError:
+        return ["unbalanced braces"]
+
+
+def _parse_clock(text: str) -> time | None:
+    found = re.fullmatch(r"([01]?\d|2[0-3])[:.]([0-5]\d)", text.strip())
+    return time(int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _parse_days(text: str) -> frozenset[int] | None:
+    """"mon-fri", "mon,wed,fri", "mon-fri,sat" → weekday numbers (Monday 0)."""
+    days: set[int] = set()
+    for part in text.lower().replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if first not in DAY_NAMES or (last and last not in DAY_NAMES):
+            return None
+        a, b = DAY_NAMES.index(first), DAY_NAMES.index(last or first)
+        if b < a:
+            return None
+        days.update(range(a, b + 1))
+    return frozenset(days) or None
+
+
+def _parse_intervals(text: str) -> tuple[tuple[time, time], ...] | None:
+    """"08:30-12:30,13:30-17:30" → the intervals, each starting before it ends, in order, apart."""
+    found: list[tuple[time, time]] = []
+    for part in text.split(","):
+        start, sep, end = part.partition("-")
+        a, b = _parse_clock(start), _parse_clock(end) if sep else None
+        if a is None or b is None or a >= b or (found and a < found[-1][1]):
+            return None
+        found.append((a, b))
+    return tuple(found) or None

@@ -8,10 +8,13 @@ import sys
 from sqlmodel import select
 
 from bot.app import add_configured_channels, build_app, open_db, run_forever
+from bot.catalog import load_catalog
 from bot.cli import operator_name
 from bot.settings import Settings
+from conversations import staff_admin
 from conversations.i18n import t_in
-from storage import repo
+from conversations.permissions import ROLES, Actor
+from storage import panel, repo
 from storage.db import transaction
 from storage.migrate import current
 from storage.models import Staff
@@ -38,13 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--telegram", help="Telegram user id")
     a.add_argument("--whatsapp", help="WhatsApp number, +90...")
     a.add_argument("--console", help="terminal chat name (katilim chat --as NAME)")
-    a.add_argument("--name", default="")
-    a.add_argument("--role", choices=["admin", "staff"], default="staff")
+    a.add_argument("--name", default=None, help="the person's name (default: the terminal name)")
+    a.add_argument("--role", choices=list(ROLES), default=None,
+                   help="admin (everything), staff (the reports of their departments), viewer (reads only); "
+                        "default: staff for a new member, unchanged otherwise")
+    a.add_argument("--department", action="append", default=None, metavar="KEY",
+                   help="a department key from the catalog (repeat for several); replaces the member's departments")
     a.set_defaults(func=cmd_staff_add)
     ssub.add_parser("list", help="list staff").set_defaults(func=cmd_staff_list)
     r = ssub.add_parser("remove", help="remove a staff member")
     r.add_argument("id", type=int)
     r.set_defaults(func=cmd_staff_remove)
+    link = ssub.add_parser("login-link", help="print a one-time sign-in link to the staff console (10 minutes)")
+    link.add_argument("id", type=int)
+    link.set_defaults(func=cmd_staff_login_link)
+    reset = ssub.add_parser("reset-totp", help="turn a staff member's second factor off (a lost phone)")
+    reset.add_argument("id", type=int)
+    reset.set_defaults(func=cmd_staff_reset_totp)
 
 
 async def cmd_run(settings: Settings, args) -> int:
@@ -53,7 +66,7 @@ async def cmd_run(settings: Settings, args) -> int:
     if not app.channels:
         print(t_in(settings.default_locale, "console.no_channel"), file=sys.stderr)
         if args.or_chat:
-            return await _chat(app, None)
+            return await _chat(app, None, http=True)
         return 1
     await run_forever(app)
     return 0
@@ -63,15 +76,31 @@ async def cmd_chat(settings: Settings, args) -> int:
     return await _chat(build_app(settings, features=args.features, role="chat"), args.name)
 
 
-async def _chat(app, name: str | None) -> int:
+async def _chat(app, name: str | None, *, http: bool = False) -> int:
+    """The terminal chat; with `http` (make run: no channel configured) the HTTP server too, so
+    the staff console answers at http://HTTP_HOST:HTTP_PORT/panel beside the chat."""
     from handlers.console import ConsoleChannel
 
     address = (name or getpass.getuser() or "resident")[:64]
     channel = ConsoleChannel(app, address)
     app.add_channel(channel)
+    server = None
+    if http:
+        from bot.http import serve_http
+
+        try:
+            server = await serve_http(app)
+        except (OSError, RuntimeError, SystemExit) as exc:  # the port is taken: the chat still runs
+            print(f"katilim: the HTTP server did not start on {app.settings.http_host}:{app.settings.http_port} "
+                  f"({exc}); the staff console is off", file=sys.stderr)
     print(t_in(app.settings.default_locale, "console.intro", name=address), file=sys.stderr)
-    await channel.run()
-    app.db.dispose()
+    try:
+        await channel.run()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            await server.wait_closed()
+        app.db.dispose()
     return 0
 
 
@@ -93,36 +122,49 @@ def cmd_staff_add(settings: Settings, args) -> int:
     if not (args.telegram or args.whatsapp or args.console):
         print("katilim: give --telegram ID, --whatsapp +90... or --console NAME", file=sys.stderr)
         return 2
-    whatsapp = args.whatsapp.removeprefix("whatsapp:").replace(" ", "") if args.whatsapp else None
-    with transaction(_db(settings)) as db:
-        staff = None
-        if args.telegram:
-            staff = db.exec(select(Staff).where(Staff.telegram_id == str(args.telegram))).first()
-        if staff is None and whatsapp:
-            staff = db.exec(select(Staff).where(Staff.whatsapp == whatsapp)).first()
-        if staff is None and args.console:
-            staff = db.exec(select(Staff).where(Staff.name == f"console:{args.console}")).first()
-        staff = staff or Staff()
-        if args.telegram:
-            staff.telegram_id = str(args.telegram)
-        if whatsapp:
-            staff.whatsapp = whatsapp
-        staff.name = f"console:{args.console}" if args.console else (args.name or staff.name)
-        staff.role = args.role
-        db.add(staff)
-        db.flush()
-        repo.audit(db, operator_name(), "staff.added", f"staff:{staff.id}", role=args.role)
-        print(f"staff {staff.id} saved: telegram={staff.telegram_id or '-'} whatsapp={staff.whatsapp or '-'} "
-              f"role={staff.role}")
+    catalog = load_catalog(settings.katilim_catalog)
+    try:
+        with transaction(_db(settings)) as db:
+            existing = staff_admin.find_staff(db, telegram=str(args.telegram) if args.telegram else None,
+                                              whatsapp=args.whatsapp, console=args.console)
+            staff = staff_admin.save_staff(
+                db, Actor.cli(operator_name()), staff_id=existing.id if existing else None, name=args.name,
+                role=args.role or (None if existing else "staff"), departments=args.department,
+                telegram=str(args.telegram) if args.telegram else None, whatsapp=args.whatsapp,
+                console=args.console, known_departments={d.key for d in catalog.departments})
+            departments = panel.departments_of(db, staff.id)
+    except staff_admin.StaffError as exc:
+        print(f"katilim: {t_in('en', exc.key, **exc.params)}", file=sys.stderr)
+        return 1
+    print(f"staff {staff.id} saved: name={staff.name or '-'} telegram={staff.telegram_id or '-'} "
+          f"whatsapp={staff.whatsapp or '-'} console={staff.console or '-'} role={staff.role} "
+          f"departments={','.join(departments) or '-'}")
     return 0
 
 
 def cmd_staff_list(settings: Settings, args) -> int:
     with transaction(_db(settings)) as db:
         rows = db.exec(select(Staff).order_by(Staff.id)).all()
-        print(f"{'id':>4}  {'role':<6} {'telegram':<14} {'whatsapp':<16} name")
+        departments = panel.departments_by_staff(db)
+        print(f"{'id':>4}  {'role':<6} {'active':<6} {'telegram':<14} {'whatsapp':<16} {'console':<12} "
+              f"{'departments':<28} name")
         for s in rows:
-            print(f"{s.id:>4}  {s.role:<6} {s.telegram_id or '-':<14} {s.whatsapp or '-':<16} {s.name}")
+            print(f"{s.id:>4}  {s.role:<6} {'yes' if s.active else 'no':<6} {s.telegram_id or '-':<14} "
+                  f"{s.whatsapp or '-':<16} {s.console or '-':<12} {','.join(departments.get(s.id, [])) or '-':<28} "
+                  f"{s.name}")
+    return 0
+
+
+def cmd_staff_login_link(settings: Settings, args) -> int:
+    from conversations.panel_link import issue_login_link
+
+    with transaction(_db(settings)) as db:
+        staff = db.get(Staff, args.id)
+        if staff is None or not staff.active:
+            print(f"katilim: no active staff member {args.id}", file=sys.stderr)
+            return 1
+        url = issue_login_link(db, settings, staff, via="cli", actor=operator_name())
+    print(url)
     return 0
 
 
@@ -135,4 +177,15 @@ def cmd_staff_remove(settings: Settings, args) -> int:
         db.delete(staff)
         repo.audit(db, operator_name(), "staff.removed", f"staff:{args.id}")
         print(f"staff {args.id} removed")
+    return 0
+
+
+def cmd_staff_reset_totp(settings: Settings, args) -> int:
+    try:
+        with transaction(_db(settings)) as db:
+            staff_admin.reset_totp(db, Actor.cli(operator_name()), args.id)
+    except staff_admin.StaffError as exc:
+        print(f"katilim: {t_in('en', exc.key, **exc.params)}", file=sys.stderr)
+        return 1
+    print(f"staff {args.id}: two-step verification turned off, console sessions ended")
     return 0

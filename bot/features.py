@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from bot import broadcasts as broadcast_jobs
 from bot import cli_apikey, cli_broadcast, cli_core, cli_events, cli_reports, cli_volunteer, cli_worker
 from bot import dispatcher, participation_jobs, scheduler
-from conversations import broadcast, core, events, linking, participation, reports, staff_reports, volunteer
+from conversations import (
+    broadcast,
+    core,
+    events,
+    linking,
+    panel_link,
+    participation,
+    reports,
+    staff_reports,
+    volunteer,
+)
 from conversations.registry import Registry, Router
 
 if TYPE_CHECKING:
@@ -53,6 +63,12 @@ def open311_routes(app: "App", http_app: Any) -> None:
     install(app, http_app)
 
 
+def panel_routes(app: "App", http_app: Any) -> None:
+    from handlers.panel import mount  # the staff console under /panel: only for the HTTP server
+
+    mount(app, http_app)
+
+
 FEATURES: tuple[Feature, ...] = (
     Feature("core", routers=(core.router,),
             jobs=(scheduler.housekeeping, scheduler.inbox, dispatcher.outbox_job),
@@ -65,6 +81,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("participation", routers=(participation.router,), jobs=(participation_jobs.reminders_job,)),
     Feature("events", routers=(events.router,), jobs=(participation_jobs.feedback_job,), cli=(cli_events.register,)),
     Feature("volunteering", routers=(volunteer.router,), cli=(cli_volunteer.register,)),
+    Feature("console", routers=(panel_link.router,), http=(panel_routes,)),
 )
 
 

@@ -258,4 +258,3 @@ async def serve_http(app) -> _Server:
     log.info("HTTP server on http://%s:%s", settings.http_host, wrapped.port)
     app.http_port = wrapped.port
     return wrapped
-

@@ -8,7 +8,9 @@ check that every key has a translation in every language.
                                              # (a plural key: [["tr1","tr2"], ["en1","en2"], [six ar forms]])
 
 A key's domain is its first part ("report.title" lives in report.po); the base conversation's
-keys share core.po. Plural keys (used with
+keys share core.po. Keys are found in the Python code and in the staff console's Jinja2 templates
+(handlers/panel/templates/*.html, calls of `t("...")`). The staff console's own domain `panel` is
+in Turkish and English only (DOMAIN_LANGUAGES): `set` takes ["tr", "en"] for its keys. Plural keys (used with
 ``t.n(key, count)``) get one form per plural category: Turkish has two (one/other), Arabic six.
 """
 from __future__ import annotations
@@ -36,6 +38,13 @@ PLURALS = {
 }
 KEYWORDS = {"t": (1,), "N_": (1,), "t_in": (2,), "n": (1,), "Np_": (1,), "Invalid": (1,)}
 PLURAL_CALLS = {"n", "Np_"}
+METHODS = [("**.py", "python"), ("**/templates/**.html", "jinja2.ext:babel_extract")]
+# Domains not translated into every language: the staff console speaks Turkish and English.
+DOMAIN_LANGUAGES = {"panel": ("tr", "en")}
+
+
+def languages_of(domain: str) -> tuple[str, ...]:
+    return DOMAIN_LANGUAGES.get(domain, LANGUAGES)
 
 
 def extract() -> dict[str, bool]:
@@ -47,7 +56,7 @@ def extract() -> dict[str, bool]:
         if not path.exists():
             continue
         with contextlib.redirect_stderr(noise):
-            found = list(extract_from_dir(str(path), method_map=[("**.py", "python")], keywords=KEYWORDS,
+            found = list(extract_from_dir(str(path), method_map=METHODS, keywords=KEYWORDS,
                                           comment_tags=(), strip_comment_tags=True))
         for _file, _line, message, _comments, _ctx in found:
             if isinstance(message, tuple):
@@ -127,6 +136,8 @@ def update() -> None:
         by_domain[domain_of(key)][key] = plural
     for lang in LANGUAGES:
         for domain in sorted(set(by_domain) | domains_on_disk()):
+            if lang not in languages_of(domain):
+                continue
             cat = load(lang, domain)
             wanted = by_domain.get(domain, {})
             for key, plural in wanted.items():
@@ -154,7 +165,9 @@ def compile_all() -> None:
 
 def _mo_entries(data: bytes) -> dict:
     cat = read_mo(io.BytesIO(data))
-    frozen = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (plural entries are lists)
+    def frozen(value):  # a plural message's id and strings come back as lists
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
     return {frozen(m.id): frozen(m.string) for m in cat if m.id}
 
 
@@ -163,6 +176,8 @@ def check() -> list[str]:
     keys = extract()
     for lang in LANGUAGES:
         for key, plural in sorted(keys.items()):
+            if lang not in languages_of(domain_of(key)):
+                continue
             cat = load(lang, domain_of(key))
             message = cat.get(key)
             if message is None:
@@ -198,6 +213,8 @@ def set_translations(data: dict) -> None:
         by_domain[domain_of(key)][key] = values
     for lang_index, lang in enumerate(LANGUAGES):
         for domain, entries in by_domain.items():
+            if lang not in languages_of(domain):
+                continue
             cat = load(lang, domain)
             for key, values in entries.items():
                 value = values[lang_index]

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
 
-from storage import attachments, outbox
+from storage import attachments, outbox, panel
 from storage.db import transaction, utcnow
 from storage.models import ProcessedInbound
 
@@ -38,6 +38,9 @@ def housekeeping(app) -> Job:
                 purged = outbox.purge_sent(db, app.settings.outbox_retention)
                 goodbyes = outbox.purge_erased(db)
                 swept = attachments.sweep(db, app.settings.media_dir)
+                ended = panel.purge(db)  # the staff console's sessions and sign-in links ended a week ago
+            if ended:
+                log.info("housekeeping: %d ended console sessions and sign-in links deleted", ended)
             if purged:
                 log.info("housekeeping: %d delivered outbox rows past OUTBOX_RETENTION deleted", purged)
             if goodbyes:

@@ -157,6 +157,21 @@ class Settings(BaseSettings):
             raise ValueError("must be between 1s and 1h")
         return duration
 
+    # The staff console (/panel, handlers/panel/): a session ends after PANEL_IDLE_TIMEOUT without a
+    # request, and PANEL_SESSION_LIFETIME after sign-in whatever happens; PANEL_REQUIRE_TOTP=on makes
+    # every admin enrol and use a second factor (TOTP) before anything else.
+    panel_idle_timeout: timedelta = timedelta(minutes=30)
+    panel_session_lifetime: timedelta = timedelta(hours=12)
+    panel_require_totp: bool = False
+
+    @field_validator("panel_idle_timeout", "panel_session_lifetime", mode="before")
+    @classmethod
+    def _panel_duration(cls, value):
+        duration = duration_at_least(value, timedelta(minutes=1))
+        if duration > timedelta(days=7):
+            raise ValueError("must be at most 7d")
+        return duration
+
     # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
     # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
     # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.

@@ -92,6 +92,8 @@ class Outbound:
     remove_keyboard: bool = False
     request_contact: str = ""       # a "share my phone number" button with this label (Telegram);
                                     # channels without one show the text only
+    link_preview: bool = True       # False: the channel shows no preview of the links in the text
+                                    # (Telegram would fetch a one-time sign-in link to preview it)
     forget: list[dict[str, str]] | None = None  # the goodbye after an erasure: the files ({"name",
                                     # "sha256"}) a channel wrote for the recipient, to delete; once
                                     # sent, the outbox row keeps no address (storage.outbox.mark_sent)
@@ -110,6 +112,8 @@ class Outbound:
             value = getattr(self, name)
             if value is not None and value != "" and value is not False:  # 0.0 is a coordinate
                 d[name] = value
+        if not self.link_preview:
+            d["link_preview"] = False
         if self.forget is not None:
             d["forget"] = [dict(item) for item in self.forget]
         return d

@@ -143,7 +143,7 @@ def on_report_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         key = msg.choice.removeprefix("c:")
     else:
-        found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
+        found = match_options(msg.text, [(c.key, c.words()) for c in ctx.catalog.categories])
         if not found:
             ctx.data.pop("candidates", None)
             return Invalid("report.category_unknown")

@@ -151,7 +151,7 @@ class Engine:
 
         def is_staff() -> bool:
             with Session(self.db) as db:
-                return repo.staff_for(db, msg.channel, msg.address) is not None
+                return repo.is_chat_staff(db, msg.channel, msg.address)
 
         return takes_attachment(self.registry, state, msg.kind, onboarded_at=onboarded_at, is_staff=is_staff,
                                 expired=expired(state, updated_at, utcnow(), self.config.session_expiry))

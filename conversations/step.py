@@ -232,7 +232,7 @@ class Ctx:
 
     @property
     def is_staff(self) -> bool:
-        return repo.staff_for(self.db, self.channel, self.identity.address) is not None
+        return repo.is_chat_staff(self.db, self.channel, self.identity.address)
 
     @property
     def actor(self) -> str:

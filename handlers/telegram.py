@@ -38,6 +38,7 @@ from telegram import (
     InlineKeyboardMarkup,
     InputFile,
     KeyboardButton,
+    LinkPreviewOptions,
     Message,
     ReplyKeyboardMarkup,
     ReplyKeyboardRemove,
@@ -364,12 +365,14 @@ class TelegramSender:
             else:
                 sent = await self.bot.send_location(chat, out.latitude, out.longitude, reply_markup=markup)
             return str(sent.message_id)
-        return await self._texts(chat, split_message(text), markup)
+        return await self._texts(chat, split_message(text), markup, preview=out.link_preview)
 
-    async def _texts(self, chat, pieces: list[str], markup) -> str:
+    async def _texts(self, chat, pieces: list[str], markup, *, preview: bool = True) -> str:
         last = ""
+        options = None if preview else LinkPreviewOptions(is_disabled=True)
         for i, piece in enumerate(pieces):
-            sent = await self.bot.send_message(chat, piece, reply_markup=markup if i == len(pieces) - 1 else None)
+            sent = await self.bot.send_message(chat, piece, reply_markup=markup if i == len(pieces) - 1 else None,
+                                               link_preview_options=options)
             last = str(sent.message_id)
         return last
 

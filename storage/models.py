@@ -65,7 +65,14 @@ class ConsentRecord(SQLModel, table=True):
     recorded_at: datetime = Field(default_factory=utcnow)
 
 
+STAFF_ROLES = ("admin", "staff", "viewer")
+
+
 class Staff(SQLModel, table=True):
+    """A municipal staff member: the same record in the chat, the CLI and the staff console (one
+    person, one role). Roles (STAFF_ROLES): admin (everything), staff (works on the reports of
+    their departments, storage/panel.py StaffDepartment), viewer (reads only)."""
+
     __tablename__ = "staff"
     id: Optional[int] = Field(default=None, primary_key=True)
     telegram_id: Optional[str] = Field(default=None, max_length=32, unique=True)
@@ -73,6 +80,13 @@ class Staff(SQLModel, table=True):
     name: str = Field(default="", max_length=128)
     role: str = Field(default="staff", max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
+    # the staff console (revision 0016_panel)
+    console: Optional[str] = Field(default=None, max_length=64, unique=True, index=True)  # katilim chat --as NAME
+    active: bool = Field(default=True)  # a deactivated member can neither sign in nor use staff commands
+    panel_locale: str = Field(default="tr", max_length=8)  # tr or en
+    totp_secret: str = Field(default="", max_length=64)  # base32; pending until totp_enabled_at is set
+    totp_enabled_at: Optional[datetime] = None
+    totp_last_timecode: Optional[int] = None  # the last accepted code's time step: a code is used once
 
 
 class AuditLog(SQLModel, table=True):

@@ -115,14 +115,26 @@ def audit(db: Session, actor: str, action: str, target: str = "", **details: Any
 
 
 def staff_for(db: Session, channel: str, address: str) -> Staff | None:
+    """The active staff record of a channel address (any role), or None."""
     if channel == "telegram":
-        return db.exec(select(Staff).where(Staff.telegram_id == address)).first()
-    if channel == "whatsapp":
-        number = address.removeprefix("whatsapp:")
-        return db.exec(select(Staff).where(Staff.whatsapp == number)).first()
-    if channel == "console":
-        return db.exec(select(Staff).where(Staff.name == f"console:{address}")).first()
-    return None
+        where = Staff.telegram_id == address
+    elif channel == "whatsapp":
+        where = Staff.whatsapp == address.removeprefix("whatsapp:")
+    elif channel == "console":
+        where = Staff.console == address
+    else:
+        return None
+    return db.exec(select(Staff).where(where, Staff.active)).first()
+
+
+# Roles that may use the staff screens of the chat, which change things (a viewer only reads, in
+# the staff console).
+CHAT_STAFF_ROLES = ("admin", "staff")
+
+
+def is_chat_staff(db: Session, channel: str, address: str) -> bool:
+    staff = staff_for(db, channel, address)
+    return staff is not None and staff.role in CHAT_STAFF_ROLES
 
 
 def export_core(db: Session, resident_id: int) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class Person:
 
 def make_staff(app, person: Person) -> Person:
     with transaction(app.db) as db:
-        db.add(Staff(name=f"console:{person.address}", role="staff"))
+        db.add(Staff(console=person.address, role="staff"))
     return person
 
 

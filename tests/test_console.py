@@ -103,11 +103,12 @@ def test_run_without_a_channel_opens_the_chat(tmp_path):
 def test_staff_commands(tmp_path):
     added = katilim(tmp_path, "staff", "add", "--telegram", "42", "--role", "admin")
     assert added.returncode == 0, added.stderr
-    assert added.stdout.strip() == "staff 1 saved: telegram=42 whatsapp=- role=admin"
+    assert added.stdout.strip() == ("staff 1 saved: name=- telegram=42 whatsapp=- console=- role=admin "
+                                    "departments=-")
     listed = katilim(tmp_path, "staff", "list")
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.strip().splitlines()[1:]]
-    assert rows == [["1", "admin", "42", "-"]]
+    assert rows == [["1", "admin", "yes", "42", "-", "-", "-"]]
     removed = katilim(tmp_path, "staff", "remove", "1")
     assert removed.returncode == 0 and removed.stdout.strip() == "staff 1 removed", removed.stderr
     listed = katilim(tmp_path, "staff", "list")

@@ -139,7 +139,7 @@ class Chat:
 
     def make_staff(self) -> None:
         with transaction(self.app.db) as db:
-            db.add(Staff(name=f"console:{self.address}", role="staff"))
+            db.add(Staff(console=self.address, role="staff"))
         self.staff = True
 
     def consents(self) -> list[ConsentRecord]:

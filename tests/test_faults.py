@@ -403,7 +403,7 @@ def test_hostile_input_at_every_state(make_app, figure):
         kind = Kind.COMMAND if text.startswith("/") else Kind.TEXT
         app.engine.handle(Inbound(channel="console", address=address, kind=kind, text=text, command=text[1:]))
     with transaction(app.db) as db:
-        db.add(Staff(name=f"console:{address}", role="admin"))
+        db.add(Staff(console=address, role="admin"))
     apologies = {translator(lang)("engine.error") for lang in LANGUAGES}
     states = app.registry.states
     own = {lang: set(translator(lang)._catalog.values()) for lang in LANGUAGES}  # short ones: "أين؟"

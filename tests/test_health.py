@@ -61,11 +61,12 @@ def tiny_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Write a file until the disk refuses (ENOSPC)."""
     filler = disk / "filler"
-    with filler.open("wb") as handle:
+    # unbuffered: a write the disk refuses leaves nothing in a buffer for close() to fail on (a
+    # partly written last chunk, depending on where the disk happens to fill, used to raise there)
+    with filler.open("wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError:
             pass
     return filler

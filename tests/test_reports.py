@@ -119,7 +119,7 @@ def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir �
 def _staff_at_reports(app, address: str = "boss") -> Chat:
     """A staff member on the console, onboarded in Turkish, at /raporlar."""
     with transaction(app.db) as db:
-        db.add(Staff(name=f"console:{address}"))
+        db.add(Staff(console=address))
     staff = Chat(app, address)
     staff.onboard("tr")
     staff.text("/raporlar")
@@ -250,7 +250,7 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
         assert rp.get_by_code(db, code).supporters == 1
     # staff triage through the chat
     with transaction(app.db) as db:
-        db.add(Staff(name="console:boss", telegram_id="900"))
+        db.add(Staff(console="boss", telegram_id="900"))
     boss = Chat(app, "boss")
     boss.onboard("tr")
     boss.text("/raporlar")

@@ -473,15 +473,19 @@ CATALOG_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CATALOG_CASES))
-def test_catalog_errors_name_file_line_and_field(tmp_path, case):
-    old, new, field, message = CATALOG_CASES[case]
+def assert_catalog_error(tmp_path: Path, old: str, new: str, field: str, message: str) -> None:
+    """The sample with `old` replaced by `new` is refused in one line: FILE:LINE: FIELD: ...MESSAGE..."""
     path, line = _broken(tmp_path, old, new)
     with pytest.raises(CatalogError) as info:
         load_catalog(path)
     error = str(info.value)
     assert error.startswith(f"{path}:{line}: {field}: "), error
     assert message in error and "\n" not in error
+
+
+@pytest.mark.parametrize("case", sorted(CATALOG_CASES))
+def test_catalog_errors_name_file_line_and_field(tmp_path, case):
+    assert_catalog_error(tmp_path, *CATALOG_CASES[case])
 
 
 def test_catalog_syntax_error_names_file_and_line(tmp_path):

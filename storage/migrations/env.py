@@ -10,6 +10,7 @@ import storage.linking  # noqa: F401  (link codes: one resident, several channel
 import storage.inbox  # noqa: F401  (inbound messages accepted before they are handled)
 import storage.health  # noqa: F401  (the row /health writes)
 import storage.attachments  # noqa: F401  (who sent which stored file)
+import storage.panel  # noqa: F401  (the staff console: departments, sign-in links, sessions)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,0 +1,76 @@
+"""Who may do what: one check for the staff console, the chat and the CLI (issue 15).
+
+Roles (storage.models.STAFF_ROLES), the same record everywhere:
+- admin: everything, including staff accounts, API keys and the audit log;
+- staff: reads every report, changes the reports of their departments (or assigned to them),
+  files reports on a resident's behalf;
+- viewer: reads only.
+The CLI acts as an admin (whoever can run it owns the database anyway), named "cli:USER".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conversations.i18n import N_
+
+ROLES = ("admin", "staff", "viewer")
+ROLE_NAMES = {"admin": N_("panel.role.admin"), "staff": N_("panel.role.staff"), "viewer": N_("panel.role.viewer")}
+
+# action → the roles allowed (a staff member's "report.change" is also limited to their departments)
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "staff.manage": ("admin",),
+    "apikeys.manage": ("admin",),
+    "audit.read": ("admin",),
+    "report.read": ("admin", "staff", "viewer"),
+    "report.change": ("admin", "staff"),
+    "report.file": ("admin", "staff"),
+    "account.own": ("admin", "staff", "viewer"),  # one's own language, second factor, sessions
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: `who` names them in the audit log ("staff:3", "cli:ayse")."""
+
+    who: str
+    role: str
+    staff_id: int | None = None
+    departments: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def cli(cls, who: str) -> "Actor":
+        return cls(who=who, role="admin")
+
+    @classmethod
+    def of_staff(cls, staff, departments=()) -> "Actor":
+        return cls(who=f"staff:{staff.id}", role=staff.role, staff_id=staff.id, departments=frozenset(departments))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Refused(Exception):
+    """The actor may not do this. `key` is the catalog message each front end shows."""
+
+    def __init__(self, action: str, key: str = N_("panel.refused.role"), **params) -> None:
+        super().__init__(action)
+        self.action = action
+        self.key = key
+        self.params = params
+
+
+def can(actor: Actor, action: str, *, department: str | None = None, assignee_id: int | None = None) -> bool:
+    """Whether the actor may do `action` (on a report of `department`, assigned to `assignee_id`)."""
+    if actor.role not in ACTIONS.get(action, ()):
+        return False
+    if action == "report.change" and actor.role == "staff":
+        return (department is not None and department in actor.departments) or (
+            assignee_id is not None and assignee_id == actor.staff_id)
+    return True
+
+
+def check(actor: Actor, action: str, **scope) -> None:
+    """Raise Refused unless the actor may do `action`."""
+    if not can(actor, action, **scope):
+        raise Refused(action)
