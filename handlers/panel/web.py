@@ -51,7 +51,7 @@ NAV = (
     (N_("panel.nav.reports"), "/panel/reports", False),
     (N_("panel.nav.map"), "/panel/map", False),
     (N_("panel.nav.dashboard"), "/panel/dashboard", False),
-    (N_("panel.nav.new"), "/panel/new", False),
+    (N_("panel.nav.new"), "/panel/reports/new", False),
     (N_("panel.nav.account"), "/panel/account", False),
     (N_("panel.nav.staff"), "/panel/staff", True),
     (N_("panel.nav.apikeys"), "/panel/apikeys", True),
@@ -69,6 +69,17 @@ NOTICES = {
     "deactivated": N_("panel.notice.deactivated"),
     "activated": N_("panel.notice.activated"),
     "totp_reset": N_("panel.notice.totp_reset"),
+    # the report page (handlers/panel/report_page.py)
+    "filed": N_("panel.notice.filed"),
+    "status_changed": N_("panel.notice.status_changed"),
+    "note_saved": N_("panel.notice.note_saved"),
+    "question_sent": N_("panel.notice.question_sent"),
+    "assigned": N_("panel.notice.assigned"),
+    "merged": N_("panel.notice.merged"),
+    "unmerged": N_("panel.notice.unmerged"),
+    "photo_changed": N_("panel.notice.photo_changed"),
+    "pin_moved": N_("panel.notice.pin_moved"),
+    "category_changed": N_("panel.notice.category_changed"),
 }
 
 _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
