@@ -169,7 +169,7 @@ def router(app) -> APIRouter:
             "languages": [(code_, t_in(code_, "language.name"), n) for code_, n in languages.items()],
             "language_list": t.join([f"{t_in(code_, 'language.name')} ({n})" for code_, n in languages.items()]),
             "note_langs": [(code_, t_in(code_, "language.name")) for code_ in note_langs],
-            "notes": notes, "targets": [(s, t(rp.STATUS_KEYS[s])) for s in targets], "status": status,
+            "notes": notes, "targets": [(s, t(rp.STATUS_KEYS[s])) for s in targets], "next_status": status,
             "templates": [(tp.key, tp.title.get(lang)) for tp in templates], "template": template,
             "departments": [(d.key, d.name.get(lang)) for d in catalog.departments],
             "categories": [(c.key, c.name.get(lang)) for c in catalog.categories], "people": people,

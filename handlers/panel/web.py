@@ -231,6 +231,10 @@ def redirect(path: str, notice: str = "") -> RedirectResponse:
     return RedirectResponse(path + (f"?notice={notice}" if notice else ""), status_code=303)
 
 
+OWN_HEADERS = (b"cache-control", b"content-security-policy", b"x-content-type-options", b"x-frame-options",
+               b"referrer-policy", b"cross-origin-opener-policy")  # set here once (a stored file brings its own)
+
+
 class SecurityHeaders:
     """ASGI middleware: the console's headers on every response under /panel."""
 
@@ -244,7 +248,7 @@ class SecurityHeaders:
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in (b"cache-control", b"content-security-policy")]
+                           if k.lower() not in OWN_HEADERS]
                 headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
                             (b"referrer-policy", b"same-origin"),
