@@ -7,12 +7,13 @@ to reading, and a report filed on a resident's behalf with their WhatsApp number
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import httpx
 import pytest
 from sqlmodel import select
 
-from conversations.i18n import t_in
+from conversations.i18n import format_when, t_in
 from conversations.messages import Media
 from storage import media as media_store
 from storage import reports as rp
@@ -347,3 +348,49 @@ async def test_a_clerk_files_a_report_for_a_caller_with_their_whatsapp_number(co
         answer = await v.post("/panel/reports/new", data={"csrf": form_csrf(form.text), "category": "road",
                                                           "description": "Bir şey", "mahalle": "kozagac"})
         assert answer.status_code == 403
+
+
+# ---------------------------------------------------------------- routing: department, person, category
+async def test_assign_to_a_department_or_a_person_and_change_the_category(console):
+    app = console
+    ayse = Chat(app, "ayse")
+    ayse.onboard("tr")
+    code = file_report(app, ayse, photo=False)
+    path = f"/panel/reports/{code}"
+    works = add_staff(app, name="Mehmet Usta", console="mehmet", departments=["fen_isleri"])
+    admin = add_staff(app, name="Admin", console="admin", role="admin")
+    filed = report(app, code)
+    assert filed.department == "fen_isleri" and filed.due_at is not None
+    async with signed_in(app, works) as c:
+        page = await c.get(path)
+        due = format_when(filed.due_at, "tr", "Europe/Istanbul")
+        assert f"<dd>{due}</dd>" in page.text and "Gecikmiş" not in page.text
+        done = await post(c, path, f"{path}/assign", department="zabita", assignee="0")
+        assert done.status_code == 303
+        assert report(app, code).department == "zabita"
+        [row] = audits(app, "report.assigned")
+        assert row.actor == f"staff:{works}" and row.details == {"department": "zabita"}
+        page = await c.get(path)                                      # no longer theirs: read only
+        assert "Zabıta Müdürlüğü birimine yönlendirildi</strong> · Mehmet Usta" in page.text
+        assert f'action="{path}/status"' not in page.text
+        assert (await c.post(f"{path}/status", data={"csrf": form_csrf(page.text), "status": "seen"})).status_code == 403
+    async with signed_in(app, admin) as c:
+        done = await post(c, path, f"{path}/assign", department="zabita", assignee=str(works))
+        assert done.status_code == 303 and report(app, code).assignee_id == works
+        done = await post(c, path, f"{path}/category", category="waste")
+        assert done.status_code == 303
+    moved = report(app, code)
+    assert moved.category == "waste" and moved.department == "temizlik_isleri"
+    assert moved.due_at == rp.routing(app.catalog, "waste", rp._aware(moved.created_at))[1] != filed.due_at
+    assert [a.details["to_category"] for a in audits(app, "report.category")] == ["waste"]
+    async with signed_in(app, works) as c:                           # assigned to them: theirs again
+        page = await c.get(path)
+        assert "Mehmet Usta kişisine atandı</strong> · Admin" in page.text and "Kategori değiştirildi: Çöp ve temizlik" in page.text
+        done = await post(c, path, f"{path}/status", status="seen", note_tr="")
+        assert done.status_code == 303 and report(app, code).status == "seen"
+    with transaction(app.db) as db:
+        late = rp.get_by_code(db, code)
+        late.due_at = late.created_at - timedelta(hours=1)
+        db.add(late)
+    async with signed_in(app, works) as c:
+        assert "Gecikmiş" in (await c.get(path)).text

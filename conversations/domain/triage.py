@@ -52,9 +52,8 @@ class TriageError(ValueError):
 # ---------------------------------------------------------------- scope
 def department_of(report: rp.Report, catalog) -> str:
     """The department a report belongs to: its own (once routed), else its category's."""
-    own = getattr(report, "department", "") or ""
-    if own:
-        return own
+    if report.department:
+        return report.department
     cat = catalog.category(report.category) if catalog is not None else None
     return cat.department if cat is not None else ""
 
@@ -62,8 +61,7 @@ def department_of(report: rp.Report, catalog) -> str:
 def may_change(actor: Actor, report: rp.Report, catalog) -> bool:
     from conversations.permissions import can
 
-    return can(actor, "report.change", department=department_of(report, catalog),
-               assignee_id=getattr(report, "assignee_id", None))
+    return can(actor, "report.change", department=department_of(report, catalog), assignee_id=report.assignee_id)
 
 
 def _changeable(db: Session, actor: Actor, code: str, catalog) -> rp.Report:
@@ -71,8 +69,7 @@ def _changeable(db: Session, actor: Actor, code: str, catalog) -> rp.Report:
     report = rp.get_by_code(db, code)
     if report is None:
         raise TriageError(N_("report.error.unknown_code"), code=code)
-    check(actor, "report.change", department=department_of(report, catalog),
-          assignee_id=getattr(report, "assignee_id", None))
+    check(actor, "report.change", department=department_of(report, catalog), assignee_id=report.assignee_id)
     return report
 
 
@@ -85,13 +82,12 @@ def _event(db: Session, report: rp.Report, actor: Actor, kind: str, now: datetim
 
 
 def _responded(report: rp.Report, actor: Actor, now: datetime) -> None:
-    if hasattr(rp, "mark_responded"):  # the response-time columns (revision 0017_report_triage)
-        rp.mark_responded(report, actor.who, now)
+    rp.mark_responded(report, actor.who, now)  # the first staff answer starts the response time
 
 
 def _touch(db: Session, report: rp.Report, now: datetime, catalog=None) -> None:
     report.updated_at = now
-    if catalog is not None and hasattr(rp, "refresh_search_text"):
+    if catalog is not None:
         rp.refresh_search_text(report, catalog)
     db.add(report)
 
@@ -231,7 +227,7 @@ def assign(db: Session, actor: Actor, code: str, *, department: str | None = Non
         report.department = department
         changed["department"] = department
         _event(db, report, actor, "assigned", now, note=f"department:{department}")
-    if assignee_id is not None and (assignee_id or None) != getattr(report, "assignee_id", None):
+    if assignee_id is not None and (assignee_id or None) != report.assignee_id:
         if assignee_id:
             person = db.get(Staff, assignee_id)
             if person is None or not person.active or person.role not in ("admin", "staff"):
@@ -258,12 +254,11 @@ def change_category(db: Session, actor: Actor, code: str, category: str, *, cata
     now = now or utcnow()
     previous = report.category
     report.category = category
-    if hasattr(rp, "routing"):
-        report.department, report.due_at = rp.routing(catalog, category, rp._aware(report.created_at))
+    report.department, report.due_at = rp.routing(catalog, category, rp._aware(report.created_at))
     _event(db, report, actor, "category", now, note=f"{previous}>{category}")
     _touch(db, report, now, catalog)
     repo.audit(db, actor.who, "report.category", report.code, from_category=previous, to_category=category,
-               department=getattr(report, "department", ""))
+               department=report.department)
     db.flush()
     return report
 
@@ -360,8 +355,7 @@ def unmerge(db: Session, actor: Actor, code: str, *, catalog, tz: str = "Europe/
         _touch(db, target, now)
     report.status = previous
     report.merged_into_id = None
-    if hasattr(report, "closed_at"):
-        report.closed_at = None
+    report.closed_at = None
     _event(db, report, actor, "unmerged", now, note=target.code if target else "", from_status="merged",
            to_status=previous)
     _touch(db, report, now)
@@ -469,11 +463,10 @@ def file_on_behalf(db: Session, actor: Actor, *, catalog, category: str, descrip
         media.append({"path": str(stored.path), "content_type": stored.content_type, "size": stored.size,
                       "kind": "photo"})
     now = now or utcnow()
-    extra = {"catalog": catalog} if "catalog" in rp.create_report.__code__.co_varnames else {}
     report = rp.create_report(db, prefix=catalog.municipality.tracking_prefix, resident_id=resident_id,
                               category=category, description=description[:1000], latitude=lat, longitude=lon,
                               mahalle=mahalle, address=street[:200], media=media, channel=FILED_CHANNEL,
-                              actor=actor.who, now=now, **extra)
+                              actor=actor.who, catalog=catalog, now=now)
     repo.audit(db, actor.who, "report.filed_on_behalf", report.code, notified=resident_id is not None)
     if resident_id is not None:
         outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(

@@ -138,8 +138,8 @@ def router(app) -> APIRouter:
         cat = catalog.category(report.category)
         department = triage.department_of(report, catalog)
         dep = catalog.department(department) if department else None
-        assignee = db.get(Staff, report.assignee_id) if getattr(report, "assignee_id", None) else None
-        due = getattr(report, "due_at", None)
+        assignee = db.get(Staff, report.assignee_id) if report.assignee_id else None
+        due = report.due_at
         overdue = bool(due and rp._aware(due) < utcnow() and report.status in rp.OPEN_STATUSES)
         languages = triage.audience_languages(db, report)
         targets = [s for s in rp.STATUSES if s not in ("new", "merged") and s != report.status]

@@ -8,7 +8,7 @@
   the photo to viewers and publicly).
 
 Revision ID: 0018_report_page
-Revises: 0016_panel
+Revises: 0017_report_triage
 Create Date: 2026-12-02
 """
 from alembic import op
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import sqlmodel
 
 revision = '0018_report_page'
-down_revision = '0016_panel'
+down_revision = '0017_report_triage'
 branch_labels = None
 depends_on = None
 
