@@ -29,8 +29,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('report_media') as batch:
-        batch.drop_column('blurred_path')
-        batch.drop_column('hidden')
-    with op.batch_alter_table('report_event') as batch:
-        batch.drop_column('internal')
+    # plain DROP COLUMN (SQLite 3.35+ too): no table copy of tables other rows point at
+    op.drop_column('report_media', 'blurred_path')
+    op.drop_column('report_media', 'hidden')
+    op.drop_column('report_event', 'internal')
