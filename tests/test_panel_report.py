@@ -394,3 +394,25 @@ async def test_assign_to_a_department_or_a_person_and_change_the_category(consol
         db.add(late)
     async with signed_in(app, works) as c:
         assert "Gecikmiş" in (await c.get(path)).text
+
+
+async def test_a_question_is_answered_with_its_button_from_anywhere_in_the_chat(console):
+    app = console
+    ayse = Chat(app, "ayse")
+    ayse.onboard("tr")
+    code = file_report(app, ayse, photo=False)
+    admin = add_staff(app, name="Admin", console="admin", role="admin")
+    async with signed_in(app, admin) as c:
+        done = await post(c, f"/panel/reports/{code}", f"/panel/reports/{code}/ask", question="Çukur ne kadar derin?")
+        assert done.status_code == 303
+    ayse.text("/raporlarim")                                 # busy elsewhere when the question comes
+    assert ayse.state() == "report.mine"
+    ayse.tap(f"rq:{code}")
+    assert ayse.state() == "report.answer" and ayse.said == t_in("tr", "report.question.prompt", code=code)
+    ayse.text("Yaklaşık bir karış")
+    assert ayse.state() == "menu"
+    assert ayse.said == t_in("tr", "report.question.thanks", code=code) + "\n" + t_in("tr", "menu.title")
+    assert [(e.kind, e.note) for e in history(app, code)][-2:] == [("question", "Çukur ne kadar derin?"),
+                                                                   ("answer", "Yaklaşık bir karış")]
+    ayse.tap(f"rq:{code}")                                   # answered: the button says so
+    assert ayse.said.startswith(t_in("tr", "report.question.closed", code=code))
