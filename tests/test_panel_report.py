@@ -416,3 +416,34 @@ async def test_a_question_is_answered_with_its_button_from_anywhere_in_the_chat(
                                                                    ("answer", "Yaklaşık bir karış")]
     ayse.tap(f"rq:{code}")                                   # answered: the button says so
     assert ayse.said.startswith(t_in("tr", "report.question.closed", code=code))
+
+
+async def test_a_hidden_photo_leaves_open311_and_a_blurred_one_is_served_blurred(console):
+    from tests.test_open311 import new_key
+
+    app = console
+    ayse = Chat(app, "ayse")
+    ayse.onboard("tr")
+    code = file_report(app, ayse)
+    full = new_key(app, "crm", scope="full")
+    admin = add_staff(app, name="Admin", console="admin", role="admin")
+    with transaction(app.db) as db:
+        [media] = rp.media_of(db, rp.get_by_code(db, code).id)
+        media_id, original = media.id, open(media.path, "rb").read()
+    async with client(app) as c:
+        async def open311():
+            [item] = (await c.get(f"/open311/v2/requests/{code}.json", params={"api_key": full})).json()
+            return item["media_url"]
+
+        url = await open311()
+        photo_path = url.removeprefix(BASE)
+        assert (await c.get(photo_path, params={"api_key": full})).content == original
+        async with signed_in(app, admin) as s:
+            await post(s, f"/panel/reports/{code}", f"/panel/reports/{code}/photo/{media_id}", action="blur")
+        blurred = await c.get(photo_path, params={"api_key": full})
+        assert blurred.status_code == 200 and blurred.headers["content-type"] == "image/jpeg"
+        assert blurred.content != original
+        async with signed_in(app, admin) as s:
+            await post(s, f"/panel/reports/{code}", f"/panel/reports/{code}/photo/{media_id}", action="hide")
+        assert await open311() is None
+        assert (await c.get(photo_path, params={"api_key": full})).status_code == 404
