@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from conversations.domain import triage
 from conversations.i18n import N_, t_in
-from conversations.permissions import Actor, Refused
 from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.permissions import Actor, Refused
 from conversations.registry import Router
 from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
 from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
@@ -257,7 +257,8 @@ def on_staff_view(ctx: Ctx, msg: Inbound) -> Transition:
 
 @router.state("staffreport.note", staff_only=True)
 def staff_note(ctx: Ctx) -> None:
-    text = ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""), status=status_name(ctx, ctx.data.get("to", "")))
+    text = ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""),
+                 status=status_name(ctx, ctx.data.get("to", "")))
     ctx.ask(text + "\n" + _languages_line(ctx),
             [Choice("none", ctx.t("staffreport.no_note")), Choice("cancel", ctx.t("staffreport.back"))])
 
@@ -341,7 +342,8 @@ def staff_merge_confirm(ctx: Ctx) -> None:
     """Merging asks first; across categories or far apart it says so and needs "merge anyway"."""
     source, target = rp.get_by_code(ctx.db, ctx.data.get("code", "")), rp.get_by_code(ctx.db, ctx.data.get("into", ""))
     if source is None or target is None:
-        ctx.ask(ctx.t("report.unknown_code", code=ctx.data.get("into", "")), [Choice("cancel", ctx.t("staffreport.back"))])
+        ctx.ask(ctx.t("report.unknown_code", code=ctx.data.get("into", "")),
+                [Choice("cancel", ctx.t("staffreport.back"))])
         return
     found = triage.merge_check(source, target)
     lines = [ctx.t("staffreport.merge_confirm", code=source.code, into=target.code,

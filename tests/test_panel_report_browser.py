@@ -38,7 +38,7 @@ def test_a_report_from_telegram_triaged_in_the_console(running, page):  # noqa: 
     # -- the resident, in English, files a report with a pin and a photo
     after(tg, lambda: tg.push_text(RESIDENT, "/start", language_code="en"))
     for step in ("lang:en", "all", "skip"):
-        after(tg, lambda: tg.push_callback(RESIDENT, step))
+        after(tg, lambda step=step: tg.push_callback(RESIDENT, step))
     after(tg, lambda: tg.push_text(RESIDENT, "/report", language_code="en"))
     after(tg, lambda: tg.push_callback(RESIDENT, "c:road"))
     after(tg, lambda: tg.push_text(RESIDENT, "A deep pothole in front of number 12, cars swerve around it.",

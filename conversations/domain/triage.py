@@ -125,7 +125,8 @@ def change_status(db: Session, actor: Actor, code: str, status: str, *, note: st
     note per language: each resident gets the one in their language, else `note`. The residents
     told (reporter and followers whose consent stands) are returned."""
     report = _changeable(db, actor, code, catalog)
-    notes = {lang: text.strip()[:MAX_NOTE] for lang, text in (notes or {}).items() if lang in LANGUAGES and text.strip()}
+    notes = {lang: text.strip()[:MAX_NOTE] for lang, text in (notes or {}).items()
+             if lang in LANGUAGES and text.strip()}
     note = (note or "").strip()[:MAX_NOTE] or next(iter(notes.values()), "")
     if status == "rejected" and len(note) < 3:
         raise TriageError(N_("staffreport.reason_short"))
@@ -424,7 +425,7 @@ def whatsapp_address(number: str) -> str:
 def file_on_behalf(db: Session, actor: Actor, *, catalog, category: str, description: str,
                    mahalle: str | None = None, lat: float | None = None, lon: float | None = None,
                    street: str = "", photo: bytes | None = None, media_dir: Path | str = "",
-                   limits: media_store.Limits = media_store.Limits(), whatsapp: str = "", consent: bool = False,
+                   limits: media_store.Limits | None = None, whatsapp: str = "", consent: bool = False,
                    notice_version: str = "", tz: str = "Europe/Istanbul", now: datetime | None = None) -> rp.Report:
     """A clerk files a report for someone who phoned or walked in. With a WhatsApp number (and
     their consent, which the clerk records on their behalf, audited) the report is that
@@ -457,7 +458,7 @@ def file_on_behalf(db: Session, actor: Actor, *, catalog, category: str, descrip
     media = []
     if photo:
         try:
-            stored = media_store.keep("photo", photo, media_dir, limits)
+            stored = media_store.keep("photo", photo, media_dir, limits or media_store.Limits())
         except media_store.MediaRefused as refused:
             raise TriageError(N_("panel.new.bad_photo")) from refused
         media.append({"path": str(stored.path), "content_type": stored.content_type, "size": stored.size,
