@@ -78,7 +78,8 @@ from handlers.kit import read_body
 from storage import apikeys, quota, repo
 from storage.apikeys import ApiKey
 from storage.db import transaction, utcnow
-from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, create_report, shown_photo
+from storage.reports import (CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, create_report,
+                             shown_photo)
 
 log = logging.getLogger(__name__)
 
