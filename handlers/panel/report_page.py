@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from bot.http import IMAGE_TYPES, stored_file
+from conversations import geo
 from conversations.domain import triage
 from conversations.i18n import N_, format_when, t_in, translator
 from conversations.permissions import Refused, can
@@ -117,6 +118,17 @@ def router(app) -> APIRouter:
             context["notes"] = {**context["notes"], **chosen["notes"]}
         return render(request, "report.html", signed=signed, status=status, error=error, **context)
 
+    def _mahalle_name(report, t) -> str:
+        """The report's mahalle; for a pin without one, the mahalle the pin is in (said so)."""
+        hood = catalog.neighbourhood(report.mahalle) if report.mahalle else None
+        if hood is not None:
+            return hood.name
+        if report.latitude is not None and report.longitude is not None:
+            found = geo.mahalle_of((report.latitude, report.longitude), catalog.neighbourhoods)
+            if found:
+                return t("panel.report.mahalle_from_pin", mahalle=catalog.neighbourhood(found).name)
+        return report.mahalle or ""
+
     def _context(db, signed: Signed, code: str, wanted_status: str, wanted_template: str):
         report = rp.get_by_code(db, code)
         if report is None:
@@ -157,8 +169,7 @@ def router(app) -> APIRouter:
             "may_change": triage.may_change(signed.actor, report, catalog),
             "status_name": t(rp.STATUS_KEYS.get(report.status, report.status)),
             "category_name": cat.name.get(lang) if cat else report.category,
-            "mahalle_name": (catalog.neighbourhood(report.mahalle).name if report.mahalle and
-                             catalog.neighbourhood(report.mahalle) else (report.mahalle or "")),
+            "mahalle_name": _mahalle_name(report, t),
             "department": department, "department_name": dep.name.get(lang) if dep else "",
             "assignee_name": (assignee.name or f"#{assignee.id}") if assignee else "",
             "assignee_id": assignee.id if assignee else 0,
@@ -175,8 +186,8 @@ def router(app) -> APIRouter:
             "categories": [(c.key, c.name.get(lang)) for c in catalog.categories], "people": people,
             "merged_into": merged_into.code if merged_into else "",
             "can_ask": report.resident_id is not None and bool(rp.consenting(db, [report.resident_id])),
-            "tiles": getattr(settings, "map_tile_url", "") or "",
-            "attribution": getattr(settings, "map_tile_attribution", "") or "",
+            "tiles": getattr(settings, "panel_tile_url", "") or "",          # the map's setting (issue 15)
+            "attribution": getattr(settings, "panel_tile_attribution", "") or "",
         }
 
     # -- the files
