@@ -100,7 +100,8 @@ async def test_the_report_page_and_its_actions(console):
         assert page.status_code == 200
         html = page.text
         for shown in ("Kaldırımda büyük bir çukur var.", "Yol ve kaldırım", "Fen İşleri Müdürlüğü",
-                      "Bildirim sahibinin dili", "Türkçe", "Bildirim alındı", "<dd>Dumlupınar (konuma göre)</dd>", "Bir vatandaş takip etmeye başladı",
+                      "Bildirim sahibinin dili", "Türkçe", "Bildirim alındı",
+                      "<dd>Dumlupınar (konuma göre)</dd>", "Bir vatandaş takip etmeye başladı",
                       "Bildirim sahibi", 'id="report-map"', 'data-lat="38.385"', "/static/leaflet/leaflet.js"):
             assert shown in html, shown
         assert "resident:" not in html and "ayse" not in html     # never an id or an address
