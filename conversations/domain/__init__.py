@@ -11,11 +11,11 @@ from __future__ import annotations
 from sqlmodel import Session
 
 from conversations.permissions import Actor, Refused, can
-from storage import audit
+from storage.audit import audit
 
 
 def authorise(db: Session, actor: Actor, action: str, target: str, **scope) -> None:
     """Raise Refused (after an audit row naming who, what and their role) unless `actor` may do `action`."""
     if not can(actor, action, **scope):
-        audit.audit(db, actor.who, "refused", target, action=action, role=actor.role)
+        audit(db, actor.who, "refused", target, attempted=action, role=actor.role)
         raise Refused(action)

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from conversations import notify
 from conversations.domain import authorise
 from conversations.permissions import Actor
-from storage import audit
+from storage.audit import audit
 from storage import reports as rp
 
 
@@ -96,5 +96,5 @@ def follow(db: Session, actor: Actor, report: rp.Report | str, *, now: datetime 
     authorise(db, actor, "report.follow", report.code)
     followed = rp.follow(db, report, actor.resident_id, now=now)
     if followed:
-        audit.audit(db, actor.who, "report.followed", report.code)
+        audit(db, actor.who, "report.followed", report.code)
     return followed
