@@ -13,7 +13,7 @@ from typing import Any, Callable
 from babel.numbers import format_decimal
 from sqlmodel import Session
 
-from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
+from conversations.i18n import N_, Translator, format_when, translator
 from conversations.messages import Choice, Outbound
 from storage import outbox
 from storage import reports as rp
@@ -129,10 +129,6 @@ def render_broadcast(texts: dict[str, str], photo_path: str, lang: str) -> Outbo
     t = translator(lang)
     body = (texts.get(lang) or texts.get("tr") or "").strip()
     return Outbound(text=f"{t('broadcast.header')}\n\n{body}\n\n{t('broadcast.footer')}", photo_path=photo_path or "")
-
-
-def longest_render(texts: dict[str, str], photo_path: str = "") -> int:
-    return max(len(render_broadcast(texts, photo_path, lang).text) for lang in LANGUAGES)
 
 
 # the notices' parameters that are counts (written in the reader's locale: 12.345); ids and percents stay plain

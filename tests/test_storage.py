@@ -383,7 +383,7 @@ def test_outbox_enqueue_and_claim(db_url):
 
 
 def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_url):
-    """outbox.notify_residents (reminders, calls, notifications in batches) writes its rows in one
+    """notify.notify_residents (reminders, calls, notifications in batches) writes its rows in one
     statement (PostgreSQL: one JSON parameter): the dispatcher reads them back exactly, in each
     resident's language, on the identity they wrote from last; the unreachable are left out."""
     engine = make_engine(db_url)

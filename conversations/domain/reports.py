@@ -64,8 +64,9 @@ def change_status(db: Session, actor: Actor, code: str, status: str, *, note: st
 def merge(db: Session, actor: Actor, code: str, into_code: str, *, catalog=None, tz: str = "Europe/Istanbul",
           now: datetime | None = None) -> Merged:
     """Merge a duplicate into another report; its people follow the target and are told its code."""
-    report = rp.require(db, code)
-    authorise(db, actor, "report.change", report.code, department=department_of(report))
+    report, into = rp.require(db, code), rp.require(db, into_code)
+    for changed in (report, into):  # both change: the target gains the duplicate's people
+        authorise(db, actor, "report.change", changed.code, department=department_of(changed))
     told = rp.to_be_told(db, report)
     report = rp.merge(db, report.code, into_code, actor.who, now=now)
     target = rp.get_report(db, report.merged_into_id)
