@@ -664,7 +664,7 @@ class Open311:
             raise Open311Error(400, "media_url must be an http:// or https:// URL")
         report = domain.file(db, Actor.open311(key.name), prefix=self.prefix, category=code, description=description,
                              latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
-                             channel="open311")
+                             channel="open311", catalog=self.catalog)
         open311_requests.record_request(db, report.id, key, media_url or "")
         return report.code
 

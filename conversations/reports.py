@@ -388,7 +388,8 @@ def file_report(ctx: Ctx) -> Transition:
     report = domain.file(ctx.db, Actor.resident(ctx.resident.id), prefix=ctx.catalog.municipality.tracking_prefix,
                          category=d["category"], description=d.get("description", ""),
                          latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
-                         address=d.get("street", ""), media=media, channel=ctx.channel, now=ctx.now)
+                         address=d.get("street", ""), media=media, channel=ctx.channel, catalog=ctx.catalog,
+                         now=ctx.now)
     ctx.say(ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports")))
     return Go(IDLE)
 

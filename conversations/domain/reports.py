@@ -9,16 +9,32 @@ from typing import Any, Iterable
 
 from sqlmodel import Session
 
-from conversations import notify
+from conversations import notify, worktime
 from conversations.domain import authorise
 from conversations.permissions import Actor
 from storage.audit import audit
+from storage.db import utcnow
 from storage import reports as rp
 
 
 def department_of(report: rp.Report) -> str:
     """The department a report belongs to ("" when none, or before the column exists)."""
     return getattr(report, "department", "") or ""
+
+
+def routing(catalog, category: str, created: datetime) -> tuple[str, datetime | None]:
+    """Where a new report of `category` goes and by when it should be answered: the catalog's
+    department of the category ("" when none) and the end of its target response time
+    (`sla_hours`, in the municipality's working hours unless `sla_calendar`; None without one)."""
+    cat = catalog.category(category) if catalog is not None else None
+    if cat is None:
+        return "", None
+    due = None
+    if cat.sla_hours:
+        municipality = catalog.municipality
+        due = worktime.due_at(created, cat.sla_hours, municipality.working_hours, calendar_hours=cat.sla_calendar,
+                              tz=municipality.timezone or "Europe/Istanbul")
+    return cat.department, due
 
 
 @dataclass(frozen=True)
@@ -37,13 +53,18 @@ class Merged:
 
 def file(db: Session, actor: Actor, *, prefix: str, category: str, description: str,
          latitude: float | None = None, longitude: float | None = None, mahalle: str | None = None,
-         address: str = "", media: Iterable[dict[str, Any]] = (), channel: str = "",
+         address: str = "", media: Iterable[dict[str, Any]] = (), channel: str = "", catalog=None,
          now: datetime | None = None) -> rp.Report:
-    """A new report (a resident's in the chat, an Open311 client's POST) with its first event."""
+    """A new report (a resident's in the chat, an Open311 client's POST) with its first event,
+    routed to its category's department with its due time (`routing`: without the catalog it is
+    nobody's and has no target)."""
     authorise(db, actor, "report.submit", category)
+    now = now or utcnow()
+    department, due = routing(catalog, category, now)
     return rp.create_report(db, prefix=prefix, resident_id=actor.resident_id, category=category,
                             description=description, latitude=latitude, longitude=longitude, mahalle=mahalle,
-                            address=address, media=media, channel=channel, actor=actor.who, now=now)
+                            address=address, media=media, channel=channel, actor=actor.who, catalog=catalog,
+                            department=department, due_at=due, now=now)
 
 
 def change_status(db: Session, actor: Actor, code: str, status: str, *, note: str = "", reason: str = "",
