@@ -24,7 +24,8 @@ OPERATOR = f"cli:{getpass.getuser()}"
 
 def _two_apps(make_app, tmp_path: Path):
     """Two fresh databases with the same story: Ayşe (Turkish) files a report, John (English)
-    follows it. Returns [(app, code, ayse, john)] for each."""
+    follows it: in the first through the chat (filing the same problem nearby, he is shown hers and
+    follows it), in the second through domain.follow. Returns [(app, code, ayse, john)] for each."""
     worlds = []
     for name in ("chat", "cli"):
         app = make_app(database_url=f"sqlite:///{tmp_path / (name + '.db')}")
@@ -34,8 +35,15 @@ def _two_apps(make_app, tmp_path: Path):
         _file(ayse, description="Sokak lambası yanmıyor", category="aydinlatma")
         ayse.tap("confirm")
         code = CODE.search(ayse.said).group(0)
-        with transaction(app.db) as db:
-            assert domain.follow(db, Actor.resident(john.resident_id()), code)
+        if name == "chat":
+            _file(john, description="The street lamp is off", category="lighting")
+            john.tap("confirm")
+            john.tap(f"f:{code}")
+            assert john.said == (f"👍 You now follow {code} and count as its supporter. We'll tell you when its "
+                                 "status changes. Thank you!\nWhat would you like to do?")
+        else:
+            with transaction(app.db) as db:
+                assert domain.follow(db, Actor.resident(john.resident_id()), code)
         worlds.append((app, code, ayse, john))
     return worlds
 
