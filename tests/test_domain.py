@@ -100,7 +100,7 @@ def test_a_status_change_from_the_chat_and_from_the_cli_leaves_the_same_rows(mak
 
 def test_a_merge_from_the_chat_and_from_the_cli_leaves_the_same_rows(make_app, tmp_path):
     worlds = _two_apps(make_app, tmp_path)
-    for app, code, ayse, john in worlds:  # a second report, of the same lamp, to merge into the first
+    for _, _, _, john in worlds:  # a second report, of the same lamp, to merge into the first
         _file(john, description="Lamp is off", category="lighting")
         john.tap("confirm")
         if "file" in john.keys():             # the nearby report is shown first: file a new one anyway
@@ -158,7 +158,8 @@ def test_reopen_rate_and_follow_from_the_chat_are_the_domain_operations(make_app
     code = worlds[0][1]
     assert [h[1] for h in history] == ["created", "followed", "status", "reopened", "status", "rated"]
     assert staff_notes == [f'🔁 {code}, bir sakin "çözülmedi" dediği için yeniden açıldı (1. kez). /raporlar {code}']
-    assert audits == [("resident:2", "report.followed", code, {}), ("resident:1", "report.reopened", code, {"count": 1})]
+    assert audits == [("resident:2", "report.followed", code, {}),
+                      ("resident:1", "report.reopened", code, {"count": 1})]
 
 
 def test_a_broadcast_cancelled_from_the_chat_and_from_the_cli_leaves_the_same_rows(make_app, tmp_path):
@@ -227,7 +228,8 @@ def test_the_domain_applies_the_rule_and_audits_a_refusal(make_app):
             domain.change_status(db, _staff("viewer", staff_id=9), code, "seen")
     with transaction(app.db) as db:
         assert rp.get_by_code(db, code).status == "new"
-        refused = [(a.actor, a.target, a.details) for a in db.exec(select(AuditLog).where(AuditLog.action == "refused"))]
+        rows = db.exec(select(AuditLog).where(AuditLog.action == "refused"))
+        refused = [(a.actor, a.target, a.details) for a in rows]
         assert refused == [("staff:9", code, {"attempted": "report.change", "role": "viewer"})]
         assert db.exec(select(AuditLog).where(AuditLog.action == "report.status")).all() == []
     mine = {department} if department else {"roads"}   # no department on the report: any staff member may
@@ -240,6 +242,6 @@ def test_the_domain_applies_the_rule_and_audits_a_refusal(make_app):
         with pytest.raises(Refused):
             dbc.cancel(db, _staff(staff_id=5), dbc.send(db, _staff(staff_id=6), texts={"tr": "x"}, audience={}).id)
     with transaction(app.db) as db:
-        refused = [(a.actor, a.details["attempted"]) for a in db.exec(select(AuditLog).where(AuditLog.action == "refused")
-                                                                  .order_by(AuditLog.id))]
+        rows = db.exec(select(AuditLog).where(AuditLog.action == "refused").order_by(AuditLog.id))
+        refused = [(a.actor, a.details["attempted"]) for a in rows]
     assert refused == [("staff:9", "report.change"), ("staff:3", "report.reopen"), ("staff:5", "broadcast.cancel")]

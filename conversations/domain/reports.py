@@ -12,9 +12,9 @@ from sqlmodel import Session
 from conversations import notify, worktime
 from conversations.domain import authorise
 from conversations.permissions import Actor
+from storage import reports as rp
 from storage.audit import audit
 from storage.db import utcnow
-from storage import reports as rp
 
 
 def department_of(report: rp.Report) -> str:
