@@ -15,8 +15,11 @@ from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
-from conversations import participation as P
+from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in
+from conversations.participation import ParticipationError, read_time
+from conversations.permissions import Actor
+from conversations.when import span_text
 from storage.db import transaction, utcnow
 from storage.models import Resident
 from storage.participation import CallResponse, PoolMembership, VolunteerCall
@@ -64,7 +67,7 @@ def _fail(message: str) -> int:
 
 
 def _show(call: VolunteerCall, tz: str) -> str:
-    return (f"call {call.id} [{call.status}] {call.what} · {P.span_text(call.starts_at, call.ends_at, 'tr', tz)} · "
+    return (f"call {call.id} [{call.status}] {call.what} · {span_text(call.starts_at, call.ends_at, 'tr', tz)} · "
             f"{call.place} · pools {','.join(call.pools)} · accepted {call.accepted}/{call.capacity} · "
             f"invited {call.invited}")
 
@@ -75,13 +78,14 @@ def cmd_call(settings: Settings, args) -> int:
     if unknown:
         return _fail(f"unknown pool {unknown[0]!r} (known: {', '.join(p.key for p in catalog.pools)})")
     try:
-        start = P.parse_local(args.start, tz)
-        end = P.parse_local(args.end, tz, base=start)
+        start = read_time(args.start, tz, now=utcnow(), future=False)  # the rules say what may be past
+        end = read_time(args.end, tz, now=utcnow(), base=start, future=False)
         with transaction(engine) as db:
-            call = P.create_call(db, pools=args.pool, what=args.what, place=args.where, starts_at=start, ends_at=end,
-                                 capacity=args.people, created_by=operator_name(), catalog=catalog, tz=tz)
+            call = call_ops.create_call(db, Actor.cli(operator_name()), pools=args.pool, what=args.what,
+                                        place=args.where, starts_at=start, ends_at=end, capacity=args.people,
+                                        catalog=catalog, tz=tz)
             print(_show(call, tz))
-    except P.ParticipationError as exc:
+    except ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0
 
@@ -121,9 +125,9 @@ def cmd_cancel_call(settings: Settings, args) -> int:
     engine, catalog, tz = _context(settings)
     try:
         with transaction(engine) as db:
-            told = P.cancel_call(db, args.id, operator_name(), tz=tz)
-            print(f"call {args.id} cancelled; {counted(told, 'volunteer')} told")
-    except P.ParticipationError as exc:
+            cancelled = call_ops.cancel_call(db, Actor.cli(operator_name()), args.id, tz=tz)
+            print(f"call {args.id} cancelled; {counted(cancelled.told, 'volunteer')} told")
+    except ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0
 

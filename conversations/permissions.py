@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlmodel import Session
+
 from conversations.i18n import N_
+from storage import repo
 
 ROLES = ("admin", "staff", "viewer")
 ROLE_NAMES = {"admin": N_("panel.role.admin"), "staff": N_("panel.role.staff"), "viewer": N_("panel.role.viewer")}
@@ -25,6 +28,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "report.change": ("admin", "staff"),
     "report.file": ("admin", "staff"),
     "account.own": ("admin", "staff", "viewer"),  # one's own language, second factor, sessions
+    "event.manage": ("admin", "staff"),           # create, edit, cancel events
+    "volunteer.manage": ("admin", "staff"),       # post and cancel calls for volunteers
 }
 
 
@@ -44,6 +49,14 @@ class Actor:
     @classmethod
     def of_staff(cls, staff, departments=()) -> "Actor":
         return cls(who=f"staff:{staff.id}", role=staff.role, staff_id=staff.id, departments=frozenset(departments))
+
+    @classmethod
+    def of_chat(cls, db: Session, channel: str, address: str, resident_id: int) -> "Actor":
+        """Who writes in a chat: their staff record's role, else a resident (allowed no staff action)."""
+        staff = repo.staff_for(db, channel, address)
+        if staff is None:
+            return cls(who=f"resident:{resident_id}", role="resident")
+        return cls.of_staff(staff)
 
     @property
     def is_admin(self) -> bool:
@@ -74,3 +87,13 @@ def check(actor: Actor, action: str, **scope) -> None:
     """Raise Refused unless the actor may do `action`."""
     if not can(actor, action, **scope):
         raise Refused(action)
+
+
+def check_audited(db: Session, actor: Actor, action: str, target: str = "", **scope) -> None:
+    """check(), writing a refusal to the audit log first (in the caller's transaction: a front end
+    that catches Refused and commits keeps the row)."""
+    try:
+        check(actor, action, **scope)
+    except Refused:
+        repo.audit(db, actor.who, "staff.refused", target or action, action=action, role=actor.role)
+        raise

@@ -12,27 +12,29 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
+from conversations import attendance, calendar_files
+from conversations.domain import events as event_ops
+from conversations.permissions import Actor
 from conversations.i18n import t_in, translator
-from storage.db import transaction, utcnow
+from storage.db import aware, transaction, utcnow
 from storage.participation import Event, EventFeedback, Reminder, Rsvp
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.participation_support import Person, make_staff
+from tests.participation_support import Person, local_time, make_staff
 
 START = "2030-11-30 14:00"  # a Saturday, Istanbul time
 
 
 def add_event(app, *, start: str = START, hours: float = 2, capacity: int | None = None, **kw) -> Event:
     tz = app.engine.config.timezone
-    starts = P.parse_local(start, tz) if isinstance(start, str) else start
+    starts = local_time(start, tz) if isinstance(start, str) else start
     values = dict(title={"tr": "İklim Paneli", "en": "Climate Panel", "ar": "ندوة المناخ"},
                   description={"tr": "Buca'nın iklim eylem planı; soru-cevap.", "en": "Buca's climate plan; Q&A."},
                   type="panel", place="Buca Kent Konseyi, Salon A", latitude=38.3886, longitude=27.1751)
     values.update(kw)
     with transaction(app.db) as db:
-        return P.create_event(db, starts_at=starts, ends_at=starts + timedelta(hours=hours), capacity=capacity,
-                              created_by="test", **values)
+        return event_ops.create_event(db, Actor.cli("test"), starts_at=starts, ends_at=starts + timedelta(hours=hours),
+                                      capacity=capacity, **values)
 
 
 def rsvps(app, event_id) -> dict[int, tuple[str, int | None]]:
@@ -78,9 +80,9 @@ def test_list_detail_rsvp_and_calendar_file(make_app):
 
 def test_ics_escaping_and_folding():
     event = Event(id=7, title={"tr": "Panel; iklim, su\\enerji\nikinci satır " + "ç" * 80}, description={},
-                  starts_at=P.parse_local("2030-06-01 09:00", "Europe/Istanbul"),
-                  ends_at=P.parse_local("2030-06-01 10:30", "Europe/Istanbul"), place="A, B; C", checkin_token="x")
-    text = P.event_ics(event, "tr")
+                  starts_at=local_time("2030-06-01 09:00", "Europe/Istanbul"),
+                  ends_at=local_time("2030-06-01 10:30", "Europe/Istanbul"), place="A, B; C", checkin_token="x")
+    text = calendar_files.event_ics(event, "tr")
     lines = text.split("\r\n")
     assert all(len(line.encode("utf-8")) <= 75 for line in lines)
     unfolded = text.replace("\r\n ", "")
@@ -167,8 +169,8 @@ def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app,
     with Session(app.db) as db:
         after = {r.resident_id: r for r in db.exec(select(Reminder).where(Reminder.offset_seconds == 7200))}
     assert after[ali.resident_id].id == before.id  # the same reminder, moved with the event
-    new_due = P.parse_local("2030-12-02 08:00", "Europe/Istanbul")
-    assert P.aware(after[ali.resident_id].due_at) == new_due == P.aware(after[berk.resident_id].due_at)
+    new_due = local_time("2030-12-02 08:00", "Europe/Istanbul")
+    assert aware(after[ali.resident_id].due_at) == new_due == aware(after[berk.resident_id].due_at)
 
     listed = katilim(tmp_path, app, "events", "attendees", str(event.id))
     assert "going 2, waiting 0" in listed.stdout
@@ -194,7 +196,7 @@ def test_cli_add_validates_and_lists(make_app, tmp_path):
     with Session(app.db) as db:
         event = db.get(Event, 1)
     assert (event.title, event.capacity) == ({"tr": "Odak Grubu: Parklar", "en": "Focus group: parks"}, 12)
-    assert P.aware(event.registration_deadline) == P.parse_local("2030-11-29 18:00", "Europe/Istanbul")
+    assert aware(event.registration_deadline) == local_time("2030-11-29 18:00", "Europe/Istanbul")
 
 
 def test_staff_add_and_edit_an_event_on_the_chat(make_app):
@@ -352,9 +354,9 @@ def test_feedback_after_the_event(make_app, tmp_path):
         p.tap("rsvp")
     ended = utcnow() + timedelta(hours=3)
     with transaction(app.db) as db:
-        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 2
+        assert attendance.request_feedback(db, ended, tz="Europe/Istanbul") == 2
     with transaction(app.db) as db:
-        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 0  # asked once
+        assert attendance.request_feedback(db, ended, tz="Europe/Istanbul") == 0  # asked once
     (ask,) = ali.notifications()
     assert ask.text == t_in("tr", "event.feedback.ask", title="İklim Paneli")
     assert [c.key for c in ask.choices] == [f"fb:{event.id}:{n}" for n in range(1, 6)]

@@ -12,12 +12,14 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
+from conversations import participation_data
+from conversations.domain import volunteering as call_ops
+from conversations.permissions import Actor
 from conversations.i18n import t_in, translator
 from storage.db import transaction
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
-from tests.participation_support import Person, make_staff
+from tests.participation_support import Person, local_time, make_staff
 
 SATURDAY_10 = "2030-11-30 10:00"     # Saturday morning, Istanbul
 WEDNESDAY_19 = "2030-11-27 19:00"    # Wednesday evening
@@ -46,11 +48,11 @@ def join(person: Person, pool: str, avail: list[str], tags: list[str] = (), skil
 
 def new_call(app, pools, start: str, capacity: int, what="Fidan dikimi", end_hours=3) -> VolunteerCall:
     tz = app.engine.config.timezone
-    starts = P.parse_local(start, tz)
+    starts = local_time(start, tz)
     with transaction(app.db) as db:
-        return P.create_call(db, pools=pools, what=what, place="Buca Göleti", starts_at=starts,
-                             ends_at=starts + timedelta(hours=end_hours), capacity=capacity, created_by="test",
-                             catalog=app.catalog, tz=tz)
+        return call_ops.create_call(db, Actor.cli("test"), pools=pools, what=what, place="Buca Göleti", starts_at=starts,
+                             ends_at=starts + timedelta(hours=end_hours), capacity=capacity,
+                                    catalog=app.catalog, tz=tz)
 
 
 def responses(app, call_id) -> dict[int, tuple[str, int | None]]:
@@ -274,7 +276,7 @@ def test_export_and_erase(make_app):
     call = new_call(app, ["environment"], SATURDAY_10, 3)
     vol.tap(f"vc:{call.id}:y")
     with Session(app.db) as db:
-        exported = P.export_resident(db, vol.resident_id)
+        exported = participation_data.export_resident(db, vol.resident_id)
     assert exported["volunteer_pools"][0]["skills"] == "Bahçıvanlık"
     assert exported["volunteer_calls"][0]["status"] == "accepted"
     vol.send("/verilerimisil")
