@@ -84,7 +84,7 @@ def _read_time(ctx: Ctx, text: str, *, base: datetime | None = None) -> datetime
 
 
 def _example(ctx: Ctx) -> str:
-    return example_time(ctx.now, _tz(ctx))
+    return example_time(ctx.now, ctx.lang, _tz(ctx))
 
 
 def bot_username(ctx: Ctx) -> str:

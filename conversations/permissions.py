@@ -95,5 +95,5 @@ def check_audited(db: Session, actor: Actor, action: str, target: str = "", **sc
     try:
         check(actor, action, **scope)
     except Refused:
-        repo.audit(db, actor.who, "staff.refused", target or action, action=action, role=actor.role)
+        repo.audit(db, actor.who, "staff.refused", target or action, refused=action, role=actor.role)
         raise

@@ -357,7 +357,7 @@ _text_state("volunteer.call_where", N_("volunteer.call_new.where"), "volunteer.c
 
 @router.state("volunteer.call_start", staff_only=True)
 def call_start(ctx: Ctx) -> None:
-    ctx.ask(ctx.t("volunteer.call_new.start", example=example_time(ctx.now, _tz(ctx))))
+    ctx.ask(ctx.t("volunteer.call_new.start", example=example_time(ctx.now, ctx.lang, _tz(ctx))))
 
 
 @call_start.on_input

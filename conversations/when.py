@@ -20,6 +20,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from babel.dates import format_datetime
+
 from conversations.i18n import format_when
 from conversations.text import fold
 from storage.db import aware
@@ -130,13 +132,14 @@ def _check(when: datetime, now: datetime, max_ahead: timedelta | None, future: b
     return when
 
 
-def example_time(now: datetime, tz: str | ZoneInfo = "Europe/Istanbul", *, days: int = 2, hour: int = 14) -> str:
-    """A time `days` ahead at `hour`:00 local, as staff may type it ("04.12.2026 14:00"): the
-    example in a prompt is always in the future. Digits and dots are the same in the three
-    languages (the parser reads Arabic-Indic digits too)."""
+def example_time(now: datetime, lang: str, tz: str | ZoneInfo = "Europe/Istanbul", *, days: int = 2,
+                 hour: int = 14) -> str:
+    """A time `days` ahead at `hour`:00 local, written in the resident's language in the form
+    staff type ("04.12.2026 14:00"): the example in a prompt is always in the future."""
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
     day = aware(now).astimezone(zone).date() + timedelta(days=days)
-    return f"{day:%d.%m.%Y} {hour:02d}:00"
+    return format_datetime(datetime.combine(day, time(hour, 0), tzinfo=zone), "dd.MM.yyyy HH:mm", tzinfo=zone,
+                           locale=lang)
 
 
 @lru_cache(maxsize=1024)  # a reminder scan or a broadcast formats the same event for many residents

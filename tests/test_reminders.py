@@ -34,7 +34,7 @@ def add_event(app, title: str, starts_in: timedelta, **kw) -> Event:
     starts = utcnow() + starts_in
     with transaction(app.db) as db:
         return event_ops.create_event(db, Actor.cli("test"), title={"tr": title, "en": title}, starts_at=starts,
-                              ends_at=starts + timedelta(hours=1), place="Buca Kent Konseyi", **kw)
+                                      ends_at=starts + timedelta(hours=1), place="Buca Kent Konseyi", **kw)
 
 
 def register(app, event: Event, resident_id: int, offsets) -> None:

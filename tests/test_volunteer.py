@@ -7,21 +7,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlmodel import Session, select
 
 from conversations import participation_data
 from conversations.domain import volunteering as call_ops
-from conversations.permissions import Actor
 from conversations.i18n import t_in, translator
-from storage.db import transaction
+from conversations.permissions import Actor, Refused
+from storage.db import aware, transaction, utcnow
+from storage.models import AuditLog, Staff
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
 from tests.participation_support import Person, local_time, make_staff
 
 SATURDAY_10 = "2030-11-30 10:00"     # Saturday morning, Istanbul
+IST = ZoneInfo("Europe/Istanbul")
 WEDNESDAY_19 = "2030-11-27 19:00"    # Wednesday evening
 WEDNESDAY_10 = "2030-11-27 10:00"    # Wednesday morning
 
@@ -50,8 +53,8 @@ def new_call(app, pools, start: str, capacity: int, what="Fidan dikimi", end_hou
     tz = app.engine.config.timezone
     starts = local_time(start, tz)
     with transaction(app.db) as db:
-        return call_ops.create_call(db, Actor.cli("test"), pools=pools, what=what, place="Buca Göleti", starts_at=starts,
-                             ends_at=starts + timedelta(hours=end_hours), capacity=capacity,
+        return call_ops.create_call(db, Actor.cli("test"), pools=pools, what=what, place="Buca Göleti",
+                                    starts_at=starts, ends_at=starts + timedelta(hours=end_hours), capacity=capacity,
                                     catalog=app.catalog, tz=tz)
 
 
@@ -286,3 +289,75 @@ def test_export_and_erase(make_app):
         assert db.exec(select(CallResponse)).all() == []
         assert db.exec(select(Reminder)).all() == []
         assert db.get(VolunteerCall, call.id).accepted == 0  # the place is free again
+
+
+# ---------------------------------------------------------------- what a page does not understand (issue 14, item 14)
+@pytest.mark.parametrize("page", ["p:environment", "mine"])  # a pool's page, "my duties"
+def test_a_volunteering_page_asks_again_on_text_it_does_not_understand(make_app, page):
+    app = make_app()
+    ayse = Person(app, "ayse").onboard()
+    ayse.send("/gonullu")
+    ayse.tap(page)
+    (shown,) = ayse.last
+    ayse.send("bu ne demek")
+    assert [out.text for out in ayse.last] == ["Lütfen seçeneklerden birini seçin.", shown.text]
+    assert ayse.keys() == [c.key for c in shown.choices]
+    ayse.tap("back")  # the list again, only when asked for
+    assert "p:environment" in ayse.keys()
+
+
+def test_a_call_for_one_volunteer_starting_tomorrow(make_app):
+    app = make_app()
+    staff = make_staff(app, Person(app, "memur").onboard())
+    staff.send("/gonullucagri")
+    staff.tap("p:environment")
+    staff.tap("done")
+    staff.send("Fidan dikimi")
+    staff.send("Buca Göleti")
+    in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
+    assert staff.texts() == f"Ne zaman başlıyor? Örneğin {in_two_days} 14:00 ya da yarın 10:00"
+    staff.send("yarın 10:00")
+    staff.send("12:00")
+    assert staff.texts() == "Kaç gönüllü gerekiyor? (1 ile 10.000 arasında bir sayı yazın)"
+    staff.send("10001")
+    assert staff.texts() == ("Lütfen 1 ile 10.000 arasında bir sayı yazın.\n"
+                             "Kaç gönüllü gerekiyor? (1 ile 10.000 arasında bir sayı yazın)")
+    staff.send("1")
+    staff.tap("send")
+    day = utcnow().astimezone(IST).date() + timedelta(days=1)
+    with Session(app.db) as db:
+        call = db.get(VolunteerCall, 1)
+    assert (call.capacity, aware(call.starts_at), call.created_by) == (
+        1, datetime.combine(day, time(10), tzinfo=IST), f"staff:{staff_id(app, staff)}")
+
+
+def staff_id(app, person: Person) -> int:
+    with Session(app.db) as db:
+        return db.exec(select(Staff.id).where(Staff.console == person.address)).one()
+
+
+# ---------------------------------------------------------------- the staff operations (conversations/domain/volunteering.py)
+def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app):
+    app = make_app()
+    vol = Person(app, "vol").onboard()
+    join(vol, "disaster", ["weekends"])
+    call = new_call(app, ["disaster"], "2030-11-30 10:00", capacity=2)
+    vol.tap(f"vc:{call.id}:y")
+    viewer = Actor(who="staff:9", role="viewer", staff_id=9)
+    tz = app.engine.config.timezone
+    with transaction(app.db) as db:
+        with pytest.raises(Refused):
+            call_ops.create_call(db, viewer, pools=["disaster"], what="x", place="y", starts_at=call.starts_at,
+                                 ends_at=call.ends_at, capacity=1, catalog=app.catalog, tz=tz)
+        with pytest.raises(Refused):
+            call_ops.cancel_call(db, viewer, call.id, tz=tz)
+    with transaction(app.db) as db:
+        done = call_ops.cancel_call(db, Actor(who="staff:1", role="staff", staff_id=1), call.id, tz=tz)
+    assert (done.id, done.told, done.already) == (call.id, 1, False)
+    with Session(app.db) as db:
+        assert [(a.actor, a.action, a.target, a.details) for a in db.exec(
+            select(AuditLog).where(AuditLog.actor.in_(("staff:9", "staff:1"))).order_by(AuditLog.id))] == [
+            ("staff:9", "staff.refused", "call:new", {"refused": "volunteer.manage", "role": "viewer"}),
+            ("staff:9", "staff.refused", f"call:{call.id}", {"refused": "volunteer.manage", "role": "viewer"}),
+            ("staff:1", "volunteer.call_cancelled", f"call:{call.id}", {"told": 1})]
+        assert [c.id for c in db.exec(select(VolunteerCall))] == [call.id]
