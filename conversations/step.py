@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +24,7 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.text import clean_text, fold, match_options
 from storage import media as media_store
 from storage import outbox, repo
+from storage.db import aware
 from storage.models import ChannelIdentity, Resident
 
 if TYPE_CHECKING:
@@ -416,11 +417,7 @@ def _onboarded_for(current: "State", onboarded_at: datetime | None) -> bool:
 
 def expired(state: str, updated_at: datetime | None, now: datetime, expiry: timedelta) -> bool:
     """The conversation stopped longer ago than SESSION_EXPIRY: the next message finds the menu."""
-    return state != IDLE and updated_at is not None and now - _aware(updated_at) > expiry
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return state != IDLE and updated_at is not None and now - aware(updated_at) > expiry
 
 
 def takes_attachment(registry: "Registry", state: str, kind: Kind, *, onboarded_at: datetime | None, expired: bool,

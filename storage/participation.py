@@ -1,8 +1,9 @@
 """Volunteer pools, calls for volunteers, events, RSVPs, feedback and reminders (issue 5): tables.
 
-The rules that use them (places, reserve and waiting lists, reminders) live in
-conversations/participation.py; this module holds the tables and the few statements that must be
-race-safe:
+The rules that use them live in conversations/ (attendance.py: places and the waiting list;
+pools.py: volunteers and the reserve list; reminders.py; domain/events.py and
+domain/volunteering.py: the staff operations); this module holds the tables and the few
+statements that must be race-safe:
 
 * a place is taken with one conditional UPDATE of a counter on the call or event row
   (``accepted < capacity`` / ``going < capacity``), after the row is locked (FOR UPDATE on
