@@ -1,8 +1,10 @@
 """`katilim events add | edit | cancel | list | attendees | qr | feedback`.
 
 Times are typed in the municipality's time zone (Europe/Istanbul): "2026-11-28 14:00",
-"28.11.2026 14:00" or "yarın 18:00" (conversations/when.py reads them, as in the chat). Changes of time or place and cancellations are told to everyone registered or
-waiting through the outbox (the running bot delivers them), in their own language.
+"28.11.2026 14:00" or "yarın 18:00" (conversations/when.py reads them, as in the chat). Changes of
+time or place and cancellations are told to everyone registered or waiting through the outbox
+(the running bot delivers them), in their own language. The operations are the chat's own
+(conversations/domain/events.py), done as an admin named "cli:USER".
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlmodel import select
 
+from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
 from conversations import attendance, reminders
 from conversations.domain import events as event_ops
@@ -171,11 +173,12 @@ def cmd_edit(settings: Settings, args) -> int:
         event = _event(db, args.id)
         start = _time(settings, args.start, tz)
         end = _time(settings, args.end, tz, base=start or event.starts_at)
-        change = event_ops.EventChange(title=_texts(args, "title"), description=_texts(args, "description"), type=args.type,
-                               starts_at=start, ends_at=end, place=args.place, latitude=lat, longitude=lon,
-                               clear_pin=args.no_pin, capacity=args.capacity, clear_capacity=args.no_capacity,
-                               registration_deadline=_time(settings, args.deadline, tz, base=start or event.starts_at),
-                               clear_deadline=args.no_deadline)
+        change = event_ops.EventChange(
+            title=_texts(args, "title"), description=_texts(args, "description"), type=args.type, starts_at=start,
+            ends_at=end, place=args.place, latitude=lat, longitude=lon, clear_pin=args.no_pin, capacity=args.capacity,
+            clear_capacity=args.no_capacity,
+            registration_deadline=_time(settings, args.deadline, tz, base=start or event.starts_at),
+            clear_deadline=args.no_deadline)
         edited = event_ops.update_event(db, Actor.cli(operator_name()), args.id, change, now=utcnow(),
                                         offsets=reminders.offsets_of(settings), tz=tz, domain=domain)
         print(_show(edited.event, tz))

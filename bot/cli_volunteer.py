@@ -11,9 +11,9 @@ import sys
 
 from sqlmodel import select
 
+from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
 from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in

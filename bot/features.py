@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bot import broadcasts as broadcast_jobs
-from bot import cli_apikey, cli_broadcast, cli_core, cli_events, cli_reports, cli_volunteer, cli_worker
-from bot import dispatcher, participation_jobs, scheduler
+from bot import (
+    cli_apikey,
+    cli_broadcast,
+    cli_core,
+    cli_events,
+    cli_reports,
+    cli_volunteer,
+    cli_worker,
+    dispatcher,
+    participation_jobs,
+    scheduler,
+)
 from conversations import (
     audiences,
     broadcast,

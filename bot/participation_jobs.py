@@ -55,7 +55,7 @@ def reminders_job(app) -> Job:
     async def run(app=app) -> None:
         try:
             await asyncio.to_thread(scan_reminders, app)
-        except Exception:  # noqa: BLE001  (the next scan tries again; nothing was committed)
+        except Exception:  # logged; the next scan tries again (nothing was committed)
             log.exception("reminder scan failed")
 
     return Job("reminders", app.settings.reminder_scan_interval, run)
@@ -65,7 +65,7 @@ def feedback_job(app) -> Job:
     async def run(app=app) -> None:
         try:
             await asyncio.to_thread(ask_feedback, app)
-        except Exception:  # noqa: BLE001
+        except Exception:  # logged; the next run asks again (nothing was committed)
             log.exception("feedback requests failed")
 
     return Job("feedback", FEEDBACK_INTERVAL, run)

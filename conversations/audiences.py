@@ -11,7 +11,7 @@ def register_audiences() -> None:
     an event's attendees or its waiting list: {"pools": ["environment"]}, {"volunteer_call": 3},
     {"event_attendees": 12}, {"event_waitlist": 12}."""
     try:
-        from storage.broadcasts import AUDIENCE_FILTERS, R, BroadcastError, audience_filter
+        from storage.broadcasts import AUDIENCE_FILTERS, BroadcastError, R, audience_filter
     except ImportError:  # pragma: no cover - broadcasts not installed
         return
     from sqlalchemy import exists

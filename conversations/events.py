@@ -151,7 +151,8 @@ def on_event_list(ctx: Ctx, msg: Inbound) -> Transition:
 
 # ---------------------------------------------------------------- one event
 def detail_text(ctx: Ctx, event: Event, rsvp) -> str:
-    lines = [ctx.t("event.detail", title=event.title_in(ctx.lang), type=ctx.t(TYPE_KEYS.get(event.type, "event.type.other")),
+    lines = [ctx.t("event.detail", title=event.title_in(ctx.lang),
+                   type=ctx.t(TYPE_KEYS.get(event.type, "event.type.other")),
                    when=span_text(event.starts_at, event.ends_at, ctx.lang, _tz(ctx)), place=event.place or "-")]
     description = event.description_in(ctx.lang)
     if description:
@@ -177,7 +178,8 @@ def detail_text(ctx: Ctx, event: Event, rsvp) -> str:
 
 def status_line(ctx: Ctx, event: Event, rsvp) -> str:
     if rsvp is None or rsvp.status == "cancelled":
-        if event.status == "active" and not attendance.registration_open(event, ctx.now) and aware(event.ends_at) > ctx.now:
+        ahead = aware(event.ends_at) > ctx.now
+        if event.status == "active" and not attendance.registration_open(event, ctx.now) and ahead:
             return ctx.t("event.registration_closed")
         return ""
     if rsvp.checked_in_at is not None:
@@ -238,7 +240,8 @@ def on_event_detail(ctx: Ctx, msg: Inbound) -> Transition:
         ctx.db.refresh(event)
         title = event.title_in(ctx.lang)
         if outcome == "going":
-            ctx.say(ctx.t("event.registered", title=title, when=span_text(event.starts_at, event.ends_at, ctx.lang, _tz(ctx))),
+            when = span_text(event.starts_at, event.ends_at, ctx.lang, _tz(ctx))
+            ctx.say(ctx.t("event.registered", title=title, when=when),
                     document=calendar_files.ics_attachment(event, ctx.lang, _domain(ctx)))
         elif outcome in ("waitlist", "already_waitlist"):
             key = N_("event.waitlisted") if outcome == "waitlist" else N_("event.already_waitlisted")

@@ -215,7 +215,8 @@ def offer_reserve(db: Session, call: VolunteerCall, *, tz: str) -> int:
 
 def calls_of(db: Session, resident_id: int, now: datetime) -> list[tuple[CallResponse, VolunteerCall]]:
     """A volunteer's upcoming duties and reserve spots."""
-    return list(db.exec(select(CallResponse, VolunteerCall).join(VolunteerCall, VolunteerCall.id == CallResponse.call_id)
+    return list(db.exec(select(CallResponse, VolunteerCall)
+                        .join(VolunteerCall, VolunteerCall.id == CallResponse.call_id)
                         .where(CallResponse.resident_id == resident_id,
                                CallResponse.status.in_(("accepted", "reserve")),
                                VolunteerCall.status == "open", VolunteerCall.ends_at > now)

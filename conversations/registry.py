@@ -424,7 +424,7 @@ def _targets(module_names: tuple[str, ...]) -> tuple[Target, ...]:
             how = "Go to" if name == "Go" else f"{name}(...) leads to"
             found += [Target(value, f"{scan.where}:{call.lineno}", how) for value in scan.strings(arg, call)]
         for node in scan.dicts:
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value in RESUME_KEYS:
                     found += [Target(name, f"{scan.where}:{node.lineno}", f"{key.value!r} names")
                               for name in scan.strings(value, node)]

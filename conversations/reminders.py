@@ -20,7 +20,15 @@ from conversations.registry import Router
 from conversations.when import span_text
 from storage import outbox, repo
 from storage.db import aware, one_of
-from storage.participation import CallResponse, Event, Reminder, Rsvp, VolunteerCall, claim_due_reminders, settle_reminders
+from storage.participation import (
+    CallResponse,
+    Event,
+    Reminder,
+    Rsvp,
+    VolunteerCall,
+    claim_due_reminders,
+    settle_reminders,
+)
 
 if TYPE_CHECKING:
     from conversations.step import EngineConfig
@@ -86,11 +94,11 @@ def enable_reminders_for(db: Session, resident_id: int, now: datetime, offsets: 
     """After a resident turns reminders on: reminders for everything they are registered for."""
     offsets = list(offsets)
     made = 0
-    for rsvp, event in db.exec(select(Rsvp, Event).join(Event, Event.id == Rsvp.event_id).where(
+    for _rsvp, event in db.exec(select(Rsvp, Event).join(Event, Event.id == Rsvp.event_id).where(
             Rsvp.resident_id == resident_id, Rsvp.status == "going", Event.status == "active",
             Event.starts_at > now)):
         made += schedule_reminders(db, resident_id, "event", event.id, event.starts_at, now, offsets)
-    for response, call in db.exec(select(CallResponse, VolunteerCall).join(
+    for _response, call in db.exec(select(CallResponse, VolunteerCall).join(
             VolunteerCall, VolunteerCall.id == CallResponse.call_id).where(
             CallResponse.resident_id == resident_id, CallResponse.status == "accepted",
             VolunteerCall.status == "open", VolunteerCall.starts_at > now)):
@@ -159,7 +167,8 @@ class _ReminderSubjects:
     def __init__(self, db: Session, due: list[Reminder]) -> None:
         event_ids = {r.subject_id for r in due if r.subject_kind == "event"}
         call_ids = {r.subject_id for r in due if r.subject_kind != "event"}
-        self.events = {e.id: e for e in db.exec(select(Event).where(one_of(db, Event.id, event_ids)))} if event_ids else {}
+        self.events = ({e.id: e for e in db.exec(select(Event).where(one_of(db, Event.id, event_ids)))}
+                       if event_ids else {})
         residents = {r.resident_id for r in due}
         # both IN lists: the (event_id, resident_id) unique index is probed for each pair
         # statuses as columns: ORM objects of a hundred rows cost more than the query

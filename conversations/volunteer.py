@@ -64,7 +64,8 @@ def _hood_name(ctx: Ctx, key: str | None) -> str:
 
 
 # ---------------------------------------------------------------- entry
-@router.command("volunteer", "gonullu", "gönüllü", "volunteer", menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"},
+@router.command("volunteer", "gonullu", "gönüllü", "volunteer",
+                menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"},
                 description=N_("volunteer.command"))
 def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
     return require_consent(ctx, "volunteering", "volunteer.home")
@@ -130,7 +131,7 @@ def on_pool_detail(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def _availability(ctx: Ctx, weekdays: bool, weekends: bool, evenings: bool) -> str:
-    chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings)) if on]
+    chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings), strict=True) if on]
     return ctx.t.join(ctx.t(AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
 
 
@@ -412,7 +413,8 @@ def call_confirm(ctx: Ctx) -> None:
     start, end = d.get("starts_at"), d.get("ends_at")
     when = (span_text(datetime.fromisoformat(start), datetime.fromisoformat(end), ctx.lang, _tz(ctx))
             if start and end else none)
-    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=ctx.t.join(_pool_name(ctx, p) for p in d.get("pools", [])) or none,
+    pools = ctx.t.join(_pool_name(ctx, p) for p in d.get("pools", [])) or none
+    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=pools,
                   what=d.get("what") or none, place=d.get("place") or none, when=when,
                   capacity=d.get("capacity") or none),
             [Choice("send", ctx.t("volunteer.call_new.send")), Choice("drop", ctx.t("volunteer.discard"))])

@@ -18,14 +18,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select as sa_select, text
+from sqlalchemy import func, inspect, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
 from bot.dispatcher import Dispatcher
 from conversations.domain import events as event_ops
 from conversations.domain import volunteering as call_ops
-from conversations.permissions import Actor
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from handlers.whatsapp import to_inbound
 from storage import reports as rp
 from storage.attachments import MediaUpload
@@ -35,7 +36,7 @@ from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, Broadcast, ConversationSession, OutboxMessage, Resident, Staff
 from tests.participation_support import Person, local_time
 from tests.privacy_support import dump, jpeg, strings_in
-from tests.test_whatsapp import AYSE, MEHMET, numbered, wa, twilio  # noqa: F401  (fixtures)
+from tests.test_whatsapp import AYSE, MEHMET, numbered, twilio, wa  # noqa: F401  (fixtures)
 
 CODE = re.compile(r"[A-Z]{2,5}-\d{4}-\d{6}")
 TG_AYSE = 8123456789          # Ayşe's Telegram chat id

@@ -11,9 +11,9 @@ from sqlmodel import Session, select
 
 from conversations import attendance, pools, reminders
 from conversations.domain import events as event_ops
+from conversations.i18n import t_in
 from conversations.permissions import Actor
 from conversations.reports import CODE_RE
-from conversations.i18n import t_in
 from storage import broadcasts as bc
 from storage import reports as rp
 from storage.db import transaction, utcnow

@@ -16,10 +16,10 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from conversations import attendance
-from conversations.reminders import send_due_reminders
 from conversations.domain import events as event_ops
-from conversations.permissions import Actor
 from conversations.i18n import t_in
+from conversations.permissions import Actor
+from conversations.reminders import send_due_reminders
 from storage.db import aware, transaction, utcnow
 from storage.models import OutboxMessage
 from storage.participation import Event, Reminder

@@ -177,7 +177,8 @@ def test_a_call_fills_up_then_the_reserve_list_takes_a_freed_place(make_app):
     assert responses(app, call.id) == {ali.resident_id: ("cancelled", None), berk.resident_id: ("reserve", 1),
                                        cem.resident_id: ("accepted", None)}
     with Session(app.db) as db:
-        reminders = {(r.resident_id, r.status) for r in db.exec(select(Reminder).where(Reminder.subject_kind == "call"))}
+        reminders = {(r.resident_id, r.status)
+                     for r in db.exec(select(Reminder).where(Reminder.subject_kind == "call"))}
     assert reminders == {(ali_id, "dropped"), (cem_id, "pending")}
 
     cem.send("/gonullu")
@@ -204,7 +205,7 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
         barrier = threading.Barrier(2)
         results: dict[str, str] = {}
 
-        def tap(p: Person) -> None:
+        def tap(p: Person, barrier=barrier, results=results, call=call) -> None:
             barrier.wait()
             results[p.address] = p.texts(p.tap(f"vc:{call.id}:t"))
 
@@ -213,7 +214,8 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
             t.start()
         for t in threads:
             t.join(30)
-        won = [a for a, text in results.items() if text.startswith(t_in("tr", "volunteer.call.place_yours").split("{")[0])]
+        yours = t_in("tr", "volunteer.call.place_yours").split("{")[0]
+        won = [a for a, text in results.items() if text.startswith(yours)]
         assert len(won) == 1, results
         states = responses(app, call.id)
         assert sorted(states[p.resident_id][0] for p in racers) == ["accepted", "reserve"]
@@ -336,7 +338,7 @@ def staff_id(app, person: Person) -> int:
         return db.exec(select(Staff.id).where(Staff.console == person.address)).one()
 
 
-# ---------------------------------------------------------------- the staff operations (conversations/domain/volunteering.py)
+# ---------------------------------------------------------------- the staff operations (domain/volunteering.py)
 def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app):
     app = make_app()
     vol = Person(app, "vol").onboard()
