@@ -1,4 +1,4 @@
-"""`katilim volunteers call | calls | responses | cancel-call | members`.
+"""`katilim volunteers call | calls | responses | close-call | cancel-call | members`.
 
 A call goes to every volunteer of the given pools who is available then (weekdays, weekends or
 evenings, from the start time in the municipality's time zone) and consented to volunteering,
@@ -22,7 +22,7 @@ from conversations.permissions import Actor
 from conversations.when import span_text
 from storage.db import transaction, utcnow
 from storage.models import Resident
-from storage.participation import CallResponse, PoolMembership, VolunteerCall
+from storage.participation import CALL_HELD, CallResponse, PoolMembership, VolunteerCall
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = vsub.add_parser("responses", help="who accepted, declined, is on the reserve list")
     r.add_argument("id", type=int)
     r.set_defaults(func=cmd_responses)
+
+    cl = vsub.add_parser("close-call", help="close a call: no more answers (the invited and reserves are told)")
+    cl.add_argument("id", type=int)
+    cl.set_defaults(func=cmd_close_call)
 
     x = vsub.add_parser("cancel-call", help="cancel a call (accepted and reserve volunteers are told)")
     x.add_argument("id", type=int)
@@ -95,7 +99,7 @@ def cmd_calls(settings: Settings, args) -> int:
     with transaction(engine) as db:
         query = select(VolunteerCall).order_by(VolunteerCall.starts_at)
         if not args.all:
-            query = query.where(VolunteerCall.status == "open", VolunteerCall.ends_at > utcnow())
+            query = query.where(VolunteerCall.status.in_(CALL_HELD), VolunteerCall.ends_at > utcnow())
         calls = list(db.exec(query))
         for call in calls:
             print(_show(call, tz))
@@ -121,12 +125,20 @@ def cmd_responses(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_close_call(settings: Settings, args) -> int:
+    return _end_call(settings, args, call_ops.close_call, "closed")
+
+
 def cmd_cancel_call(settings: Settings, args) -> int:
+    return _end_call(settings, args, call_ops.cancel_call, "cancelled")
+
+
+def _end_call(settings: Settings, args, operation, done: str) -> int:
     engine, catalog, tz = _context(settings)
     try:
         with transaction(engine) as db:
-            cancelled = call_ops.cancel_call(db, Actor.cli(operator_name()), args.id, tz=tz)
-            print(f"call {args.id} cancelled; {counted(cancelled.told, 'volunteer')} told")
+            ended = operation(db, Actor.cli(operator_name()), args.id, tz=tz)
+            print(f"call {args.id} {done}; {counted(ended.told, 'volunteer')} told")
     except ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0

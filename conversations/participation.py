@@ -49,9 +49,9 @@ assert set(TYPE_KEYS) == set(EVENT_TYPES) and set(AVAILABILITY_KEYS) == set(AVAI
 
 
 @dataclass(frozen=True)
-class Cancelled:
-    """What a staff cancellation did (an event's, a call's): the residents told, 0 when it was
-    cancelled already."""
+class Ended:
+    """What ending something did (cancelling an event, closing or cancelling a call): the residents
+    told; `already` (and 0 told) when it had ended before."""
 
     id: int
     told: int

@@ -15,6 +15,7 @@ from conversations.registry import Router
 from conversations.reminders import drop_reminders, offsets_of
 from storage.db import aware, utcnow
 from storage.participation import (
+    CALL_HELD,
     CallResponse,
     Event,
     EventFeedback,
@@ -139,7 +140,7 @@ def withdraw_volunteering(db: Session, resident_id: int, *, now: datetime, tz: s
     for response, call in db.exec(select(CallResponse, VolunteerCall).join(
             VolunteerCall, VolunteerCall.id == CallResponse.call_id).where(
             CallResponse.resident_id == resident_id, VolunteerCall.starts_at > now)).all():
-        if response.status == "accepted" and call.status == "open":
+        if response.status == "accepted" and call.status in CALL_HELD:
             lock_call(db, call.id)
             cancel_call_place(db, call, response, now=now, tz=tz, params={})
         drop_reminders(db, "call", call.id, resident_id, note="no_consent")

@@ -9,7 +9,7 @@ from datetime import datetime, time, timedelta
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete
+from sqlalchemy import and_, delete, or_
 from sqlmodel import Session, select
 
 from conversations.i18n import N_, Translator, translator
@@ -20,6 +20,7 @@ from conversations.when import span_text
 from storage import outbox, repo
 from storage.db import aware, utcnow
 from storage.participation import (
+    CALL_HELD,
     CallResponse,
     PoolMembership,
     VolunteerCall,
@@ -139,7 +140,9 @@ def respond_to_call(db: Session, call_id: int, resident_id: int, action: str, *,
     if call is None or response is None:
         return Outcome(N_("volunteer.call.unknown"), {})
     params = call_params(call, lang, tz)
-    if call.status != "open" or aware(call.starts_at) <= now:
+    if call.status not in CALL_HELD or aware(call.starts_at) <= now:
+        return Outcome(N_("volunteer.call.closed"), params)
+    if call.status == "closed" and action not in ("c", "cy"):  # closed: one may only give a place back
         return Outcome(N_("volunteer.call.closed"), params)
     cancel = [(f"{CALL_PREFIX}:{call.id}:c", N_("volunteer.call.cancel_button"))]
     if action in ("y", "t") and not repo.current_consents(db, resident_id).get("volunteering"):
@@ -195,6 +198,8 @@ def cancel_call_place(db: Session, call: VolunteerCall, response: CallResponse, 
         return Outcome(N_("volunteer.call.reserve_left"), params)
     free_call_place(db, call.id)
     drop_reminders(db, "call", call.id, response.resident_id)
+    if call.status != "open":  # closed: nobody else is asked
+        return Outcome(N_("volunteer.call.cancelled_by_you_closed"), params)
     offer_reserve(db, call, tz=tz)
     return Outcome(N_("volunteer.call.cancelled_by_you"), params)
 
@@ -214,10 +219,11 @@ def offer_reserve(db: Session, call: VolunteerCall, *, tz: str) -> int:
 
 
 def calls_of(db: Session, resident_id: int, now: datetime) -> list[tuple[CallResponse, VolunteerCall]]:
-    """A volunteer's upcoming duties and reserve spots."""
+    """A volunteer's upcoming duties (of open and closed calls) and reserve spots (of open calls)."""
+    duty = and_(CallResponse.status == "accepted", VolunteerCall.status.in_(CALL_HELD))
+    reserve = and_(CallResponse.status == "reserve", VolunteerCall.status == "open")
     return list(db.exec(select(CallResponse, VolunteerCall)
                         .join(VolunteerCall, VolunteerCall.id == CallResponse.call_id)
-                        .where(CallResponse.resident_id == resident_id,
-                               CallResponse.status.in_(("accepted", "reserve")),
-                               VolunteerCall.status == "open", VolunteerCall.ends_at > now)
+                        .where(CallResponse.resident_id == resident_id, or_(duty, reserve),
+                               VolunteerCall.ends_at > now)
                         .order_by(VolunteerCall.starts_at)))

@@ -21,6 +21,7 @@ from conversations.when import span_text
 from storage import outbox, repo
 from storage.db import aware, one_of
 from storage.participation import (
+    CALL_HELD,
     CallResponse,
     Event,
     Reminder,
@@ -101,7 +102,7 @@ def enable_reminders_for(db: Session, resident_id: int, now: datetime, offsets: 
     for _response, call in db.exec(select(CallResponse, VolunteerCall).join(
             VolunteerCall, VolunteerCall.id == CallResponse.call_id).where(
             CallResponse.resident_id == resident_id, CallResponse.status == "accepted",
-            VolunteerCall.status == "open", VolunteerCall.starts_at > now)):
+            VolunteerCall.status.in_(CALL_HELD), VolunteerCall.starts_at > now)):
         made += schedule_reminders(db, resident_id, "call", call.id, call.starts_at, now, offsets)
     return made
 
@@ -205,7 +206,7 @@ def _reminder_message(reminder: Reminder, now: datetime, grace: timedelta, tz: s
 
         return None, build
     call = subjects.calls.get(reminder.subject_id)
-    if call is None or call.status != "open" or subjects.responses.get(
+    if call is None or call.status not in CALL_HELD or subjects.responses.get(
             (reminder.subject_id, reminder.resident_id)) != "accepted":
         return "not_going", None
     if aware(call.starts_at) <= now:

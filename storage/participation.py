@@ -22,6 +22,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from storage.db import is_postgres, one_of, utcnow
 
+CALL_HELD = ("open", "closed")  # a call whose accepted volunteers still come (duties, reminders)
 EVENT_TYPES = ("panel", "konferans", "atolye", "odak_grup", "sosyo_kulturel", "other")
 AVAILABILITY = ("weekdays", "weekends", "evenings")
 
@@ -56,7 +57,8 @@ class VolunteerCall(SQLModel, table=True):
     capacity: int = Field(default=1)
     accepted: int = Field(default=0)  # places taken (the race-safe counter)
     invited: int = Field(default=0)  # volunteers the call was sent to
-    status: str = Field(default="open", max_length=16)  # open, cancelled
+    # open; closed (no more answers: who accepted still comes, CALL_HELD); cancelled
+    status: str = Field(default="open", max_length=16)
     created_by: str = Field(default="", max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -17,6 +17,7 @@ from conversations import participation_data
 from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in, translator
 from conversations.permissions import Actor, Refused
+from conversations.when import span_text
 from storage.db import aware, transaction, utcnow
 from storage.models import AuditLog, Staff
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
@@ -363,3 +364,42 @@ def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app)
             ("staff:9", "staff.refused", f"call:{call.id}", {"refused": "volunteer.manage", "role": "viewer"}),
             ("staff:1", "volunteer.call_cancelled", f"call:{call.id}", {"told": 1})]
         assert [c.id for c in db.exec(select(VolunteerCall))] == [call.id]
+
+
+def test_cli_closes_a_call_the_accepted_keep_their_duty(make_app, tmp_path):
+    app = make_app()
+    ali, berk, cem = (Person(app, name).onboard() for name in ("ali", "berk", "cem"))
+    for person in (ali, berk, cem):
+        join(person, "education", ["weekdays"])
+    call = new_call(app, ["education"], WEDNESDAY_10, capacity=1, what="Etüt desteği")
+    ali.tap(f"vc:{call.id}:y")   # the place
+    berk.tap(f"vc:{call.id}:y")  # the reserve list; cem does not answer
+    env = subprocess_env(DATABASE_URL=app.settings.database_url, MEDIA_DIR=str(tmp_path / "media"))
+
+    def katilim(*args):
+        return subprocess.run([sys.executable, "-m", "bot.cli", "volunteers", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    closed = katilim("close-call", str(call.id))
+    assert (closed.returncode, closed.stdout, closed.stderr) == (0, f"call {call.id} closed; 2 volunteers told\n", "")
+    when = span_text(call.starts_at, call.ends_at, "tr", "Europe/Istanbul")
+    notice = (f"🔒 «Etüt desteği» ({when}) gönüllü çağrısı kapandı: yeterli gönüllü bulundu. "
+              "Gösterdiğiniz ilgi için teşekkürler!")
+    assert berk.notifications()[-1].text == notice and cem.notifications()[-1].text == notice
+    assert not any(n.text == notice for n in ali.notifications())
+    assert katilim("close-call", str(call.id)).stdout == f"call {call.id} closed; 0 volunteers told\n"  # once
+    listed = katilim("calls")
+    assert listed.stdout.startswith(f"call {call.id} [closed] Etüt desteği · ")
+
+    assert cem.texts(cem.tap(f"vc:{call.id}:y")) == "«Etüt desteği» çağrısı artık açık değil."
+    ali_id = ali.resident_id
+    with Session(app.db) as db:  # the duty's reminders stay
+        assert {(r.resident_id, r.status) for r in db.exec(select(Reminder))} == {(ali_id, "pending")}
+    ali.send("/gonullu")
+    ali.tap("mine")
+    assert f"c:{call.id}" in ali.keys()  # the duty is still theirs
+    given_back = ali.texts(ali.tap(f"vc:{call.id}:cy"))
+    assert given_back == "Yeriniz iptal edildi; zamanında haber verdiğiniz için teşekkürler."
+    assert not any("vc:" in c.key and c.key.endswith(":t") for n in berk.notifications() for c in n.choices)
+    cancelled = katilim("cancel-call", str(call.id))
+    assert cancelled.stdout == f"call {call.id} cancelled; 1 volunteer told\n"  # berk, still on the reserve list

@@ -15,7 +15,7 @@ from conversations.attendance import attendees, new_checkin_token, promote_waitl
 from conversations.calendar_files import ics_attachment
 from conversations.i18n import N_, Translator
 from conversations.messages import Choice, Outbound
-from conversations.participation import EVENT_PREFIX, Cancelled, ParticipationError
+from conversations.participation import EVENT_PREFIX, Ended, ParticipationError
 from conversations.permissions import Actor, check_audited
 from conversations.reminders import drop_reminders, schedule_reminders
 from conversations.when import span_text
@@ -171,14 +171,14 @@ def change_notice(event: Event, going: bool, tz: str, domain: str):
 
 
 def cancel_event(db: Session, actor: Actor, event_id: int, *, now: datetime, tz: str,
-                 domain: str = "katilim") -> Cancelled:
+                 domain: str = "katilim") -> Ended:
     """Cancel an event: everyone registered or waiting is told; reminders dropped."""
     check_audited(db, actor, ACTION, f"event:{event_id}")
     event = lock_event(db, event_id)
     if event is None:
         raise ParticipationError(N_("event.not_found"))
     if event.status == "cancelled":
-        return Cancelled(event.id, 0, already=True)
+        return Ended(event.id, 0, already=True)
     event.status, event.updated_at = "cancelled", now
     event.sequence += 1
     db.add(event)
@@ -191,4 +191,4 @@ def cancel_event(db: Session, actor: Actor, event_id: int, *, now: datetime, tz:
         told += outbox.notify_resident(db, rsvp.resident_id, build, tz=tz)
     drop_reminders(db, "event", event.id, note="event_cancelled")
     repo.audit(db, actor.who, "event.cancelled", f"event:{event.id}", told=told)
-    return Cancelled(event.id, told)
+    return Ended(event.id, told)

@@ -1,6 +1,6 @@
-"""Staff operations on calls for volunteers, one function each, called by the chat
-(/gonullucagri: conversations/volunteer.py) and the CLI (`katilim volunteers`: bot/cli_volunteer.py)
-alike. Each takes the Actor, checks "volunteer.manage" (a refusal is audited, then raised as
+"""Staff operations on calls for volunteers (post, close, cancel), one function each, called by the
+chat (/gonullucagri: conversations/volunteer.py) and the CLI (`katilim volunteers`:
+bot/cli_volunteer.py) alike. Each takes the Actor, checks "volunteer.manage" (a refusal is audited, then raised as
 Refused), writes the change, its audit row and the volunteers' outbox notices in the caller's
 transaction, and returns what happened."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from conversations.i18n import N_, Translator
 from conversations.messages import Outbound
-from conversations.participation import Cancelled, ParticipationError
+from conversations.participation import Ended, ParticipationError
 from conversations.permissions import Actor, check_audited
 from conversations.pools import call_params, invite_builder, matching_volunteers
 from conversations.reminders import drop_reminders
@@ -52,23 +52,38 @@ def create_call(db: Session, actor: Actor, *, pools: list[str], what: str, place
     return call
 
 
-def cancel_call(db: Session, actor: Actor, call_id: int, *, tz: str) -> Cancelled:
-    """Staff cancel a call: every accepted and reserve volunteer is told; reminders dropped."""
+def close_call(db: Session, actor: Actor, call_id: int, *, tz: str) -> Ended:
+    """Staff close a call (enough volunteers found): it takes no more answers; who accepted keeps
+    the duty, its reminders and may still give the place back; the invited who did not answer and
+    the reserve list are told, thanked. `already` when it was not open."""
+    return _end_call(db, actor, call_id, tz=tz, status="closed", from_statuses=("open",),
+                     told=("invited", "reserve"), notice=N_("volunteer.call.closed_notice"))
+
+
+def cancel_call(db: Session, actor: Actor, call_id: int, *, tz: str) -> Ended:
+    """Staff cancel a call (open or closed): every accepted and reserve volunteer is told; reminders dropped."""
+    return _end_call(db, actor, call_id, tz=tz, status="cancelled", from_statuses=("open", "closed"),
+                     told=("accepted", "reserve"), notice=N_("volunteer.call.cancelled_notice"))
+
+
+def _end_call(db: Session, actor: Actor, call_id: int, *, tz: str, status: str, from_statuses: tuple[str, ...],
+              told: tuple[str, ...], notice: str) -> Ended:
     check_audited(db, actor, ACTION, f"call:{call_id}")
     call = lock_call(db, call_id)
     if call is None:
         raise ParticipationError(N_("volunteer.call.unknown"))
-    if call.status == "cancelled":
-        return Cancelled(call.id, 0, already=True)
-    call.status = "cancelled"
+    if call.status not in from_statuses:
+        return Ended(call.id, 0, already=True)
+    call.status = status
     db.add(call)
-    told = 0
+    count = 0
     for response in db.exec(select(CallResponse).where(CallResponse.call_id == call.id,
-                                                       CallResponse.status.in_(("accepted", "reserve")))):
+                                                       CallResponse.status.in_(told))):
         def build(t: Translator, lang: str) -> Outbound:
-            return Outbound(t("volunteer.call.cancelled_notice", **call_params(call, lang, tz)))
+            return Outbound(t(notice, **call_params(call, lang, tz)))
 
-        told += outbox.notify_resident(db, response.resident_id, build, tz=tz)
-    drop_reminders(db, "call", call.id, note="call_cancelled")
-    repo.audit(db, actor.who, "volunteer.call_cancelled", f"call:{call.id}", told=told)
-    return Cancelled(call.id, told)
+        count += outbox.notify_resident(db, response.resident_id, build, tz=tz)
+    if status == "cancelled":
+        drop_reminders(db, "call", call.id, note="call_cancelled")
+    repo.audit(db, actor.who, f"volunteer.call_{status}", f"call:{call.id}", told=count)
+    return Ended(call.id, count)
