@@ -505,7 +505,10 @@ def on_add_confirm(ctx: Ctx, msg: Inbound) -> Transition:
                                        place=d.get("place", ""), latitude=pin[0], longitude=pin[1],
                                        capacity=d.get("capacity"), registration_deadline=_dt(d.get("deadline")),
                                        now=ctx.now)
-    except (ParticipationError, Refused) as exc:
+    except Refused:  # staff screens admit admin and staff (repo.CHAT_STAFF_ROLES): should the rules ever differ
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    except ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
     username = bot_username(ctx)
@@ -540,7 +543,10 @@ def apply_change(ctx: Ctx, change: event_ops.EventChange) -> Transition:
     try:
         edited = event_ops.update_event(ctx.db, _actor(ctx), int(ctx.data["event_id"]), change, now=ctx.now,
                                         offsets=_offsets(ctx), tz=_tz(ctx), domain=_domain(ctx))
-    except (ParticipationError, Refused) as exc:
+    except Refused:
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    except ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go("event.edit", {"event_id": ctx.data.get("event_id")})
     ctx.say(ctx.t.n("event.edit.saved", edited.told, told=edited.told))
@@ -644,7 +650,10 @@ def on_edit_cancel(ctx: Ctx, msg: Inbound) -> Transition:
     try:
         cancelled = event_ops.cancel_event(ctx.db, _actor(ctx), int(ctx.data["event_id"]), now=ctx.now, tz=_tz(ctx),
                                            domain=_domain(ctx))
-    except (ParticipationError, Refused) as exc:
+    except Refused:  # staff screens admit admin and staff (repo.CHAT_STAFF_ROLES): should the rules ever differ
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    except ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
     ctx.say(ctx.t.n("event.edit.cancelled", cancelled.told, told=cancelled.told))

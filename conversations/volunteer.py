@@ -434,7 +434,10 @@ def on_call_confirm(ctx: Ctx, msg: Inbound) -> Transition:
                                     starts_at=datetime.fromisoformat(d["starts_at"]),
                                     ends_at=datetime.fromisoformat(d["ends_at"]), capacity=d["capacity"],
                                     catalog=ctx.catalog, tz=_tz(ctx), now=ctx.now)
-    except (ParticipationError, Refused) as exc:
+    except Refused:  # staff screens admit admin and staff (repo.CHAT_STAFF_ROLES): should the rules ever differ
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    except ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
     ctx.say(ctx.t.n("volunteer.call_new.sent", call.invited, id=call.id, invited=call.invited))
