@@ -427,7 +427,8 @@ def _time_state(name: str, prompt_key: str, next_state: str, data_key: str, *, b
 
 _time_state("event.add_start", N_("event.add.start"), "event.add_end", "starts_at")
 _time_state("event.add_end", N_("event.add.end"), "event.add_place", "ends_at", base_key="starts_at")
-_time_state("event.add_deadline", N_("event.add.deadline"), "event.add_confirm", "deadline", optional=True)
+_time_state("event.add_deadline", N_("event.add.deadline"), "event.add_confirm", "deadline", base_key="starts_at",
+            optional=True)  # "12:00": that day, as the CLI reads --deadline
 
 
 @router.state("event.add_place", staff_only=True)

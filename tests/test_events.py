@@ -452,11 +452,12 @@ def test_add_event_shows_a_future_example_reads_tomorrow_and_one_place(make_app)
                                  "Kaç kişilik yer var? (1 ile 10.000 arasında bir sayı yazın)")
     staff.send("1")  # one place, not the first button ("Sınır yok")
     assert staff.texts() == t_in("tr", "event.add.deadline")
-    staff.tap("skip")
+    staff.send("17:00")  # the day of the start
     staff.tap("save")
     with Session(app.db) as db:
         event = db.get(Event, 1)
-    assert (event.capacity, aware(event.starts_at), aware(event.ends_at)) == (1, tomorrow_at(18), tomorrow_at(20))
+    assert (event.capacity, aware(event.starts_at), aware(event.ends_at), aware(event.registration_deadline)) == (
+        1, tomorrow_at(18), tomorrow_at(20), tomorrow_at(17))
 
     staff.tap("edit")  # the edit menu's number step reads numbers the same way
     staff.tap("capacity")
