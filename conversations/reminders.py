@@ -19,7 +19,6 @@ from conversations.messages import Choice, Outbound
 from conversations.participation import CALL_PREFIX, EVENT_PREFIX
 from conversations.registry import Router
 from conversations.when import span_text
-from storage import outbox
 from storage.consents import current_consents, current_consents_many
 from storage.db import aware, one_of
 from storage.participation import (
