@@ -13,11 +13,12 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from conversations.domain.reports import routing
 from conversations.i18n import format_when, t_in
 from conversations.messages import Media
 from storage import media as media_store
 from storage import reports as rp
-from storage.db import transaction
+from storage.db import aware, transaction
 from storage.models import ChannelIdentity, ConsentRecord, OutboxMessage, Resident, Staff
 from tests.media_support import plain_jpeg
 from tests.test_panel import BASE, add_staff, audits, client, form_csrf, signed_in
@@ -384,7 +385,7 @@ async def test_assign_to_a_department_or_a_person_and_change_the_category(consol
         assert done.status_code == 303
     moved = report(app, code)
     assert moved.category == "waste" and moved.department == "temizlik_isleri"
-    assert moved.due_at == rp.routing(app.catalog, "waste", rp._aware(moved.created_at))[1] != filed.due_at
+    assert moved.due_at == routing(app.catalog, "waste", aware(moved.created_at))[1] != filed.due_at
     assert [a.details["to_category"] for a in audits(app, "report.category")] == ["waste"]
     async with signed_in(app, works) as c:                           # assigned to them: theirs again
         page = await c.get(path)

@@ -20,15 +20,18 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from conversations import geo
+from conversations import geo, notify
+from conversations.domain import reports as domain
 from conversations.i18n import LANGUAGES, N_
 from conversations.messages import Choice, Outbound
 from conversations.permissions import Actor, check
 from storage import media as media_store
-from storage import outbox, repo
 from storage import reports as rp
-from storage.db import utcnow
+from storage.audit import audit
+from storage.consents import record_consent
+from storage.db import aware, utcnow
 from storage.models import Resident, Staff
+from storage.residents import identity_for
 
 # A merge across categories or of reports further apart than this needs an explicit override.
 MERGE_MAX_METRES = 300.0
@@ -130,19 +133,21 @@ def change_status(db: Session, actor: Actor, code: str, status: str, *, note: st
     note = (note or "").strip()[:MAX_NOTE] or next(iter(notes.values()), "")
     if status == "rejected" and len(note) < 3:
         raise TriageError(N_("staffreport.reason_short"))
-    told = rp.to_be_told(db, report, status)
-    previous = report.status
+    reason = note if status == "rejected" else ""
     try:
-        report = rp.set_status(db, report.code, status, actor.who, note, reason=note if status == "rejected" else "",
-                               catalog=catalog, tz=tz, now=now, notify=not notes)
+        if len(set(notes.values())) <= 1:  # one note for everyone: the chat's and the CLI's operation
+            return domain.change_status(db, actor, report.code, status, note=note, reason=reason, catalog=catalog,
+                                        tz=tz, now=now).told
+        told = rp.to_be_told(db, report, status)
+        previous = report.status
+        report = rp.set_status(db, report.code, status, actor.who, note, reason=reason, now=now)
     except rp.ReportError as err:
         raise TriageError(err.key, **err.params) from None
-    _responded(report, actor, now or utcnow())
-    if notes and previous != status:
+    if previous != status:
         for resident_id in told:
-            outbox.notify_resident(db, resident_id, lambda t, lang: rp.status_notification(
-                t, lang, report, note=notes.get(lang, note), catalog=catalog), kind="notification", tz=tz)
-        repo.audit(db, actor.who, "report.status_notes", report.code, languages=sorted(notes))
+            notify.notify_resident(db, resident_id, lambda t, lang: notify.status_notification(
+                t, lang, report, note=notes.get(lang, note), catalog=catalog), tz=tz)
+        audit(db, actor.who, "report.status_notes", report.code, languages=sorted(notes))
     return told
 
 
@@ -155,7 +160,7 @@ def internal_note(db: Session, actor: Actor, code: str, text: str, *, catalog, n
         raise TriageError(N_("panel.report.note_empty"))
     now = now or utcnow()
     _event(db, report, actor, "note", now, note=text, internal=True)
-    repo.audit(db, actor.who, "report.internal_note", report.code)
+    audit(db, actor.who, "report.internal_note", report.code)
     db.flush()
 
 
@@ -171,7 +176,7 @@ def ask_reporter(db: Session, actor: Actor, code: str, question: str, *, catalog
         raise TriageError(N_("panel.report.question_nobody"))
     resident = db.get(Resident, report.resident_id)
     now = now or utcnow()
-    sent = outbox.notify_resident(db, report.resident_id, lambda t, lang: Outbound(
+    sent = notify.notify_resident(db, report.resident_id, lambda t, lang: Outbound(
         text=t("report.question.asked", code=report.code, question=question),
         choices=[Choice(f"{QUESTION_PREFIX}:{report.code}", t("report.question.answer_button"))]), tz=tz)
     if not sent:
@@ -179,7 +184,7 @@ def ask_reporter(db: Session, actor: Actor, code: str, question: str, *, catalog
     _event(db, report, actor, "question", now, note=question)
     _responded(report, actor, now)
     _touch(db, report, now)
-    repo.audit(db, actor.who, "report.question", report.code)
+    audit(db, actor.who, "report.question", report.code)
     db.flush()
     return resident.locale
 
@@ -211,7 +216,7 @@ def record_answer(db: Session, resident_id: int, report: rp.Report, text: str, *
                           note=(text or "").strip()[:MAX_NOTE]))
     report.updated_at = now
     db.add(report)
-    repo.audit(db, f"resident:{resident_id}", "report.answered", report.code)
+    audit(db, f"resident:{resident_id}", "report.answered", report.code)
     db.flush()
 
 
@@ -238,7 +243,7 @@ def assign(db: Session, actor: Actor, code: str, *, department: str | None = Non
         _event(db, report, actor, "assigned", now, note=f"staff:{assignee_id}" if assignee_id else "staff:")
     if changed:
         _touch(db, report, now)
-        repo.audit(db, actor.who, "report.assigned", report.code, **changed)
+        audit(db, actor.who, "report.assigned", report.code, **changed)
         db.flush()
     return report
 
@@ -255,10 +260,10 @@ def change_category(db: Session, actor: Actor, code: str, category: str, *, cata
     now = now or utcnow()
     previous = report.category
     report.category = category
-    report.department, report.due_at = rp.routing(catalog, category, rp._aware(report.created_at))
+    report.department, report.due_at = domain.routing(catalog, category, aware(report.created_at))
     _event(db, report, actor, "category", now, note=f"{previous}>{category}")
     _touch(db, report, now, catalog)
-    repo.audit(db, actor.who, "report.category", report.code, from_category=previous, to_category=category,
+    audit(db, actor.who, "report.category", report.code, from_category=previous, to_category=category,
                department=report.department)
     db.flush()
     return report
@@ -278,7 +283,7 @@ def move_pin(db: Session, actor: Actor, code: str, lat: float, lon: float, *, ca
         report.mahalle = found
     _event(db, report, actor, "moved", now, note=f"{lat:.5f}, {lon:.5f}")
     _touch(db, report, now, catalog)
-    repo.audit(db, actor.who, "report.moved", report.code, before=list(before), after=[report.latitude,
+    audit(db, actor.who, "report.moved", report.code, before=list(before), after=[report.latitude,
                                                                                       report.longitude])
     db.flush()
     return report
@@ -322,11 +327,11 @@ def merge(db: Session, actor: Actor, code: str, into_code: str, *, override: boo
         raise TriageError(key, code=source.code, into=target.code, metres=int(found.metres or 0),
                           limit=int(MERGE_MAX_METRES))
     try:
-        merged = rp.merge(db, source.code, target.code, actor.who, catalog=catalog, tz=tz, now=now)
+        merged = domain.merge(db, actor, source.code, target.code, catalog=catalog, tz=tz, now=now).report
     except rp.ReportError as err:
         raise TriageError(err.key, **err.params) from None
     if override and found.needs_override:
-        repo.audit(db, actor.who, "report.merge_override", merged.code, into=target.code,
+        audit(db, actor.who, "report.merge_override", merged.code, into=target.code,
                    other_category=found.other_category, metres=None if found.metres is None else int(found.metres))
     _responded(merged, actor, now or utcnow())
     return merged
@@ -349,7 +354,7 @@ def unmerge(db: Session, actor: Actor, code: str, *, catalog, tz: str = "Europe/
     if target is not None and event is not None:
         for follower in db.exec(select(rp.ReportFollower).where(rp.ReportFollower.report_id == target.id,
                                                                 rp.ReportFollower.resident_id.in_(people))):
-            if abs((rp._aware(follower.created_at) - rp._aware(event.at)).total_seconds()) < 1:
+            if abs((aware(follower.created_at) - aware(event.at)).total_seconds()) < 1:
                 db.delete(follower)
                 target.supporters = max(0, target.supporters - 1)
         _event(db, target, actor, "unmerged", now, note=report.code)
@@ -360,9 +365,9 @@ def unmerge(db: Session, actor: Actor, code: str, *, catalog, tz: str = "Europe/
     _event(db, report, actor, "unmerged", now, note=target.code if target else "", from_status="merged",
            to_status=previous)
     _touch(db, report, now)
-    repo.audit(db, actor.who, "report.unmerged", report.code, was_into=target.code if target else "")
+    audit(db, actor.who, "report.unmerged", report.code, was_into=target.code if target else "")
     for resident_id in rp.consenting(db, people):
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(
+        notify.notify_resident(db, resident_id, lambda t, lang: Outbound(
             text=t("report.notify.unmerged", code=report.code)), tz=tz)
     db.flush()
     return report
@@ -385,7 +390,7 @@ def set_photo(db: Session, actor: Actor, code: str, media_id: int, action: str, 
         item.blurred_path = ""
     db.add(item)
     _event(db, report, actor, "photo", now or utcnow(), note=action, internal=True)
-    repo.audit(db, actor.who, f"report.photo_{action}", report.code, media=item.id)
+    audit(db, actor.who, f"report.photo_{action}", report.code, media=item.id)
     db.flush()
     return item
 
@@ -451,10 +456,10 @@ def file_on_behalf(db: Session, actor: Actor, *, catalog, category: str, descrip
             raise TriageError(N_("panel.new.bad_number"))
         if not consent:
             raise TriageError(N_("panel.new.consent_missing"))
-        identity, resident = repo.identity_for(db, "whatsapp", address)
+        identity, resident = identity_for(db, "whatsapp", address)
         resident_id = resident.id
-        repo.record_consent(db, resident.id, rp.CONSENT_PURPOSE, True, notice_version, channel=FILED_CHANNEL)
-        repo.audit(db, actor.who, "consent.recorded_on_behalf", f"resident:{resident.id}", purpose=rp.CONSENT_PURPOSE)
+        record_consent(db, resident.id, rp.CONSENT_PURPOSE, True, notice_version, channel=FILED_CHANNEL)
+        audit(db, actor.who, "consent.recorded_on_behalf", f"resident:{resident.id}", purpose=rp.CONSENT_PURPOSE)
     media = []
     if photo:
         try:
@@ -464,13 +469,14 @@ def file_on_behalf(db: Session, actor: Actor, *, catalog, category: str, descrip
         media.append({"path": str(stored.path), "content_type": stored.content_type, "size": stored.size,
                       "kind": "photo"})
     now = now or utcnow()
+    department, due = domain.routing(catalog, category, now)
     report = rp.create_report(db, prefix=catalog.municipality.tracking_prefix, resident_id=resident_id,
                               category=category, description=description[:1000], latitude=lat, longitude=lon,
                               mahalle=mahalle, address=street[:200], media=media, channel=FILED_CHANNEL,
-                              actor=actor.who, catalog=catalog, now=now)
-    repo.audit(db, actor.who, "report.filed_on_behalf", report.code, notified=resident_id is not None)
+                              actor=actor.who, catalog=catalog, department=department, due_at=due, now=now)
+    audit(db, actor.who, "report.filed_on_behalf", report.code, notified=resident_id is not None)
     if resident_id is not None:
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(
+        notify.notify_resident(db, resident_id, lambda t, lang: Outbound(
             text=t("report.filed_for_you", code=report.code,
                    category=catalog.category(category).name.get(lang),
                    municipality=catalog.municipality.name.get(lang))), tz=tz)

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from bot.http import IMAGE_TYPES, stored_file
-from conversations import geo
+from conversations import geo, notify
 from conversations.domain import triage
 from conversations.i18n import N_, format_when, t_in, translator
 from conversations.permissions import Refused, can
@@ -25,7 +25,7 @@ from conversations.staff_admin import refusal
 from handlers.panel.web import Guard, Signed, redirect, render
 from storage import media as media_store
 from storage import reports as rp
-from storage.db import transaction, utcnow
+from storage.db import aware, transaction, utcnow
 from storage.models import Resident, Staff
 
 AUDIO_TYPES = frozenset({"audio/ogg", "audio/mpeg", "audio/mp4", "audio/amr"})
@@ -138,7 +138,7 @@ def router(app) -> APIRouter:
         events = rp.history_of(db, report.id)
         names = triage.staff_names_for(db, events)
         history = [{"when": format_when(e.at, lang, tz), "who": triage.actor_name(t, e.actor, report, names),
-                    "what": triage.event_text(t, e, report, catalog, names, lambda s: t(rp.STATUS_KEYS.get(s, s))),
+                    "what": triage.event_text(t, e, report, catalog, names, lambda s: t(notify.STATUS_KEYS.get(s, s))),
                     "note": e.note if triage.shows_note(e) else "", "internal": e.internal,
                     "kind": e.kind} for e in events]
         files = []
@@ -152,7 +152,7 @@ def router(app) -> APIRouter:
         dep = catalog.department(department) if department else None
         assignee = db.get(Staff, report.assignee_id) if report.assignee_id else None
         due = report.due_at
-        overdue = bool(due and rp._aware(due) < utcnow() and report.status in rp.OPEN_STATUSES)
+        overdue = bool(due and aware(due) < utcnow() and report.status in rp.OPEN_STATUSES)
         languages = triage.audience_languages(db, report)
         targets = [s for s in rp.STATUSES if s not in ("new", "merged") and s != report.status]
         status = wanted_status if wanted_status in targets else (targets[0] if targets else "")
@@ -167,7 +167,7 @@ def router(app) -> APIRouter:
         return {
             "report": report, "code": report.code, "files": files, "history": history,
             "may_change": triage.may_change(signed.actor, report, catalog),
-            "status_name": t(rp.STATUS_KEYS.get(report.status, report.status)),
+            "status_name": t(notify.STATUS_KEYS.get(report.status, report.status)),
             "category_name": cat.name.get(lang) if cat else report.category,
             "mahalle_name": _mahalle_name(report, t),
             "department": department, "department_name": dep.name.get(lang) if dep else "",
@@ -180,7 +180,7 @@ def router(app) -> APIRouter:
             "languages": [(code_, t_in(code_, "language.name"), n) for code_, n in languages.items()],
             "language_list": t.join([f"{t_in(code_, 'language.name')} ({n})" for code_, n in languages.items()]),
             "note_langs": [(code_, t_in(code_, "language.name")) for code_ in note_langs],
-            "notes": notes, "targets": [(s, t(rp.STATUS_KEYS[s])) for s in targets], "next_status": status,
+            "notes": notes, "targets": [(s, t(notify.STATUS_KEYS[s])) for s in targets], "next_status": status,
             "templates": [(tp.key, tp.title.get(lang)) for tp in templates], "template": template,
             "departments": [(d.key, d.name.get(lang)) for d in catalog.departments],
             "categories": [(c.key, c.name.get(lang)) for c in catalog.categories], "people": people,
