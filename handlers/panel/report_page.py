@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from bot.http import IMAGE_TYPES, stored_file
+from handlers.files import IMAGE_TYPES, stored_file
 from conversations import geo, notify
 from conversations.domain import triage
 from conversations.i18n import N_, format_when, t_in, translator
