@@ -244,4 +244,4 @@ def sign_out(db: Session, actor: Actor, staff: Staff, *, session_id: int | None 
 
 def refusal(db: Session, actor: Actor, refused: Refused, where: str) -> None:
     """Audit a refused action (in a transaction of its own: the refused one rolled back)."""
-    repo.audit(db, actor.who, "panel.refused", where, action=refused.action, role=actor.role)
+    repo.audit(db, actor.who, "panel.refused", where, attempted=refused.action, role=actor.role)

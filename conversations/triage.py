@@ -1,0 +1,109 @@
+"""Bulk triage from the staff console's list (issue 15): assign reports to a staff member, or
+change their status, several at a time.
+
+Each report goes through the one check of conversations/permissions.py (a staff member changes
+only their departments' reports or those assigned to them; a viewer nothing) and the same status
+change as the chat's /raporlar (history, audit row, the residents told through the outbox), in
+the caller's transaction. Reports the actor may not change are left alone and counted; the
+refusal is audited.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session
+
+from conversations.i18n import N_
+from conversations.permissions import Actor, Refused, can, can_some
+from storage import repo
+from storage import reports as rp
+from storage.db import utcnow
+from storage.models import Staff
+
+BULK_MAX = 200
+
+
+@dataclass
+class Outcome:
+    changed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (code, catalog key)
+
+
+class TriageError(ValueError):
+    def __init__(self, key: str, **params) -> None:
+        super().__init__(key)
+        self.key, self.params = key, params
+
+
+def _reports(db: Session, actor: Actor, codes: list[str], action: str, outcome: Outcome) -> list[rp.Report]:
+    if not can_some(actor, "report.change"):       # a viewer: refused outright
+        raise Refused("report.change")
+    if len(codes) > BULK_MAX:
+        raise TriageError(N_("panel.bulk.too_many"), most=BULK_MAX)
+    found = []
+    for code in codes:
+        report = rp.get_by_code(db, code)
+        if report is None:
+            outcome.failed.append((code, N_("report.error.unknown_code")))
+        elif not can(actor, "report.change", department=report.department, assignee_id=report.assignee_id):
+            outcome.refused.append(report.code)
+        else:
+            found.append(report)
+    if outcome.refused:
+        repo.audit(db, actor.who, "panel.refused", "report.bulk", bulk=action, codes=outcome.refused[:50],
+                   role=actor.role)
+    return found
+
+
+def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None, *,
+           now: datetime | None = None) -> Outcome:
+    """Assign the reports to a staff member (None: to nobody); history and audit per report."""
+    outcome = Outcome()
+    reports = _reports(db, actor, codes, "assign", outcome)
+    if assignee_id is not None:
+        staff = db.get(Staff, assignee_id)
+        if staff is None or not staff.active or staff.role == "viewer":
+            raise TriageError(N_("panel.bulk.bad_assignee"))
+    now = now or utcnow()
+    for report in reports:
+        if report.assignee_id == assignee_id:
+            continue
+        before = report.assignee_id
+        report.assignee_id = assignee_id
+        report.updated_at = now
+        db.add(report)
+        db.add(rp.ReportEvent(report_id=report.id, at=now, actor=actor.who[:64], kind="assigned",
+                              note=f"staff:{assignee_id}" if assignee_id else ""))
+        repo.audit(db, actor.who, "report.assigned", report.code, before=f"staff:{before}" if before else "",
+                   after=f"staff:{assignee_id}" if assignee_id else "")
+        outcome.changed.append(report.code)
+    db.flush()
+    return outcome
+
+
+def change_status(db: Session, actor: Actor, codes: list[str], status: str, note: str = "", *, catalog=None,
+                  tz: str = "Europe/Istanbul", now: datetime | None = None) -> Outcome:
+    """Set the status of the reports: the chat's status change for each (residents told in their
+    language through the outbox). A rejection needs a note (its reason)."""
+    outcome = Outcome()
+    if status not in rp.STATUSES or status == "merged":
+        raise TriageError(N_("report.error.bad_status"), status=status)
+    note = (note or "").strip()
+    if status == "rejected" and len(note) < 3:
+        raise TriageError(N_("panel.bulk.reason_needed"))
+    for report in _reports(db, actor, codes, "status", outcome):
+        if report.status == status:
+            continue
+        try:
+            rp.set_status(db, report.code, status, actor.who, note, reason=note if status == "rejected" else "",
+                          catalog=catalog, tz=tz, now=now)
+        except rp.ReportError as err:
+            outcome.failed.append((report.code, err.key))
+            continue
+        outcome.changed.append(report.code)
+    return outcome
+
+
+__all__ = ["assign", "change_status", "Outcome", "TriageError", "Refused", "BULK_MAX"]
