@@ -166,7 +166,7 @@ def row_of(report: rp.Report, names: Names, now: datetime) -> dict[str, Any]:
             "department": names.department(report.department),
             "assignee": names.staff.get(report.assignee_id, "") if report.assignee_id else "",
             "created": names.when(report.created_at), "created_iso": rp._iso(report.created_at),
-            "due": names.when(report.due_at), "overdue": overdue, "supporters": report.supporters,
+            "due": names.when(report.due_at) if report.status in rp.OPEN_STATUSES else "", "overdue": overdue, "supporters": report.supporters,
             "summary": _summary(report), "erased": report.erased_at is not None,
             "href": f"/panel/reports/{report.code}"}
 
@@ -414,7 +414,8 @@ def router(app) -> APIRouter:
                       choices=_choices(app, signed, signed.lang, assignable), legend=legend,
                       data_src="/panel/map.json?" + base, list_href="/panel/reports?" + base,
                       tiles=settings.panel_tile_url, attribution=settings.panel_tile_attribution,
-                      centre=f"{lat:.5f},{lon:.5f}", colours=json.dumps(STATUS_COLOURS))
+                      centre=f"{lat:.5f},{lon:.5f}", colours=json.dumps(STATUS_COLOURS),
+                      boundary=json.dumps([[round(a, 5), round(b, 5)] for a, b in app.catalog.municipality.boundary]))
 
     @r.get("/map.json")
     async def map_data(request: Request, signed: Signed = Depends(signed_in)):

@@ -52,6 +52,6 @@
       .catch(function () { /* offline for a moment: the next poll tries again */ })
       .then(function () { window.setTimeout(poll, 15000); });
   }
-  window.setTimeout(poll, note.getAttribute("data-fast") ? 500 : 15000);
+  window.setTimeout(poll, 15000);
   window.katilimLivePoll = poll;
 }());

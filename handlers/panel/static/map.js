@@ -14,7 +14,21 @@
     L.tileLayer(tiles, {maxZoom: 19, attribution: el.getAttribute("data-attribution")}).addTo(map);
   }
   var openLabel = el.getAttribute("data-open");
-  var cluster = L.markerClusterGroup({showCoverageOnHover: false, maxClusterRadius: 50, chunkedLoading: true});
+  // the district's outline: a sense of place even with no tiles
+  var outline = JSON.parse(el.getAttribute("data-boundary") || "[]");
+  if (outline.length) {
+    L.polygon(outline, {color: "#0b5394", weight: 2, fill: true, fillColor: "#ffffff", fillOpacity: 0.6,
+                        interactive: false}).addTo(map);
+  }
+  // clusters in one neutral colour (status colours are the pins'), sized by count
+  var cluster = L.markerClusterGroup({
+    showCoverageOnHover: false, maxClusterRadius: 50, chunkedLoading: true,
+    iconCreateFunction: function (group) {
+      var n = group.getChildCount();
+      var size = n < 10 ? 34 : (n < 100 ? 40 : 48);
+      return L.divIcon({html: "<span>" + n + "</span>", className: "cluster", iconSize: L.point(size, size)});
+    }
+  });
   map.addLayer(cluster);
 
   function pin(p) {
@@ -36,6 +50,8 @@
       cluster.addLayers(markers);
       if (markers.length) {
         map.fitBounds(cluster.getBounds(), {padding: [24, 24], maxZoom: 16});
+      } else if (outline.length) {
+        map.fitBounds(L.latLngBounds(outline), {padding: [12, 12]});
       }
       summary.textContent = data.summary;
       el.setAttribute("data-shown", String(data.shown));
