@@ -6,6 +6,7 @@ tests/artifacts/panel-*.png."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 import socket
 import subprocess
 import sys
@@ -51,20 +52,28 @@ def running(tmp_path):
 
         cli("staff", "add", "--telegram", str(CHAT), "--name", "Ayşe Yılmaz", "--role", "admin",
             "--department", "fen_isleri")
-        log = (tmp_path / "katilim.log").open("w")
-        proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+        with katilim_run(tmp_path, env, tg):
             yield tg, f"http://127.0.0.1:{port}", cli
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-        output = (tmp_path / "katilim.log").read_text()
-        assert "Traceback" not in output, output
+
+
+@contextmanager
+def katilim_run(tmp_path, env, tg):
+    """`katilim run` in tmp_path until the block ends, polling the fake Bot API `tg`; its log
+    (tmp_path/katilim.log) must hold no traceback."""
+    log = (tmp_path / "katilim.log").open("w")
+    proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "katilim.log").read_text()
+    assert "Traceback" not in output, output
 
 
 def link_from_bot(tg, base: str) -> str:

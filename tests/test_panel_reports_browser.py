@@ -18,7 +18,7 @@ from storage.db import make_engine, transaction, utcnow
 from tests.browser import browser, page, screenshot  # noqa: F401  (fixtures)
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.test_panel_browser import free_port, katilim
+from tests.test_panel_browser import free_port, katilim, katilim_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = load_catalog(ROOT / "bot" / "catalogs" / "buca.toml")
@@ -80,20 +80,8 @@ def _run(tmp_path, tg):
     cli("staff", "add", "--console", "ayse", "--name", "Ayşe Yılmaz", "--role", "staff", "--department", "fen_isleri",
         "--department", "veteriner_isleri")
     codes = seed(url)
-    log = (tmp_path / "katilim.log").open("w")
-    proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+    with katilim_run(tmp_path, env, tg):
         yield f"http://127.0.0.1:{port}", cli, codes, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    output = (tmp_path / "katilim.log").read_text()
-    assert "Traceback" not in output, output
 
 
 def sign_in(page, base, cli) -> None:
@@ -166,7 +154,7 @@ def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811
     # the map: no tile server reachable, the pins and clusters are there all the same
     page.get_by_role("link", name="Haritada göster").click()
     page.wait_for_url(re.compile(r".*/panel/map\?.*"))
-    page.wait_for_function("document.getElementById('map').dataset.shown !== undefined", timeout=10_000)
+    page.wait_for_selector("#map[data-shown]", state="attached", timeout=10_000)
     assert page.locator("#map-summary").inner_text() == "Haritada 16 bildirim (süzgece uyan: 16)."
     page.wait_for_selector(".cluster, path.leaflet-interactive")
     assert page.locator(".leaflet-control-attribution").inner_text().endswith("© OpenStreetMap contributors")
@@ -184,7 +172,7 @@ def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811
 
     # the same filter on the map as on the list: only adatepe
     page.goto(base + "/panel/map?f=1&mahalle=adatepe")
-    page.wait_for_function("document.getElementById('map').dataset.shown !== undefined", timeout=10_000)
+    page.wait_for_selector("#map[data-shown]", state="attached", timeout=10_000)
     assert page.locator("#map-summary").inner_text() == "Haritada 6 bildirim (süzgece uyan: 6)."
 
     # a phone-size screen: nothing wider than the screen
@@ -193,6 +181,6 @@ def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     screenshot(page, "panel-reports-phone")
     page.goto(base + "/panel/map")
-    page.wait_for_function("document.getElementById('map').dataset.shown !== undefined", timeout=10_000)
+    page.wait_for_selector("#map[data-shown]", state="attached", timeout=10_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     screenshot(page, "panel-map-phone")
