@@ -31,7 +31,7 @@ SORTS = {"created": (Report.created_at, True), "updated": (Report.updated_at, Tr
          "due": (Report.due_at, False), "supporters": (Report.supporters, True)}
 MAX_PAGE = 200
 # the map draws at most this many pins (the newest of the filtered set) and says so
-MAP_LIMIT = 10_000
+MAP_LIMIT = 5_000
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class Report(SQLModel, table=True):
         Index("ix_report_status_created", "status", "created_at"),
         Index("ix_report_department_status", "department", "status", "created_at"),
         Index("ix_report_mahalle_created", "mahalle", "created_at"),
+        Index("ix_report_created_id", "created_at", "id"),      # newest first (0018)
+        Index("ix_report_updated_id", "updated_at", "id"),      # live updates' cursor (0018)
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     code: str = Field(max_length=24, unique=True)
