@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func, select as core_select
+from sqlalchemy import and_, func
+from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
 from storage.db import utcnow

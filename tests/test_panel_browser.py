@@ -6,10 +6,10 @@ tests/artifacts/panel-*.png."""
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 import pytest
 from sqlmodel import select
@@ -20,12 +19,17 @@ from conversations.i18n import t_in
 from storage import reports as rp
 from storage.db import transaction, utcnow
 from storage.models import AuditLog, OutboxMessage
-from tests.test_panel import add_staff, audits, client, console, form_csrf, signed_in  # noqa: F401
+from tests.test_panel import add_staff, audits, client, form_csrf, signed_in
 from tests.test_reports import CODE, Chat, _file
 
 ROW = re.compile(r'<tr data-code="([A-Z]+-\d{4}-\d{6})"')
 UTC = timezone.utc
 ISTANBUL = timezone(timedelta(hours=3))
+
+
+@pytest.fixture
+def console(make_app, db_url):
+    return make_app(database_url=db_url, public_base_url="http://testserver")
 
 
 def codes(html: str) -> list[str]:
@@ -322,7 +326,8 @@ async def test_live_updates_return_what_changed_since_the_cursor(console):
     async with signed_in(console, admin) as c:
         page = await c.get("/panel/reports", params={"f": "1", "category": "road"})
         since = re.search(r'data-since="([^"]+)"', page.text).group(1)
-        assert (await c.get("/panel/live.json", params={"f": "1", "category": "road", "since": since})).json()["rows"] == []
+        quiet = await c.get("/panel/live.json", params={"f": "1", "category": "road", "since": since})
+        assert quiet.json()["rows"] == []
         with transaction(console.db) as db:
             fresh = rp.create_report(db, prefix="BCA", resident_id=None, category="road", description="Yeni çukur",
                                      catalog=console.catalog)

@@ -84,10 +84,10 @@ def _run(tmp_path, tg):
         yield f"http://127.0.0.1:{port}", cli, codes, url
 
 
-def sign_in(page, base, cli) -> None:
-    page.goto(cli("staff", "login-link", "1").strip())
-    page.get_by_role("button", name="Giriş yap").click()
-    page.wait_for_url(base + "/panel/")
+def sign_in(tab, base, cli) -> None:
+    tab.goto(cli("staff", "login-link", "1").strip())
+    tab.get_by_role("button", name="Giriş yap").click()
+    tab.wait_for_url(base + "/panel/")
 
 
 def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811

@@ -166,7 +166,8 @@ def row_of(report: rp.Report, names: Names, now: datetime) -> dict[str, Any]:
             "department": names.department(report.department),
             "assignee": names.staff.get(report.assignee_id, "") if report.assignee_id else "",
             "created": names.when(report.created_at), "created_iso": rp._iso(report.created_at),
-            "due": names.when(report.due_at) if report.status in rp.OPEN_STATUSES else "", "overdue": overdue, "supporters": report.supporters,
+            "due": names.when(report.due_at) if report.status in rp.OPEN_STATUSES else "", "overdue": overdue,
+            "supporters": report.supporters,
             "summary": _summary(report), "erased": report.erased_at is not None,
             "href": f"/panel/reports/{report.code}"}
 
@@ -388,7 +389,7 @@ def router(app) -> APIRouter:
         try:
             outcome = await _in_db(app, run)
         except Refused as refused:
-            await _in_db(app, lambda db: staff_admin.refusal(db, signed.actor, refused, "/panel/bulk"))
+            await _in_db(app, staff_admin.refusal, signed.actor, refused, "/panel/bulk")
             return render(request, "message.html", signed=signed, status=403, title=N_("panel.refused.title"),
                           message=refused.key, link=(back, N_("panel.reports.back")))
         except triage.TriageError as exc:
