@@ -55,7 +55,7 @@ def seed(app) -> dict[str, str]:
         new("bins", "waste", "Konteyner taşıyor", mahalle="adatepe", days_ago=3)       # no pin
         new("dog", "animals", "Yaralı KÖPEK parkta", mahalle="kozagac", pin=(38.3820, 27.1700), days_ago=0.1)
         old = new("old_road", "road", "Asfalt bozuk", mahalle="kozagac", pin=(38.3800, 27.1650), days_ago=40)
-        new("nowhere", "noise", "Gece müzik", days_ago=0.2)                             # no pin, no mahalle
+        new("nowhere", "noise", "=HYPERLINK(\"x\") gece müzik", days_ago=0.2)  # no pin, no mahalle
         rp.set_status(db, made["lamp"], "resolved", "staff:0", notify=False, now=at - timedelta(days=1))
         assert old.due_at < at            # 40 days ago, 40 working hours: overdue
         for name in ("pothole", "bins", "dog", "nowhere"):   # due later, whatever today's weekday
@@ -168,6 +168,10 @@ async def test_exports_hold_exactly_the_filtered_set(console):
             "f": "1", "q": "kopek"})).text.lstrip("\ufeff"))))
         assert rows[0]["description"] == "Yaralı KÖPEK parkta" and rows[0]["department"] == "veteriner_isleri"
         assert rows[0]["overdue"] == "0" and rows[0]["due_at"]
+        # a description a spreadsheet would run as a formula is exported as text
+        rows = list(csv.DictReader(io.StringIO((await c.get("/panel/reports.csv", params={
+            "f": "1", "q": "gece muzik"})).text.lstrip("\ufeff"))))
+        assert [r["description"] for r in rows] == ["'=HYPERLINK(\"x\") gece müzik"]
     exports = audits(console, "panel.export")
     assert {a.target for a in exports} == {"reports.csv", "reports.geojson"}
     assert all(a.actor == f"staff:{admin}" for a in exports)

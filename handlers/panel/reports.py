@@ -172,6 +172,13 @@ def row_of(report: rp.Report, names: Names, now: datetime) -> dict[str, Any]:
             "href": f"/panel/reports/{report.code}"}
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (a formula) gets a quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _summary(report: rp.Report) -> str:
     text = " ".join((report.description or "").split())
     return text if len(text) <= 90 else text[:89].rstrip() + "…"
@@ -326,14 +333,14 @@ def router(app) -> APIRouter:
             writer.writerow(CSV_FIELDS)
             count = 0
             for rep in rl.iterate(db, filters, now=at):
-                writer.writerow([rep.code, rep.status, rep.category, rep.department, rep.mahalle or "",
+                writer.writerow([_cell(v) for v in (rep.code, rep.status, rep.category, rep.department, rep.mahalle or "",
                                  "" if rep.latitude is None else rep.latitude,
                                  "" if rep.longitude is None else rep.longitude, rep.address, rep.description,
                                  rp._iso(rep.created_at), rp._iso(rep.updated_at), rp._iso(rep.due_at) or "",
                                  "1" if rl.is_overdue(rep, at) else "0",
                                  staff_names.get(rep.assignee_id, "") if rep.assignee_id else "",
                                  rp._iso(rep.first_response_at) or "", rp._iso(rep.closed_at) or "",
-                                 rep.supporters, rep.channel])
+                                 rep.supporters, rep.channel)])
                 count += 1
             repo.audit(db, signed.actor.who, "panel.export", "reports.csv", count=count)
             return out.getvalue()
