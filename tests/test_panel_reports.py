@@ -370,3 +370,25 @@ async def test_the_dashboard_counts(console):
         text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (await c.get("/panel/")).text))
         assert "Birimlerinizin bildirimleri gösteriliyor." in text and "Görüldü 1" in text
         assert "2 sa ortanca ilk yanıt süresi" in text
+
+
+async def test_the_tile_server_is_a_setting(make_app, db_url):
+    from bot.settings import SettingsError, load_settings
+    from handlers.panel.web import CSP
+
+    app = make_app(database_url=db_url, public_base_url="http://testserver",
+                   panel_tile_url="https://{s}.tiles.example.org/{z}/{x}/{y}.png", panel_tile_attribution="© Örnek")
+    admin = add_staff(app, name="Ayşe Admin", console="ayse", role="admin")
+    async with signed_in(app, admin) as c:
+        page = await c.get("/panel/map")
+        assert 'data-tiles="https://{s}.tiles.example.org/{z}/{x}/{y}.png"' in page.text
+        assert 'data-attribution="© Örnek"' in page.text
+        assert "img-src 'self' data: https://*.tiles.example.org;" in page.headers["content-security-policy"]
+    none = make_app(database_url=db_url, public_base_url="http://testserver", panel_tile_url="")
+    async with signed_in(none, admin) as c:
+        page = await c.get("/panel/map")
+        assert 'data-tiles=""' in page.text and page.headers["content-security-policy"] == CSP
+    with pytest.raises(SettingsError) as refused:
+        load_settings(panel_tile_url="https://tiles.example.org/tile.png", _env_file=None)
+    assert str(refused.value) == ("invalid setting PANEL_TILE_URL: expected an http(s) URL with {z}, {x} and {y}, "
+                                  "or nothing (no tiles)")
