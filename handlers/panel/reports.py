@@ -6,7 +6,7 @@ updates of the list (/panel/live.json, short polling with a `since` cursor).
 One filter (`filters_of` → storage.report_list.Filters) serves the list, the exports, the map and
 the live updates. A staff member sees their departments' reports unless they choose otherwise
 (the department filter's preset); admins and viewers see all. Bulk actions call
-conversations/triage.py, which checks each report against the actor's role and departments.
+conversations/bulk.py, which checks each report against the actor's role and departments.
 Report pages (/panel/reports/{code}) are linked, not built here.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import select
 from starlette.concurrency import run_in_threadpool
 
-from conversations import staff_admin, triage
+from conversations import bulk as bulk_actions
+from conversations import staff_admin
 from conversations.i18n import N_, format_when, translator
 from conversations.permissions import Refused, can_some
 from handlers.panel.web import Guard, Signed, fragment, redirect, render
@@ -333,7 +334,8 @@ def router(app) -> APIRouter:
             writer.writerow(CSV_FIELDS)
             count = 0
             for rep in rl.iterate(db, filters, now=at):
-                writer.writerow([_cell(v) for v in (rep.code, rep.status, rep.category, rep.department, rep.mahalle or "",
+                writer.writerow([_cell(v) for v in (
+                                 rep.code, rep.status, rep.category, rep.department, rep.mahalle or "",
                                  "" if rep.latitude is None else rep.latitude,
                                  "" if rep.longitude is None else rep.longitude, rep.address, rep.description,
                                  rp._iso(rep.created_at), rp._iso(rep.updated_at), rp._iso(rep.due_at) or "",
@@ -386,12 +388,12 @@ def router(app) -> APIRouter:
             if action == "assign":
                 target = str(form.get("assignee", ""))
                 assignee = None if target in ("", "none") else int(target) if target.isdigit() else -1
-                return triage.assign(db, signed.actor, codes, assignee)
+                return bulk_actions.assign(db, signed.actor, codes, assignee)
             if action == "status":
-                return triage.change_status(db, signed.actor, codes, str(form.get("status", "")),
+                return bulk_actions.change_status(db, signed.actor, codes, str(form.get("status", "")),
                                             str(form.get("note", ""))[:1000], catalog=app.catalog,
                                             tz=app.catalog.municipality.timezone or settings.timezone)
-            raise triage.TriageError(N_("panel.bulk.no_action"))
+            raise bulk_actions.BulkError(N_("panel.bulk.no_action"))
 
         try:
             outcome = await _in_db(app, run)
@@ -399,7 +401,7 @@ def router(app) -> APIRouter:
             await _in_db(app, staff_admin.refusal, signed.actor, refused, "/panel/bulk")
             return render(request, "message.html", signed=signed, status=403, title=N_("panel.refused.title"),
                           message=refused.key, link=(back, N_("panel.reports.back")))
-        except triage.TriageError as exc:
+        except bulk_actions.BulkError as exc:
             return render(request, "message.html", signed=signed, status=400, title=N_("panel.bulk.title"),
                           message=t(exc.key, **exc.params), link=(back, N_("panel.reports.back")))
         if outcome.refused or outcome.failed:

@@ -1,4 +1,4 @@
-"""Bulk triage from the staff console's list (issue 15): assign reports to a staff member, or
+"""Bulk actions of the staff console's list (issue 15): assign reports to a staff member, or
 change their status, several at a time.
 
 Each report goes through the one check of conversations/permissions.py (a staff member changes
@@ -31,7 +31,7 @@ class Outcome:
     failed: list[tuple[str, str]] = field(default_factory=list)   # (code, catalog key)
 
 
-class TriageError(ValueError):
+class BulkError(ValueError):
     def __init__(self, key: str, **params) -> None:
         super().__init__(key)
         self.key, self.params = key, params
@@ -41,7 +41,7 @@ def _reports(db: Session, actor: Actor, codes: list[str], action: str, outcome: 
     if not can_some(actor, "report.change"):       # a viewer: refused outright
         raise Refused("report.change")
     if len(codes) > BULK_MAX:
-        raise TriageError(N_("panel.bulk.too_many"), most=BULK_MAX)
+        raise BulkError(N_("panel.bulk.too_many"), most=BULK_MAX)
     found = []
     for code in codes:
         report = rp.get_by_code(db, code)
@@ -65,7 +65,7 @@ def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None,
     if assignee_id is not None:
         staff = db.get(Staff, assignee_id)
         if staff is None or not staff.active or staff.role == "viewer":
-            raise TriageError(N_("panel.bulk.bad_assignee"))
+            raise BulkError(N_("panel.bulk.bad_assignee"))
     now = now or utcnow()
     for report in reports:
         if report.assignee_id == assignee_id:
@@ -89,10 +89,10 @@ def change_status(db: Session, actor: Actor, codes: list[str], status: str, note
     language through the outbox). A rejection needs a note (its reason)."""
     outcome = Outcome()
     if status not in rp.STATUSES or status == "merged":
-        raise TriageError(N_("report.error.bad_status"), status=status)
+        raise BulkError(N_("report.error.bad_status"), status=status)
     note = (note or "").strip()
     if status == "rejected" and len(note) < 3:
-        raise TriageError(N_("panel.bulk.reason_needed"))
+        raise BulkError(N_("panel.bulk.reason_needed"))
     for report in _reports(db, actor, codes, "status", outcome):
         if report.status == status:
             continue
@@ -106,4 +106,4 @@ def change_status(db: Session, actor: Actor, codes: list[str], status: str, note
     return outcome
 
 
-__all__ = ["assign", "change_status", "Outcome", "TriageError", "Refused", "BULK_MAX"]
+__all__ = ["assign", "change_status", "Outcome", "BulkError", "Refused", "BULK_MAX"]
