@@ -31,9 +31,11 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, select
 
 from conversations.i18n import N_, Translator, format_when, translator
+from conversations import notify
 from conversations.messages import Attachment, Choice, Outbound
 from conversations.registry import Router
-from storage import outbox, repo
+from storage.audit import audit
+from storage.consents import current_consents, current_consents_many
 from storage.db import one_of, utcnow
 from storage.models import Resident
 from storage.participation import (
@@ -207,7 +209,7 @@ def schedule_reminders(db: Session, resident_id: int, kind: str, subject_id: int
 
     Existing rows follow a new start time: pending ones move; one already sent is armed again only
     when its new time is still ahead (the event moved, the resident must hear the new time)."""
-    if not repo.current_consents(db, resident_id).get("reminders"):
+    if not current_consents(db, resident_id).get("reminders"):
         return 0
     made = 0
     starts_at = aware(starts_at)
@@ -283,7 +285,7 @@ def send_due_reminders(db: Session, now: datetime, *, grace: timedelta = DEFAULT
     due = claim_due_reminders(db, now, limit)
     if not due:
         return result
-    consents = repo.current_consents_many(db, {r.resident_id for r in due})
+    consents = current_consents_many(db, {r.resident_id for r in due})
     subjects = _ReminderSubjects(db, due)
     builds: dict[int, Callable[[Translator, str], Outbound]] = {}
     dropped: dict[int, str] = {}
@@ -294,7 +296,7 @@ def send_due_reminders(db: Session, now: datetime, *, grace: timedelta = DEFAULT
         else:
             dropped[reminder.id] = reason
     by_id = {r.id: r for r in due}
-    reached = outbox.notify_residents(db, [(by_id[rid].resident_id, build) for rid, build in builds.items()],
+    reached = notify.notify_residents(db, [(by_id[rid].resident_id, build) for rid, build in builds.items()],
                                       kind="reminder", tz=tz)
     sent = [rid for rid in builds if by_id[rid].resident_id in reached]
     for rid in builds:
@@ -422,7 +424,7 @@ def matching_volunteers(db: Session, call: VolunteerCall, tz: str) -> list[int]:
                           .order_by(PoolMembership.joined_at, PoolMembership.id)):
         if member.resident_id in found or not available_for(member, slots):
             continue
-        if not repo.current_consents(db, member.resident_id).get("volunteering"):
+        if not current_consents(db, member.resident_id).get("volunteering"):
             continue
         found.append(member.resident_id)
     return found
@@ -455,10 +457,10 @@ def create_call(db: Session, *, pools: list[str], what: str, place: str, starts_
     invited = 0
     for resident_id in matching_volunteers(db, call, tz):
         db.add(CallResponse(call_id=call.id, resident_id=resident_id, status="invited", updated_at=now))
-        invited += outbox.notify_resident(db, resident_id, _invite_builder(call, catalog, tz), tz=tz)
+        invited += notify.notify_resident(db, resident_id, _invite_builder(call, catalog, tz), tz=tz)
     call.invited = invited
     db.add(call)
-    repo.audit(db, created_by, "volunteer.call_created", f"call:{call.id}", pools=list(pools), invited=invited)
+    audit(db, created_by, "volunteer.call_created", f"call:{call.id}", pools=list(pools), invited=invited)
     return call
 
 
@@ -505,7 +507,7 @@ def respond_to_call(db: Session, call_id: int, resident_id: int, action: str, *,
     if call.status != "open" or aware(call.starts_at) <= now:
         return Outcome(N_("volunteer.call.closed"), params)
     cancel = [(f"{CALL_PREFIX}:{call.id}:c", N_("volunteer.call.cancel_button"))]
-    if action in ("y", "t") and not repo.current_consents(db, resident_id).get("volunteering"):
+    if action in ("y", "t") and not current_consents(db, resident_id).get("volunteering"):
         return Outcome(N_("volunteer.call.needs_consent"), params)  # an old call's button, consent withdrawn
     if action in ("y", "t"):
         if response.status == "accepted":
@@ -572,7 +574,7 @@ def offer_reserve(db: Session, call: VolunteerCall, *, tz: str) -> int:
             return Outbound(t("volunteer.call.place_open", **_call_params(call, lang, tz)),
                             [Choice(f"{CALL_PREFIX}:{call.id}:t", t("volunteer.call.take"))])
 
-        told += outbox.notify_resident(db, response.resident_id, build, tz=tz)
+        told += notify.notify_resident(db, response.resident_id, build, tz=tz)
     return told
 
 
@@ -591,9 +593,9 @@ def cancel_call(db: Session, call_id: int, actor: str, *, tz: str) -> int:
         def build(t: Translator, lang: str) -> Outbound:
             return Outbound(t("volunteer.call.cancelled_notice", **_call_params(call, lang, tz)))
 
-        told += outbox.notify_resident(db, response.resident_id, build, tz=tz)
+        told += notify.notify_resident(db, response.resident_id, build, tz=tz)
     drop_reminders(db, "call", call.id, note="call_cancelled")
-    repo.audit(db, actor, "volunteer.call_cancelled", f"call:{call.id}", told=told)
+    audit(db, actor, "volunteer.call_cancelled", f"call:{call.id}", told=told)
     return told
 
 
@@ -641,7 +643,7 @@ def create_event(db: Session, *, title: dict[str, str], description: dict[str, s
                   created_by=created_by[:64], created_at=now, updated_at=now)
     db.add(event)
     db.flush()
-    repo.audit(db, created_by or "system", "event.created", f"event:{event.id}")
+    audit(db, created_by or "system", "event.created", f"event:{event.id}")
     return event
 
 
@@ -738,7 +740,7 @@ def promote_waitlist(db: Session, event_id: int, *, now: datetime, offsets: Iter
                             [Choice(f"{EVENT_PREFIX}:{event.id}:c", t("event.cancel_rsvp"))],
                             document=ics_attachment(event, lang, domain))
 
-        outbox.notify_resident(db, first.resident_id, build, tz=tz)
+        notify.notify_resident(db, first.resident_id, build, tz=tz)
         promoted.append(first.resident_id)
     return promoted
 
@@ -823,12 +825,12 @@ def update_event(db: Session, event_id: int, change: EventChange, *, actor: str,
     told = 0
     if moved or relocated:
         for rsvp in attendees(db, event.id, ("going", "waitlist")):
-            told += outbox.notify_resident(db, rsvp.resident_id,
+            told += notify.notify_resident(db, rsvp.resident_id,
                                            _change_builder(event, rsvp.status == "going", tz, domain), tz=tz)
             if moved and rsvp.status == "going":
                 schedule_reminders(db, rsvp.resident_id, "event", event.id, event.starts_at, now, offsets)
     promote_waitlist(db, event.id, now=now, offsets=offsets, tz=tz, domain=domain)
-    repo.audit(db, actor, "event.edited", f"event:{event.id}", moved=moved, relocated=relocated, told=told)
+    audit(db, actor, "event.edited", f"event:{event.id}", moved=moved, relocated=relocated, told=told)
     return event, told
 
 
@@ -861,9 +863,9 @@ def cancel_event(db: Session, event_id: int, *, actor: str, now: datetime, tz: s
             return Outbound(t("event.cancelled_notice", title=event.title_in(lang),
                               when=span_text(event.starts_at, event.ends_at, lang, tz)))
 
-        told += outbox.notify_resident(db, rsvp.resident_id, build, tz=tz)
+        told += notify.notify_resident(db, rsvp.resident_id, build, tz=tz)
     drop_reminders(db, "event", event.id, note="event_cancelled")
-    repo.audit(db, actor, "event.cancelled", f"event:{event.id}", told=told)
+    audit(db, actor, "event.cancelled", f"event:{event.id}", told=told)
     return told
 
 
@@ -909,7 +911,7 @@ def request_feedback(db: Session, now: datetime, *, tz: str, window: timedelta =
                             [Choice(f"{FEEDBACK_PREFIX}:{event.id}:{n}", str(n)) for n in range(1, 6)], columns=5)
 
         for rsvp in attendees(db, event.id):
-            asked += outbox.notify_resident(db, rsvp.resident_id, build, tz=tz)
+            asked += notify.notify_resident(db, rsvp.resident_id, build, tz=tz)
     return asked
 
 
@@ -1092,7 +1094,7 @@ def pool_audience(db: Session, pools: Iterable[str]) -> list[int]:
     ids: list[int] = []
     for resident_id in db.exec(select(PoolMembership.resident_id).where(PoolMembership.pool.in_(list(pools)))
                                .order_by(PoolMembership.resident_id)):
-        if resident_id not in ids and repo.current_consents(db, resident_id).get("volunteering"):
+        if resident_id not in ids and current_consents(db, resident_id).get("volunteering"):
             ids.append(resident_id)
     return ids
 

@@ -83,9 +83,9 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert [r.status for r in reminders(app)] == ["pending", "pending"]
     ayse_id = ayse.resident_id
     with transaction(app.db) as db:
-        from storage import repo
+        from storage.consents import record_consent
 
-        repo.record_consent(db, ayse_id, "reminders", False, "old")
+        record_consent(db, ayse_id, "reminders", False, "old")
         result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
     assert (result.sent, result.dropped) == (0, 2)
     assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}
