@@ -1,11 +1,10 @@
 """Bulk actions of the staff console's list (issue 15): assign reports to a staff member, or
 change their status, several at a time.
 
-Each report goes through the one check of conversations/permissions.py (a staff member changes
-only their departments' reports or those assigned to them; a viewer nothing) and the same status
-change as the chat's /raporlar (history, audit row, the residents told through the outbox), in
-the caller's transaction. Reports the actor may not change are left alone and counted; the
-refusal is audited.
+Each report goes through its domain operation (conversations/domain/reports.py `assign`,
+`change_status`: the actor's role and departments checked, the history, the audit row and the
+residents' notifications through the outbox, as from the chat's /raporlar), in the caller's
+transaction. Reports the actor may not change are left alone and counted, the refusal audited.
 """
 from __future__ import annotations
 
@@ -14,11 +13,11 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from conversations.domain import reports as domain
 from conversations.i18n import N_
 from conversations.permissions import Actor, Refused, can, can_some
-from storage import repo
 from storage import reports as rp
-from storage.db import utcnow
+from storage.audit import audit
 from storage.models import Staff
 
 BULK_MAX = 200
@@ -52,34 +51,22 @@ def _reports(db: Session, actor: Actor, codes: list[str], action: str, outcome: 
         else:
             found.append(report)
     if outcome.refused:
-        repo.audit(db, actor.who, "panel.refused", "report.bulk", bulk=action, codes=outcome.refused[:50],
-                   role=actor.role)
+        audit(db, actor.who, "panel.refused", "report.bulk", bulk=action, codes=outcome.refused[:50], role=actor.role)
     return found
 
 
 def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None, *,
            now: datetime | None = None) -> Outcome:
-    """Assign the reports to a staff member (None: to nobody); history and audit per report."""
+    """Assign the reports to a staff member (None: to nobody)."""
     outcome = Outcome()
     reports = _reports(db, actor, codes, "assign", outcome)
     if assignee_id is not None:
         staff = db.get(Staff, assignee_id)
         if staff is None or not staff.active or staff.role == "viewer":
             raise BulkError(N_("panel.bulk.bad_assignee"))
-    now = now or utcnow()
     for report in reports:
-        if report.assignee_id == assignee_id:
-            continue
-        before = report.assignee_id
-        report.assignee_id = assignee_id
-        report.updated_at = now
-        db.add(report)
-        db.add(rp.ReportEvent(report_id=report.id, at=now, actor=actor.who[:64], kind="assigned",
-                              note=f"staff:{assignee_id}" if assignee_id else ""))
-        repo.audit(db, actor.who, "report.assigned", report.code, before=f"staff:{before}" if before else "",
-                   after=f"staff:{assignee_id}" if assignee_id else "")
-        outcome.changed.append(report.code)
-    db.flush()
+        if domain.assign(db, actor, report.code, assignee_id, now=now):
+            outcome.changed.append(report.code)
     return outcome
 
 
@@ -97,8 +84,8 @@ def change_status(db: Session, actor: Actor, codes: list[str], status: str, note
         if report.status == status:
             continue
         try:
-            rp.set_status(db, report.code, status, actor.who, note, reason=note if status == "rejected" else "",
-                          catalog=catalog, tz=tz, now=now)
+            domain.change_status(db, actor, report.code, status, note=note,
+                                 reason=note if status == "rejected" else "", catalog=catalog, tz=tz, now=now)
         except rp.ReportError as err:
             outcome.failed.append((report.code, err.key))
             continue

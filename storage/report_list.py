@@ -19,7 +19,7 @@ from sqlalchemy import and_, func
 from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
-from storage.db import utcnow
+from storage.db import aware, utcnow
 from storage.reports import OPEN_STATUSES, STATUSES, Report, search_condition
 
 CODE = re.compile(r"^\s*([A-Za-z]{1,8}-\d{4}-\d{6})\s*$")
@@ -90,7 +90,7 @@ def is_overdue(report: Report, now: datetime) -> bool:
     due = report.due_at
     if due is None or report.status not in OPEN_STATUSES:
         return False
-    return _aware(due) < now
+    return aware(due) < now
 
 
 @dataclass
@@ -176,7 +176,7 @@ def latest_change(db: Session, filters: Filters, *, now: datetime | None = None)
     """The newest updated_at of the filtered set: the cursor live updates start from."""
     found = db.exec(select(func.max(Report.updated_at)).where(*conditions(filters.but(changed_after=None),
                                                                            now=now))).one()
-    return _aware(found) if found else None
+    return aware(found) if found else None
 
 
 def changed_since(db: Session, filters: Filters, since: datetime, *, limit: int = 50,
@@ -218,14 +218,8 @@ def dashboard(db: Session, *, today_start: datetime, window_start: datetime, dep
     new_today = db.exec(select(func.count()).select_from(Report).where(*scope, Report.created_at >= today_start)).one()
     pairs = db.exec(select(Report.created_at, Report.first_response_at).where(
         *scope, Report.created_at >= window_start, Report.first_response_at.is_not(None))).all()
-    seconds = [(_aware(b) - _aware(a)).total_seconds() for a, b in pairs]
+    seconds = [(aware(b) - aware(a)).total_seconds() for a, b in pairs]
     return Dashboard(by_status, overdue, new_today, seconds)
-
-
-def _aware(dt: datetime) -> datetime:
-    from datetime import timezone
-
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 __all__ = ["Filters", "conditions", "page", "iterate", "map_points", "changed_since", "latest_change",

@@ -15,7 +15,9 @@ from datetime import timedelta, timezone
 import pytest
 from sqlmodel import select
 
+from conversations.domain import reports as domain
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from storage import reports as rp
 from storage.db import transaction, utcnow
 from storage.models import AuditLog, OutboxMessage
@@ -42,7 +44,7 @@ def seed(app) -> dict[str, str]:
     made = {}
     with transaction(app.db) as db:
         def new(name, category, description, *, mahalle=None, pin=None, days_ago=0.0):
-            report = rp.create_report(db, prefix="BCA", resident_id=None, category=category, description=description,
+            report = domain.file(db, Actor.system(), prefix="BCA", category=category, description=description,
                                       mahalle=mahalle, latitude=pin[0] if pin else None,
                                       longitude=pin[1] if pin else None, catalog=app.catalog,
                                       now=at - timedelta(days=days_ago))
@@ -56,7 +58,7 @@ def seed(app) -> dict[str, str]:
         new("dog", "animals", "Yaralı KÖPEK parkta", mahalle="kozagac", pin=(38.3820, 27.1700), days_ago=0.1)
         old = new("old_road", "road", "Asfalt bozuk", mahalle="kozagac", pin=(38.3800, 27.1650), days_ago=40)
         new("nowhere", "noise", "=HYPERLINK(\"x\") gece müzik", days_ago=0.2)  # no pin, no mahalle
-        rp.set_status(db, made["lamp"], "resolved", "staff:0", notify=False, now=at - timedelta(days=1))
+        rp.set_status(db, made["lamp"], "resolved", "staff:0", now=at - timedelta(days=1))
         assert old.due_at < at            # 40 days ago, 40 working hours: overdue
         for name in ("pothole", "bins", "dog", "nowhere"):   # due later, whatever today's weekday
             report = rp.get_by_code(db, made[name])
@@ -125,7 +127,7 @@ async def test_the_list_filters_sorts_and_pages(console):
     # paging with counts: 30 more reports, 25 a page
     with transaction(console.db) as db:
         for i in range(30):
-            rp.create_report(db, prefix="BCA", resident_id=None, category="parks", description=f"bank {i}",
+            domain.file(db, Actor.system(), prefix="BCA", category="parks", description=f"bank {i}",
                              catalog=console.catalog, now=utcnow() - timedelta(days=5, minutes=i))
     async with signed_in(console, admin) as c:
         first = await c.get("/panel/reports", params={"f": "1", "category": "parks", "size": "25"})
@@ -333,11 +335,11 @@ async def test_live_updates_return_what_changed_since_the_cursor(console):
         quiet = await c.get("/panel/live.json", params={"f": "1", "category": "road", "since": since})
         assert quiet.json()["rows"] == []
         with transaction(console.db) as db:
-            fresh = rp.create_report(db, prefix="BCA", resident_id=None, category="road", description="Yeni çukur",
+            fresh = domain.file(db, Actor.system(), prefix="BCA", category="road", description="Yeni çukur",
                                      catalog=console.catalog)
-            rp.create_report(db, prefix="BCA", resident_id=None, category="waste", description="başka",
+            domain.file(db, Actor.system(), prefix="BCA", category="waste", description="başka",
                              catalog=console.catalog)
-            rp.set_status(db, made["pothole"], "seen", f"staff:{admin}", notify=False)
+            rp.set_status(db, made["pothole"], "seen", f"staff:{admin}")
         live = (await c.get("/panel/live.json", params={"f": "1", "category": "road", "since": since})).json()
         # oldest change first: the new report, then the status change; not the other category
         assert [r["code"] for r in live["rows"]] == [fresh.code, made["pothole"]]
@@ -353,9 +355,9 @@ async def test_the_dashboard_counts(console):
     clerk = add_staff(console, name="Mehmet", console="mehmet", departments=["veteriner_isleri"])
     with transaction(console.db) as db:
         dog = rp.get_by_code(db, made["dog"])
-        rp.set_status(db, dog.code, "seen", f"staff:{clerk}", notify=False, now=dog.created_at + timedelta(hours=2))
+        rp.set_status(db, dog.code, "seen", f"staff:{clerk}", now=dog.created_at + timedelta(hours=2))
         bins = rp.get_by_code(db, made["bins"])
-        rp.set_status(db, bins.code, "seen", f"staff:{admin}", notify=False, now=bins.created_at + timedelta(hours=5))
+        rp.set_status(db, bins.code, "seen", f"staff:{admin}", now=bins.created_at + timedelta(hours=5))
     async with signed_in(console, admin) as c:
         home = await c.get("/panel/")
         assert home.status_code == 200

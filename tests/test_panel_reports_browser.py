@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.catalog import load_catalog
+from conversations.domain import reports as domain
+from conversations.permissions import Actor
 from storage import reports as rp
 from storage.db import make_engine, transaction, utcnow
 from tests.browser import browser, page, screenshot  # noqa: F401  (fixtures)
@@ -42,13 +44,12 @@ def seed(url: str) -> list[str]:
             for i, (category, text, mahalle, offset, days, status) in enumerate(SEED * 3):
                 centre = CATALOG.neighbourhood(mahalle).centre
                 pin = None if offset is None else (centre[0] + offset[0] + i * 0.0004, centre[1] + offset[1])
-                report = rp.create_report(db, prefix="BCA", resident_id=None, category=category, description=text,
+                report = domain.file(db, Actor.system(), prefix="BCA", category=category, description=text,
                                           mahalle=mahalle, latitude=pin[0] if pin else None,
                                           longitude=pin[1] if pin else None, catalog=CATALOG,
                                           now=utcnow() - timedelta(days=days, minutes=i))
                 if status != "new":
-                    rp.set_status(db, report.code, status, "staff:1", note="ok" if status == "rejected" else "",
-                                  notify=False)
+                    rp.set_status(db, report.code, status, "staff:1", note="ok" if status == "rejected" else "")
                 made.append(report.code)
     finally:
         engine.dispose()
@@ -140,7 +141,7 @@ def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811
     engine = make_engine(url)
     try:
         with transaction(engine) as db:
-            fresh = rp.create_report(db, prefix="BCA", resident_id=None, category="road",
+            fresh = domain.file(db, Actor.system(), prefix="BCA", category="road",
                                      description="Yeni gelen çukur bildirimi", mahalle="kozagac", catalog=CATALOG)
             fresh_code = fresh.code
     finally:

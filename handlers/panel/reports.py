@@ -28,11 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from conversations import bulk as bulk_actions
 from conversations import staff_admin
 from conversations.i18n import N_, format_when, translator
+from conversations.notify import STATUS_KEYS
 from conversations.permissions import Refused, can_some
 from handlers.panel.web import Guard, Signed, fragment, redirect, render
-from storage import repo
 from storage import report_list as rl
 from storage import reports as rp
+from storage.audit import audit
 from storage.db import transaction, utcnow
 from storage.models import Staff
 
@@ -145,7 +146,7 @@ class Names:
         return dep.name.get(self.lang) if dep else key
 
     def status(self, key: str) -> str:
-        return self.t(rp.STATUS_KEYS[key]) if key in rp.STATUS_KEYS else key
+        return self.t(STATUS_KEYS[key]) if key in STATUS_KEYS else key
 
     def when(self, dt: datetime | None) -> str:
         return format_when(dt, self.lang, self.tz) if dt else ""
@@ -189,7 +190,7 @@ def _choices(app, signed: Signed, lang: str, assignable: list[tuple[int, str]]) 
     t = translator(lang)
     catalog = app.catalog
     statuses = [("open", t("panel.reports.status_open")), ("closed", t("panel.reports.status_closed"))]
-    statuses += [(s, t(rp.STATUS_KEYS[s])) for s in rp.STATUSES]
+    statuses += [(s, t(STATUS_KEYS[s])) for s in rp.STATUSES]
     departments = []
     if signed.departments:
         departments.append(("mine", t("panel.reports.department_mine")))
@@ -200,7 +201,7 @@ def _choices(app, signed: Signed, lang: str, assignable: list[tuple[int, str]]) 
     return {"statuses": statuses, "departments": departments, "assignees": assignees,
             "categories": sorted(((c.key, c.name.get(lang)) for c in catalog.categories), key=lambda x: x[1]),
             "mahalleler": sorted(((n.key, n.name) for n in catalog.neighbourhoods), key=lambda x: x[1]),
-            "bulk_statuses": [(s, t(rp.STATUS_KEYS[s])) for s in rp.STATUSES if s != "merged"],
+            "bulk_statuses": [(s, t(STATUS_KEYS[s])) for s in rp.STATUSES if s != "merged"],
             "bulk_assignees": [("none", t("panel.bulk.assign_nobody"))] + [(str(i), n) for i, n in assignable]}
 
 
@@ -344,7 +345,7 @@ def router(app) -> APIRouter:
                                  rp._iso(rep.first_response_at) or "", rp._iso(rep.closed_at) or "",
                                  rep.supporters, rep.channel)])
                 count += 1
-            repo.audit(db, signed.actor.who, "panel.export", "reports.csv", count=count)
+            audit(db, signed.actor.who, "panel.export", "reports.csv", count=count)
             return out.getvalue()
 
         body = await _in_db(app, build)
@@ -366,7 +367,7 @@ def router(app) -> APIRouter:
                     "code": rep.code, "status": rep.status, "category": rep.category, "department": rep.department,
                     "mahalle": rep.mahalle, "created_at": rp._iso(rep.created_at), "due_at": rp._iso(rep.due_at),
                     "overdue": rl.is_overdue(rep, at), "supporters": rep.supporters}})
-            repo.audit(db, signed.actor.who, "panel.export", "reports.geojson", count=len(features))
+            audit(db, signed.actor.who, "panel.export", "reports.geojson", count=len(features))
             return {"type": "FeatureCollection", "features": features}
 
         body = await _in_db(app, build)
@@ -418,7 +419,7 @@ def router(app) -> APIRouter:
         assignable = await _in_db(app, _assignable)
         base = query_of(values)
         lat, lon = _centre(app)
-        legend = [{"key": s, "name": translator(signed.lang)(rp.STATUS_KEYS[s]), "colour": STATUS_COLOURS[s]}
+        legend = [{"key": s, "name": translator(signed.lang)(STATUS_KEYS[s]), "colour": STATUS_COLOURS[s]}
                   for s in rp.STATUSES]
         return render(request, "map.html", signed=signed, values=values, base=base,
                       choices=_choices(app, signed, signed.lang, assignable), legend=legend,
