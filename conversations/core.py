@@ -30,7 +30,7 @@ PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("co
 PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
                "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
 # What a withdrawal stops, said when it happens. The routers declare what stops (on_withdrawal):
-# reports (conversations/reports.py), volunteering (volunteer.py), reminders (participation.py),
+# reports (conversations/reports.py), volunteering (volunteer.py), reminders (reminders.py),
 # announcements (broadcast.py); Ctx.record_consent runs them.
 WITHDRAWN_KEYS = {"reports": N_("privacy.stops.reports"), "volunteering": N_("privacy.stops.volunteering"),
                   "reminders": N_("privacy.stops.reminders"), "announcements": N_("privacy.stops.announcements")}

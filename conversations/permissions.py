@@ -35,6 +35,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "broadcast.send": ("admin", "staff"),  # create, schedule
     "broadcast.cancel": ("admin", "staff"),  # a staff member cancels only their own
     "account.own": ("admin", "staff", "viewer"),  # one's own language, second factor, sessions
+    "event.manage": ("admin", "staff"),           # create, edit, cancel events
+    "volunteer.manage": ("admin", "staff"),       # post and cancel calls for volunteers
 }
 
 

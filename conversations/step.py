@@ -266,13 +266,16 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- the step
-def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
-    """A typed number or a typed option name becomes the choice it names."""
+def resolve_choice(ctx: Ctx, msg: Inbound, *, numbers_are_answers: bool = False) -> Inbound:
+    """A typed number or a typed option name becomes the choice it names (a typed number stays
+    text where the state asks for a number)."""
     choices = ctx.data.get("_choices") or []
     if msg.kind != Kind.TEXT or not choices:
         return msg
     text = msg.text.strip()
     if re.fullmatch(r"\d{1,3}", text):
+        if numbers_are_answers:
+            return msg
         index = int(text) - 1
         if 0 <= index < len(choices):
             return _as_choice(msg, choices[index][0])
@@ -392,7 +395,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     if not _onboarded_for(current, ctx.resident.onboarded_at):
         apply(ctx, run_command(ctx, "start"), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
-    msg = resolve_choice(ctx, msg)
+    msg = resolve_choice(ctx, msg, numbers_are_answers=current.number_answer)
     if current.staff_only and not ctx.is_staff:
         refuse_staff(ctx, ctx.state)
         ctx.data = {}

@@ -9,12 +9,13 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
-from conversations.reports import CODE_RE
+from conversations import attendance, pools, reminders
 from conversations.domain import broadcasts as dbc
+from conversations.domain import events as event_ops
 from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in
 from conversations.permissions import Actor
+from conversations.reports import CODE_RE
 from storage import broadcasts as bc
 from storage import reports as rp
 from storage.db import transaction, utcnow
@@ -106,7 +107,7 @@ def test_withdrawing_volunteering_leaves_the_pools_and_the_calls(make_app, db_ur
     # no new calls reach them, and an old call's button asks for the consent
     call2 = new_call(app, ["environment"], "2030-12-07 10:00", 3)
     with Session(app.db) as db:
-        assert vol_id not in P.matching_volunteers(db, db.get(VolunteerCall, call2.id), "Europe/Istanbul")
+        assert vol_id not in pools.matching_volunteers(db, db.get(VolunteerCall, call2.id), "Europe/Istanbul")
     vol.tap(f"vc:{call2.id}:y")
     assert vol.texts() == t_in("tr", "volunteer.call.unknown")
     # a volunteer who withdrew before withdrawals had effects (their answer still on record): the
@@ -126,8 +127,9 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
     app = make_app(database_url=db_url)
     ayse = Person(app, "ayse").onboard()
     with transaction(app.db) as db:
-        event = P.create_event(db, title={"tr": "Atölye"}, starts_at=utcnow() + timedelta(days=3),
-                               ends_at=utcnow() + timedelta(days=3, hours=2), place="Kent Konseyi")
+        event = event_ops.create_event(db, Actor.cli("test"), title={"tr": "Atölye"},
+                                       starts_at=utcnow() + timedelta(days=3),
+                                       ends_at=utcnow() + timedelta(days=3, hours=2), place="Kent Konseyi")
     ayse.send("/etkinlikler")
     ayse.tap(f"e:{event.id}")
     ayse.tap("rsvp")
@@ -139,9 +141,9 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
     with Session(app.db) as db:
         rows = db.exec(select(Reminder).where(Reminder.resident_id == ayse_id)).all()
         assert [(r.status, r.note) for r in rows] == [("dropped", "no_consent")] * 2
-        assert P.rsvp_of(db, event.id, ayse_id).status == "going"   # the registration stays
+        assert attendance.rsvp_of(db, event.id, ayse_id).status == "going"   # the registration stays
     with transaction(app.db) as db:   # at their time, nothing goes
-        assert P.send_due_reminders(db, utcnow() + timedelta(days=3) - timedelta(hours=24)).sent == 0
+        assert reminders.send_due_reminders(db, utcnow() + timedelta(days=3) - timedelta(hours=24)).sent == 0
     withdraw(ayse, "reminders")        # given again: the registration's reminders come back
     with Session(app.db) as db:
         rows = db.exec(select(Reminder).where(Reminder.resident_id == ayse_id)).all()
