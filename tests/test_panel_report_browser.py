@@ -1,7 +1,7 @@
 """The report page in a real browser (Chromium through Playwright) against a real `katilim run`
 with Telegram through the fake Bot API server, end to end: a resident files a report with a pin
 and a photo in English over Telegram, a staff member sends /panel, opens the link the bot sent,
-opens the report, sees the photo, changes its status starting from a response template, and the
+opens the report from the list, sees the photo, changes its status starting from a response template, and the
 resident receives the message in English over the fake Bot API. Screenshots:
 tests/artifacts/panel-report*.png."""
 from __future__ import annotations
@@ -55,10 +55,13 @@ def test_a_report_from_telegram_triaged_in_the_console(running, page):  # noqa: 
     link = link_from_bot(tg, base)
     page.goto(link)
     page.get_by_role("button", name="Giriş yap").click()
-    page.wait_for_url(base + "/panel/account")
+    page.wait_for_url(base + "/panel/")
 
-    # -- the report page: the photo (served to this session only), the pin, the facts
-    page.goto(f"{base}/panel/reports/{code}")
+    # -- from the list to the report page: the photo (served to this session only), the pin, the facts
+    page.get_by_role("link", name="Raporlar", exact=True).click()
+    page.wait_for_url(base + "/panel/reports")
+    page.get_by_role("link", name=code, exact=True).click()
+    page.wait_for_url(f"{base}/panel/reports/{code}")
     assert page.get_by_role("heading", level=1).inner_text().startswith(code)
     photo = page.get_by_role("img", name=f"{code} bildiriminin 1. fotoğrafı")
     assert photo.is_visible()
