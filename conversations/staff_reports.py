@@ -364,30 +364,29 @@ def on_staff_merge_confirm(ctx: Ctx, msg: Inbound) -> Transition:
         ctx.data.pop("into", None)
         return Go("staffreport.view", keep=True)
     code, into = ctx.data.get("code", ""), ctx.data.pop("into", "")
-    try:
-        people = len(rp.to_be_told(ctx.db, rp.get_by_code(ctx.db, code)))
-        report = triage.merge(ctx.db, ctx.acting_as, code, into, override=msg.choice == "force",
-                              catalog=ctx.catalog, tz=ctx.config.timezone, now=ctx.now)
-    except triage.TriageError as err:
-        ctx.say(ctx.t(err.key, **err.params))
-        return Go("staffreport.view", keep=True)
-    except Refused:
-        ctx.say(ctx.t("staff.refused"))
-        return Go("staffreport.view", keep=True)
-    target = rp.get_report(ctx.db, report.merged_into_id)
-    ctx.say(ctx.t.n("staffreport.merged", people, code=report.code, into=target.code))
+    people = len(rp.to_be_told(ctx.db, rp.get_by_code(ctx.db, code)))
+    report = _tried(ctx, lambda: triage.merge(ctx.db, ctx.acting_as, code, into, override=msg.choice == "force",
+                                              catalog=ctx.catalog, tz=ctx.config.timezone, now=ctx.now))
+    if report is not None:
+        target = rp.get_report(ctx.db, report.merged_into_id)
+        ctx.say(ctx.t.n("staffreport.merged", people, code=report.code, into=target.code))
     return Go("staffreport.view", keep=True)
 
 
 def _unmerge(ctx: Ctx) -> Transition:
+    report = _tried(ctx, lambda: triage.unmerge(ctx.db, ctx.acting_as, ctx.data.get("code", ""), catalog=ctx.catalog,
+                                                tz=ctx.config.timezone, now=ctx.now))
+    if report is not None:
+        ctx.say(ctx.t("staffreport.unmerged", code=report.code, status=status_name(ctx, report.status)))
+    return Go("staffreport.view", keep=True)
+
+
+def _tried(ctx: Ctx, operation):
+    """Run a domain operation; when it cannot be done or is refused, say why and return None."""
     try:
-        report = triage.unmerge(ctx.db, ctx.acting_as, ctx.data.get("code", ""), catalog=ctx.catalog,
-                                tz=ctx.config.timezone, now=ctx.now)
-    except triage.TriageError as err:
+        return operation()
+    except (rp.ReportError, triage.TriageError) as err:
         ctx.say(ctx.t(err.key, **err.params))
-        return Go("staffreport.view", keep=True)
     except Refused:
         ctx.say(ctx.t("staff.refused"))
-        return Go("staffreport.view", keep=True)
-    ctx.say(ctx.t("staffreport.unmerged", code=report.code, status=status_name(ctx, report.status)))
-    return Go("staffreport.view", keep=True)
+    return None

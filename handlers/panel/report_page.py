@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from handlers.files import IMAGE_TYPES, stored_file
 from conversations import geo, notify
 from conversations.domain import triage
 from conversations.i18n import N_, format_when, t_in, translator
 from conversations.permissions import Refused, can
 from conversations.staff_admin import refusal
+from handlers.files import IMAGE_TYPES, stored_file
 from handlers.panel.web import Guard, Signed, redirect, render
 from storage import media as media_store
 from storage import reports as rp
