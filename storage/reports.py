@@ -126,7 +126,7 @@ class ReportMedia(SQLModel, table=True):
     size: Optional[int] = None
     kind: str = Field(default="photo", max_length=8)  # photo, voice
     created_at: datetime = Field(default_factory=utcnow)
-    # the console (revision 0018_report_page): a hidden photo is shown to staff only; a blurred one
+    # the console (revision 0019_report_page): a hidden photo is shown to staff only; a blurred one
     # is served as its blurred copy (a path in the media store) to viewers and publicly
     hidden: bool = Field(default=False)
     blurred_path: str = Field(default="", max_length=500)
@@ -155,7 +155,7 @@ class ReportEvent(SQLModel, table=True):
     from_status: str = Field(default="", max_length=16)
     to_status: str = Field(default="", max_length=16)
     note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    # staff's own note (revision 0018_report_page): never sent, never shown to residents
+    # staff's own note (revision 0019_report_page): never sent, never shown to residents
     internal: bool = Field(default=False)
 
 

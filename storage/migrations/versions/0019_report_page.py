@@ -7,16 +7,16 @@
 * `report_media.blurred_path`: a blurred, re-encoded copy in the media store (served instead of
   the photo to viewers and publicly).
 
-Revision ID: 0018_report_page
-Revises: 0017_report_triage
+Revision ID: 0019_report_page
+Revises: 0018_report_list_order
 Create Date: 2026-12-02
 """
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = '0018_report_page'
-down_revision = '0017_report_triage'
+revision = '0019_report_page'
+down_revision = '0018_report_list_order'
 branch_labels = None
 depends_on = None
 
