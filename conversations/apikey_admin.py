@@ -29,10 +29,13 @@ class ApiKeyInputError(ValueError):
         self.params = params
 
 
-def list_keys(db: Session, actor: Actor) -> list[ApiKey]:
+def list_keys(db: Session, actor: Actor, *, record: bool = True) -> list[ApiKey]:
+    """Every key (never a plain one). `record`: audit the listing (the CLI's `apikey list`); the
+    console's page views are not audited, as no console page view is, its changes are."""
     authorise(db, actor, ACTION, "apikeys")
     rows = apikeys.list_keys(db)
-    audit(db, actor.who, "apikey.listed", "", count=len(rows))
+    if record:
+        audit(db, actor.who, "apikey.listed", "", count=len(rows))
     return rows
 
 

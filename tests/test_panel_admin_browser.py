@@ -50,7 +50,7 @@ def test_an_admin_creates_and_revokes_a_key_and_reads_the_audit_log(running, pag
     page.get_by_role("link", name="Denetim kaydı", exact=True).click()
     page.wait_for_url(base + "/panel/audit")
     first = page.locator("table.audit tbody tr").first
-    assert "apikey.listed" in first.inner_text() and "staff:1 Ayşe Yılmaz" in first.inner_text()
+    assert "apikey.revoked" in first.inner_text() and "staff:1 Ayşe Yılmaz" in first.inner_text()
     screenshot(page, "panel-audit")
     page.get_by_label("İşlem", exact=True).select_option("apikey.revoked")
     page.get_by_role("button", name="Süz", exact=True).click()

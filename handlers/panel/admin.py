@@ -78,7 +78,7 @@ def router(app) -> APIRouter:
 
     async def _keys_page(request, signed, *, status: int = 200, error: str = "", created=None,
                          values: dict[str, str] | None = None):
-        keys, refused = await _run(signed, lambda db: apikey_admin.list_keys(db, signed.actor))
+        keys, refused = await _run(signed, lambda db: apikey_admin.list_keys(db, signed.actor, record=False))
         if refused:
             return _refused_page(request, signed, refused)
         return render(request, "apikeys.html", signed=signed, status=status, error=error, created=created,
@@ -110,7 +110,7 @@ def router(app) -> APIRouter:
 
     @r.get("/apikeys/{kid}/revoke")
     async def apikey_revoke_page(request: Request, kid: int, signed: Signed = Depends(keys_admin)):
-        keys, refused = await _run(signed, lambda db: apikey_admin.list_keys(db, signed.actor))
+        keys, refused = await _run(signed, lambda db: apikey_admin.list_keys(db, signed.actor, record=False))
         if refused:
             return _refused_page(request, signed, refused)
         key = next((k for k in keys if k.id == kid), None)
