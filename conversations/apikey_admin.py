@@ -15,6 +15,7 @@ from sqlmodel import Session
 from conversations.domain import authorise
 from conversations.i18n import N_
 from conversations.permissions import Actor
+from conversations.staff_admin import StaffError
 from storage import apikeys
 from storage.apikeys import ApiKey
 from storage.audit import audit
@@ -22,11 +23,8 @@ from storage.audit import audit
 ACTION = "apikeys.manage"
 
 
-class ApiKeyInputError(ValueError):
-    def __init__(self, key: str, **params) -> None:
-        super().__init__(key)
-        self.key = key
-        self.params = params
+class ApiKeyInputError(StaffError):
+    """Bad input for a key (a catalog key and its parameters, as for staff accounts)."""
 
 
 def list_keys(db: Session, actor: Actor, *, record: bool = True) -> list[ApiKey]:
