@@ -284,7 +284,7 @@ def command_of(ctx: Ctx, msg: Inbound) -> str | None:
     if msg.kind == Kind.TEXT and len(msg.text) <= 40:
         typed = fold(msg.text)
         for key, action in ctx.registry.word_commands.items():
-            if typed in _command_words(key):
+            if typed in typed_words(key):
                 return action
     return None
 
@@ -295,8 +295,9 @@ def run_command(ctx: Ctx, name: str, text: str = "") -> Transition:
 
 
 @lru_cache(maxsize=128)
-def _command_words(key: str) -> frozenset[str]:
-    """The typed words of a word command in every language, folded (catalog: "iptal, vazgeç")."""
+def typed_words(key: str) -> frozenset[str]:
+    """The typed words a catalog key lists, in every language, folded (catalog: "iptal, vazgeç");
+    a word command's, or the yes/no words answering a proactive question."""
     return frozenset(fold(w) for lang in LANGUAGES for w in translator(lang)(key).split(",") if w.strip())
 
 

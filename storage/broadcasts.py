@@ -6,7 +6,8 @@ Each audience key is a named filter in AUDIENCE_FILTERS (an SQL condition on the
 later features register theirs ("pools", "events") with `@audience_filter`.
 
 Recipients: residents whose latest "announcements" consent is a grant, not anonymised, with a
-reachable identity (the channel they used last). Fan-out is streamed: a few
+reachable identity (the channel they used last; the terminal too: its rows wait for the
+resident's next `katilim chat`, and count as delivered for the broadcast's progress). Fan-out is streamed: a few
 `INSERT INTO outbox (...) SELECT ... FROM resident ...` statements per chunk of resident ids (one
 per language, since texts differ), each chunk its own short transaction, so memory stays flat
 and conversations are never blocked for long. Progress is kept on the broadcast row
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from babel.numbers import format_decimal
-from sqlalchemy import Integer, String, and_, case, exists, false, func, insert, literal, or_, select, true
+from sqlalchemy import Integer, String, case, exists, false, func, insert, literal, or_, select, true
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 PURPOSE = "announcements"
 STATUSES = ("draft", "scheduled", "sending", "done", "cancelled")
 ACTIVE = ("draft", "scheduled", "sending")
-# Channels no dispatcher delivers to (the terminal chat): never a broadcast recipient.
-UNBROADCAST_CHANNELS = ["console"]
 CHUNK = 50_000                      # resident ids per fan-out transaction
 FANOUT_LEASE = timedelta(minutes=2)
 PROGRESS_EVERY = timedelta(seconds=30)
@@ -125,14 +124,14 @@ def _consented() -> ColumnElement[bool]:
 
 
 def _reachable():
-    return and_(CI.c.unreachable == false(), CI.c.channel.not_in(UNBROADCAST_CHANNELS))
+    return CI.c.unreachable == false()
 
 
 def _best_identity_id():
     """The identity used last (and still reachable) of the resident in the outer query."""
     ci = CI.alias("ci_best")
     return (select(ci.c.id)
-            .where(ci.c.resident_id == R.c.id, ci.c.unreachable == false(), ci.c.channel.not_in(UNBROADCAST_CHANNELS))
+            .where(ci.c.resident_id == R.c.id, ci.c.unreachable == false())
             .order_by(ci.c.last_inbound_at.desc().nulls_last(), ci.c.id.desc())
             .limit(1).correlate(R).scalar_subquery())
 

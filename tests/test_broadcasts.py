@@ -134,7 +134,7 @@ def population(db) -> dict[str, Resident]:
         "anonymised": add_resident(db, mahalle="kozagac", anonymised=True),
         "no_identity": add_resident(db, channels=()),
         "unreachable": add_resident(db, unreachable=True),
-        "console_only": add_resident(db, channels=("console",)),
+        "console_only": add_resident(db, channels=("console",)),                          # in (the terminal)
         "never_asked": add_resident(db, consents=()),
         "two_channels": add_resident(db, locale="ar", mahalle="adatepe", channels=("telegram", "whatsapp")),  # in
         "odd_locale": add_resident(db, locale="de"),                                       # in (reads Turkish)
@@ -171,14 +171,14 @@ def test_audience_counting(make_app, db_url):
     app = make_app(database_url=db_url)
     with transaction(app.db) as db:
         population(db)
-        assert bc.count_recipients(db, {}) == 5
-        assert bc.count_by_language(db, {}) == {"tr": 3, "en": 1, "ar": 1}
+        assert bc.count_recipients(db, {}) == 6
+        assert bc.count_by_language(db, {}) == {"tr": 4, "en": 1, "ar": 1}
         assert bc.count_recipients(db, {"mahalles": ["kozagac"]}) == 2
         assert bc.count_recipients(db, {"mahalles": ["kozagac", "adatepe"]}) == 4
         assert bc.count_recipients(db, {"language": "en"}) == 1
-        assert bc.count_recipients(db, {"language": "tr"}) == 3
+        assert bc.count_recipients(db, {"language": "tr"}) == 4
         assert bc.count_recipients(db, {"mahalles": ["kozagac", "adatepe"], "language": "ar"}) == 1
-        assert bc.count_recipients(db, {"mahalles": [], "language": None}) == 5
+        assert bc.count_recipients(db, {"mahalles": [], "language": None}) == 6
         with pytest.raises(bc.BroadcastError, match="unknown audience filter 'nonsense'"):
             bc.count_recipients(db, {"nonsense": ["parks"]})
         with pytest.raises(bc.BroadcastError):
@@ -208,13 +208,15 @@ def test_fan_out_rows_and_payload_languages(make_app, db_url):
             add_resident(db, consents=(False,))
     bid = new_broadcast(app, photo="/media/afis.jpg")
     assert bc.claim_due(app.db, "w1") == [bid]
-    assert bc.fan_out(app.db, bid, "w1", chunk=3) == 5
+    assert bc.fan_out(app.db, bid, "w1", chunk=3) == 6
     assert bc.fan_out(app.db, bid, "w1", chunk=3) == 0            # done: nothing written twice
     assert bc.claim_due(app.db, "w2") == []
     rows = rows_of(app, bid)
     by_resident = {row.resident_id: row for row in rows}
-    assert len(rows) == len(by_resident) == 5
-    assert set(by_resident) == {r[k].id for k in ("tr", "en", "regranted", "two_channels", "odd_locale")}
+    assert len(rows) == len(by_resident) == 6
+    assert set(by_resident) == {r[k].id for k in ("tr", "en", "regranted", "console_only", "two_channels",
+                                                  "odd_locale")}
+    assert by_resident[r["console_only"].id].channel == "console"
     for row in rows:
         assert (row.kind, row.priority, row.status, row.attempts) == ("broadcast", outbox.PRIORITY_BROADCAST,
                                                                         "pending", 0)
@@ -228,7 +230,7 @@ def test_fan_out_rows_and_payload_languages(make_app, db_url):
     assert ar_row.channel == "whatsapp"            # the channel used last
     assert "Su kesintisi" in by_resident[r["odd_locale"].id].payload["text"]
     b = get(app, bid)
-    assert (b.status, b.total) == ("sending", 5) and b.fanout_done_at is not None
+    assert (b.status, b.total) == ("sending", 6) and b.fanout_done_at is not None
     assert audit_actions(app, bid) == ["broadcast.created", "broadcast.scheduled", "broadcast.started",
                                        "broadcast.queued"]
 
