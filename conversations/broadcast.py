@@ -347,6 +347,11 @@ def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
     changed = ctx.consented(PURPOSE)
     if changed:
         ctx.record_consent(PURPOSE, False)
+    if ctx.state not in (IDLE, "subscription"):
+        # in the middle of something (a report's draft): announcements off, the draft kept, the
+        # question they were at asked again
+        ctx.say(ctx.t(N_("subscription.off_midway") if changed else N_("subscription.status_off")))
+        return Go(ctx.state, keep=True)
     return Go("subscription", {"changed": changed})
 
 
@@ -354,10 +359,10 @@ def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
                 menu={"tr": "abonelik", "en": "subscription", "ar": "subscription"},
                 description=N_("subscription.command"))
 def cmd_subscription(ctx: Ctx, text: str) -> Transition:
+    """Where announcements stand, with one button to change that: nothing changes unasked."""
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
-    ctx.record_consent(PURPOSE, not ctx.consented(PURPOSE))
-    return Go("subscription", {"changed": True})
+    return Go("subscription")
 
 
 @router.state("subscription", accepts={Kind.CHOICE})

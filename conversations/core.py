@@ -95,9 +95,11 @@ def cmd_help(ctx: Ctx, text: str) -> Transition:
 
 @router.command("cancel", "iptal", "cancel", menu=_menu("iptal", "cancel"), description=N_("command.cancel"))
 def cmd_cancel(ctx: Ctx, text: str) -> Transition:
-    if ctx.resident.onboarded_at is None:
+    current = ctx.registry.states.get(ctx.state)
+    if ctx.resident.onboarded_at is None and not (current is not None and current.staff_only):
+        # onboarding goes on where it was (a consent question is asked again, not the language)
         ctx.say(ctx.t("cancel.onboarding"))
-        return Go("onboarding.language", keep=True)
+        return Go(ctx.state if ctx.state.startswith("onboarding.") else "onboarding.language", keep=True)
     ctx.say(ctx.t("cancel.nothing") if ctx.state == IDLE else ctx.t("cancel.done"))
     return Go(IDLE)
 

@@ -1,4 +1,4 @@
-"""Problem reports, the resident's side (issue 4): /bildir files a report, /raporlarim lists them.
+"""Problem reports, the resident's side (issue 4): /bildir files a report, /bildirimlerim (alias /raporlarim) lists them.
 
 /bildir → consent "reports" → category → description (text or a voice note) → location (a pin, or
 mahalle + street/landmark) → up to 3 photos → summary with edit buttons → (an open report of the
@@ -34,7 +34,8 @@ DEFAULT_PER_HOUR = 5
 CODE_RE = re.compile(r"\b([A-Z]{2,6}-\d{4}-\d{6})\b")
 # The command names a resident types, per language (Telegram menu names must be Latin).
 REPORT_COMMAND = {"tr": "bildir", "en": "report", "ar": "report"}
-MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
+# one word for one thing: the menu says "📋 Bildirimlerim", so does the command (/raporlarim stays an alias)
+MINE_COMMAND = {"tr": "bildirimlerim", "en": "myreports", "ar": "myreports"}
 
 router = Router("reports")
 router.menu_item(10, "report", N_("report.menu"), "cmd:report")
@@ -447,8 +448,8 @@ def _follow(ctx: Ctx, report: rp.Report) -> None:
         ctx.say(ctx.t("report.already_following", code=report.code))
 
 
-# ---------------------------------------------------------------- /raporlarim
-@router.command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
+# ---------------------------------------------------------------- /bildirimlerim (/raporlarim)
+@router.command("myreports", "bildirimlerim", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
 def cmd_myreports(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)

@@ -408,8 +408,10 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
 
 
 def _onboarded_for(current: "State", onboarded_at: datetime | None) -> bool:
-    """The resident may use this state (one that needs onboarding sends them to /start first)."""
-    return onboarded_at is not None or not current.needs_onboarding
+    """The resident may use this state (one that needs onboarding sends them to /start first).
+    A staff screen needs no onboarding: a staff member who never went through it works all the
+    same (whoever else reaches one is refused by the staff check)."""
+    return onboarded_at is not None or not current.needs_onboarding or current.staff_only
 
 
 def expired(state: str, updated_at: datetime | None, now: datetime, expiry: timedelta) -> bool:

@@ -454,6 +454,7 @@ def test_stop_words_turn_announcements_off(make_app, word, lang):
     talk(app, "77", command="start")
     talk(app, "77", choice=f"lang:{lang}")
     talk(app, "77", choice="all")
+    talk(app, "77", choice="skip")      # the mahalle, later: at the menu
     assert announcements_on(app, "77")
     replies = talk(app, "77", text=word)
     assert replies[-1] == t_in(lang, "subscription.off")
@@ -467,16 +468,20 @@ def test_stop_words_turn_announcements_off(make_app, word, lang):
     assert announcements_on(app, "77")
 
 
-def test_abonelik_toggles(make_app):
+def test_abonelik_asks_before_changing_anything(make_app):
     app = make_app()
     talk(app, "78", command="start")
     talk(app, "78", choice="lang:tr")
     talk(app, "78", choice="all")
-    assert talk(app, "78", command="abonelik")[-1] == t_in("tr", "subscription.off")
-    assert not announcements_on(app, "78")
-    assert talk(app, "78", command="ABONELIK")[-1] == t_in("tr", "subscription.on")
+    assert talk(app, "78", command="abonelik")[-1] == t_in("tr", "subscription.status_on")   # asked, not changed
     assert announcements_on(app, "78")
-    assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.off")
+    assert talk(app, "78", choice="toggle")[-1] == t_in("tr", "subscription.off")
+    assert not announcements_on(app, "78")
+    assert talk(app, "78", command="ABONELIK")[-1] == t_in("tr", "subscription.status_off")  # still off
+    assert not announcements_on(app, "78")
+    assert talk(app, "78", choice="toggle")[-1] == t_in("tr", "subscription.on")
+    assert announcements_on(app, "78")
+    assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.status_on")
     assert talk(app, "78", choice="back")[-1] == t_in("tr", "menu.title")
     assert "abonelik" in app.registry.command_menu["tr"] and "subscription" in app.registry.command_menu["en"]
 
