@@ -56,7 +56,12 @@ def _n(ctx: Ctx, n: int) -> str:
 
 
 # ---------------------------------------------------------------- /duyuru: the texts
-@router.command("broadcast", "duyuru", "announce")
+router.menu_item(100, "staff_broadcast", N_("menu.staff_broadcast"), "cmd:broadcast", staff=True)
+router.menu_item(101, "staff_broadcasts", N_("menu.staff_broadcasts"), "cmd:broadcasts", staff=True)
+
+
+@router.command("broadcast", "duyuru", "announce", menu={"tr": "duyuru", "en": "announce", "ar": "announce"},
+                description=N_("command.staff_broadcast"), staff=True)
 def cmd_broadcast(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.text", {"texts": {}, "audience": {}})
 
@@ -273,7 +278,8 @@ def on_when(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- /duyurular: list and cancel
-@router.command("broadcasts", "duyurular", "broadcasts")
+@router.command("broadcasts", "duyurular", "broadcasts", menu={"tr": "duyurular", "en": "broadcasts", "ar": "broadcasts"},
+                description=N_("command.staff_broadcasts"), staff=True)
 def cmd_broadcasts(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.list")
 

@@ -26,6 +26,7 @@ from storage.participation import EVENT_TYPES, Event
 
 router = Router("events")
 router.menu_item(30, "events", N_("event.menu"), "event.list")
+router.menu_item(103, "staff_addevent", N_("menu.staff_addevent"), "cmd:addevent", staff=True)
 LANG_FIELDS = [("title", "tr"), ("title", "en"), ("title", "ar"),
                ("description", "tr"), ("description", "en"), ("description", "ar")]
 FIELD_PROMPTS = {("title", "tr"): N_("event.add.title_tr"), ("title", "en"): N_("event.add.title_en"),
@@ -86,7 +87,8 @@ def cmd_events(ctx: Ctx, text: str) -> Transition:
     return Go("event.list")
 
 
-@router.command("addevent", "etkinlikekle", "addevent", description=N_("event.add.command"))
+@router.command("addevent", "etkinlikekle", "addevent", menu={"tr": "etkinlikekle", "en": "addevent", "ar": "addevent"},
+                description=N_("event.add.command"), staff=True)
 def cmd_add_event(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("event.add_text", {"i": 0, "title": {}, "description": {}})

@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
-from conversations.text import clean_text, fold, match_options
+from conversations.text import clean_text, closest, fold, match_options
 from storage import media as media_store
 from storage import outbox, repo
 from storage.models import ChannelIdentity, Resident
@@ -117,6 +117,7 @@ class Ctx:
         self._conn = conn if conn is not None else session.connection()
         self._writes = writes     # the runtime's; None: whoever built this context owns the transaction
         self._consents: dict[str, bool] | None = None
+        self._shows_staff: bool | None = None
 
     @property
     def registry(self) -> "Registry":
@@ -231,6 +232,14 @@ class Ctx:
                                       tz=self.config.timezone)
 
     @property
+    def shows_staff(self) -> bool:
+        """Whether this is a staff member who uses the chat's staff screens (their commands in
+        /yardim and the menu), read on the step's connection: no ORM session for a menu."""
+        if self._shows_staff is None:
+            self._shows_staff = repo.chat_staff_on(self._conn, self.channel, self.identity.address)
+        return self._shows_staff
+
+    @property
     def is_staff(self) -> bool:
         return repo.is_chat_staff(self.db, self.channel, self.identity.address)
 
@@ -287,6 +296,28 @@ def command_of(ctx: Ctx, msg: Inbound) -> str | None:
             if typed in typed_words(key):
                 return action
     return None
+
+
+def command_names(ctx: Ctx) -> list[str]:
+    """The commands as /yardim names them in the resident's language (a staff member's too)."""
+    registry = ctx.registry
+    names = list(registry.command_menu.get(ctx.lang, registry.command_menu["en"]))
+    if registry.staff_menu.get(ctx.lang) and ctx.shows_staff:
+        names += registry.staff_menu[ctx.lang]
+    return names
+
+
+def did_you_mean(ctx: Ctx, typed: str) -> str | None:
+    """The command a mistyped one was probably meant to be ("/yardm" → "yardim"), among the
+    spellings of the resident's language (Turkish-aware: "/İPTL" → "iptal"), or None."""
+    shown = command_names(ctx)
+    canonical = {ctx.registry.canonical(name) for name in shown}
+    spellings = [s for s, name in ctx.registry.spellings.items() if name in canonical]
+    near = closest(typed, shown) or closest(typed, spellings)
+    if near is None:
+        return None
+    name = ctx.registry.canonical(near)
+    return next((s for s in shown if ctx.registry.canonical(s) == name), near)
 
 
 def run_command(ctx: Ctx, name: str, text: str = "") -> Transition:
@@ -369,7 +400,12 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     action = command_of(ctx, msg)
     if action is not None:
         if action == "?":
-            ctx.say(ctx.t("engine.unknown_command", command="/" + msg.command[:32]))
+            near = did_you_mean(ctx, msg.command)
+            typed = "/" + msg.command[:32]
+            if near:
+                ctx.say(ctx.t("engine.did_you_mean", command=typed, near="/" + near))
+            else:
+                ctx.say(ctx.t("engine.unknown_command", command=typed))
             current.enter(ctx)
         else:
             apply(ctx, run_command(ctx, action, msg.text), current)

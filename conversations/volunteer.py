@@ -23,6 +23,7 @@ from storage.participation import AVAILABILITY
 
 router = Router("volunteering")
 router.menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
+router.menu_item(104, "staff_volunteercall", N_("menu.staff_volunteercall"), "cmd:volunteercall", staff=True)
 
 
 @router.on_withdrawal("volunteering")
@@ -303,7 +304,8 @@ def call_button(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: a call for volunteers
-@router.command("volunteercall", "gonullucagri", "volunteercall", description=N_("volunteer.call_new.command"))
+@router.command("volunteercall", "gonullucagri", "volunteercall", description=N_("volunteer.call_new.command"),
+                menu={"tr": "gonullucagri", "en": "volunteercall", "ar": "volunteercall"}, staff=True)
 def cmd_volunteer_call(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("volunteer.call_pools", {"pools": []})

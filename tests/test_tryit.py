@@ -1,0 +1,150 @@
+"""The rough edges a new resident and a new staff member met on the terminal (issue 14), each
+through the real terminal channel (tests/terminal.py: handlers/console.py in-process): commands
+in every language, a mistyped command, typed language names, cancel and stop keeping what they
+should, staff who never onboarded, staff commands in /yardim and the menu, /duyurular."""
+from __future__ import annotations
+
+import re
+
+from sqlmodel import select
+
+from conversations.i18n import LANGUAGES, t_in, translator
+from storage.db import transaction
+from storage.models import Broadcast, ConversationSession, Staff
+from tests.terminal import Terminal
+
+tr, en, ar = translator("tr"), translator("en"), translator("ar")
+
+
+def add_staff(app, name: str, role: str = "staff") -> None:
+    with transaction(app.db) as db:
+        db.add(Staff(console=name, name=name.title(), role=role))
+
+
+async def onboarded(app, name: str, lang: str = "tr") -> Terminal:
+    """A resident who chose `lang`, allowed everything and skipped the mahalle: at the menu."""
+    term = Terminal(app, name)
+    await term.open()
+    await term.script(str(LANGUAGES.index(lang) + 1), "1", t_in(lang, "mahalle.skip"))
+    return term
+
+
+def help_commands(screen: str) -> list[str]:
+    return re.findall(r"^/(\S+) — ", screen, flags=re.M)
+
+
+# ---------------------------------------------------------------- commands
+async def test_every_command_named_in_yardim_works_in_that_language(make_app):
+    for lang in LANGUAGES:
+        app = make_app()
+        term = await onboarded(app, f"sakin-{lang}", lang)
+        names = help_commands(await term.type("/" + app.registry.command_menu[lang][1]))  # /yardim, /help
+        assert len(names) >= 10 and ("link" in names) == (lang != "tr"), (lang, names)
+        for name in names:
+            screen = await term.type("/" + name)
+            assert t_in(lang, "engine.unknown_command", command="/" + name) not in screen, (lang, name)
+            assert t_in(lang, "staff.refused") not in screen, (lang, name)
+            await term.type("/" + app.registry.command_menu[lang][2])                      # /iptal, /cancel
+
+
+async def test_a_mistyped_command_gets_did_you_mean(make_app):
+    app = make_app()
+    term = await onboarded(app, "ayse")
+    for typed, meant in (("yardm", "yardim"), ("yardımm", "yardim"), ("IPTL", "iptal"), ("bldir", "bildir"), ("etkinlikler", None),
+                         ("verilerimm", "verilerim"), ("bildirmlerim", "bildirimlerim"), ("hlep", "yardim")):
+        screen = await term.type("/" + typed)
+        if meant is None:
+            assert tr("engine.did_you_mean", command="/" + typed, near="/x").split("/x")[0] not in screen
+            continue
+        shown = "/" + typed.lower()
+        assert screen.startswith(tr("engine.did_you_mean", command=shown, near="/" + meant) + "\n"), screen
+    screen = await term.type("/zzzqqq")
+    assert screen.startswith(tr("engine.unknown_command", command="/zzzqqq") + "\n")
+    english = await onboarded(make_app(), "john", "en")
+    screen = await english.type("/langauge")
+    assert screen.startswith(en("engine.did_you_mean", command="/langauge", near="/language") + "\n"), screen
+
+
+async def test_the_language_step_understands_typed_language_names(make_app):
+    for typed, lang in (("ingilizce", "en"), ("English", "en"), ("arapça", "ar"), ("ARABIC", "ar"),
+                        ("türkçe", "tr"), ("turkish", "tr"), ("العربية", "ar"), ("İngilizce", "en")):
+        app = make_app()
+        term = Terminal(app, f"kisi{abs(hash(typed)) % 10_000}")
+        await term.open()
+        screen = await term.type(typed)
+        assert t_in(lang, "notice.accept_all") in screen, (typed, screen)
+    await term.script("1", t_in("ar", "mahalle.skip"))
+    assert en("language.changed") in await term.script("/language", "ingilizce")
+    assert tr("language.changed") in await term.script("/dil", "Türkçe")
+
+
+# ---------------------------------------------------------------- cancel and stop
+async def test_iptal_at_a_consent_question_asks_it_again(make_app):
+    app = make_app()
+    term = Terminal(app, "ayse")
+    await term.open()
+    await term.script("1", "2", "1")            # Türkçe, one by one, reports: yes
+    screen = await term.type("/iptal")
+    volunteering = tr("consent.question", purpose=tr("consent.purpose.volunteering"),
+                      why=tr("consent.why.volunteering"))
+    assert screen.startswith(tr("cancel.onboarding") + "\n" + volunteering + "\n"), screen
+    assert tr("onboarding.choose_language") not in screen
+
+
+async def test_dur_in_the_middle_of_a_report_keeps_the_draft(make_app):
+    app = make_app()
+    term = await onboarded(app, "ayse")
+    await term.script("/bildir", "1")            # the first category
+    before = await term.type("Parktaki bank kırık, çocuklar için tehlikeli.")
+    screen = await term.type("DUR")
+    assert screen.startswith(tr("subscription.off_midway") + "\n"), screen
+    prompt = before.split("\n", 1)[1] if before.startswith("✅") else before
+    assert screen.endswith(prompt), (screen, before)       # the same question again
+    with transaction(app.db) as db:
+        session = db.get(ConversationSession, term.resident_id)
+        assert session.data["description"] == "Parktaki bank kırık, çocuklar için tehlikeli."
+    from storage import repo
+
+    with app.db.connect() as conn:
+        assert repo.current_consents(conn, term.resident_id)["announcements"] is False
+    status = await term.type("/abonelik")       # asks before turning them back on
+    assert status.startswith(tr("subscription.status_off") + "\n  1 · " + tr("subscription.turn_on")), status
+    with app.db.connect() as conn:
+        assert repo.current_consents(conn, term.resident_id)["announcements"] is False
+    assert (await term.type("1")).startswith(tr("subscription.on"))
+
+
+# ---------------------------------------------------------------- staff
+async def test_a_staff_member_who_never_onboarded_works_and_cancels(make_app):
+    app = make_app()
+    add_staff(app, "mehmet")
+    term = Terminal(app, "mehmet")               # never went through onboarding
+    screen = await term.type("/duyuru")
+    assert screen == tr("broadcast.ask_text_tr") + "\n", screen
+    screen = await term.type("Cumartesi Kozağaç'ta su kesintisi olacak.")
+    assert tr("onboarding.choose_language") not in screen
+    assert tr("cancel.done") in await term.type("/iptal")
+    with transaction(app.db) as db:
+        assert db.exec(select(Broadcast)).all() == []
+    screen = await term.type("/raporlar")
+    assert tr("onboarding.choose_language") not in screen and tr("staff.refused") not in screen
+    screen = await term.type("/etkinlikekle")
+    assert screen.startswith(tr("event.add.title_tr")), screen
+
+
+async def test_staff_see_their_commands_in_yardim_and_the_menu(make_app):
+    app = make_app()
+    add_staff(app, "mehmet")
+    term = await onboarded(app, "mehmet")
+    screen = await term.type("/yardim")
+    names = help_commands(screen)
+    staff_names = list(app.registry.staff_menu["tr"])
+    assert staff_names == ["raporlar", "duyuru", "duyurular", "etkinlikekle", "gonullucagri", "panel"]
+    assert names[-len(staff_names):] == staff_names
+    assert tr("help.staff") in screen
+    for key in ("menu.staff_broadcast", "menu.staff_reports", "menu.staff_addevent", "menu.staff_panel"):
+        assert f" · {tr(key)}\n" in screen, key
+    resident = await onboarded(make_app(), "ayse")
+    screen = await resident.type("/yardim")
+    assert not set(help_commands(screen)) & set(staff_names) and tr("help.staff") not in screen
+    assert tr("menu.staff_broadcast") not in screen
