@@ -272,6 +272,12 @@ def progress(db: Session, b: Broadcast) -> Progress:
                     waiting=counts.waiting, cancelled=counts.cancelled, fanned_out=b.fanout_done_at is not None)
 
 
+def recent(db: Session, limit: int = 10) -> list[Broadcast]:
+    """Every announcement, whoever made it (the chat, the CLI, the staff console) and whatever its
+    status, newest first."""
+    return list(db.exec(select(Broadcast).order_by(Broadcast.id.desc()).limit(limit)).scalars())
+
+
 def active_for(db: Session, created_by: str | None) -> list[Broadcast]:
     """Scheduled and running broadcasts (of one staff member, or of everyone when None)."""
     query = select(Broadcast).where(Broadcast.status.in_(ACTIVE)).order_by(Broadcast.id)

@@ -137,3 +137,18 @@ def test_staff_commands(tmp_path):
 def test_staff_add_needs_an_identity(tmp_path):
     done = katilim(tmp_path, "staff", "add", "--role", "admin")
     assert done.returncode == 2 and "--telegram" in done.stderr
+
+
+def test_staff_add_console_keeps_the_name(tmp_path):
+    """README's synopsis: `katilim staff add --console NAME`; the name given once stays when the
+    member is changed later, and a member added without one is named after the terminal name."""
+    first = katilim(tmp_path, "staff", "add", "--console", "ayse", "--name", "Ayşe Yılmaz", "--role", "admin")
+    assert first.returncode == 0, first.stderr
+    again = katilim(tmp_path, "staff", "add", "--console", "ayse", "--role", "staff")
+    assert again.stdout.strip() == ("staff 1 saved: name=Ayşe Yılmaz telegram=- whatsapp=- console=ayse role=staff "
+                                    "departments=-"), again.stderr
+    plain = katilim(tmp_path, "staff", "add", "--console", "mehmet")
+    assert plain.stdout.strip() == ("staff 2 saved: name=mehmet telegram=- whatsapp=- console=mehmet role=staff "
+                                    "departments=-"), plain.stderr
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "katilim staff add (--telegram ID | --whatsapp +90... | --console NAME)" in readme

@@ -5,12 +5,15 @@ should, staff who never onboarded, staff commands in /yardim and the menu, /duyu
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from sqlmodel import select
 
 from conversations.i18n import LANGUAGES, t_in, translator
 from storage.db import transaction
 from storage.models import Broadcast, ConversationSession, Staff
+from tests.conftest import test_env
 from tests.terminal import Terminal
 
 tr, en, ar = translator("tr"), translator("en"), translator("ar")
@@ -148,3 +151,26 @@ async def test_staff_see_their_commands_in_yardim_and_the_menu(make_app):
     screen = await resident.type("/yardim")
     assert not set(help_commands(screen)) & set(staff_names) and tr("help.staff") not in screen
     assert tr("menu.staff_broadcast") not in screen
+
+
+async def test_duyurular_shows_every_announcement_also_those_from_the_cli(make_app, sqlite_url, tmp_path):
+    app = make_app()
+    add_staff(app, "mehmet")
+    text = tmp_path / "duyuru.txt"
+    text.write_text("Pazar günü Kozağaç'ta pazar yeri kurulmayacak.", encoding="utf-8")
+    env = test_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
+    for at in ([], ["--at", "yarın 09:00"]):
+        sent = subprocess.run([sys.executable, "-m", "bot.cli", "broadcast", "send", "--text-file", str(text), *at],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+    term = await onboarded(app, "mehmet")
+    screen = await term.type("/duyurular")
+    assert screen.startswith(tr("broadcast.list_all_title") + "\n#2 · " + tr("broadcast.status_scheduled")), screen
+    assert "\n#1 · " in screen and screen.count("Pazar günü Kozağaç'ta pazar yeri kurulmayacak.") == 2
+    # not theirs: no cancel button for a staff member (an admin gets one)
+    assert tr("broadcast.cancel_button", id=2) not in screen
+    admin_app = make_app()
+    add_staff(admin_app, "ayse", role="admin")
+    admin = await onboarded(admin_app, "ayse")
+    screen = await admin.type("/duyurular")
+    assert f" · {tr('broadcast.cancel_button', id=2)}\n" in screen
