@@ -142,10 +142,10 @@ def test_staff_add_needs_an_identity(tmp_path):
 def test_staff_add_console_keeps_the_name(tmp_path):
     """README's synopsis: `katilim staff add --console NAME`; the name given once stays when the
     member is changed later, and a member added without one is named after the terminal name."""
-    first = katilim(tmp_path, "staff", "add", "--console", "ayse", "--name", "Ayşe Yılmaz", "--role", "admin")
+    first = katilim(tmp_path, "staff", "add", "--console", "ayse", "--name", "Ayşe Yılmaz")
     assert first.returncode == 0, first.stderr
-    again = katilim(tmp_path, "staff", "add", "--console", "ayse", "--role", "staff")
-    assert again.stdout.strip() == ("staff 1 saved: name=Ayşe Yılmaz telegram=- whatsapp=- console=ayse role=staff "
+    again = katilim(tmp_path, "staff", "add", "--console", "ayse", "--role", "admin")
+    assert again.stdout.strip() == ("staff 1 saved: name=Ayşe Yılmaz telegram=- whatsapp=- console=ayse role=admin "
                                     "departments=-"), again.stderr
     plain = katilim(tmp_path, "staff", "add", "--console", "mehmet")
     assert plain.stdout.strip() == ("staff 2 saved: name=mehmet telegram=- whatsapp=- console=mehmet role=staff "
