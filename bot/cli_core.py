@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from bot.app import add_configured_channels, build_app, open_db, reader_locale, run_forever
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import keys_in, operator_name
 from bot.settings import Settings
 from conversations import staff_admin
 from conversations.i18n import N_, t_in
@@ -126,7 +126,8 @@ def cmd_staff_add(settings: Settings, args) -> int:
                                               whatsapp=args.whatsapp, console=args.console)
             staff = staff_admin.save_staff(
                 db, Actor.cli(operator_name()), staff_id=existing.id if existing else None, name=args.name,
-                role=args.role or (None if existing else "staff"), departments=args.department,
+                role=args.role or (None if existing else "staff"),
+                departments=keys_in(args.department, [d.key for d in catalog.departments]),
                 telegram=str(args.telegram) if args.telegram else None, whatsapp=args.whatsapp,
                 console=args.console, known_departments={d.key for d in catalog.departments})
             departments = panel.departments_of(db, staff.id)

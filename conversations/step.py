@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
-from conversations.text import clean_text, closest, fold, match_options
+from conversations.text import clean_text, closest, fold, key_for, match_options
 from storage import media as media_store
 from storage import outbox, repo
 from storage.models import ChannelIdentity, Resident
@@ -259,8 +259,9 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- the step
-def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
-    """A typed number or a typed option name becomes the choice it names."""
+def resolve_choice(ctx: Ctx, msg: Inbound, *, by_key: bool = False) -> Inbound:
+    """A typed number or a typed option name becomes the choice it names; with `by_key` (a staff
+    screen) a typed catalog key too, Turkish-aware ("atölye" picks "t:atolye")."""
     choices = ctx.data.get("_choices") or []
     if msg.kind != Kind.TEXT or not choices:
         return msg
@@ -275,6 +276,11 @@ def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
     exact = [k for k, label in choices if fold(label) == typed]
     if exact:
         return _as_choice(msg, exact[0])
+    if by_key:
+        keyed = {k.rsplit(":", 1)[-1]: k for k, _ in choices}
+        key = key_for(text, keyed)
+        if key is not None:
+            return _as_choice(msg, keyed[key])
     if len(found) == 1 and len(typed) >= 3:
         return _as_choice(msg, found[0])
     return msg
@@ -413,7 +419,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     if not _onboarded_for(current, ctx.resident.onboarded_at):
         apply(ctx, run_command(ctx, "start"), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
-    msg = resolve_choice(ctx, msg)
+    msg = resolve_choice(ctx, msg, by_key=current.staff_only)
     if current.staff_only and not ctx.is_staff:
         refuse_staff(ctx, ctx.state)
         ctx.data = {}

@@ -72,6 +72,14 @@ def _words_match(q_words: list[str], words: list[str]) -> bool:
     return len(q_words) <= len(words) and all(w.startswith(q) for q, w in zip(q_words, words))
 
 
+def key_for(typed: str, keys) -> str | None:
+    """The key staff meant when they typed one of a catalog's keys (an event type, a category, a
+    pool, a department, a status), Turkish-aware: "atölye" → "atolye", "Odak Grup" → "odak_grup",
+    "ÇEVRE" → "cevre"; None when no key matches."""
+    q = fold(typed).replace(" ", "_")
+    return next((key for key in keys if fold(key).replace(" ", "_") == q), None) if q else None
+
+
 def edit_distance(a: str, b: str) -> int:
     """Insertions, deletions, substitutions and swaps of two neighbours between two strings
     (optimal string alignment): "repot" → "report" 1, "yardmi" → "yardim" 1."""

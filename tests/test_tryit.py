@@ -174,3 +174,44 @@ async def test_duyurular_shows_every_announcement_also_those_from_the_cli(make_a
     admin = await onboarded(admin_app, "ayse")
     screen = await admin.type("/duyurular")
     assert f" · {tr('broadcast.cancel_button', id=2)}\n" in screen
+
+
+# ---------------------------------------------------------------- catalog keys typed by staff
+def test_the_cli_takes_catalog_keys_typed_with_turkish_letters(sqlite_url, tmp_path):
+    env = test_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
+
+    def katilim(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    for typed in ("atölye", "ATÖLYE", "Odak Grup", "sosyo-kültürel"):
+        added = katilim("events", "add", "--title", f"Kompost {typed}", "--type", typed, "--start", "2031-05-04 18:00",
+                        "--end", "20:00", "--place", "Buca Kent Konseyi")
+        assert added.returncode == 0, (typed, added.stderr)
+    from storage.db import make_engine
+    from storage.participation import Event
+
+    db = make_engine(sqlite_url)
+    with transaction(db) as s:
+        assert [e.type for e in s.exec(select(Event).order_by(Event.id))] == [
+            "atolye", "atolye", "odak_grup", "sosyo_kulturel"]
+    db.dispose()
+    wrong = katilim("events", "add", "--title", "X", "--type", "atölyeler", "--start", "2031-05-04 18:00",
+                    "--end", "20:00", "--place", "P")
+    assert wrong.returncode == 2 and "invalid choice: 'atölyeler'" in wrong.stderr
+    listed = katilim("reports", "list", "--status", "İN PROGRESS")
+    assert listed.returncode == 0, listed.stderr
+    staff = katilim("staff", "add", "--console", "mehmet", "--department", "FEN İŞLERİ", "--department", "temizlik işleri")
+    assert staff.returncode == 0, staff.stderr
+    assert staff.stdout.strip().endswith("departments=fen_isleri,temizlik_isleri"), staff.stdout
+
+
+async def test_staff_type_a_catalog_key_in_the_chat(make_app):
+    app = make_app()
+    add_staff(app, "mehmet")
+    term = await onboarded(app, "mehmet")
+    await term.script("/etkinlikekle", "Kompost Atölyesi", *[t_in("tr", "event.add.skip")] * 5)
+    screen = await term.type("other")              # the key of "Etkinlik", typed
+    assert screen.startswith(tr("event.add.start")), screen
+    with transaction(app.db) as db:
+        assert db.get(ConversationSession, term.resident_id).data["type"] == "other"
