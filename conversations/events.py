@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from babel.dates import format_datetime
+from sqlmodel import select
 
 from conversations import participation as P
 from conversations.core import require_consent, yes_no
@@ -22,7 +23,7 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import record_id, truncate
-from storage.participation import EVENT_TYPES, Event
+from storage.participation import EVENT_TYPES, Event, Rsvp
 
 router = Router("events")
 router.menu_item(30, "events", N_("event.menu"), "event.list")
@@ -120,15 +121,21 @@ def event_list(ctx: Ctx) -> None:
     if not events:
         ctx.ask(ctx.t("event.list.empty"), [Choice("menu", ctx.t("common.back"))])
         return
-    items = [Choice(f"e:{e.id}", f"{truncate(e.title_in(ctx.lang), 24)} · {_short_when(ctx, e.starts_at)}")
-             for e in events]
+    # the events one is registered for are marked (✓ going, ⏳ on the waiting list)
+    marks = {r.event_id: "✓ " if r.status == "going" else "⏳ " for r in ctx.db.exec(
+        select(Rsvp).where(Rsvp.resident_id == ctx.resident.id, Rsvp.event_id.in_([e.id for e in events]),
+                           Rsvp.status.in_(("going", "waitlist"))))}
+    items = [Choice(f"e:{e.id}", marks.get(e.id, "") + f"{truncate(e.title_in(ctx.lang), 24)} · "
+                    f"{_short_when(ctx, e.starts_at)}") for e in events]
     page = ctx.data.get("_page", 0)
     choices = ctx.paged(items, page, [Choice("menu", ctx.t("common.back"))])
     page = ctx.data["_page"]
     shown = events[page * 8:(page + 1) * 8]
     lines = [ctx.t("event.list.title")]
     for e in shown:
-        lines.append(f"• {e.title_in(ctx.lang)} — {ctx.when(e.starts_at)}")
+        lines.append(f"• {marks.get(e.id, '')}{e.title_in(ctx.lang)} — {ctx.when(e.starts_at)}")
+    if marks:
+        lines.append(ctx.t("event.list.marks"))
     ctx.ask("\n".join(lines), choices)
 
 

@@ -543,9 +543,17 @@ def detail_text(ctx: Ctx, report: rp.Report, *, with_description: bool) -> str:
 
 
 def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) -> list[Choice]:
+    """The page's buttons; a resolved report offers what its notification did, for as long as it
+    applies: reopen it (within REOPEN_WINDOW) and, for the reporter who has not yet, rate it."""
     choices = []
     if not mine and not following and report.status in rp.OPEN_STATUSES:
         choices.append(Choice("follow", ctx.t("report.detail_follow")))
+    if report.status == "resolved" and (mine or following):
+        if mine and not report.rating:
+            choices.append(Choice("rate", ctx.t("report.detail_rate")))
+        resolved_at = _aware(report.resolved_at or report.updated_at)
+        if ctx.now - resolved_at <= rp.REOPEN_WINDOW:
+            choices.append(Choice("reopen", ctx.t("report.detail_reopen")))
     return choices + [Choice("list", ctx.t("report.back_to_list")), Choice("menu", ctx.t("report.to_menu"))]
 
 
@@ -560,6 +568,12 @@ def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
         report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
         if report is not None:
             _follow(ctx, report)
+        return Go("report.detail", keep=True)
+    if msg.choice == "rate":
+        return Go("report.rate", {"code": ctx.data.get("code", "")})
+    if msg.choice == "reopen":  # as the notification's "no, it goes on" button does
+        on_resolved_answer(ctx, Inbound(channel=msg.channel, address=msg.address, kind=Kind.CHOICE,
+                                        choice=f"{rp.RESOLVED_PREFIX}:no:{ctx.data.get('code', '')}"))
         return Go("report.detail", keep=True)
     if msg.choice == "list":
         return Go("report.mine", {"_page": ctx.data.get("_page", 0)})

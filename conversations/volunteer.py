@@ -76,7 +76,8 @@ def home(ctx: Ctx) -> None:
         choices.append(Choice(f"p:{pool.key}", mark + pool.name.get(ctx.lang)))
     if not ctx.catalog.pools:
         lines.append(ctx.t("volunteer.no_pools"))
-    choices += [Choice("mine", ctx.t("volunteer.my_calls")), Choice("menu", ctx.t("common.back"))]
+    choices += [Choice("open", ctx.t("volunteer.open_calls")), Choice("mine", ctx.t("volunteer.my_calls")),
+                Choice("menu", ctx.t("common.back"))]
     ctx.ask("\n".join(lines), choices)
 
 
@@ -86,7 +87,35 @@ def on_home(ctx: Ctx, msg: Inbound) -> Transition:
         return Go(IDLE)
     if msg.choice == "mine":
         return Go("volunteer.mine")
+    if msg.choice == "open":
+        return Go("volunteer.open")
     return Go("volunteer.pool", {"pool": msg.choice[2:]})
+
+
+@router.state("volunteer.open", choice_only=True)
+def open_calls(ctx: Ctx) -> None:
+    """The calls they were invited to and may still take: a call's message is never the only way."""
+    calls = P.invitations_of(ctx.db, ctx.resident.id, ctx.now)
+    if not calls:
+        ctx.ask(ctx.t("volunteer.open_empty"), [Choice("back", ctx.t("common.back"))])
+        return
+    lines = [ctx.t("volunteer.open_title")]
+    choices = []
+    for call in calls:
+        when = P.span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
+        lines.append(ctx.t("volunteer.open_line", what=call.what, when=when, place=call.place,
+                           free=max(0, call.capacity - call.accepted), capacity=call.capacity))
+        choices.append(Choice(f"{P.CALL_PREFIX}:{call.id}:y", ctx.t("volunteer.open_take", what=truncate(call.what, 24))))
+    choices.append(Choice("back", ctx.t("common.back")))
+    ctx.ask("\n".join(lines), choices)
+
+
+@open_calls.on_input
+def on_open_calls(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.choice == "back":
+        return Go("volunteer.home")
+    call_button(ctx, msg)       # as the call's own "I'll come" button
+    return Go("volunteer.mine")
 
 
 @router.state("volunteer.pool")

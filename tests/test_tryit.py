@@ -215,3 +215,73 @@ async def test_staff_type_a_catalog_key_in_the_chat(make_app):
     assert screen.startswith(tr("event.add.start")), screen
     with transaction(app.db) as db:
         assert db.get(ConversationSession, term.resident_id).data["type"] == "other"
+
+
+# ---------------------------------------------------------------- nothing proactive is a dead end
+async def test_a_resolved_reports_page_offers_rating_and_reopening(make_app):
+    from storage import reports as rp
+
+    app = make_app()
+    term = await onboarded(app, "ayse")
+    resident = term.resident_id
+    with transaction(app.db) as db:
+        code = rp.create_report(db, prefix="BCA", resident_id=resident, category="yol",
+                                description="Okulun önünde derin bir çukur var.", mahalle="kozagac").code
+        rp.set_status(db, code, "resolved", "staff:1", notify=False)
+    page = await term.type(f"/bildirimlerim {code}")
+    assert f" · {tr('report.detail_rate')}\n" in page and f" · {tr('report.detail_reopen')}\n" in page
+    assert tr("report.rate_prompt", code=code) in await term.type(tr("report.detail_rate"))
+    assert tr("report.rated", rating=4, code=code) in await term.type("4")
+    page = await term.type(f"/bildirimlerim {code}")
+    assert tr("report.detail_rate") not in page and tr("report.detail_reopen") in page   # rated once
+    screen = await term.type(tr("report.detail_reopen"))
+    assert screen.startswith(tr("report.reopened", code=code) + "\n"), screen
+    assert tr("report.detail_reopen") not in screen.split(tr("report.reopened", code=code), 1)[1]
+
+
+async def test_open_calls_can_be_browsed_and_taken_and_show_as_duties(make_app):
+    from datetime import timedelta
+
+    from conversations import participation as P
+    from storage.db import utcnow
+
+    app = make_app()
+    term = await onboarded(app, "ayse")
+    pool, resident = app.catalog.pools[0].key, term.resident_id
+    with transaction(app.db) as db:
+        P.join_pool(db, resident, pool, weekdays=True, weekends=True, evenings=True)
+        start = utcnow() + timedelta(days=3)
+        P.create_call(db, pools=[pool], what="Sahil temizliği", place="Buca Göleti", starts_at=start,
+                      ends_at=start + timedelta(hours=2), capacity=5, created_by="staff:1", catalog=app.catalog,
+                      tz="Europe/Istanbul")
+    await term.wait()                                       # the call's message arrived; they let it pass
+    await term.type("/menu")
+    await term.type("/gonullu")
+    screen = await term.type(tr("volunteer.open_calls"))
+    assert screen.startswith(tr("volunteer.open_title") + "\n• Sahil temizliği — "), screen
+    assert "(boş yer: 5/5)" in screen
+    screen = await term.type(tr("volunteer.open_take", what="Sahil temizliği"))
+    assert tr("volunteer.mine_title") in screen and tr("volunteer.status.accepted") in screen
+    await term.type("/gonullu")
+    assert (await term.type(tr("volunteer.open_calls"))).startswith(tr("volunteer.open_empty"))
+
+
+async def test_the_event_list_marks_the_events_one_is_registered_for(make_app):
+    from datetime import timedelta
+
+    from conversations import participation as P
+    from storage.db import utcnow
+
+    app = make_app()
+    term = await onboarded(app, "ayse")
+    resident = term.resident_id
+    with transaction(app.db) as db:
+        start = utcnow() + timedelta(days=2)
+        going = P.create_event(db, title={"tr": "İklim Paneli"}, starts_at=start, ends_at=start + timedelta(hours=2),
+                               place="Buca Kent Konseyi", created_by="staff:1")
+        P.create_event(db, title={"tr": "Kompost Atölyesi"}, starts_at=start + timedelta(days=1),
+                       ends_at=start + timedelta(days=1, hours=2), place="Buca Kent Konseyi", created_by="staff:1")
+        P.register(db, going.id, resident, now=utcnow(), offsets=[])
+    screen = await term.type("/etkinlikler")
+    assert "\n• ✓ İklim Paneli — " in screen and "\n• Kompost Atölyesi — " in screen
+    assert tr("event.list.marks") in screen and " · ✓ İklim Paneli · " in screen
