@@ -13,7 +13,7 @@ from sqlmodel import select
 from conversations.i18n import LANGUAGES, t_in, translator
 from storage.db import transaction
 from storage.models import Broadcast, ConversationSession, Staff
-from tests.conftest import test_env
+from tests.conftest import test_env as katilim_env
 from tests.terminal import Terminal
 
 tr, en, ar = translator("tr"), translator("en"), translator("ar")
@@ -158,7 +158,7 @@ async def test_duyurular_shows_every_announcement_also_those_from_the_cli(make_a
     add_staff(app, "mehmet")
     text = tmp_path / "duyuru.txt"
     text.write_text("Pazar günü Kozağaç'ta pazar yeri kurulmayacak.", encoding="utf-8")
-    env = test_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
+    env = katilim_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
     for at in ([], ["--at", "yarın 09:00"]):
         sent = subprocess.run([sys.executable, "-m", "bot.cli", "broadcast", "send", "--text-file", str(text), *at],
                               env=env, capture_output=True, text=True, timeout=120)
@@ -178,7 +178,7 @@ async def test_duyurular_shows_every_announcement_also_those_from_the_cli(make_a
 
 # ---------------------------------------------------------------- catalog keys typed by staff
 def test_the_cli_takes_catalog_keys_typed_with_turkish_letters(sqlite_url, tmp_path):
-    env = test_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
+    env = katilim_env(DATABASE_URL=sqlite_url, MEDIA_DIR=str(tmp_path / "media"))
 
     def katilim(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True,
