@@ -70,7 +70,8 @@ async def cmd_run(settings: Settings, args) -> int:
     if not app.channels:
         lang = reader_locale()
         key = N_("console.no_channel_chat") if args.or_chat else N_("console.no_channel")
-        print(t_in(lang, key, host=settings.http_host, port=settings.http_port), file=sys.stderr)
+        url = f"http://{settings.http_host}:{settings.http_port}" + ("/panel" if args.or_chat else "")
+        print(t_in(lang, key, url=url), file=sys.stderr)
         if args.or_chat:
             return await _chat(app, None, serve=True)
     await run_forever(app)

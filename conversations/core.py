@@ -148,9 +148,9 @@ def onboarding_language(ctx: Ctx) -> None:
 
 def typed_language(text: str) -> str | None:
     """The language a typed name means, in any of our languages ("ingilizce", "English", "arapça",
-    "العربية", "en"): each catalog's language.names lists what names its language; None if unsure."""
+    "العربية", "en"): each catalog's words.language lists what names its language; None if unsure."""
     found = match_options(text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang,
-                                                   *(w.strip() for w in t_in(lang, "language.names").split(","))])
+                                                   *(w.strip() for w in t_in(lang, "words.language").split(","))])
                                  for lang in LANGUAGES])
     return found[0] if len(found) == 1 else None
 

@@ -100,7 +100,7 @@ def test_chat_after_deletion_starts_afresh_and_quits(tmp_path):
 def test_run_without_a_channel_opens_the_chat(tmp_path):
     done = katilim(tmp_path, "run", "--or-chat", stdin="")
     assert done.returncode == 0, done.stderr
-    assert tr("console.no_channel_chat", host="127.0.0.1", port=0) in done.stderr
+    assert tr("console.no_channel_chat", url="http://127.0.0.1:0/panel") in done.stderr
     assert "katilim chat" not in done.stderr + done.stdout     # never told to open what they are in
     assert tr("onboarding.choose_language") in done.stdout
 
@@ -113,7 +113,7 @@ def test_the_first_messages_speak_the_readers_language(tmp_path):
         done = katilim(tmp_path, "run", "--or-chat", stdin="", lang=lang)
         assert done.returncode == 0, done.stderr
         login = getpass.getuser()
-        assert done.stderr.splitlines()[:2] == [t("console.no_channel_chat", host="127.0.0.1", port=0),
+        assert done.stderr.splitlines()[:2] == [t("console.no_channel_chat", url="http://127.0.0.1:0/panel"),
                                                 t("console.intro", name=login)], (lang, done.stderr)
 
 

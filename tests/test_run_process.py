@@ -111,7 +111,7 @@ def test_run_without_a_channel_serves_http_and_the_scheduler(tmp_path):
         log.close()
     output = (tmp_path / "katilim.log").read_text()
     assert code == 0, output
-    assert output.splitlines()[0] == t_in("en", "console.no_channel", host="127.0.0.1", port=port), output
+    assert output.splitlines()[0] == t_in("en", "console.no_channel", url=f"http://127.0.0.1:{port}"), output
     assert "TELEGRAM_BOT_TOKEN" in output and "Traceback" not in output
 
 
@@ -171,7 +171,7 @@ def test_make_run_is_the_whole_system_in_one_process(tmp_path):
     err = proc.stderr.read()
     assert code == 0, err
     assert "Traceback" not in err
-    assert err.splitlines()[0] == t_in("tr", "console.no_channel_chat", host="127.0.0.1", port=port)
+    assert err.splitlines()[0] == t_in("tr", "console.no_channel_chat", url=f"http://127.0.0.1:{port}/panel")
     assert "katilim chat" not in err + shown()
     assert shown().count("Yarın su kesintisi var.") == 1 and shown().count("⏰ Hatırlatma: Gençlik Forumu") == 1
 
