@@ -95,19 +95,23 @@ def on_home(ctx: Ctx, msg: Inbound) -> Transition:
 @router.state("volunteer.open", choice_only=True)
 def open_calls(ctx: Ctx) -> None:
     """The calls they were invited to and may still take: a call's message is never the only way."""
-    calls = P.invitations_of(ctx.db, ctx.resident.id, ctx.now)
-    if not calls:
-        ctx.ask(ctx.t("volunteer.open_empty"), [Choice("back", ctx.t("common.back"))])
-        return
-    lines = [ctx.t("volunteer.open_title")]
-    choices = []
-    for call in calls:
+    def line(call) -> tuple[str, Choice]:
         when = P.span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
-        lines.append(ctx.t("volunteer.open_line", what=call.what, when=when, place=call.place,
-                           free=max(0, call.capacity - call.accepted), capacity=call.capacity))
-        choices.append(Choice(f"{P.CALL_PREFIX}:{call.id}:y", ctx.t("volunteer.open_take", what=truncate(call.what, 24))))
-    choices.append(Choice("back", ctx.t("common.back")))
-    ctx.ask("\n".join(lines), choices)
+        return (ctx.t("volunteer.open_line", what=call.what, when=when, place=call.place,
+                      free=max(0, call.capacity - call.accepted), capacity=call.capacity),
+                Choice(f"{P.CALL_PREFIX}:{call.id}:y", ctx.t("volunteer.open_take", what=truncate(call.what, 24))))
+
+    _calls_page(ctx, [line(call) for call in P.invitations_of(ctx.db, ctx.resident.id, ctx.now)],
+                N_("volunteer.open_empty"), N_("volunteer.open_title"))
+
+
+def _calls_page(ctx: Ctx, rows: list[tuple[str, Choice]], empty: str, title: str) -> None:
+    """A list of calls, a line and a button each, and back (or `empty` when there is none)."""
+    if not rows:
+        ctx.ask(ctx.t(empty), [Choice("back", ctx.t("common.back"))])
+        return
+    ctx.ask("\n".join([ctx.t(title), *(text for text, _ in rows)]),
+            [choice for _, choice in rows] + [Choice("back", ctx.t("common.back"))])
 
 
 @open_calls.on_input
@@ -291,20 +295,15 @@ def on_leave(ctx: Ctx, msg: Inbound) -> Transition:
 # ---------------------------------------------------------------- my duties
 @router.state("volunteer.mine")
 def mine(ctx: Ctx) -> None:
-    rows = P.calls_of(ctx.db, ctx.resident.id, ctx.now)
-    if not rows:
-        ctx.ask(ctx.t("volunteer.mine_empty"), [Choice("back", ctx.t("common.back"))])
-        return
-    lines = [ctx.t("volunteer.mine_title")]
-    choices = []
-    for response, call in rows:
+    def line(response, call) -> tuple[str, Choice]:
         when = P.span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
         status = (ctx.t("volunteer.status.accepted") if response.status == "accepted"
                   else ctx.t("volunteer.status.reserve", position=response.position))
-        lines.append(f"• {call.what} — {when}, {call.place} ({status})")
-        choices.append(Choice(f"c:{call.id}", ctx.t("volunteer.cancel_duty", what=truncate(call.what, 24))))
-    choices.append(Choice("back", ctx.t("common.back")))
-    ctx.ask("\n".join(lines), choices)
+        return (f"• {call.what} — {when}, {call.place} ({status})",
+                Choice(f"c:{call.id}", ctx.t("volunteer.cancel_duty", what=truncate(call.what, 24))))
+
+    _calls_page(ctx, [line(response, call) for response, call in P.calls_of(ctx.db, ctx.resident.id, ctx.now)],
+                N_("volunteer.mine_empty"), N_("volunteer.mine_title"))
 
 
 @mine.on_input

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,14 +35,25 @@ def run_katilim(tmp_path: Path, *args: str, timeout: float = 30, **env: str) -> 
                           timeout=timeout)
 
 
+@contextmanager
+def started(tmp_path: Path, *args: str, env: dict[str, str], **popen):
+    """`katilim ARGS` running; killed at the end if it has not stopped by itself."""
+    proc = subprocess.Popen([*katilim(), *args], cwd=tmp_path, env=env, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_run_answers_on_telegram_and_stops_on_sigterm(tmp_path):
     db = tmp_path / "katilim.db"
     log = (tmp_path / "katilim.log").open("w")
     with FakeTelegramServer() as tg:
         env = subprocess_env(TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.root, DATABASE_URL=f"sqlite:///{db}",
                        HTTP_PORT="0", MEDIA_DIR=str(tmp_path / "media"))
-        proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with started(tmp_path, "run", env=env, stdout=log, stderr=subprocess.STDOUT) as proc:
             tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
             assert {c.params.get("language_code") for c in tg.calls_of("setMyCommands")} == {None, "tr", "en", "ar"}
             tg.push_text(4242, "/start")
@@ -54,11 +66,7 @@ def test_run_answers_on_telegram_and_stops_on_sigterm(tmp_path):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=10)
             took = time.monotonic() - stopping
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+    log.close()
     output = (tmp_path / "katilim.log").read_text()
     assert code == 0, output
     assert took < 5, output
@@ -93,10 +101,9 @@ def test_run_without_a_channel_serves_http_and_the_scheduler(tmp_path):
     Open311, the staff console) and the scheduler run all the same, until SIGTERM."""
     port = free_port()
     log = (tmp_path / "katilim.log").open("w")
-    proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env=subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", LANG="C.UTF-8",
-                                               MEDIA_DIR=str(tmp_path / "media"), HTTP_PORT=str(port)))
-    try:
+    env = subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}", LANG="C.UTF-8",
+                         MEDIA_DIR=str(tmp_path / "media"), HTTP_PORT=str(port))
+    with started(tmp_path, "run", env=env, stdout=log, stderr=subprocess.STDOUT) as proc:
         health = wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2))
         assert health.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/open311/v2/services.json", timeout=5).status_code == 200
@@ -104,11 +111,7 @@ def test_run_without_a_channel_serves_http_and_the_scheduler(tmp_path):
         wait_until(lambda: "scheduler started" in (tmp_path / "katilim.log").read_text())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    log.close()
     output = (tmp_path / "katilim.log").read_text()
     assert code == 0, output
     assert output.splitlines()[0] == t_in("en", "console.no_channel", url=f"http://127.0.0.1:{port}"), output
@@ -123,50 +126,46 @@ def test_make_run_is_the_whole_system_in_one_process(tmp_path):
     screen = (tmp_path / "screen.txt").open("w")
     env = subprocess_env(DATABASE_URL=f"sqlite:///{db_path}", MEDIA_DIR=str(tmp_path / "media"), HTTP_PORT=str(port),
                          LANG="tr_TR.UTF-8", KATILIM_REMINDER_OFFSETS="3s", REMINDER_SCAN_INTERVAL="0.5")
-    proc = subprocess.Popen([*katilim(), "run", "--or-chat"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
-                            stdout=screen, stderr=subprocess.PIPE, text=True)
+    with started(tmp_path, "run", "--or-chat", env=env, stdin=subprocess.PIPE, stdout=screen,
+                 stderr=subprocess.PIPE, text=True) as proc:
 
-    def typed(*lines: str) -> None:
-        for line in lines:
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
+        def typed(*lines: str) -> None:
+            for line in lines:
+                proc.stdin.write(line + "\n")
+                proc.stdin.flush()
 
-    def shown() -> str:
-        return (tmp_path / "screen.txt").read_text()
+        def shown() -> str:
+            return (tmp_path / "screen.txt").read_text()
 
-    db = None
-    try:
-        wait_until(lambda: t_in("tr", "onboarding.choose_language") in shown())   # greeted, not a bare prompt
-        typed("1", "1", "kozagac")                                                # Türkçe, accept all, mahalle
-        wait_until(lambda: t_in("tr", "mahalle.saved", mahalle="Kozağaç") in shown())
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/panel/login", timeout=5).status_code == 200
         db = make_engine(f"sqlite:///{db_path}")
-        with transaction(db) as s:
-            event = P.create_event(s, title={"tr": "Gençlik Forumu"}, starts_at=utcnow() + timedelta(seconds=8),
-                                   ends_at=utcnow() + timedelta(hours=1), place="Buca Kent Konseyi", created_by="test")
-            event_id = event.id
-        typed(f"/start ev_{event_id}", t_in("tr", "event.rsvp"))
-        with transaction(db) as s:
-            broadcast = bc.create(s, texts={"tr": "Yarın su kesintisi var."}, audience={}, created_by="staff:1",
-                                  scheduled_at=utcnow() + timedelta(seconds=2))
-            broadcast_id = broadcast.id
-        wait_until(lambda: "⏰ Hatırlatma: Gençlik Forumu" in shown(), timeout=30)
-        wait_until(lambda: "Yarın su kesintisi var." in shown(), timeout=30)
-
-        def finished():
+        try:
+            wait_until(lambda: t_in("tr", "onboarding.choose_language") in shown())   # greeted, not a bare prompt
+            typed("1", "1", "kozagac")                                                # Türkçe, accept all, mahalle
+            wait_until(lambda: t_in("tr", "mahalle.saved", mahalle="Kozağaç") in shown())
+            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/panel/login", timeout=5).status_code == 200
             with transaction(db) as s:
-                return s.get(Broadcast, broadcast_id).status == "done"
+                event = P.create_event(s, title={"tr": "Gençlik Forumu"}, starts_at=utcnow() + timedelta(seconds=8),
+                                       ends_at=utcnow() + timedelta(hours=1), place="Buca Kent Konseyi",
+                                       created_by="test")
+                event_id = event.id
+            typed(f"/start ev_{event_id}", t_in("tr", "event.rsvp"))
+            with transaction(db) as s:
+                broadcast = bc.create(s, texts={"tr": "Yarın su kesintisi var."}, audience={}, created_by="staff:1",
+                                      scheduled_at=utcnow() + timedelta(seconds=2))
+                broadcast_id = broadcast.id
+            wait_until(lambda: "⏰ Hatırlatma: Gençlik Forumu" in shown(), timeout=30)
+            wait_until(lambda: "Yarın su kesintisi var." in shown(), timeout=30)
 
-        wait_until(finished, timeout=30)
-        typed("/cikis")
-        code = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        screen.close()
-        if db is not None:
+            def finished():
+                with transaction(db) as s:
+                    return s.get(Broadcast, broadcast_id).status == "done"
+
+            wait_until(finished, timeout=30)
+            typed("/cikis")
+            code = proc.wait(timeout=30)
+        finally:
+            screen.close()
             db.dispose()
     err = proc.stderr.read()
     assert code == 0, err

@@ -16,17 +16,9 @@ from conversations.i18n import translator
 from storage.db import transaction, utcnow
 from tests.conftest import test_env as katilim_env
 from tests.terminal import Terminal
+from tests.test_console import in_order as shows   # the screen shows these lines, in this order
 
 tr = translator("tr")
-
-
-def shows(screen: str, *lines: str) -> None:
-    """The screen shows these lines, in this order."""
-    at = 0
-    for line in lines:
-        found = screen.find(line, at)
-        assert found >= 0, f"{line!r} not on the screen after position {at}:\n{screen[at:at + 1500]}"
-        at = found + len(line)
 
 
 def clerk(sqlite_url: str, tmp_path, *args: str) -> str:
