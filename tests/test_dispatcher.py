@@ -188,7 +188,7 @@ def test_reserve_slots_is_shared_gcra(make_app, db_url):
         assert 1.5 < outbox.channel_paused_for(db, "telegram") <= 2
     assert reserve(3).paused_for > 1.5
 
-    seed(app.db, [1, 2, 3, 4, 5], channel="console", broadcast_id=7)
+    seed(app.db, [1, 2, 3, 4, 5], channel="whatsapp", broadcast_id=7)
     with transaction(app.db) as db:
         ids = [r.id for r in db.exec(select(OutboxMessage).where(OutboxMessage.broadcast_id == 7)
                                      .order_by(OutboxMessage.id))]
@@ -196,6 +196,11 @@ def test_reserve_slots_is_shared_gcra(make_app, db_url):
         db.exec(update(OutboxMessage).where(OutboxMessage.id == ids[2]).values(status="unsendable"))
         progress = outbox.broadcast_progress(db, 7)
     assert (progress.sent, progress.failed, progress.waiting, progress.total, progress.done) == (2, 1, 2, 5, False)
+    # a terminal's rows wait for its resident's next chat: delivered to the mailbox, they hold nothing open
+    seed(app.db, [1, 2, 3], channel="console", broadcast_id=8)
+    with transaction(app.db) as db:
+        progress = outbox.broadcast_progress(db, 8)
+    assert (progress.sent, progress.failed, progress.waiting, progress.total, progress.done) == (3, 0, 0, 3, True)
 
 
 # ---------------------------------------------------------------- the rules
