@@ -548,7 +548,7 @@ def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) ->
     if report.status == "resolved" and (mine or following):
         if mine and not report.rating:
             choices.append(Choice("rate", ctx.t("report.detail_rate")))
-        resolved_at = _aware(report.resolved_at or report.updated_at)
+        resolved_at = aware(report.resolved_at or report.updated_at)
         if ctx.now - resolved_at <= rp.REOPEN_WINDOW:
             choices.append(Choice("reopen", ctx.t("report.detail_reopen")))
     return choices + [Choice("list", ctx.t("report.back_to_list")), Choice("menu", ctx.t("report.to_menu"))]
@@ -570,7 +570,7 @@ def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
         return Go("report.rate", {"code": ctx.data.get("code", "")})
     if msg.choice == "reopen":  # as the notification's "no, it goes on" button does
         on_resolved_answer(ctx, Inbound(channel=msg.channel, address=msg.address, kind=Kind.CHOICE,
-                                        choice=f"{rp.RESOLVED_PREFIX}:no:{ctx.data.get('code', '')}"))
+                                        choice=f"{notify.RESOLVED_PREFIX}:no:{ctx.data.get('code', '')}"))
         return Go("report.detail", keep=True)
     if msg.choice == "list":
         return Go("report.mine", {"_page": ctx.data.get("_page", 0)})

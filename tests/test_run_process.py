@@ -15,7 +15,8 @@ import httpx
 
 from sqlmodel import Session, create_engine, select
 
-from conversations import participation as P
+from conversations.domain import events as event_ops
+from conversations.permissions import Actor
 from conversations.i18n import t_in
 from storage import broadcasts as bc
 from storage.db import make_engine, transaction, utcnow
@@ -145,9 +146,9 @@ def test_make_run_is_the_whole_system_in_one_process(tmp_path):
             assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
             assert httpx.get(f"http://127.0.0.1:{port}/panel/login", timeout=5).status_code == 200
             with transaction(db) as s:
-                event = P.create_event(s, title={"tr": "Gençlik Forumu"}, starts_at=utcnow() + timedelta(seconds=8),
-                                       ends_at=utcnow() + timedelta(hours=1), place="Buca Kent Konseyi",
-                                       created_by="test")
+                event = event_ops.create_event(s, Actor.cli("test"), title={"tr": "Gençlik Forumu"},
+                                               starts_at=utcnow() + timedelta(seconds=8),
+                                               ends_at=utcnow() + timedelta(hours=1), place="Buca Kent Konseyi")
                 event_id = event.id
             typed(f"/start ev_{event_id}", t_in("tr", "event.rsvp"))
             with transaction(db) as s:

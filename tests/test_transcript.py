@@ -11,8 +11,9 @@ import sys
 from datetime import timedelta
 
 from bot.participation_jobs import scan_reminders
-from conversations import participation as P
+from conversations.domain import events as event_ops
 from conversations.i18n import translator
+from conversations.permissions import Actor
 from storage.db import transaction, utcnow
 from tests.conftest import test_env as katilim_env
 from tests.terminal import Terminal
@@ -71,8 +72,8 @@ async def test_a_resident_day_on_the_terminal(make_app, sqlite_url, tmp_path):
     # -- an event this evening: she registers, gets its calendar file and, before it starts, the reminder
     with transaction(app.db) as db:   # the clerk adds it (as `katilim events add` does)
         starts = utcnow() + timedelta(seconds=5)
-        P.create_event(db, title={"tr": "Yıldız Mahalle Buluşması"}, starts_at=starts,
-                       ends_at=starts + timedelta(hours=2), place="Yıldız Muhtarlığı", created_by="cli:clerk")
+        event_ops.create_event(db, Actor.cli("cli:clerk"), title={"tr": "Yıldız Mahalle Buluşması"},
+                               starts_at=starts, ends_at=starts + timedelta(hours=2), place="Yıldız Muhtarlığı")
     await ayse.type("/menu")
     shows(await ayse.type("/etkinlikler"), "• Yıldız Mahalle Buluşması — ")
     shows(await ayse.type("1"), "Yıldız Muhtarlığı", tr("event.rsvp"))

@@ -106,14 +106,14 @@ async def test_dur_in_the_middle_of_a_report_keeps_the_draft(make_app):
     with transaction(app.db) as db:
         session = db.get(ConversationSession, term.resident_id)
         assert session.data["description"] == "Parktaki bank kırık, çocuklar için tehlikeli."
-    from storage import repo
+    from storage.consents import current_consents
 
     with app.db.connect() as conn:
-        assert repo.current_consents(conn, term.resident_id)["announcements"] is False
+        assert current_consents(conn, term.resident_id)["announcements"] is False
     status = await term.type("/abonelik")       # asks before turning them back on
     assert status.startswith(tr("subscription.status_off") + "\n  1 · " + tr("subscription.turn_on")), status
     with app.db.connect() as conn:
-        assert repo.current_consents(conn, term.resident_id)["announcements"] is False
+        assert current_consents(conn, term.resident_id)["announcements"] is False
     assert (await term.type("1")).startswith(tr("subscription.on"))
 
 
@@ -212,7 +212,10 @@ async def test_staff_type_a_catalog_key_in_the_chat(make_app):
     term = await onboarded(app, "mehmet")
     await term.script("/etkinlikekle", "Kompost Atölyesi", *[t_in("tr", "event.add.skip")] * 5)
     screen = await term.type("other")              # the key of "Etkinlik", typed
-    assert screen.startswith(tr("event.add.start")), screen
+    from conversations.when import example_time
+    from storage.db import utcnow
+
+    assert screen.startswith(tr("event.add.start", example=example_time(utcnow(), "tr")) + "\n"), screen
     with transaction(app.db) as db:
         assert db.get(ConversationSession, term.resident_id).data["type"] == "other"
 
@@ -227,7 +230,7 @@ async def test_a_resolved_reports_page_offers_rating_and_reopening(make_app):
     with transaction(app.db) as db:
         code = rp.create_report(db, prefix="BCA", resident_id=resident, category="yol",
                                 description="Okulun önünde derin bir çukur var.", mahalle="kozagac").code
-        rp.set_status(db, code, "resolved", "staff:1", notify=False)
+        rp.set_status(db, code, "resolved", "staff:1")
     page = await term.type(f"/bildirimlerim {code}")
     assert f" · {tr('report.detail_rate')}\n" in page and f" · {tr('report.detail_reopen')}\n" in page
     assert tr("report.rate_prompt", code=code) in await term.type(tr("report.detail_rate"))
@@ -242,18 +245,20 @@ async def test_a_resolved_reports_page_offers_rating_and_reopening(make_app):
 async def test_open_calls_can_be_browsed_and_taken_and_show_as_duties(make_app):
     from datetime import timedelta
 
-    from conversations import participation as P
+    from conversations.domain import volunteering as call_ops
+    from conversations.permissions import Actor
+    from conversations.pools import join_pool
     from storage.db import utcnow
 
     app = make_app()
     term = await onboarded(app, "ayse")
     pool, resident = app.catalog.pools[0].key, term.resident_id
     with transaction(app.db) as db:
-        P.join_pool(db, resident, pool, weekdays=True, weekends=True, evenings=True)
+        join_pool(db, resident, pool, weekdays=True, weekends=True, evenings=True)
         start = utcnow() + timedelta(days=3)
-        P.create_call(db, pools=[pool], what="Sahil temizliği", place="Buca Göleti", starts_at=start,
-                      ends_at=start + timedelta(hours=2), capacity=5, created_by="staff:1", catalog=app.catalog,
-                      tz="Europe/Istanbul")
+        call_ops.create_call(db, Actor.cli("test"), pools=[pool], what="Sahil temizliği", place="Buca Göleti",
+                             starts_at=start, ends_at=start + timedelta(hours=2), capacity=5, catalog=app.catalog,
+                             tz="Europe/Istanbul")
     await term.wait()                                       # the call's message arrived; they let it pass
     await term.type("/menu")
     await term.type("/gonullu")
@@ -269,7 +274,9 @@ async def test_open_calls_can_be_browsed_and_taken_and_show_as_duties(make_app):
 async def test_the_event_list_marks_the_events_one_is_registered_for(make_app):
     from datetime import timedelta
 
-    from conversations import participation as P
+    from conversations.attendance import register
+    from conversations.domain import events as event_ops
+    from conversations.permissions import Actor
     from storage.db import utcnow
 
     app = make_app()
@@ -277,11 +284,12 @@ async def test_the_event_list_marks_the_events_one_is_registered_for(make_app):
     resident = term.resident_id
     with transaction(app.db) as db:
         start = utcnow() + timedelta(days=2)
-        going = P.create_event(db, title={"tr": "İklim Paneli"}, starts_at=start, ends_at=start + timedelta(hours=2),
-                               place="Buca Kent Konseyi", created_by="staff:1")
-        P.create_event(db, title={"tr": "Kompost Atölyesi"}, starts_at=start + timedelta(days=1),
-                       ends_at=start + timedelta(days=1, hours=2), place="Buca Kent Konseyi", created_by="staff:1")
-        P.register(db, going.id, resident, now=utcnow(), offsets=[])
+        going = event_ops.create_event(db, Actor.cli("test"), title={"tr": "İklim Paneli"}, starts_at=start,
+                                       ends_at=start + timedelta(hours=2), place="Buca Kent Konseyi")
+        event_ops.create_event(db, Actor.cli("test"), title={"tr": "Kompost Atölyesi"},
+                               starts_at=start + timedelta(days=1), ends_at=start + timedelta(days=1, hours=2),
+                               place="Buca Kent Konseyi")
+        register(db, going.id, resident, now=utcnow(), offsets=[])
     screen = await term.type("/etkinlikler")
     assert "\n• ✓ İklim Paneli — " in screen and "\n• Kompost Atölyesi — " in screen
     assert tr("event.list.marks") in screen and " · ✓ İklim Paneli · " in screen
