@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from sqlalchemy.engine import Engine as DbEngine, make_url
+from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from bot.catalog import Catalog, load_catalog
-from bot.delivery import Sender, send_replies
 from bot.settings import Settings
 from conversations.i18n import LANGUAGES, t_in
 from conversations.messages import Inbound, Kind
@@ -25,6 +25,7 @@ from conversations.proactive import answer_by_number
 from conversations.registry import Registry, RegistryError
 from conversations.runtime import Engine, Handled
 from conversations.step import EngineConfig
+from handlers.delivery import Sender, send_replies
 from storage.db import make_engine, transaction
 from storage.migrate import upgrade
 

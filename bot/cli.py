@@ -13,6 +13,7 @@ from bot.app import StartupError
 from bot.catalog import CatalogError
 from bot.settings import Settings, SettingsError, load_settings
 from conversations.text import key_for
+from handlers.kit import ChannelSetupError
 
 
 def configure_logging(settings: Settings) -> None:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None, features: Iterable | None = None) -> int
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
-    except (SettingsError, CatalogError, StartupError) as exc:
+    except (SettingsError, CatalogError, StartupError, ChannelSetupError) as exc:
         print(f"katilim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -172,7 +172,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at most 7d")
         return duration
 
-    # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
+    # Open311 POST requests.json budgets (handlers/open311.py, kept in the database and shared by every
     # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
     # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.
     # Beyond: 429 with Retry-After. 0 per minute: no limit.

@@ -61,6 +61,12 @@ def test_conversations_import_no_handler_and_no_bot_module():
     assert _offenders("conversations", ("handlers", "bot")) == []
 
 
+def test_handlers_import_no_bot_module():
+    """A channel edge gets what it needs (settings, the engine, the database) from the app that
+    bot/ wires and hands it; it never reaches back up into bot/."""
+    assert _offenders("handlers", ("bot",)) == []
+
+
 def test_storage_and_conversations_agree_on_the_languages():
     """storage/broadcasts.py buckets residents by language without importing conversations."""
     from conversations.i18n import LANGUAGES
