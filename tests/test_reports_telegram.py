@@ -122,7 +122,7 @@ async def _scenario(app, tg, channel, dispatcher) -> None:
     assert "Yol ve kaldırım" in texts(calls) and "confirm" in buttons(calls)
     calls = await ayse.tap("confirm")
     code = CODE.search(texts(calls)).group(0)
-    assert t_in("tr", "report.saved", code=code, command="/raporlarim") in texts(calls)
+    assert t_in("tr", "report.saved", code=code, command="/bildirimlerim") in texts(calls)
     name, cleaned = stored_as(PHOTO)
     stored = app.settings.media_dir / name
     assert name == f"{hashlib.sha256(cleaned).hexdigest()}.jpg"    # content-addressed in MEDIA_DIR
