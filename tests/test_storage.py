@@ -29,7 +29,7 @@ from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, current, upgrade
 from storage.models import OutboxMessage, Resident
 from tests import conftest
-from tests.test_engine import Chat, onboard
+from tests.support.chat import Chat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,7 +231,7 @@ def counter_state():
 def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, counter_state):
     app = make_app(database_url=db_url, features=FEATURES + (Feature("test", routers=(COUNTER,)),))
     chat = Chat(app)
-    onboard(chat)
+    chat.onboard(first="merhaba")
     chat.choose("privacy")
     chat.set_session(counter_state, {"_choices": [["add", "add"]]})
     version = chat.session.version
@@ -261,7 +261,7 @@ def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, count
 def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
     app = make_app(database_url=db_url)
     chat = Chat(app)
-    onboard(chat)
+    chat.onboard(first="merhaba")
     chat.choose("privacy")
     version = chat.session.version
     barrier = threading.Barrier(2)
@@ -290,7 +290,7 @@ def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
 def test_consent_history_keeps_its_order(make_app, db_url):
     app = make_app(database_url=db_url)
     chat = Chat(app)
-    onboard(chat, [True, False, True, True])
+    chat.onboard([True, False, True, True], first="merhaba")
     chat.choose("privacy")
     for key in ("p:reports", "p:volunteering", "p:reports", "p:announcements"):
         chat.choose(key)
