@@ -32,10 +32,9 @@ from storage.models import (
     ConversationSession,
     OutboxMessage,
     Resident,
-    Staff,
 )
 from tests.conftest import drop_pg_schema, new_pg_schema_url
-from tests.support.chat import Chat, error_texts, public
+from tests.support.chat import Chat
 
 CHANNEL = "console"
 REGISTRY = build_registry()
