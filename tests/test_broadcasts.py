@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from conversations.i18n import t_in
-from conversations.messages import Inbound, Kind
+from conversations.messages import Kind
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox
@@ -35,6 +35,7 @@ from storage.models import (
 from tests.conftest import test_env as katilim_env
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg, stored_as
+from tests.support import chat as driver
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 ROOT = Path(__file__).resolve().parent.parent
@@ -427,13 +428,10 @@ def test_fan_out_of_50000_residents_is_streamed(make_app, figure):
 
 # ---------------------------------------------------------------- residents: DUR / STOP / abonelik
 def talk(app, address: str, *, text: str = "", command: str = "", choice: str = "") -> list[str]:
-    if command:
-        msg = Inbound(channel="telegram", address=address, kind=Kind.COMMAND, command=command, text=f"/{command}")
-    elif choice:
-        msg = Inbound(channel="telegram", address=address, kind=Kind.CHOICE, choice=choice)
-    else:
-        msg = Inbound(channel="telegram", address=address, kind=Kind.TEXT, text=text)
-    return [out.text for _, out in app.engine.handle(msg).replies]
+    """kept for branches in flight; remove after merge (use tests.support.chat.Chat)"""
+    chat = driver.Chat(app, address, "telegram")
+    replies = chat.command(command) if command else chat.tap(choice) if choice else chat.inbound(Kind.TEXT, text=text)
+    return [out.text for out in replies]
 
 
 def announcements_on(app, address: str) -> bool:
@@ -449,33 +447,35 @@ def announcements_on(app, address: str) -> bool:
                                         ("توقف", "ar")])
 def test_stop_words_turn_announcements_off(make_app, word, lang):
     app = make_app()
-    talk(app, "77", command="start")
-    talk(app, "77", choice=f"lang:{lang}")
-    talk(app, "77", choice="all")
+    chat = driver.Chat(app, "77", "telegram")
+    chat.command("start")
+    chat.tap(f"lang:{lang}")
+    chat.tap("all")
     assert announcements_on(app, "77")
-    replies = talk(app, "77", text=word)
-    assert replies[-1] == t_in(lang, "subscription.off")
+    replies = chat.say(word)
+    assert replies[-1].text == t_in(lang, "subscription.off")
     assert not announcements_on(app, "77")
     with transaction(app.db) as db:
         assert bc.count_recipients(db, {}) == 0
         reports = db.exec(select(ConsentRecord).where(ConsentRecord.purpose == "reports")).all()
     assert [r.granted for r in reports] == [True]                    # what they asked for still arrives
-    assert talk(app, "77", text=word)[-1] == t_in(lang, "subscription.status_off")   # already off
-    assert talk(app, "77", choice="toggle")[-1] == t_in(lang, "subscription.on")     # the button
+    assert chat.say(word)[-1].text == t_in(lang, "subscription.status_off")   # already off
+    assert chat.tap("toggle")[-1].text == t_in(lang, "subscription.on")     # the button
     assert announcements_on(app, "77")
 
 
 def test_abonelik_toggles(make_app):
     app = make_app()
-    talk(app, "78", command="start")
-    talk(app, "78", choice="lang:tr")
-    talk(app, "78", choice="all")
-    assert talk(app, "78", command="abonelik")[-1] == t_in("tr", "subscription.off")
+    chat = driver.Chat(app, "78", "telegram")
+    chat.command("start")
+    chat.tap("lang:tr")
+    chat.tap("all")
+    assert chat.command("abonelik")[-1].text == t_in("tr", "subscription.off")
     assert not announcements_on(app, "78")
-    assert talk(app, "78", command="ABONELIK")[-1] == t_in("tr", "subscription.on")
+    assert chat.command("ABONELIK")[-1].text == t_in("tr", "subscription.on")
     assert announcements_on(app, "78")
-    assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.off")
-    assert talk(app, "78", choice="back")[-1] == t_in("tr", "menu.title")
+    assert chat.command("subscription")[-1].text == t_in("tr", "subscription.off")
+    assert chat.tap("back")[-1].text == t_in("tr", "menu.title")
     assert "abonelik" in app.registry.command_menu["tr"] and "subscription" in app.registry.command_menu["en"]
 
 
