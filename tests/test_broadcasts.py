@@ -481,12 +481,6 @@ def test_abonelik_toggles(make_app):
 
 # ---------------------------------------------------------------- the staff flow through Telegram
 @pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def running(make_app, tg):
     """The application as `katilim run` starts it: the Telegram channel and the scheduler (the
     "outbox" dispatcher and the "broadcasts" job)."""

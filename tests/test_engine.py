@@ -18,6 +18,7 @@ from sqlalchemy import event, update
 from sqlmodel import select
 
 from bot.features import FEATURES, Feature, build_registry
+from conversations.core import PURPOSE_KEYS
 from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from conversations.registry import Router
@@ -317,7 +318,8 @@ def test_onboarding_all(make_app, db_url):
     assert "https://www.buca.bel.tr/kvkk" in notice[-1].text and "2026-11" in notice[-1].text
     replies = chat.choose("all")
     assert chat.state == "mahalle.pick" and chat.data.get("onboarding") is True
-    assert replies[0].text.startswith(T("tr", "onboarding.thanks", purposes="")[:10])
+    purposes = translator("tr").join(T("tr", PURPOSE_KEYS[p]) for p in CONSENT_PURPOSES)
+    assert replies[0].text == T("tr", "onboarding.thanks", purposes=purposes)
     records = chat.consents()
     assert [(r.purpose, r.granted) for r in records] == [(p, True) for p in CONSENT_PURPOSES]
     before = datetime.now(timezone.utc)
@@ -805,7 +807,11 @@ def test_change_language(make_app):
     assert replies[0].text == T("ar", "language.changed") and replies[-1].text == T("ar", "menu.title")
     assert chat.resident.locale == "ar"
     replies = chat.cmd("help")
-    assert replies[0].text.startswith(T("ar", "help.intro", municipality="بلدية بوجا"))
+    registry = app.registry
+    commands = [f"/{name} — {T('ar', registry.description(name))}" for name in registry.command_menu["ar"]
+                if registry.description(name)]
+    assert replies[0].text == "\n".join([T("ar", "help.intro", municipality="بلدية بوجا"), *commands,
+                                         T("ar", "help.footer")])
 
 
 def test_erasure_leaves_no_personal_data_in_the_outbox(make_app):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, inspect, select as sa_select, text
 from sqlmodel import Session, select
 
@@ -47,14 +46,6 @@ COMMENT = "Panel çok verimliydi, Ayşegül teşekkür eder"
 QUEUED = "Kuyrukta bekleyen mesajım Karabağlar"
 OWN, SHARED, DRAFT_PHOTO, STRAY = jpeg(11), jpeg(12), jpeg(13), jpeg(14)
 OURS = ("conversations", "storage", "bot", "handlers", "katilim")
-
-
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
 
 
 class TG:

@@ -45,6 +45,7 @@ from storage.inbox import InboundQueue
 from storage.models import ChannelIdentity, OutboxMessage, ProcessedInbound, Resident, Staff
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer
+from tests.support.telegram import tg  # noqa: F401  kept for branches in flight; remove after merge (conftest has it)
 from tests.test_dispatcher import close, delivered_per_chat, seed, settled, statuses, wait_until
 from tests.test_properties import signature
 
@@ -56,12 +57,6 @@ SCRIPT = ["/start", "2", "2", "1", "2", "1", "2", "kozagac", "/yardim"]
 
 
 # ---------------------------------------------------------------- harness
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
 @pytest.fixture
 async def running(make_app, tg):
     """start(**settings) → (app, channel): Telegram started and the scheduler (outbox dispatcher,

@@ -14,7 +14,6 @@ import re
 from xml.etree import ElementTree as ET
 
 import httpx
-import pytest
 from fastapi import routing
 from PIL import Image
 from sqlmodel import select
@@ -25,7 +24,6 @@ from storage import apikeys
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import AuditLog
-from tests.fakes.telegram_api import FakeTelegramServer
 from tests.test_reports_telegram import CODE, Chat, buttons, texts
 
 RESIDENT = 7201
@@ -48,12 +46,6 @@ def photo_with_exif() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (64, 48), (120, 90, 60)).save(out, "JPEG", exif=exif.tobytes())
     return out.getvalue()
-
-
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
 
 
 def readable(response: httpx.Response) -> str:

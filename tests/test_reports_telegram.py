@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import re
 
-import pytest
 from sqlmodel import select
 
 from bot.app import add_configured_channels
@@ -26,12 +25,6 @@ PIN = (38.38500, 27.17500)
 NEAR = (38.38530, 27.17520)
 PHOTO = plain_jpeg(160, 120, (90, 90, 80))
 AYSE, JOHN, BOSS, EVE = 7101, 7102, 7103, 7104
-
-
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
 
 
 class Chat:

@@ -45,12 +45,6 @@ BASE_MENU = {"tr": ["menu", "yardim", "iptal", "dil", "verilerim", "verilerimisi
 
 # ---------------------------------------------------------------- fixtures and helpers
 @pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def started(make_app, tg):
     """Build, add channels and start them as `katilim run` does; yield (app, channel)."""
     apps = []

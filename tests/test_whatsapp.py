@@ -590,14 +590,6 @@ def test_whatsapp_needs_a_public_url(make_app):
 
 
 # ---------------------------------------------------------------- one resident, two channels
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
-
-
 async def _telegram_say(tg, channel, chat_id: int, push) -> list:
     before = len(tg.sent_messages(chat_id))
     update = push()
