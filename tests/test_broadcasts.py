@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from conversations.i18n import t_in
+from conversations.i18n import format_when, t_in
 from conversations.messages import Kind
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
@@ -353,8 +353,9 @@ def test_cancel_a_running_broadcast(make_app, db_url):
     assert get(app, bid).status == "cancelled"
     with transaction(app.db) as db:
         notices = db.exec(select(OutboxMessage).where(OutboxMessage.address == "900")).all()
-    assert len(notices) == 1 and "#%d" % bid in notices[0].payload["text"] and "staff:7" in notices[0].payload["text"]
-    assert notices[0].payload["text"].startswith("Announcement")   # in the staff member's language
+    assert len(notices) == 1                                        # in the staff member's language:
+    assert notices[0].payload["text"] == t_in("en", "broadcast.notice_cancelled", id=bid, by="staff:7", withdrawn="4",
+                                              sent="2")
 
 
 def test_progress_and_summary_to_the_creator(make_app, db_url):
@@ -616,7 +617,8 @@ async def test_staff_schedules_lists_and_cancels(running, tg):
     with transaction(app.db) as db:
         b = db.exec(select(Broadcast)).one()
     assert b.status == "scheduled" and b.scheduled_at > utcnow() + timedelta(hours=1)
-    assert replies[0].text.startswith(f"🗓 Duyuru #{b.id}")
+    assert replies[0].text == t_in("tr", "broadcast.scheduled", id=b.id, when=format_when(b.scheduled_at, "tr"),
+                                   count="1")
     replies = await staff.say("/duyurular")
     assert f"c:{b.id}" in buttons(replies[-1]) and "Pazar günü" in replies[-1].text
     await staff.tap(f"c:{b.id}")

@@ -18,7 +18,6 @@ from sqlalchemy import event, update
 from sqlmodel import select
 
 from bot.features import FEATURES, Feature, build_registry
-from conversations.core import PURPOSE_KEYS
 from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from conversations.registry import Router
@@ -36,6 +35,7 @@ from storage.models import (
 )
 from tests.conftest import drop_pg_schema, new_pg_schema_url
 from tests.support.chat import Chat
+from tests.support.texts import onboarding_thanks
 
 CHANNEL = "console"
 REGISTRY = build_registry()
@@ -318,8 +318,7 @@ def test_onboarding_all(make_app, db_url):
     assert "https://www.buca.bel.tr/kvkk" in notice[-1].text and "2026-11" in notice[-1].text
     replies = chat.choose("all")
     assert chat.state == "mahalle.pick" and chat.data.get("onboarding") is True
-    purposes = translator("tr").join(T("tr", PURPOSE_KEYS[p]) for p in CONSENT_PURPOSES)
-    assert replies[0].text == T("tr", "onboarding.thanks", purposes=purposes)
+    assert replies[0].text == onboarding_thanks("tr")
     records = chat.consents()
     assert [(r.purpose, r.granted) for r in records] == [(p, True) for p in CONSENT_PURPOSES]
     before = datetime.now(timezone.utc)

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from bot.catalog import CatalogError, load_catalog
 from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
 from bot.features import FEATURES, Feature
+from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.registry import Router
 from conversations.step import Stay
@@ -405,7 +406,8 @@ def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_
             assert sorted((r.address, r.kind, r.status, r.attempts, r.resident_id) for r in rows) == [
                 ("900", "reminder", "sending", 1, ids[0]), ("901", "reminder", "sending", 1, ids[1])]
             payloads = {r.address: r.payload for r in rows}
-            assert payloads["900"]["text"].startswith("tr: Kozağaç «") and payloads["901"]["text"].startswith("ar: ")
+            assert payloads["900"]["text"] == f"tr: Kozağaç «{t_in('tr', 'common.back')}»"
+            assert payloads["901"]["text"] == f"ar: Kozağaç «{t_in('ar', 'common.back')}»"
             assert payloads["900"]["choices"][0]["key"] == "ev:1:c"
             for r in rows:
                 assert r.available_at.utcoffset() == timedelta(0) and abs(r.available_at - before) < timedelta(seconds=5)

@@ -36,6 +36,7 @@ from handlers.kit import utf16_len
 from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, ProcessedInbound, Resident
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg
+from tests.support.texts import notice_summary, onboarding_thanks
 
 PURPOSES = ("reports", "volunteering", "reminders", "announcements")
 BASE_MENU = {"tr": ["menu", "yardim", "iptal", "dil", "verilerim", "verilerimisil"],
@@ -168,7 +169,7 @@ async def test_onboarding_in_english_choosing_consents_one_by_one(started, tg, d
         assert en(f"consent.purpose.{purpose}") in prompt.text
         assert buttons(prompt) == {"yes": en("common.yes"), "no": en("common.no")}
         replies = await chat.tap(answers[purpose])
-    assert texts(replies)[0].startswith(en("onboarding.thanks", purposes="").split("{")[0][:10])
+    assert texts(replies)[0] == onboarding_thanks("en", ["reports", "reminders"])
     page1 = replies[-1]
     assert page1.text == en("mahalle.prompt")
     names1 = [label for data, label in buttons(page1).items() if data.startswith("m:")]
@@ -309,7 +310,7 @@ async def test_unusable_input_is_reprompted_in_the_residents_language(started, t
 
     sticker = await chat.push("sticker")
     assert texts(sticker)[0] == en("engine.wrong_kind", what=en("kind.sticker"))
-    assert sticker[-1].text.startswith(en("notice.summary").split("{")[0][:15])
+    assert sticker[-1].text == notice_summary(app, "en")
     assert session_of(app, resident.id).state == "onboarding.notice"
 
     await chat.tap("choose")

@@ -63,7 +63,8 @@ class Chat:
     is what the engine returned for the last message (`.duplicate`, `.replies`)."""
 
     def __init__(self, app, address: str | None = None, channel: str = "console", *, lang: str = "tr") -> None:
-        if address in LANGUAGES and lang == "tr":   # the old engine driver's Chat(app, lang): kept for branches in flight; remove after merge
+        # the old engine driver's Chat(app, lang): kept for branches in flight; remove after merge
+        if address in LANGUAGES and lang == "tr":
             address, lang = None, address
         self.app, self.channel, self.lang = app, channel, lang
         self.address = address or f"r-{uuid.uuid4().hex[:10]}"
@@ -215,7 +216,8 @@ class Chat:
                 first: str = "/start") -> "Chat":
         """First contact (`first`) → language (`lang`, else the chat's) → the notice → consents ("all",
         "none", or one yes/no a purpose) → the mahalle (typed, or skipped) → the menu."""
-        if consent in LANGUAGES:   # the old reports driver's onboard(lang, mahalle): kept for branches in flight; remove after merge
+        # the old reports driver's onboard(lang, mahalle): kept for branches in flight; remove after merge
+        if consent in LANGUAGES:
             consent, lang, mahalle = "all", consent, mahalle if mahalle is not None else lang
         lang = lang or self.lang
         self.say(first)
