@@ -193,7 +193,7 @@ def test_every_staff_command_refused_to_a_resident_is_audited(make_app):
         staff_commands.add(alias)
         before = audited(app, eve_id)
         eve.send(f"/{alias}")
-        assert eve.texts() == "\n".join([t_in("tr", "staff.refused"), t_in("tr", "menu.title")]), alias
+        assert eve.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")], alias
         assert audited(app, eve_id) == before + 1, alias
     assert {"etkinlikekle", "addevent", "gonullucagri", "volunteercall", "raporlar", "reports", "duyuru",
             "announce", "duyurular", "broadcasts"} <= staff_commands
@@ -220,7 +220,7 @@ def test_a_rating_only_for_a_resolved_report(make_app, db_url):
         rp.set_status(db, code, "resolved", "staff:1", catalog=app.catalog)
     ayse.tap(f"rs:yes:{code}")
     ayse.tap(f"rr:4:{code}")
-    assert ayse.texts() == "\n".join([t_in("tr", "report.rated", rating=4, code=code), t_in("tr", "menu.title")])
+    assert ayse.messages() == [t_in("tr", "report.rated", rating=4, code=code), t_in("tr", "menu.title")]
     ayse.tap(f"rs:no:{code}")                             # not solved after all: reopened
     ayse.tap(f"rr:1:{code}")                              # the rating buttons of the old message
     assert ayse.texts() == t_in("tr", "report.error.rate_not_resolved", code=code,

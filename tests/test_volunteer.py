@@ -223,7 +223,7 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     join(vol, "disaster", ["weekends"])
     resident = Person(app, "someone").onboard()
     resident.send("/gonullucagri")
-    assert resident.texts() == "\n".join([t_in("tr", "staff.refused"), t_in("tr", "menu.title")])
+    assert resident.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")]
 
     staff = make_staff(app, Person(app, "memur").onboard())
     staff.send("/gonullucagri")
@@ -240,7 +240,8 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     staff.send("5")
     assert "30 Kasım 2030 Cumartesi 10:00–12:30" in staff.texts()
     staff.tap("send")
-    assert staff.texts() == "\n".join([translator("tr").n("volunteer.call_new.sent", 1, id=1, invited=1), t_in("tr", "menu.title")])
+    assert staff.messages() == [translator("tr").n("volunteer.call_new.sent", 1, id=1, invited=1),
+                                t_in("tr", "menu.title")]
     assert "Toplanma alanı tatbikatı" in vol.notifications()[0].text
 
 
@@ -265,8 +266,8 @@ def test_cli_sends_a_call_and_lists_responses(make_app, tmp_path):
     assert listed.returncode == 0 and "accepted" in listed.stdout
     cancelled = katilim("cancel-call", str(call_id))
     assert cancelled.returncode == 0 and f"call {call_id} cancelled; 1 volunteer told" in cancelled.stdout
-    assert vol.notifications()[-1].text == ("❌ «Etüt desteği» (27 Kasım 2030 Çarşamba 10:00–12:00) gönüllü çağrısı iptal "
-                                           "edildi. Gösterdiğiniz ilgi için teşekkürler!")
+    assert vol.notifications()[-1].text == ("❌ «Etüt desteği» (27 Kasım 2030 Çarşamba 10:00–12:00) gönüllü çağrısı "
+                                           "iptal edildi. Gösterdiğiniz ilgi için teşekkürler!")
 
 
 def test_export_and_erase(make_app):

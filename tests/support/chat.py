@@ -128,6 +128,10 @@ class Chat:
         """The whole text of the last replies (or of `replies`), one message a line."""
         return "\n".join(out.text for out in (self.last if replies is None else replies))
 
+    def messages(self, replies: list[Outbound] | None = None) -> list[str]:
+        """The texts of the last replies (or of `replies`), one a message."""
+        return [out.text for out in (self.last if replies is None else replies)]
+
     @property
     def said(self) -> str:
         """The whole text of the last replies."""
