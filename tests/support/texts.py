@@ -26,3 +26,12 @@ def consent_needed(app, lang: str, purpose: str) -> str:
     t = translator(lang)
     return t("consent.needed", purpose=t(PURPOSE_KEYS[purpose]), why=t(PURPOSE_WHY[purpose]),
              url=app.catalog.municipality.privacy_notice_url)
+
+
+def help_text(app, lang: str) -> str:
+    """/yardim's answer: the intro, one line a command of the language's menu, the footer."""
+    t, registry = translator(lang), app.registry
+    names = registry.command_menu.get(lang, registry.command_menu["en"])
+    commands = [f"/{name} — {t(registry.description(name))}" for name in names if registry.description(name)]
+    return "\n".join([t("help.intro", municipality=app.catalog.municipality.name.get(lang)), *commands,
+                      t("help.footer")])
