@@ -33,9 +33,9 @@ from storage.models import (
     Staff,
 )
 from tests.conftest import test_env as katilim_env
-from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg, stored_as
 from tests.support import chat as driver
+from tests.support.telegram import TelegramChat
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,24 +499,7 @@ async def running(make_app, tg):
     await channel.stop()
 
 
-class Chat:
-    def __init__(self, tg: FakeTelegramServer, channel, chat_id: int) -> None:
-        self.tg, self.channel, self.id = tg, channel, chat_id
-
-    async def _after(self, push) -> list:
-        before = len(self.tg.sent_messages(self.id))
-        uid = push()["update_id"]
-        await self.tg.async_wait_for(lambda s: uid in self.channel.completed, timeout=10)
-        return [c for c in self.tg.sent_messages(self.id)[before:] if c.method != "editMessageText"]
-
-    async def say(self, text: str) -> list:
-        return await self._after(lambda: self.tg.push_text(self.id, text))
-
-    async def tap(self, data: str) -> list:
-        return await self._after(lambda: self.tg.push_callback(self.id, data))
-
-    async def photo(self, content: bytes) -> list:
-        return await self._after(lambda: self.tg.push_photo(self.id, content))
+Chat = TelegramChat  # kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)
 
 
 def buttons(call) -> dict[str, str]:
@@ -538,7 +521,7 @@ async def test_staff_duyuru_flow_to_delivered_messages(running, tg):
         add_resident(db, mahalle=adatepe, locale="ar", address="1003")
         add_resident(db, mahalle=hood(app, "Yıldız"), address="1004")              # another mahalle
         add_resident(db, mahalle=kozagac, consents=(True, False), address="1005")  # withdrew
-    staff = Chat(tg, channel, 900)
+    staff = TelegramChat(tg, channel, 900)
     replies = await staff.say("/duyuru")
     assert replies[-1].text == t_in("tr", "broadcast.ask_text_tr")
     replies = await staff.say("Yarın 09:00-12:00 arası su kesintisi olacaktır.")
@@ -583,7 +566,7 @@ async def test_staff_duyuru_flow_to_delivered_messages(running, tg):
 
 async def test_non_staff_is_refused_and_audited(running, tg):
     app, channel = running
-    resident = Chat(tg, channel, 555)
+    resident = TelegramChat(tg, channel, 555)
     replies = await resident.say("/duyuru")
     assert replies[0].text == t_in("tr", "staff.refused")
     replies = await resident.say("/duyurular")
@@ -601,7 +584,7 @@ async def test_staff_schedules_lists_and_cancels(running, tg):
     with transaction(app.db) as db:
         db.add(Staff(telegram_id="901"))
         add_resident(db, address="1101")
-    staff = Chat(tg, channel, 901)
+    staff = TelegramChat(tg, channel, 901)
     await staff.say("/duyuru")
     await staff.say("Pazar günü pazar yeri kurulmayacak.")
     await staff.tap("skip")
