@@ -14,15 +14,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bot import broadcasts as broadcast_jobs
-from bot import cli_apikey, cli_broadcast, cli_core, cli_events, cli_reports, cli_volunteer, cli_worker
-from bot import dispatcher, participation_jobs, scheduler
+from bot import (
+    cli_apikey,
+    cli_broadcast,
+    cli_core,
+    cli_events,
+    cli_reports,
+    cli_volunteer,
+    cli_worker,
+    dispatcher,
+    participation_jobs,
+    scheduler,
+)
 from conversations import (
+    audiences,
     broadcast,
     core,
     events,
     linking,
     panel_link,
-    participation,
+    participation_data,
+    reminders,
     reports,
     staff_reports,
     volunteer,
@@ -58,7 +70,7 @@ class ChannelSpec:
 
 
 def open311_routes(app: "App", http_app: Any) -> None:
-    from bot.open311 import install  # FastAPI routers: only for the HTTP server
+    from handlers.open311 import install  # FastAPI routers: only for the HTTP server
 
     install(app, http_app)
 
@@ -78,7 +90,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("open311", http=(open311_routes,), cli=(cli_apikey.register,)),
     Feature("broadcasts", routers=(broadcast.router,), jobs=(broadcast_jobs.broadcasts_job,),
             cli=(cli_broadcast.register,)),
-    Feature("participation", routers=(participation.router,), jobs=(participation_jobs.reminders_job,)),
+    Feature("participation", routers=(participation_data.router, reminders.router),
+            jobs=(participation_jobs.reminders_job,)),
     Feature("events", routers=(events.router,), jobs=(participation_jobs.feedback_job,), cli=(cli_events.register,)),
     Feature("volunteering", routers=(volunteer.router,), cli=(cli_volunteer.register,)),
     Feature("console", routers=(panel_link.router,), http=(panel_routes,)),
@@ -102,15 +115,25 @@ def add_whatsapp(app: "App") -> None:
 def whatsapp_files(app: "App") -> "Job | None":
     if "whatsapp" not in app.channels:
         return None
-    from handlers.whatsapp import files_job
+    from bot.scheduler import Job
+    from handlers.whatsapp import clean_files
 
-    return files_job(app)
+    channel = app.channels["whatsapp"]
+
+    async def run(app=app) -> None:
+        await clean_files(channel)
+
+    return Job("whatsapp_files", 3600, run)
 
 
 CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec("telegram", add_telegram),
     ChannelSpec("whatsapp", add_whatsapp, jobs=(whatsapp_files,)),
 )
+
+
+# Broadcasts can target volunteer pools, a call's volunteers, an event's attendees or waiting list.
+audiences.register_audiences()
 
 
 def routers(features: Iterable[Feature] = FEATURES) -> tuple[Router, ...]:

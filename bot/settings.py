@@ -172,7 +172,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at most 7d")
         return duration
 
-    # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
+    # Open311 POST requests.json budgets (handlers/open311.py, kept in the database and shared by every
     # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
     # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.
     # Beyond: 429 with Retry-After. 0 per minute: no limit.
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     def _outbox_duration(cls, value):
         return duration_at_least(value, timedelta(seconds=1))
 
-    # Volunteer pools, events and reminders (conversations/participation.py, bot/participation_jobs.py).
+    # Volunteer pools, events and reminders (conversations/reminders.py, bot/participation_jobs.py).
     # Reminders before events and volunteer shifts, comma-separated ("24h,2h"; empty: none).
     katilim_reminder_offsets: str = "24h,2h"
     # A reminder whose time passed while the bot was down is still sent this late; older: dropped.

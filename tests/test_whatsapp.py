@@ -17,10 +17,13 @@ from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError, SendFailure
 from bot.http import serve_http
+from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in, translator
 from conversations.messages import Attachment, Choice, Kind, Outbound
+from conversations.notify import notify_resident
+from conversations.permissions import Actor
+from handlers.delivery import SendError, SendFailure
 from handlers.whatsapp import (
     FILES_PATH,
     STATUS_PATH,
@@ -259,7 +262,7 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
 
     # staff resolve it: the notification (proactive, through the dispatcher) asks "was it solved?"
     with transaction(h.app.db) as db:
-        rp.set_status(db, code, "resolved", "staff:test", catalog=h.app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:test", role="admin"), code, "resolved", catalog=h.app.catalog)
     before = len(h.twilio.messages)
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
@@ -290,7 +293,7 @@ async def test_a_number_accepted_before_a_restart_still_answers_the_proactive_qu
         report = rp.create_report(db, prefix=h.app.catalog.municipality.tracking_prefix, resident_id=h.resident().id,
                                   category=h.app.catalog.categories[0].key, description="Kaldırımda çukur var",
                                   channel="whatsapp")
-        rp.set_status(db, report.code, "resolved", "staff:test", catalog=h.app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:test", role="admin"), report.code, "resolved", catalog=h.app.catalog)
     before = len(h.twilio.messages)
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
@@ -445,7 +448,6 @@ def test_inbound_mapping():
 # ---------------------------------------------------------------- the 24-hour window, templates, errors
 async def test_the_24_hour_window_and_templates(wa):
     from bot.dispatcher import Dispatcher
-    from storage import outbox
 
     h = await wa(twilio_template_notification=TEMPLATE)
     await h.say("Merhaba")
@@ -479,8 +481,8 @@ async def test_the_24_hour_window_and_templates(wa):
     h.set_last_inbound(AYSE, timedelta(hours=30))
     resident_id = h.resident().id
     with transaction(h.app.db) as db:
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(text="Bildirim"), kind="notification")
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(text="Duyuru"), kind="broadcast")
+        notify_resident(db, resident_id, lambda t, lang: Outbound(text="Bildirim"), kind="notification")
+        notify_resident(db, resident_id, lambda t, lang: Outbound(text="Duyuru"), kind="broadcast")
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
 
@@ -525,7 +527,7 @@ async def test_twilio_errors_in_the_dispatchers_terms(wa, make_settings):
 
 
 def assert_stored_file_headers(headers) -> None:
-    """What bot.http.stored_file puts on every file served from storage."""
+    """What handlers.files.stored_file puts on every file served from storage."""
     headers = {k.lower(): v for k, v in headers.items()}
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["content-security-policy"] == "default-src 'none'; sandbox"
@@ -582,10 +584,10 @@ def test_settings_are_validated(make_settings):
 
 
 def test_whatsapp_needs_a_public_url(make_app):
-    from bot.settings import SettingsError
+    from handlers.kit import ChannelSetupError
 
     app = make_app(twilio_account_sid="AC" + "a" * 32, twilio_auth_token="t", twilio_whatsapp_from=SENDER)
-    with pytest.raises(SettingsError, match="PUBLIC_BASE_URL"):
+    with pytest.raises(ChannelSetupError, match="PUBLIC_BASE_URL"):
         add_configured_channels(app)
 
 
