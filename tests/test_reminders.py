@@ -20,6 +20,7 @@ from conversations.domain import events as event_ops
 from conversations.i18n import t_in
 from conversations.permissions import Actor
 from conversations.reminders import send_due_reminders
+from conversations.when import span_text
 from storage.db import aware, transaction, utcnow
 from storage.models import OutboxMessage
 from storage.participation import Event, Reminder
@@ -129,7 +130,7 @@ def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(m
     sent = reminder_rows(app)
     assert sorted(r.resident_id for r in sent) == sorted(ids[1:])
     assert sent[0].payload["text"] == t_in("tr", "reminder.event", title="Kompost Atölyesi", place="Buca Kent Konseyi",
-                                           when=P.span_text(event.starts_at, event.ends_at, "tr", TZ))
+                                           when=span_text(event.starts_at, event.ends_at, "tr", TZ))
     assert {(r.resident_id, r.status, r.note) for r in reminders(app)} == {
         (ids[0], "dropped", "missed"), (ids[1], "sent", ""), (ids[2], "sent", "")}
 
