@@ -35,12 +35,6 @@ FIRST_CHAT = 700_000
 
 
 # ---------------------------------------------------------------- helpers
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
 def tg_settings(tg: FakeTelegramServer, **extra) -> dict:
     return dict(telegram_bot_token=tg.token, telegram_api_url=tg.root, **extra)
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, inspect, text
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
@@ -36,6 +35,7 @@ from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, Broadcast, ConversationSession, OutboxMessage, Resident, Staff
 from tests.participation_support import Person, local_time
 from tests.privacy_support import dump, jpeg, strings_in
+from tests.support.telegram import TelegramChat
 from tests.test_whatsapp import AYSE, MEHMET, numbered, twilio, wa  # noqa: F401  (fixtures)
 
 CODE = re.compile(r"[A-Z]{2,5}-\d{4}-\d{6}")
@@ -52,36 +52,9 @@ OWN, SHARED, DRAFT_PHOTO, STRAY = jpeg(11), jpeg(12), jpeg(13), jpeg(14)
 OURS = ("conversations", "storage", "bot", "handlers", "katilim")
 
 
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
-
-
-class TG:
-    def __init__(self, tg, channel, chat_id: int, first_name: str) -> None:
-        self.tg, self.channel, self.id, self.first_name = tg, channel, chat_id, first_name
-        tg._user(chat_id, first_name, "tr")
-
-    async def _after(self, push) -> list:
-        before = len(self.tg.sent_messages(self.id))
-        uid = push()["update_id"]
-        await self.tg.async_wait_for(lambda s: uid in self.channel.completed, timeout=15)
-        return [c for c in self.tg.sent_messages(self.id)[before:] if c.method != "editMessageText"]
-
-    async def say(self, text: str) -> list:
-        return await self._after(lambda: self.tg.push_text(self.id, text, first_name=self.first_name))
-
-    async def tap(self, data: str) -> list:
-        return await self._after(lambda: self.tg.push_callback(self.id, data))
-
-    async def photo(self, content: bytes) -> list:
-        return await self._after(lambda: self.tg.push_photo(self.id, content))
-
-    async def contact(self, phone: str) -> list:
-        return await self._after(lambda: self.tg.push_contact(self.id, phone))
+def TG(tg, channel, chat_id: int, first_name: str) -> TelegramChat:
+    """kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)"""
+    return TelegramChat(tg, channel, chat_id, first_name=first_name, timeout=15)
 
 
 def texts(calls) -> str:
@@ -109,7 +82,7 @@ async def live_a_life(h, tg) -> Life:
     app = h.app
     life = Life()
     telegram = app.channels["telegram"]
-    boss = TG(tg, telegram, BOSS, "Zabıta")
+    boss = TelegramChat(tg, telegram, BOSS, first_name="Zabıta", timeout=15)
     with transaction(app.db) as db:
         db.add(Staff(telegram_id=str(BOSS), name="Zabıta Ekibi"))
     await boss.say("/start")
@@ -135,7 +108,7 @@ async def live_a_life(h, tg) -> Life:
     await h.say("Merhaba", AYSE, profile_name=NAME_WA)
     for answer in ("1", "1", "1"):
         await h.say(answer, AYSE, profile_name=NAME_WA)
-    ayse = TG(tg, telegram, TG_AYSE, NAME_TG)
+    ayse = TelegramChat(tg, telegram, TG_AYSE, first_name=NAME_TG, timeout=15)
     await ayse.say("/bagla")
     await ayse.say("00000 00000")  # a wrong code (codes are 10 digits)
     calls = await ayse.contact("+90 555 111 22 33")
@@ -293,7 +266,7 @@ async def test_a_goodbye_that_cannot_be_delivered_leaves_no_address(wa, tg, figu
     dispatcher gives it up and the housekeeping job deletes it: no row keeps the address."""
     h = await wa(telegram_bot_token=tg.token, telegram_api_url=tg.root,
                  flood_messages=1000)
-    chat = TG(tg, h.app.channels["telegram"], 8200000001, "Bloklu")
+    chat = TelegramChat(tg, h.app.channels["telegram"], 8200000001, first_name="Bloklu", timeout=15)
     await chat.say("/start")
     await chat.tap("lang:tr")
     await chat.tap("all")
@@ -350,7 +323,7 @@ async def test_the_export_holds_everything_and_no_server_path(wa, tg, db_url):
     h = await wa(database_url=db_url, telegram_bot_token=tg.token, telegram_api_url=tg.root,
                  flood_messages=1000)
     life = await live_a_life(h, tg)
-    ayse = TG(tg, h.app.channels["telegram"], TG_AYSE, NAME_TG)
+    ayse = TelegramChat(tg, h.app.channels["telegram"], TG_AYSE, first_name=NAME_TG, timeout=15)
     await ayse.say("/bagla")   # a live code on WhatsApp too
     await h.say("/bagla", AYSE, profile_name=NAME_WA)
     with Session(h.app.db) as db:

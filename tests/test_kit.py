@@ -37,7 +37,7 @@ from storage import outbox
 from storage.db import DB_RETRY, transaction
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer, signature
-from tests.test_faults import replies, tg  # noqa: F401  (fixture)
+from tests.test_faults import replies  # noqa: F401  (fixture)
 from tests.test_faults_process import DOWNTIME, cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")

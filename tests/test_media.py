@@ -31,8 +31,8 @@ from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, ConversationSession
 from tests import media_support as ms
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.support.telegram import TelegramChat
 from tests.test_console import katilim
-from tests.test_reports_telegram import Chat as ReportChat
 from tests.test_whatsapp import AYSE, numbered, twilio, wa  # noqa: F401  (fixtures)
 
 CODE = re.compile(r"[A-Z]{2,6}-\d{4}-\d{6}")
@@ -164,7 +164,7 @@ def test_size_cap_and_documents(tmp_path):
 
 
 # ---------------------------------------------------------------- over Telegram
-class TgChat(ReportChat):
+class TgChat(TelegramChat):
     async def to_photos(self) -> None:
         """/bildir (/report), a category, a description, a pin: at the photos question."""
         await self.say("/bildir" if self.lang == "tr" else "/report")
@@ -174,7 +174,7 @@ class TgChat(ReportChat):
 
     async def file(self, content: bytes, filename: str, mime_type: str) -> list:
         """Sent "as a file": Telegram keeps the bytes (and a phone photo's EXIF) as they are."""
-        return await self._after(lambda: self.tg.push_document(self.id, content, filename, mime_type))
+        return await self._sent("document", content, filename, mime_type)
 
 
 def tg_texts(calls) -> list[str]:

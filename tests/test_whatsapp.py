@@ -47,6 +47,7 @@ from storage.models import (
 )
 from tests.fakes.twilio_api import FakeTwilioServer, signature
 from tests.media_support import plain_jpeg, stored_as
+from tests.support.chat import Chat
 
 AYSE = "whatsapp:+905551112233"
 MEHMET = "whatsapp:+905554445566"
@@ -591,14 +592,6 @@ def test_whatsapp_needs_a_public_url(make_app):
 
 
 # ---------------------------------------------------------------- one resident, two channels
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
-
-
 async def _telegram_say(tg, channel, chat_id: int, push) -> list:
     before = len(tg.sent_messages(chat_id))
     update = push()
@@ -697,13 +690,7 @@ CODE_IN_TEXT = re.compile(r"\b(\d{5} \d{5})\b")
 
 def console_say(app, who: str, text: str) -> list[str]:
     """A terminal resident's message handled by `app`'s engine; the texts of the replies."""
-    from conversations.messages import Inbound
-
-    if text.startswith("/"):
-        msg = Inbound(channel="console", address=who, kind=Kind.COMMAND, command=text[1:], text=text)
-    else:
-        msg = Inbound(channel="console", address=who, kind=Kind.TEXT, text=text)
-    return [out.text for _, out in app.engine.handle(msg).replies]
+    return [out.text for out in Chat(app, who).say(text)]
 
 
 def wrong_codes(*live: str):
