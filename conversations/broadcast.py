@@ -23,7 +23,7 @@ from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Choice, Inbound, Kind
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition, media_refusal
-from conversations.text import match_options, truncate
+from conversations.text import match_options, strip_mahalle, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox, repo
@@ -176,7 +176,7 @@ def on_mahalles(ctx: Ctx, msg: Inbound) -> Transition:
     parts = [p.strip() for p in msg.text.replace(";", ",").replace("،", ",").split(",") if p.strip()]
     missing, candidates = [], []
     for part in parts:
-        found = match_options(part, options)
+        found = match_options(strip_mahalle(part), options)
         if len(found) == 1:
             if found[0] not in chosen:
                 chosen.append(found[0])

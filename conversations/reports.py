@@ -21,7 +21,7 @@ from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition, media_refusal
-from conversations.text import match_options, truncate
+from conversations.text import match_mahalle, match_options, truncate
 from storage import repo
 from storage import reports as rp
 
@@ -223,7 +223,7 @@ def on_report_location(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.choice == "list":
             return Go("report.mahalle", {"_page": 0}, keep=True)
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
     if not found:
@@ -251,10 +251,11 @@ def report_mahalle(ctx: Ctx) -> None:
 def on_report_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
     if not found:
+        ctx.data.pop("candidates", None)
         return Invalid("report.mahalle_unknown")
     ctx.data.update(candidates=found, _page=0)
     return Go("report.mahalle", keep=True)

@@ -361,7 +361,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
         if not msg.text:
             apply(ctx, Invalid("engine.empty"), current)
             return StepResult(ctx.state, ctx.data, ctx.replies)
-        if len(msg.text) > ctx.config.max_text_length:
+        if len(msg.text) > ctx.config.max_text_length and not current.long_text:
             ctx.say(ctx.t("engine.too_long", limit=ctx.config.max_text_length))
             current.enter(ctx)
             return StepResult(ctx.state, ctx.data, ctx.replies)

@@ -72,6 +72,29 @@ def _words_match(q_words: list[str], words: list[str]) -> bool:
     return len(q_words) <= len(words) and all(w.startswith(q) for q, w in zip(q_words, words))
 
 
+# The words that say "mahalle" around a mahalle's name, as people type them ("Yıldız Mahallesi",
+# "yildiz mah.", "kozağaç mh", "Mah. Yıldız"), folded; and the English and Arabic ones.
+MAHALLE_WORDS = frozenset(fold(w) for w in (
+    "mahalle", "mahallesi", "mahallesinde", "mahallesindeyim", "mahallemiz", "mahallem", "mah", "mahl", "mh",
+    "mhl", "mahal", "neighbourhood", "neighborhood", "quarter", "حي", "محلة"))
+
+
+def strip_mahalle(typed: str) -> str:
+    """What was typed, folded, without the words that say "mahalle" (the whole text when it is
+    nothing else: someone looking for a mahalle named so)."""
+    words = fold(typed).split()
+    kept = [w for w in words if w not in MAHALLE_WORDS]
+    return " ".join(kept or words)
+
+
+def match_mahalle(typed: str, neighbourhoods, *, with_keys: bool = False) -> list[str]:
+    """Keys of the catalog's mahalles matching what was typed, as `match_options` finds them, the
+    words "Mahallesi", "mah.", "mh." and the like left out: every place a mahalle is typed
+    (onboarding, a report's location, staff filters, broadcasts, the CLI) matches the same way."""
+    options = [(n.key, [n.name, n.key] if with_keys else [n.name]) for n in neighbourhoods]
+    return match_options(strip_mahalle(typed), options)
+
+
 _RECORD_ID = re.compile(r"[0-9]{1,18}")
 
 
