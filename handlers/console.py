@@ -24,6 +24,9 @@ from handlers.kit import parse_command
 
 CHANNEL = "console"
 QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
+# A latitude and a longitude typed as a terminal user copies them from a map: decimal points, a
+# space or a comma between them.
+COORDINATES = re.compile(r"(-?\d{1,2}\.\d+)(?:\s*[,;]\s*|\s+)(-?\d{1,3}\.\d+)")
 
 
 class ConsoleSender:
@@ -114,6 +117,11 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
         return Inbound(kind=Kind.COMMAND, command=verb, text=command.text, **base)
+    pin = COORDINATES.fullmatch(stripped)
+    if pin:  # "38.39 27.17" or "38.39, 27.17" typed: a location, as /konum 38.39 27.17
+        lat, lon = float(pin.group(1)), float(pin.group(2))
+        if -90 <= lat <= 90 and -180 <= lon <= 180:
+            return Inbound(kind=Kind.LOCATION, latitude=lat, longitude=lon, **base)
     return Inbound(kind=Kind.TEXT, text=text, **base)
 
 
