@@ -17,7 +17,9 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session
+from pathlib import Path
+
+from sqlmodel import Session, select
 
 from conversations import geo
 from conversations.core import require_consent
@@ -28,6 +30,7 @@ from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Trans
 from conversations.text import fold, match_mahalle, match_options, truncate
 from storage import repo
 from storage import reports as rp
+from storage.attachments import stored_name
 
 MAX_PHOTOS = 3
 MAX_DESCRIPTION = 1000
@@ -43,13 +46,43 @@ MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
 router = Router("reports")
 router.menu_item(10, "report", N_("report.menu"), "cmd:report")
 router.menu_item(15, "myreports", N_("report.menu_mine"), "cmd:myreports")
-router.exporter(rp.export_resident)
+
+
+def _supporter_comments(db: Session, resident_id: int) -> list[rp.ReportEvent]:
+    """What the resident added to reports they followed (report_event "supporter_comment")."""
+    return list(db.exec(select(rp.ReportEvent).where(rp.ReportEvent.actor == f"resident:{resident_id}",
+                                                     rp.ReportEvent.kind == "supporter_comment")
+                        .order_by(rp.ReportEvent.id)))
+
+
+@router.exporter
+def export_reports(db: Session, resident_id: int) -> dict[str, Any]:
+    """Their reports, the reports they follow, and what they added to those as a supporter."""
+    data = rp.export_resident(db, resident_id)
+    comments = []
+    for event in _supporter_comments(db, resident_id):
+        report = rp.get_report(db, event.report_id)
+        photos = db.exec(select(rp.ReportMedia).where(rp.ReportMedia.event_id == event.id)).all()
+        comments.append({"code": report.code if report else None, "at": _aware(event.at).isoformat(),
+                         "text": event.note, "photos": [stored_name(m.path) or Path(m.path).name for m in photos]})
+    data["supporter_comments"] = comments
+    return data
 
 
 @router.eraser
 def erase_reports(db: Session, resident_id: int, config: EngineConfig):
-    """Their reports stay, anonymised; their follows, notes and files go (storage.reports)."""
-    return rp.erase_resident(db, resident_id)
+    """Their reports stay, anonymised; their follows, notes and files go (storage.reports), and
+    so do the photos they added to reports they followed (their comments' texts go with the notes)."""
+    photos = []
+    events = [e.id for e in _supporter_comments(db, resident_id)]
+    if events:
+        photos = db.exec(select(rp.ReportMedia).where(rp.ReportMedia.event_id.in_(events))).all()
+    erased = rp.erase_resident(db, resident_id)
+    for media in photos:
+        erased.files.add(media.path)
+        db.delete(media)
+    db.flush()
+    return erased
 
 
 @router.on_withdrawal("reports")

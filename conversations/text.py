@@ -36,7 +36,8 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
     """Keys of the options whose names match what was typed, best first.
 
     ``options`` is a list of (key, [names...]). An exact folded match wins alone; otherwise names
-    starting with the text, then names containing it, then names whose words all start with the
+    starting with the text, then names with a word starting with it ("kaldirim" → "Yol ve
+    kaldırım", but "tree" is not "Street lighting"), then names whose words all start with the
     typed words ("vali rahmi" → "Vali Rahmi Bey").
     """
     q = fold(typed)
@@ -53,7 +54,7 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
                 break
             if rank > 1 and f.startswith(q):
                 rank = 1
-            elif rank > 2 and (q in f or (words[0].startswith(first) and _words_match(q_words, words))):
+            elif rank > 2 and ((" " + q) in (" " + f) or (words[0].startswith(first) and _words_match(q_words, words))):
                 rank = 2
         if rank < 3:
             (exact, prefix, contains)[rank].append(key)
