@@ -400,6 +400,8 @@ def _located(ctx: Ctx) -> Transition:
     """Category and place known: is the same problem already reported nearby? Shown now, before
     the resident writes anything; else on to the description (or back to the summary)."""
     d = ctx.data
+    if not d.get("category") or ctx.catalog.category(d["category"]) is None:
+        return Go("report.category", keep=True)
     d["dups_checked"] = True
     dups = rp.find_nearby_open(ctx.db, d["category"], d.get("lat"), d.get("lon"), d.get("mahalle"),
                                within_m=NEARBY_METRES, days=NEARBY_DAYS, now=ctx.now,
@@ -428,7 +430,7 @@ def _ask_more_photos(ctx: Ctx, n: int) -> None:
 def says_done(ctx: Ctx, text: str) -> bool:
     """"tamam", "devam", "bitti", "done", "تم"...: the resident has no more photos to add."""
     typed = fold(text)
-    return any(typed == fold(w) for lang in LANGUAGES for w in translator(lang)("report.done_words").split(","))
+    return any(typed == fold(w) for lang in LANGUAGES for w in re.split("[,،]", translator(lang)("report.done_words")))
 
 
 @report_photos.on_input
