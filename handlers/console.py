@@ -1,7 +1,7 @@
 """The terminal channel: `katilim chat [--as NAME]`, the same engine and database as Telegram.
 
 Choices are shown numbered and answered by number or text. A few console verbs stand in for what a
-phone sends: `/konum 38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
+phone sends: `/konum 38.39 27.17` or just `38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
 note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves. The file of `/foto` and `/ses` is read
 like a channel's download (`ConsoleChannel.read_file`) and goes through the same judging and
 cleaning into MEDIA_DIR as any other channel's (bot/app.py): a missing or non-image file is
