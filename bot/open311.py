@@ -664,7 +664,7 @@ class Open311:
             raise Open311Error(400, "media_url must be an http:// or https:// URL")
         report = create_report(db, prefix=self.prefix, resident_id=None, category=code, description=description,
                                latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
-                               channel="open311", actor=_actor(key))
+                               channel="open311", actor=_actor(key), catalog=self.catalog)
         apikeys.record_request(db, report.id, key, media_url or "")
         return report.code
 

@@ -537,7 +537,8 @@ def file_report(ctx: Ctx) -> Transition:
     report = rp.create_report(ctx.db, prefix=ctx.catalog.municipality.tracking_prefix, resident_id=ctx.resident.id,
                               category=d["category"], description=d.get("description", ""),
                               latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
-                              address=d.get("street", ""), media=media, channel=ctx.channel, now=ctx.now)
+                              address=d.get("street", ""), media=media, channel=ctx.channel, catalog=ctx.catalog,
+                              now=ctx.now)
     saved = ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports"))
     usual = usual_response_time(ctx, d["category"])
     ctx.say(saved + ("\n" + usual if usual else ""))

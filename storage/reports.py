@@ -26,8 +26,10 @@ from typing import Any, Callable, Iterable, Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
+from conversations import worktime
 from conversations.i18n import N_, Translator, translator
 from conversations.messages import Choice, Outbound
+from conversations.text import fold
 from storage import outbox, repo
 from storage.attachments import Erased, stored_name
 from storage.db import utcnow
@@ -77,6 +79,11 @@ class Report(SQLModel, table=True):
     __table_args__ = (
         Index("ix_report_open_nearby", "category", "status", "created_at"),
         Index("ix_report_resident_created", "resident_id", "created_at"),
+        # the console's list and map (issue 15): newest first per status, a department's queue,
+        # a mahalle's reports
+        Index("ix_report_status_created", "status", "created_at"),
+        Index("ix_report_department_status", "department", "status", "created_at"),
+        Index("ix_report_mahalle_created", "mahalle", "created_at"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     code: str = Field(max_length=24, unique=True)
@@ -100,6 +107,17 @@ class Report(SQLModel, table=True):
     # set when the reporter erased their data: description and street are gone (staff views show
     # the catalog's "report.erased" marker); category, status, dates, mahalle and pin stay
     erased_at: Optional[datetime] = None
+    # triage (issue 15): the category's department at creation (staff may move it), the staff
+    # member it is assigned to, the target response time (working hours of the catalog), the
+    # first staff answer (status change or note) and the closing (resolved, rejected, merged)
+    department: str = Field(default="", max_length=32, index=True)
+    assignee_id: Optional[int] = Field(default=None, foreign_key="staff.id", index=True)
+    due_at: Optional[datetime] = Field(default=None, index=True)
+    first_response_at: Optional[datetime] = None
+    closed_at: Optional[datetime] = None
+    # the folded words a free-text search looks in (code, category names, mahalle, description):
+    # conversations.text.fold of them, kept by create_report and refresh_search_text
+    search_text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
 
 
 def media_token() -> str:
@@ -164,16 +182,80 @@ def next_code(db: Session, prefix: str, year: int) -> str:
     return f"{prefix}-{year}-{number:06d}"
 
 
+# ---------------------------------------------------------------- routing and search words
+def routing(catalog, category: str, created: datetime) -> tuple[str, datetime | None]:
+    """Where a new report of `category` goes and by when it should be answered: the catalog's
+    department of the category ("" when none) and the end of its target response time
+    (`sla_hours`, in the municipality's working hours unless `sla_calendar`; None without one)."""
+    cat = catalog.category(category) if catalog is not None else None
+    if cat is None:
+        return "", None
+    due = None
+    if cat.sla_hours:
+        municipality = catalog.municipality
+        due = worktime.due_at(created, cat.sla_hours, municipality.working_hours, calendar_hours=cat.sla_calendar,
+                              tz=municipality.timezone or "Europe/Istanbul")
+    return cat.department, due
+
+
+def search_words(report: Report, catalog=None) -> str:
+    """The folded text a free-text search matches (conversations.text.fold): the code, the
+    category's key and names in every language, the mahalle's key and name, the description."""
+    words = [report.code, report.category]
+    cat = catalog.category(report.category) if catalog is not None else None
+    if cat is not None:
+        words += cat.name.all_forms()
+    if report.mahalle:
+        words.append(report.mahalle)
+        hood = catalog.neighbourhood(report.mahalle) if catalog is not None else None
+        if hood is not None:
+            words.append(hood.name)
+    words.append(report.description or "")
+    seen: list[str] = []
+    for word in (fold(w) for w in words if w):
+        if word and word not in seen:
+            seen.append(word)
+    return " ".join(seen)
+
+
+def refresh_search_text(report: Report, catalog=None) -> None:
+    """Recompute the search words after an edit (category, mahalle, description, erasure)."""
+    report.search_text = search_words(report, catalog)
+
+
+def search_condition(text: str):
+    """The SQL conditions of a free-text search, one per word (all must hold, in any order):
+    each folded word occurs in the search text, so a tracking code, a part of it ("000123"),
+    a category or mahalle name in any language or words of the description match."""
+    folded = fold(text or "")
+    conditions = []
+    for word in folded.split()[:8]:
+        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(Report.search_text.like(f"%{escaped}%", escape="\\"))
+    return conditions
+
+
+def mark_responded(report: Report, actor: str, now: datetime) -> None:
+    """The first answer of a staff member (status change or note) starts the response time."""
+    if report.first_response_at is None and actor.startswith(("staff:", "cli:")):
+        report.first_response_at = now
+
+
 # ---------------------------------------------------------------- create and read
 def create_report(db: Session, *, prefix: str, resident_id: int | None, category: str, description: str,
                   latitude: float | None = None, longitude: float | None = None, mahalle: str | None = None,
                   address: str = "", media: Iterable[dict[str, Any]] = (), channel: str = "",
-                  actor: str = "", now: datetime | None = None) -> Report:
-    """A new report with its attachments (dicts: path, content_type, size, kind) and its first event."""
+                  actor: str = "", catalog=None, now: datetime | None = None) -> Report:
+    """A new report with its attachments (dicts: path, content_type, size, kind) and its first
+    event, routed to its category's department with its due time (see `routing`; pass the
+    catalog, else it is nobody's and has no target)."""
     now = now or utcnow()
+    department, due = routing(catalog, category, now)
     report = Report(code=next_code(db, prefix, now.year), resident_id=resident_id, category=category,
                     description=description, latitude=latitude, longitude=longitude, mahalle=mahalle,
-                    address=(address or "")[:255], status="new", channel=channel, created_at=now, updated_at=now)
+                    address=(address or "")[:255], status="new", channel=channel, created_at=now, updated_at=now,
+                    department=department, due_at=due)
+    refresh_search_text(report, catalog)
     db.add(report)
     db.flush()
     for item in media:
@@ -404,6 +486,8 @@ def set_status(db: Session, code: str, status: str, actor: str, note: str = "", 
     report.updated_at = now
     if status == "resolved":
         report.resolved_at = now
+    mark_responded(report, actor, now)
+    report.closed_at = (report.closed_at or now) if status in CLOSED_STATUSES else None
     db.add(report)
     event_note = (note or report.reject_reason) if status == "rejected" else note
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="status", from_status=previous,
@@ -433,6 +517,8 @@ def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, t
     report.status = "merged"
     report.merged_into_id = target.id
     report.updated_at = now
+    report.closed_at = now
+    mark_responded(report, actor, now)
     db.add(report)
     for resident_id in people:
         follow(db, target, resident_id, now=now)
@@ -462,6 +548,7 @@ def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", 
     report.status = "in_progress"
     report.reopened_count += 1
     report.resolved_at = None
+    report.closed_at = None
     report.updated_at = now
     db.add(report)
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="reopened", from_status="resolved",
@@ -563,6 +650,7 @@ def erase_resident(db: Session, resident_id: int) -> Erased:
         report.description = ""
         report.address = ""
         report.erased_at = now
+        refresh_search_text(report)   # their words leave the search too
         db.add(report)
     for event in db.exec(select(ReportEvent).where(ReportEvent.actor == f"resident:{resident_id}",
                                                    ReportEvent.kind != "rated", ReportEvent.note != "")):

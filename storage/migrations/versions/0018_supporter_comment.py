@@ -4,16 +4,16 @@
 * `report_media.event_id`: the supporter's comment a photo came with (NULL for the reporter's own
   photos), so that erasing the supporter deletes their photos from the followed report.
 
-Revision ID: 0017_supporter_comment
-Revises: 0016_panel
+Revision ID: 0018_supporter_comment
+Revises: 0017_report_triage
 Create Date: 2026-12-02
 """
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
 
-revision = '0017_supporter_comment'
-down_revision = '0016_panel'
+revision = '0018_supporter_comment'
+down_revision = '0017_report_triage'
 branch_labels = None
 depends_on = None
 
@@ -34,8 +34,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(op.f('ix_report_media_event_id'), table_name='report_media')
-    with op.batch_alter_table('report_media', schema=None) as batch_op:
-        batch_op.drop_column('event_id')
+    if op.get_bind().dialect.name == "sqlite":  # in place (3.35+), its REFERENCES clause with it
+        op.execute("ALTER TABLE report_media DROP COLUMN event_id")
+    else:
+        op.drop_column('report_media', 'event_id')
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DELETE FROM report_event WHERE length(kind) > 16")
         op.alter_column('report_event', 'kind', type_=sa.String(length=16),
