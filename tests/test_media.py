@@ -192,7 +192,8 @@ def tg_texts(calls) -> list[str]:
 @pytest.fixture
 async def telegram(make_app, db_url):
     with FakeTelegramServer() as tg:
-        app = make_app(database_url=db_url, telegram_bot_token=tg.token, telegram_api_url=tg.root)
+        # three reports begun within seconds (faster than a thumb): above the flood limit otherwise
+        app = make_app(database_url=db_url, telegram_bot_token=tg.token, telegram_api_url=tg.root, flood_messages=60)
         add_configured_channels(app)
         channel = app.channels["telegram"]
         await channel.start()
