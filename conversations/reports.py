@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime, timedelta
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, select
 

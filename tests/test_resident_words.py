@@ -8,9 +8,9 @@ from datetime import timezone
 import pytest
 
 from conversations.i18n import translator
+from conversations.messages import Kind, Media
 from storage import reports as rp
 from storage.db import transaction
-from conversations.messages import Kind, Media
 from storage.models import Resident, Staff
 from tests.test_reports import CODE, PIN, Chat, _katilim
 
@@ -270,7 +270,8 @@ def test_photos_step_shows_devam_once_a_photo_came_with_the_description(make_app
     chat.send(Kind.PHOTO, text="The lamp is off", media=[Media(ref=str(photo), content_type="image/jpeg")])
     assert chat.state() == "report.photos"
     assert [c.label for c in chat.last[-1].choices] == ["✅ Continue"]
-    assert chat.last[-1].text == en("report.photo_saved", n=1, max=3) + "\nYou can add 2 more photos, or tap ✅ Continue."
+    assert chat.last[-1].text == (en("report.photo_saved", n=1, max=3)
+                                  + "\nYou can add 2 more photos, or tap ✅ Continue.")
     chat.text("done")
     assert chat.state() == "report.summary"
 
@@ -337,7 +338,8 @@ def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app
     # his export holds it
     john.text("/verilerim")
     exported = json.loads(next(o for o in john.last if o.document).document.data)
-    assert exported["supporter_comments"] == [{"code": code, "at": at, "text": "Dün akşam bir bisikletli düştü", "photos": ["p2.jpg"]}]
+    assert exported["supporter_comments"] == [{"code": code, "at": at, "text": "Dün akşam bir bisikletli düştü",
+                                               "photos": ["p2.jpg"]}]
 
 
 def test_a_place_changed_from_the_summary_finds_a_similar_report_and_keeps_the_draft(make_app, photo):

@@ -8,9 +8,9 @@ Revision ID: 0018_supporter_comment
 Revises: 0017_report_triage
 Create Date: 2026-12-02
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0018_supporter_comment'
 down_revision = '0017_report_triage'
