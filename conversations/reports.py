@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from conversations import geo
@@ -82,6 +83,14 @@ def erase_reports(db: Session, resident_id: int, config: EngineConfig):
         db.delete(media)
     db.flush()
     return erased
+
+
+@router.merger
+def merge_report_actors(db: Session, gone_id: int, keep_id: int, config: EngineConfig) -> None:
+    """Two residents become one (conversations/linking.py): what the gone one wrote in reports'
+    histories (supporter comments, reopening notes) is the kept one's, for their export and erasure."""
+    db.exec(update(rp.ReportEvent).where(rp.ReportEvent.actor == f"resident:{gone_id}")
+            .values(actor=f"resident:{keep_id}"))
 
 
 @router.on_withdrawal("reports")

@@ -420,3 +420,37 @@ def test_migration_0018_adds_and_drops_the_supporter_columns(db_url):
     command.upgrade(cfg, "heads")
     assert "event_id" in {c["name"] for c in inspect(engine).get_columns("report_media")}
     engine.dispose()
+
+
+def test_a_supporter_comment_follows_its_writer_when_two_residents_become_one(make_app, photo):
+    from conversations.linking import merge
+
+    app = make_app()
+    ayse, john, john_wa = Chat(app, "ayse"), Chat(app, "john"), Chat(app, "john-2")
+    for chat in (ayse, john, john_wa):
+        chat.onboard("tr")
+    ayse.text("/bildir")
+    ayse.text("lamba")
+    ayse.text("Yıldız")
+    ayse.text("Okulun önü")
+    ayse.text("Lamba yanmıyor")
+    ayse.tap("done")
+    ayse.tap("confirm")
+    code = CODE.search(ayse.said).group(0)
+    john_wa.text("/bildir")
+    john_wa.text("ışık")
+    john_wa.text("yildiz mh")
+    john_wa.text("Okulun önü")
+    john_wa.tap(f"f:{code}")
+    john_wa.text("Haftalardır karanlık")
+    keep, gone = john.resident_id(), john_wa.resident_id()
+    with transaction(app.db) as db:
+        merge(db, keep, gone, app.engine.config)
+    john.text("/verilerim")
+    exported = json.loads(next(o for o in john.last if o.document).document.data)
+    assert [(c["code"], c["text"]) for c in exported["supporter_comments"]] == [(code, "Haftalardır karanlık")]
+    john.text("/verilerimisil")
+    john.tap("yes")
+    with transaction(app.db) as db:
+        report = rp.get_by_code(db, code)
+        assert [e.note for e in rp.history_of(db, report.id) if e.kind == "supporter_comment"] == [""]
