@@ -66,6 +66,7 @@ async def _ours(n: int, tmp: Path) -> dict:
     from bot.app import add_configured_channels, build_app
     from bot.dispatcher import Dispatcher
     from bot.settings import load_settings
+    from conversations.domain import broadcasts as domain_broadcasts
     from storage import broadcasts
     from storage.db import transaction
     from storage.models import OutboxMessage
@@ -81,7 +82,7 @@ async def _ours(n: int, tmp: Path) -> dict:
             seed_residents(conn, n, first_chat=FIRST_CHAT)
         with transaction(app.db) as s:
             b = broadcasts.create(s, texts=TEXTS, audience={}, created_by="bench")
-        assert broadcasts.start_now(app.db, b.id, app.worker_id)
+        assert domain_broadcasts.start_now(app.db, b.id, app.worker_id)
         O = OutboxMessage.__table__
 
         def waiting() -> int:
@@ -110,7 +111,7 @@ async def _ptb(n: int) -> dict:
     from telegram.error import RetryAfter, TelegramError
     from telegram.ext import AIORateLimiter, ApplicationBuilder
 
-    from storage.broadcasts import render
+    from conversations.notify import render_broadcast as render
     from tests.fakes.telegram_api import FakeTelegramProcess
 
     chats = [FIRST_CHAT + i for i in range(1, n + 1)]

@@ -23,6 +23,7 @@ def _child(url: str) -> None:
     """Fan out the one scheduled broadcast of the database at `url`; print time and memory."""
     from sqlalchemy import func, select
 
+    from conversations.domain import broadcasts as domain_broadcasts
     from storage import broadcasts
     from storage.db import make_engine, transaction
     from storage.models import OutboxMessage
@@ -38,7 +39,7 @@ def _child(url: str) -> None:
     except OSError:
         reset = False
     t0 = time.perf_counter()
-    ok = broadcasts.start_now(db, broadcast_id, "bench-fanout")
+    ok = domain_broadcasts.start_now(db, broadcast_id, "bench-fanout")
     took = time.perf_counter() - t0
     peak = proc_status()["VmHWM"]
     with transaction(db) as s:

@@ -29,7 +29,7 @@ def _seed(url: str, rsvps: int) -> None:
     every resident going, one pending reminder per RSVP; the first DUE reminders are due now."""
     from sqlalchemy import Integer, String, case, insert, literal, select
 
-    from conversations.participation import new_checkin_token
+    from conversations.attendance import new_checkin_token
     from storage.db import make_engine, utcnow
     from storage.migrate import upgrade
     from storage.participation import Event, Reminder, Rsvp

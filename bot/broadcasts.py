@@ -1,12 +1,12 @@
 """The scheduler's "broadcasts" job: every few seconds, fan out the due scheduled broadcasts
 (claimed through the database, so exactly once with any number of workers) and check running
-ones for progress and completion (storage/broadcasts.py)."""
+ones for progress and completion (conversations/domain/broadcasts.py, storage/broadcasts.py)."""
 from __future__ import annotations
 
 import asyncio
 
 from bot.scheduler import Job
-from storage import broadcasts
+from conversations.domain import broadcasts
 
 INTERVAL_SECONDS = 2.0
 

@@ -11,7 +11,8 @@ import sys
 from bot.cli import operator_name
 from bot.app import open_db
 from bot.settings import Settings
-from storage import apikeys, repo
+from storage import apikeys
+from storage.audit import audit
 from storage.db import transaction
 
 
@@ -42,7 +43,7 @@ def cmd_add(settings: Settings, args) -> int:
     try:
         with transaction(engine) as db:
             key, plain = apikeys.create_key(db, args.name, scope=args.scope)
-            repo.audit(db, operator_name(), "apikey.added", f"apikey:{key.id}", name=key.name, prefix=key.prefix,
+            audit(db, operator_name(), "apikey.added", f"apikey:{key.id}", name=key.name, prefix=key.prefix,
                        scope=key.scope)
     except apikeys.ApiKeyError as exc:
         print(f"katilim: {exc}", file=sys.stderr)
@@ -58,7 +59,7 @@ def cmd_list(settings: Settings, args) -> int:
     engine = _db(settings)
     with transaction(engine) as db:
         rows = apikeys.list_keys(db)
-        repo.audit(db, operator_name(), "apikey.listed", "", count=len(rows))
+        audit(db, operator_name(), "apikey.listed", "", count=len(rows))
     engine.dispose()
     print(f"{'id':>4}  {'name':<20} {'scope':<7} {'prefix':<13} {'created (UTC)':<17} {'last used (UTC)':<17} "
           "revoked (UTC)")
@@ -79,7 +80,7 @@ def cmd_revoke(settings: Settings, args) -> int:
             if not apikeys.revoke(db, key):
                 print(f"API key {key.id} ({key.name}) was already revoked")
                 return 0
-            repo.audit(db, operator_name(), "apikey.revoked", f"apikey:{key.id}", name=key.name, prefix=key.prefix)
+            audit(db, operator_name(), "apikey.revoked", f"apikey:{key.id}", name=key.name, prefix=key.prefix)
     finally:
         engine.dispose()
     print(f"API key {key.id} ({key.name}) revoked")

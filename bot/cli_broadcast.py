@@ -26,7 +26,9 @@ from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
 from storage import media as media_store
+from conversations.domain import broadcasts as domain
 from conversations.i18n import LANGUAGES, format_when
+from conversations.permissions import Actor
 from conversations.text import fold, match_options, strip_mahalle
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
@@ -135,8 +137,8 @@ def cmd_send(settings: Settings, args) -> int:
     engine = _engine(settings)
     try:
         with transaction(engine) as db:
-            b = bc.create(db, texts=texts, audience=audience, created_by=operator_name(), photo_path=photo,
-                          scheduled_at=at)
+            b = domain.send(db, Actor.cli(operator_name()), texts=texts, audience=audience, photo_path=photo,
+                            scheduled_at=at)
             count = bc.count_recipients(db, b.audience)
             broadcast_id = b.id
     except bc.BroadcastError as exc:
@@ -144,8 +146,8 @@ def cmd_send(settings: Settings, args) -> int:
     if at is not None:
         print(f"broadcast {broadcast_id} scheduled for {format_when(at, 'en', tz)}: {counted(count, 'recipient')} now")
         return 0
-    bc.start_now(engine, broadcast_id, make_worker_id("cli"), tz)
-    bc.check_running(engine, tz)  # nobody to send to: done at once
+    domain.start_now(engine, broadcast_id, make_worker_id("cli"), tz)
+    domain.check_running(engine, tz)  # nobody to send to: done at once
     with transaction(engine) as db:
         b = db.get(Broadcast, broadcast_id)
         print(f"broadcast {broadcast_id} sending: {counted(b.total, 'recipient')}")
@@ -200,7 +202,7 @@ def cmd_cancel(settings: Settings, args) -> int:
         if b is None:
             return _fail(f"no broadcast {args.id}", 1)
         status = b.status
-        done = bc.cancel(db, args.id, operator_name(), tz=_timezone(settings, catalog))
+        done = domain.cancel(db, Actor.cli(operator_name()), args.id, tz=_timezone(settings, catalog))
         if done is None:
             return _fail(f"broadcast {args.id} is {status}: it can no longer be cancelled", 1)
         print(f"broadcast {args.id} cancelled: {counted(done.withdrawn, 'message')} withdrawn, "

@@ -14,7 +14,8 @@ from bot.settings import Settings
 from conversations import staff_admin
 from conversations.i18n import t_in
 from conversations.permissions import ROLES, Actor
-from storage import panel, repo
+from storage import panel
+from storage.audit import audit
 from storage.db import transaction
 from storage.migrate import current
 from storage.models import Staff
@@ -175,7 +176,7 @@ def cmd_staff_remove(settings: Settings, args) -> int:
             print(f"katilim: no staff member {args.id}", file=sys.stderr)
             return 1
         db.delete(staff)
-        repo.audit(db, operator_name(), "staff.removed", f"staff:{args.id}")
+        audit(db, operator_name(), "staff.removed", f"staff:{args.id}")
         print(f"staff {args.id} removed")
     return 0
 

@@ -1,25 +1,32 @@
 """`katilim events add | edit | cancel | list | attendees | qr | feedback`.
 
-Times are typed in the municipality's time zone (Europe/Istanbul): "2026-11-28 14:00" or
-"28.11.2026 14:00". Changes of time or place and cancellations are told to everyone registered or
-waiting through the outbox (the running bot delivers them), in their own language.
+Times are typed in the municipality's time zone (Europe/Istanbul): "2026-11-28 14:00",
+"28.11.2026 14:00" or "yarın 18:00" (conversations/when.py reads them, as in the chat). Changes of
+time or place and cancellations are told to everyone registered or waiting through the outbox
+(the running bot delivers them), in their own language. The operations are the chat's own
+(conversations/domain/events.py), done as an admin named "cli:USER".
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlmodel import select
 
+from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
-from conversations import participation as P
+from conversations import attendance, reminders
+from conversations.domain import events as event_ops
 from conversations.i18n import t_in
-from storage.db import transaction, utcnow
+from conversations.participation import ParticipationError, read_time
+from conversations.permissions import Actor
+from conversations.when import span_text
+from storage.db import aware, transaction, utcnow
 from storage.models import ChannelIdentity, Resident
 from storage.participation import EVENT_TYPES, Event, Rsvp
 
@@ -108,8 +115,8 @@ def _time(settings: Settings, text: str | None, tz: str, base=None):
     if text is None:
         return None
     try:
-        return P.parse_local(text, tz, base=base)
-    except P.ParticipationError as exc:
+        return read_time(text, tz, now=utcnow(), base=base, future=False)  # the rules say what may be past
+    except ParticipationError as exc:
         raise _Fail(f"{text!r}: {t_in(settings.default_locale, exc.key)}") from None
 
 
@@ -128,7 +135,7 @@ def _run(fn):
         except _Fail as exc:
             print(f"katilim: {exc}", file=sys.stderr)
             return 1
-        except P.ParticipationError as exc:
+        except ParticipationError as exc:
             print(f"katilim: {t_in(settings.default_locale, exc.key)}", file=sys.stderr)
             return 1
     return wrapped
@@ -137,7 +144,7 @@ def _run(fn):
 def _show(event: Event, tz: str, lang: str = "tr") -> str:
     places = "unlimited" if event.capacity is None else f"{event.going}/{event.capacity}"
     return (f"event {event.id} [{event.status}] {event.title_in(lang)} · {event.type} · "
-            f"{P.span_text(event.starts_at, event.ends_at, lang, tz)} · {event.place or '-'} · places {places}")
+            f"{span_text(event.starts_at, event.ends_at, lang, tz)} · {event.place or '-'} · places {places}")
 
 
 @_run
@@ -146,17 +153,15 @@ def cmd_add(settings: Settings, args) -> int:
     start = _time(settings, args.start, tz)
     end = _time(settings, args.end, tz, base=start)
     deadline = _time(settings, args.deadline, tz, base=start)
-    if start <= utcnow():
-        raise _Fail(t_in(settings.default_locale, "event.in_past"))
     lat, lon = _pin(args)
     with transaction(engine) as db:
-        event = P.create_event(db, title=_texts(args, "title"), description=_texts(args, "description"),
-                               type=args.type, starts_at=start, ends_at=end, place=args.place or "", latitude=lat,
-                               longitude=lon, capacity=args.capacity, registration_deadline=deadline,
-                               created_by=operator_name())
+        event = event_ops.create_event(db, Actor.cli(operator_name()), title=_texts(args, "title"),
+                                       description=_texts(args, "description"), type=args.type, starts_at=start,
+                                       ends_at=end, place=args.place or "", latitude=lat, longitude=lon,
+                                       capacity=args.capacity, registration_deadline=deadline)
         print(_show(event, tz))
         if settings.telegram_bot_username:
-            print(f"link: {P.event_link(settings.telegram_bot_username, event.id)}")
+            print(f"link: {attendance.event_link(settings.telegram_bot_username, event.id)}")
     return 0
 
 
@@ -168,15 +173,16 @@ def cmd_edit(settings: Settings, args) -> int:
         event = _event(db, args.id)
         start = _time(settings, args.start, tz)
         end = _time(settings, args.end, tz, base=start or event.starts_at)
-        change = P.EventChange(title=_texts(args, "title"), description=_texts(args, "description"), type=args.type,
-                               starts_at=start, ends_at=end, place=args.place, latitude=lat, longitude=lon,
-                               clear_pin=args.no_pin, capacity=args.capacity, clear_capacity=args.no_capacity,
-                               registration_deadline=_time(settings, args.deadline, tz, base=start or event.starts_at),
-                               clear_deadline=args.no_deadline)
-        event, told = P.update_event(db, args.id, change, actor=operator_name(), now=utcnow(),
-                                     offsets=P.offsets_of(settings), tz=tz, domain=domain)
-        print(_show(event, tz))
-        print(f"{counted(told, 'resident')} told")
+        change = event_ops.EventChange(
+            title=_texts(args, "title"), description=_texts(args, "description"), type=args.type, starts_at=start,
+            ends_at=end, place=args.place, latitude=lat, longitude=lon, clear_pin=args.no_pin, capacity=args.capacity,
+            clear_capacity=args.no_capacity,
+            registration_deadline=_time(settings, args.deadline, tz, base=start or event.starts_at),
+            clear_deadline=args.no_deadline)
+        edited = event_ops.update_event(db, Actor.cli(operator_name()), args.id, change, now=utcnow(),
+                                        offsets=reminders.offsets_of(settings), tz=tz, domain=domain)
+        print(_show(edited.event, tz))
+        print(f"{counted(edited.told, 'resident')} told")
     return 0
 
 
@@ -184,8 +190,8 @@ def cmd_edit(settings: Settings, args) -> int:
 def cmd_cancel(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
-        told = P.cancel_event(db, args.id, actor=operator_name(), now=utcnow(), tz=tz, domain=domain)
-        print(f"event {args.id} cancelled; {counted(told, 'resident')} told")
+        cancelled = event_ops.cancel_event(db, Actor.cli(operator_name()), args.id, now=utcnow(), tz=tz, domain=domain)
+        print(f"event {args.id} cancelled; {counted(cancelled.told, 'resident')} told")
     return 0
 
 
@@ -196,9 +202,9 @@ def cmd_list(settings: Settings, args) -> int:
         if args.all:
             events = list(db.exec(select(Event).order_by(Event.starts_at)))
         else:
-            events = P.upcoming_events(db, utcnow())
+            events = attendance.upcoming_events(db, utcnow())
         for event in events:
-            waiting = len(P.attendees(db, event.id, ("waitlist",)))
+            waiting = len(attendance.attendees(db, event.id, ("waitlist",)))
             print(_show(event, tz) + f" · waiting {waiting}")
         if not events:
             print("no events")
@@ -211,12 +217,12 @@ def cmd_attendees(settings: Settings, args) -> int:
     with transaction(engine) as db:
         event = _event(db, args.id)
         print(_show(event, tz))
-        rows = P.attendees(db, event.id, ("going", "waitlist"))
+        rows = attendance.attendees(db, event.id, ("going", "waitlist"))
         print(f"{'resident':>8}  {'status':<9} {'pos':>4}  {'checked in':<17} {'channel':<9} name")
         for rsvp in rows:
             resident = db.get(Resident, rsvp.resident_id)
             identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.resident_id == rsvp.resident_id)).first()
-            checked = P.aware(rsvp.checked_in_at).astimezone(P.ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M") \
+            checked = aware(rsvp.checked_in_at).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M") \
                 if rsvp.checked_in_at else "-"
             print(f"{rsvp.resident_id:>8}  {rsvp.status:<9} {rsvp.position or '':>4}  {checked:<17} "
                   f"{identity.channel if identity else '-':<9} {resident.display_name if resident else ''}")
@@ -251,7 +257,7 @@ def cmd_qr(settings: Settings, args) -> int:
         event = _event(db, args.id)
         token = event.checkin_token
     username = bot_username(settings)
-    link = P.checkin_link(username, token) if args.checkin else P.event_link(username, args.id)
+    link = attendance.checkin_link(username, token) if args.checkin else attendance.event_link(username, args.id)
     image = qrcode.make(link, error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=10, border=4)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     image.save(str(args.output))
@@ -264,7 +270,7 @@ def cmd_feedback(settings: Settings, args) -> int:
     engine, catalog, tz, domain = _context(settings)
     with transaction(engine) as db:
         event = _event(db, args.id)
-        summary = P.feedback_summary(db, event.id)
+        summary = attendance.feedback_summary(db, event.id)
         attended = len(list(db.exec(select(Rsvp).where(Rsvp.event_id == event.id, Rsvp.checked_in_at != None))))  # noqa: E711
         print(_show(event, tz))
         average = f"{summary.average:.2f}" if summary.average is not None else "-"

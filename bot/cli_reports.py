@@ -19,9 +19,11 @@ from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
 from bot.app import open_db
 from bot.settings import Settings
+from conversations.domain import reports as domain
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from storage import reports as rp
-from storage.db import transaction
+from storage.db import aware, transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +70,7 @@ def _tz(settings: Settings, catalog) -> str:
 def _local(dt: datetime | None, tz: str) -> str:
     if dt is None:
         return "-"
-    return rp._aware(dt).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+    return aware(dt).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
 
 
 def _mahalle_key(catalog, value: str | None) -> str | None:
@@ -148,16 +150,15 @@ def cmd_set_status(settings: Settings, args) -> int:
         return 2
     with transaction(_db(settings)) as db:
         try:
-            report = rp.get_by_code(db, args.code)
-            before = report.status if report else None
-            people = len(rp.to_be_told(db, report, args.status))
-            report = rp.set_status(db, args.code, args.status, operator_name(), args.note,
-                                   reason=args.note if args.status == "rejected" else "",
-                                   catalog=catalog, tz=_tz(settings, catalog))
+            changed = domain.change_status(db, Actor.cli(operator_name()), args.code, args.status, note=args.note,
+                                           reason=args.note if args.status == "rejected" else "",
+                                           catalog=catalog, tz=_tz(settings, catalog))
         except rp.ReportError as err:
             print(f"katilim: {err.key.rsplit('.', 1)[-1].replace('_', ' ')}: {args.code}", file=sys.stderr)
             return 1
-        print(f"{report.code}: {before} -> {report.status}; {counted(people, 'resident')} notified through the outbox")
+        report = changed.report
+        print(f"{report.code}: {changed.previous} -> {report.status}; "
+              f"{counted(len(changed.told), 'resident')} notified through the outbox")
     return 0
 
 
@@ -165,12 +166,12 @@ def cmd_merge(settings: Settings, args) -> int:
     catalog = load_catalog(settings.katilim_catalog)
     with transaction(_db(settings)) as db:
         try:
-            report = rp.merge(db, args.code, args.into, operator_name(), catalog=catalog, tz=_tz(settings, catalog))
+            merged = domain.merge(db, Actor.cli(operator_name()), args.code, args.into, catalog=catalog,
+                                  tz=_tz(settings, catalog))
         except rp.ReportError as err:
             print(f"katilim: {err.key.rsplit('.', 1)[-1].replace('_', ' ')}: {args.code}", file=sys.stderr)
             return 1
-        target = rp.get_report(db, report.merged_into_id)
-        print(f"{report.code} merged into {target.code}")
+        print(f"{merged.report.code} merged into {merged.target.code}")
     return 0
 
 

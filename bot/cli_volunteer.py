@@ -1,4 +1,4 @@
-"""`katilim volunteers call | calls | responses | cancel-call | members`.
+"""`katilim volunteers call | calls | responses | close-call | cancel-call | members`.
 
 A call goes to every volunteer of the given pools who is available then (weekdays, weekends or
 evenings, from the start time in the municipality's time zone) and consented to volunteering,
@@ -11,15 +11,18 @@ import sys
 
 from sqlmodel import select
 
+from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
-from conversations import participation as P
+from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in
+from conversations.participation import ParticipationError, read_time
+from conversations.permissions import Actor
+from conversations.when import span_text
 from storage.db import transaction, utcnow
 from storage.models import Resident
-from storage.participation import CallResponse, PoolMembership, VolunteerCall
+from storage.participation import CALL_HELD, CallResponse, PoolMembership, VolunteerCall
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("id", type=int)
     r.set_defaults(func=cmd_responses)
 
+    cl = vsub.add_parser("close-call", help="close a call: no more answers (the invited and reserves are told)")
+    cl.add_argument("id", type=int)
+    cl.set_defaults(func=cmd_close_call)
+
     x = vsub.add_parser("cancel-call", help="cancel a call (accepted and reserve volunteers are told)")
     x.add_argument("id", type=int)
     x.set_defaults(func=cmd_cancel_call)
@@ -64,7 +71,7 @@ def _fail(message: str) -> int:
 
 
 def _show(call: VolunteerCall, tz: str) -> str:
-    return (f"call {call.id} [{call.status}] {call.what} · {P.span_text(call.starts_at, call.ends_at, 'tr', tz)} · "
+    return (f"call {call.id} [{call.status}] {call.what} · {span_text(call.starts_at, call.ends_at, 'tr', tz)} · "
             f"{call.place} · pools {','.join(call.pools)} · accepted {call.accepted}/{call.capacity} · "
             f"invited {call.invited}")
 
@@ -75,13 +82,14 @@ def cmd_call(settings: Settings, args) -> int:
     if unknown:
         return _fail(f"unknown pool {unknown[0]!r} (known: {', '.join(p.key for p in catalog.pools)})")
     try:
-        start = P.parse_local(args.start, tz)
-        end = P.parse_local(args.end, tz, base=start)
+        start = read_time(args.start, tz, now=utcnow(), future=False)  # the rules say what may be past
+        end = read_time(args.end, tz, now=utcnow(), base=start, future=False)
         with transaction(engine) as db:
-            call = P.create_call(db, pools=args.pool, what=args.what, place=args.where, starts_at=start, ends_at=end,
-                                 capacity=args.people, created_by=operator_name(), catalog=catalog, tz=tz)
+            call = call_ops.create_call(db, Actor.cli(operator_name()), pools=args.pool, what=args.what,
+                                        place=args.where, starts_at=start, ends_at=end, capacity=args.people,
+                                        catalog=catalog, tz=tz)
             print(_show(call, tz))
-    except P.ParticipationError as exc:
+    except ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0
 
@@ -91,7 +99,7 @@ def cmd_calls(settings: Settings, args) -> int:
     with transaction(engine) as db:
         query = select(VolunteerCall).order_by(VolunteerCall.starts_at)
         if not args.all:
-            query = query.where(VolunteerCall.status == "open", VolunteerCall.ends_at > utcnow())
+            query = query.where(VolunteerCall.status.in_(CALL_HELD), VolunteerCall.ends_at > utcnow())
         calls = list(db.exec(query))
         for call in calls:
             print(_show(call, tz))
@@ -117,13 +125,21 @@ def cmd_responses(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_close_call(settings: Settings, args) -> int:
+    return _end_call(settings, args, call_ops.close_call, "closed")
+
+
 def cmd_cancel_call(settings: Settings, args) -> int:
+    return _end_call(settings, args, call_ops.cancel_call, "cancelled")
+
+
+def _end_call(settings: Settings, args, operation, done: str) -> int:
     engine, catalog, tz = _context(settings)
     try:
         with transaction(engine) as db:
-            told = P.cancel_call(db, args.id, operator_name(), tz=tz)
-            print(f"call {args.id} cancelled; {counted(told, 'volunteer')} told")
-    except P.ParticipationError as exc:
+            ended = operation(db, Actor.cli(operator_name()), args.id, tz=tz)
+            print(f"call {args.id} {done}; {counted(ended.told, 'volunteer')} told")
+    except ParticipationError as exc:
         return _fail(t_in(settings.default_locale, exc.key))
     return 0
 

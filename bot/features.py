@@ -14,15 +14,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from bot import broadcasts as broadcast_jobs
-from bot import cli_apikey, cli_broadcast, cli_core, cli_events, cli_reports, cli_volunteer, cli_worker
-from bot import dispatcher, participation_jobs, scheduler
+from bot import (
+    cli_apikey,
+    cli_broadcast,
+    cli_core,
+    cli_events,
+    cli_reports,
+    cli_volunteer,
+    cli_worker,
+    dispatcher,
+    participation_jobs,
+    scheduler,
+)
 from conversations import (
+    audiences,
     broadcast,
     core,
     events,
     linking,
     panel_link,
-    participation,
+    participation_data,
+    reminders,
     reports,
     staff_reports,
     volunteer,
@@ -78,7 +90,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("open311", http=(open311_routes,), cli=(cli_apikey.register,)),
     Feature("broadcasts", routers=(broadcast.router,), jobs=(broadcast_jobs.broadcasts_job,),
             cli=(cli_broadcast.register,)),
-    Feature("participation", routers=(participation.router,), jobs=(participation_jobs.reminders_job,)),
+    Feature("participation", routers=(participation_data.router, reminders.router),
+            jobs=(participation_jobs.reminders_job,)),
     Feature("events", routers=(events.router,), jobs=(participation_jobs.feedback_job,), cli=(cli_events.register,)),
     Feature("volunteering", routers=(volunteer.router,), cli=(cli_volunteer.register,)),
     Feature("console", routers=(panel_link.router,), http=(panel_routes,)),
@@ -111,6 +124,10 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec("telegram", add_telegram),
     ChannelSpec("whatsapp", add_whatsapp, jobs=(whatsapp_files,)),
 )
+
+
+# Broadcasts can target volunteer pools, a call's volunteers, an event's attendees or waiting list.
+audiences.register_audiences()
 
 
 def routers(features: Iterable[Feature] = FEATURES) -> tuple[Router, ...]:

@@ -72,13 +72,17 @@ from sqlalchemy import false
 from sqlmodel import Session, select
 
 from bot.catalog import LOCALES, Catalog
+from conversations.domain import reports as domain
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from bot.http import IMAGE_TYPES, stored_file
 from handlers.kit import read_body
-from storage import apikeys, quota, repo
+from storage import apikeys, quota
+from storage.audit import audit
+from storage import open311 as open311_requests
 from storage.apikeys import ApiKey
-from storage.db import transaction, utcnow
-from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, create_report
+from storage.db import aware, transaction, utcnow
+from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +283,6 @@ def pick_locale(locale: str | None, accept_language: str | None) -> str:
     return min(ranked)[2] if ranked else "tr"
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def _xml_safe(text: str) -> str:
     return re.sub(r"[^\x09\x0A\x0D\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]", "", text)
 
@@ -348,7 +348,7 @@ async def _read_body(request: Request) -> bytes:
 
 # ---------------------------------------------------------------- the API
 def _actor(key: ApiKey) -> str:
-    return f"open311:{key.name}"[:64]
+    return Actor.open311(key.name).who
 
 
 class Read(NamedTuple):
@@ -384,7 +384,7 @@ class Open311:
 
     # ---- requests
     def _local(self, dt: datetime | None) -> datetime | None:
-        return _aware(dt).astimezone(self.tz) if dt else None
+        return aware(dt).astimezone(self.tz) if dt else None
 
     def _to_utc(self, dt: datetime, name: str) -> datetime:
         try:
@@ -424,7 +424,7 @@ class Open311:
             if targets:
                 codes = dict(db.exec(select(Report.id, Report.code).where(Report.id.in_(targets))).all())
                 merged_codes = {r.id: codes.get(r.merged_into_id, "") for r in reports if r.merged_into_id}
-        submitted = apikeys.requests_for(db, ids)
+        submitted = open311_requests.requests_for(db, ids)
         agency = self.catalog.municipality.name.get(lang)
         out = []
         for r in reports:
@@ -480,7 +480,7 @@ class Open311:
             found = self.render(db, reports, lang, full=full)
             if full:
                 codes = [r.code for r in reports]
-                repo.audit(db, _actor(key), "open311.full_read", path, count=len(codes),
+                audit(db, _actor(key), "open311.full_read", path, count=len(codes),
                            codes=codes[:AUDITED_CODES], **{k: v for k, v in filters.items() if v is not None})
         if full:
             log.info("open311: full read of %d requests by key %s", len(found), key.prefix)
@@ -563,7 +563,7 @@ class Open311:
             response = stored_file(path, allowed=IMAGE_TYPES) if path.is_relative_to(root) else None
             if response is None:  # outside MEDIA_DIR, gone, or not an image
                 raise Open311Error(404, "no such photo")
-            repo.audit(db, _actor(key), "open311.media_read", report.code, media=media.id)
+            audit(db, _actor(key), "open311.media_read", report.code, media=media.id)
         return response
 
     # ---- create
@@ -662,10 +662,10 @@ class Open311:
         media_url = _clean(fields.get("media_url"), "media_url", 1000)
         if media_url and not re.match(r"^https?://[^\s/]+\S*$", media_url):
             raise Open311Error(400, "media_url must be an http:// or https:// URL")
-        report = create_report(db, prefix=self.prefix, resident_id=None, category=code, description=description,
-                               latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
-                               channel="open311", actor=_actor(key), catalog=self.catalog)
-        apikeys.record_request(db, report.id, key, media_url or "")
+        report = domain.file(db, Actor.open311(key.name), prefix=self.prefix, category=code, description=description,
+                             latitude=lat, longitude=lon, mahalle=address_id, address=address or "",
+                             channel="open311", catalog=self.catalog)
+        open311_requests.record_request(db, report.id, key, media_url or "")
         return report.code
 
 

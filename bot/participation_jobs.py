@@ -1,7 +1,7 @@
 """The scheduler jobs of volunteer pools and events (issue 5), listed in bot/features.py:
 
 * "reminders" (every REMINDER_SCAN_INTERVAL seconds): due reminders become outbox rows, claimed
-  race-free in the transaction that writes them (conversations.participation.send_due_reminders);
+  race-free in the transaction that writes them (conversations.reminders.send_due_reminders);
   several processes may run it at once.
 * "feedback" (every minute): after an event ends, everyone who came gets the 1-5 rating question.
 
@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from bot.scheduler import Job
-from conversations import participation as P
+from conversations import attendance, reminders
 from storage.db import retrying, transaction, utcnow
 
 log = logging.getLogger(__name__)
@@ -21,14 +21,14 @@ BATCH = 200
 FEEDBACK_INTERVAL = 60
 
 
-def scan_reminders(app) -> P.ScanResult:
+def scan_reminders(app) -> reminders.ScanResult:
     """Send every due reminder (in batches of BATCH, one transaction each)."""
-    total = P.ScanResult()
-    tz, grace = app.engine.config.timezone, P.grace_of(app.settings)
+    total = reminders.ScanResult()
+    tz, grace = app.engine.config.timezone, reminders.grace_of(app.settings)
     while True:
         def batch():
             with transaction(app.db) as db:
-                return P.send_due_reminders(db, utcnow(), grace=grace, tz=tz, limit=BATCH)
+                return reminders.send_due_reminders(db, utcnow(), grace=grace, tz=tz, limit=BATCH)
 
         result = retrying(batch)
         total.sent += result.sent
@@ -43,7 +43,7 @@ def scan_reminders(app) -> P.ScanResult:
 def ask_feedback(app) -> int:
     def run():
         with transaction(app.db) as db:
-            return P.request_feedback(db, utcnow(), tz=app.engine.config.timezone)
+            return attendance.request_feedback(db, utcnow(), tz=app.engine.config.timezone)
 
     asked = retrying(run)
     if asked:
@@ -55,7 +55,7 @@ def reminders_job(app) -> Job:
     async def run(app=app) -> None:
         try:
             await asyncio.to_thread(scan_reminders, app)
-        except Exception:  # noqa: BLE001  (the next scan tries again; nothing was committed)
+        except Exception:  # logged; the next scan tries again (nothing was committed)
             log.exception("reminder scan failed")
 
     return Job("reminders", app.settings.reminder_scan_interval, run)
@@ -65,7 +65,7 @@ def feedback_job(app) -> Job:
     async def run(app=app) -> None:
         try:
             await asyncio.to_thread(ask_feedback, app)
-        except Exception:  # noqa: BLE001
+        except Exception:  # logged; the next run asks again (nothing was committed)
             log.exception("feedback requests failed")
 
     return Job("feedback", FEEDBACK_INTERVAL, run)

@@ -145,11 +145,12 @@ def inbox(app) -> Job:
     """Messages a webhook accepted but whose process died before handling them."""
 
     async def run(app=app) -> None:
+        from conversations.messages import Inbound
         from storage import inbox as queue
 
         def load():
             with transaction(app.db) as db:
-                return queue.stale(db, timedelta(seconds=60))
+                return [(row_id, Inbound.from_dict(payload)) for row_id, payload in queue.stale(db, timedelta(seconds=60))]
 
         for row_id, msg in await asyncio.to_thread(load):
             log.warning("handling %s message %s accepted before a restart", msg.channel, msg.external_id)

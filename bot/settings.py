@@ -229,7 +229,7 @@ class Settings(BaseSettings):
     def _outbox_duration(cls, value):
         return duration_at_least(value, timedelta(seconds=1))
 
-    # Volunteer pools, events and reminders (conversations/participation.py, bot/participation_jobs.py).
+    # Volunteer pools, events and reminders (conversations/reminders.py, bot/participation_jobs.py).
     # Reminders before events and volunteer shifts, comma-separated ("24h,2h"; empty: none).
     katilim_reminder_offsets: str = "24h,2h"
     # A reminder whose time passed while the bot was down is still sent this late; older: dropped.

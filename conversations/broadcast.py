@@ -6,7 +6,8 @@ count and the message exactly as residents will see it in each language, then se
 a typed time ("25.11.2026 18:00", "yarın 09:00", "18:00"). /duyurular lists their scheduled and
 running broadcasts with a cancel button. Every state is staff_only: the engine refuses (and
 audits) a non-staff account. Nothing is written until the staff member confirms; the fan-out and
-the summary are the scheduler's "broadcasts" job (storage/broadcasts.py, bot/broadcasts.py).
+the summary are the scheduler's "broadcasts" job (conversations/domain/broadcasts.py, bot/broadcasts.py);
+sending and cancelling are the domain operations the CLI calls too.
 
 Residents: typing DUR / STOP / توقف (or /dur, /stop) turns announcements off; /abonelik toggles
 them. Both record an "announcements" consent, and say that what they asked for (report updates,
@@ -19,14 +20,18 @@ from pathlib import Path
 
 from sqlmodel import Session
 
+from conversations import notify
+from conversations.domain import broadcasts as domain
 from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Choice, Inbound, Kind
+from conversations.permissions import Refused
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition, media_refusal
 from conversations.text import match_options, strip_mahalle, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
-from storage import outbox, repo
+from storage import outbox
+from storage.staff import staff_for
 from storage.models import Broadcast
 
 PURPOSE = bc.PURPOSE
@@ -47,12 +52,12 @@ def _actor(ctx: Ctx) -> str:
 
 
 def _is_admin(ctx: Ctx) -> bool:
-    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
+    staff = staff_for(ctx.db, ctx.channel, ctx.identity.address)
     return staff is not None and staff.role == "admin"
 
 
 def _n(ctx: Ctx, n: int) -> str:
-    return bc.number(n, ctx.lang)
+    return notify.number(n, ctx.lang)
 
 
 # ---------------------------------------------------------------- /duyuru: the texts
@@ -220,7 +225,7 @@ def preview(ctx: Ctx) -> None:
                 continue
             own = N_("broadcast.preview_own") if texts.get(lang) else N_("broadcast.preview_fallback")
             ctx.say(ctx.t(own, language=t_in(lang, "language.name"), count=_n(ctx, counts[lang])))
-            ctx.replies.append(bc.render(texts, photo_path, lang))
+            ctx.replies.append(notify.render_broadcast(texts, photo_path, lang))
         ctx.data["previewed"] = True
     choices = [Choice("now", ctx.t("broadcast.send_now")), Choice("later", ctx.t("broadcast.send_later"))] \
         if total else []
@@ -241,14 +246,21 @@ def on_preview(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "later":
         return Go("broadcast.when", keep=True)
     b = _create(ctx, None)
+    if b is None:
+        return Go(IDLE)
     ctx.say(ctx.t("broadcast.started", id=b.id, count=_n(ctx, bc.count_recipients(ctx.db, b.audience))))
     return Go(IDLE)
 
 
-def _create(ctx: Ctx, at) -> Broadcast:
-    return bc.create(ctx.db, texts=ctx.data.get("texts") or {}, audience=ctx.data.get("audience") or {},
-                     created_by=_actor(ctx), notify_address=f"{ctx.channel}:{ctx.identity.address}",
-                     photo_path=ctx.data.get("photo", ""), scheduled_at=at, now=ctx.now)
+def _create(ctx: Ctx, at) -> Broadcast | None:
+    try:
+        return domain.send(ctx.db, ctx.acting_as, texts=ctx.data.get("texts") or {},
+                           audience=ctx.data.get("audience") or {},
+                           notify_address=f"{ctx.channel}:{ctx.identity.address}",
+                           photo_path=ctx.data.get("photo", ""), scheduled_at=at, now=ctx.now)
+    except Refused:
+        ctx.say(ctx.t("staff.refused"))
+        return None
 
 
 @router.state("broadcast.when", accepts={Kind.TEXT, Kind.CHOICE}, **STAFF)
@@ -267,6 +279,8 @@ def on_when(ctx: Ctx, msg: Inbound) -> Transition:
     if not (ctx.data.get("texts") or {}).get("tr"):
         return Go("broadcast.text", {"texts": {}, "audience": ctx.data.get("audience") or {}})
     b = _create(ctx, at)
+    if b is None:
+        return Go(IDLE)
     ctx.say(ctx.t("broadcast.scheduled", id=b.id, when=ctx.when(at),
                   count=_n(ctx, bc.count_recipients(ctx.db, b.audience))))
     return Go(IDLE)
@@ -317,10 +331,12 @@ def on_cancel_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice != "yes":
         return Go("broadcast.list")
     broadcast_id = int(ctx.data.get("id") or 0)
-    b = ctx.db.get(Broadcast, broadcast_id)
-    if b is None or not (_is_admin(ctx) or b.created_by == _actor(ctx)):
+    if ctx.db.get(Broadcast, broadcast_id) is None:
         return Invalid("engine.stale_choice")
-    done = bc.cancel(ctx.db, broadcast_id, _actor(ctx), now=ctx.now, tz=ctx.config.timezone)
+    try:
+        done = domain.cancel(ctx.db, ctx.acting_as, broadcast_id, tz=ctx.config.timezone, now=ctx.now)
+    except Refused:  # someone else's broadcast, and not an admin (audited)
+        return Invalid("engine.stale_choice")
     if done is None:
         ctx.say(ctx.t("broadcast.cancel_too_late", id=broadcast_id))
     else:

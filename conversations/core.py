@@ -13,7 +13,9 @@ from conversations.messages import Attachment, Choice, Inbound, Kind
 from conversations.registry import COMMAND_PREFIX, Router
 from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, run_command
 from conversations.text import match_mahalle, match_options
-from storage import attachments, inbox, outbox, repo
+from storage import attachments, inbox, outbox
+from storage.audit import audit, export_audit
+from storage.residents import erase_core, export_core, identities_of
 from storage.attachments import Erased, names_in, stored_name, suffix_of
 from storage.models import CONSENT_PURPOSES, ConversationSession
 
@@ -28,7 +30,7 @@ PURPOSE_KEYS = {"reports": N_("consent.purpose.reports"), "volunteering": N_("co
 PURPOSE_WHY = {"reports": N_("consent.why.reports"), "volunteering": N_("consent.why.volunteering"),
                "reminders": N_("consent.why.reminders"), "announcements": N_("consent.why.announcements")}
 # What a withdrawal stops, said when it happens. The routers declare what stops (on_withdrawal):
-# reports (conversations/reports.py), volunteering (volunteer.py), reminders (participation.py),
+# reports (conversations/reports.py), volunteering (volunteer.py), reminders (reminders.py),
 # announcements (broadcast.py); Ctx.record_consent runs them.
 WITHDRAWN_KEYS = {"reports": N_("privacy.stops.reports"), "volunteering": N_("privacy.stops.volunteering"),
                   "reminders": N_("privacy.stops.reminders"), "announcements": N_("privacy.stops.announcements")}
@@ -350,7 +352,7 @@ def on_privacy(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def collect_export(ctx: Ctx) -> dict[str, Any]:
-    data = repo.export_core(ctx.db, ctx.resident.id)
+    data = export_core(ctx.db, ctx.resident.id)
     for exporter in ctx.registry.exporters:
         data.update(exporter(ctx.db, ctx.resident.id))
     data["exported_at"] = ctx.now.isoformat()
@@ -406,7 +408,7 @@ def on_delete_confirm(ctx: Ctx, msg: Inbound) -> Transition:
 def export_messages(db: Session, resident_id: int) -> dict[str, Any]:
     """The messages still on record: those to them (sent ones are kept for OUTBOX_RETENTION) and
     those from them accepted by a webhook and not handled yet."""
-    addresses = {(i.channel, i.address) for i in repo.identities_of(db, resident_id)}
+    addresses = {(i.channel, i.address) for i in identities_of(db, resident_id)}
     waiting = [{"at": row.received_at.isoformat() if row.received_at else None, "channel": row.channel,
                 "kind": (row.payload or {}).get("kind"), "text": (row.payload or {}).get("text", ""),
                 "attachments": sorted(names_in(row.payload.get("media") or []))}
@@ -414,7 +416,7 @@ def export_messages(db: Session, resident_id: int) -> dict[str, Any]:
     return {"messages": {"sent_to_you": outbox.messages_to(db, resident_id), "waiting_from_you": waiting}}
 
 
-router.exporter(repo.export_audit)
+router.exporter(export_audit)
 router.exporter(export_messages)
 router.exporter(attachments.export_resident)
 
@@ -433,7 +435,7 @@ def erase_resident(db: Session, resident_id: int, actor: str, config: "EngineCon
     files that nothing else points at, with every copy under MEDIA_DIR), the documents channels
     wrote for them, the addresses they were reached on."""
     erased = Erased()
-    erased.addresses = {(i.channel, i.address) for i in repo.identities_of(db, resident_id)}
+    erased.addresses = {(i.channel, i.address) for i in identities_of(db, resident_id)}
     erased.documents = outbox.documents_of(db, resident_id)
     erased.files |= {d["sha256"] + suffix_of(d["name"]) for d in erased.documents}  # channels' published copies
     session = db.get(ConversationSession, resident_id)
@@ -442,11 +444,11 @@ def erase_resident(db: Session, resident_id: int, actor: str, config: "EngineCon
     inbox.erase_from(db, erased.addresses)
     for eraser in config.registry.erasers:
         erased.add(eraser(db, resident_id, config))
-    repo.erase_core(db, resident_id)
+    erase_core(db, resident_id)
     outbox.erase_resident(db, resident_id)
     db.flush()
     still_used = attachments.referenced(db, erased.files, messages=False)  # another report, a draft, a broadcast
     erased.files -= still_used
     outbox.forget_quotes(db, erased.words, {attachments.stored_name(f) for f in erased.files})
-    repo.audit(db, actor, "resident.erased", f"resident:{resident_id}")
+    audit(db, actor, "resident.erased", f"resident:{resident_id}")
     return erased

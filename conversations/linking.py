@@ -23,7 +23,9 @@ from conversations.i18n import N_
 from conversations.messages import Inbound, Kind
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition
-from storage import linking, repo
+from storage import linking
+from storage.audit import audit
+from storage.residents import identities_of
 from storage.models import AuditLog, ChannelIdentity
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def _after(ctx: Ctx) -> Transition:
 
 def show_code(ctx: Ctx) -> None:
     """WhatsApp knows the number already: a one-time code to type on Telegram's /bagla."""
-    others = [i for i in repo.identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
+    others = [i for i in identities_of(ctx.db, ctx.resident.id) if i.channel != WHATSAPP]
     if others:
         ctx.say(ctx.t("link.already"))
     if not _say_if_paused(ctx):
@@ -137,14 +139,14 @@ def on_link_start(ctx: Ctx, msg: Inbound) -> Transition:
         return _after(ctx)
     code = linking.take_code(ctx.db, typed, ctx.now)
     if code is None:
-        repo.audit(ctx.db, actor, "link.code_wrong", actor)
+        audit(ctx.db, actor, "link.code_wrong", actor)
         budget, window, pause = _guard_settings(ctx)
         if linking.record_wrong_code(ctx.db, actor, ctx.now, budget=budget, window=window, pause=pause):
             _say_if_paused(ctx)
             return _after(ctx)
         return Invalid("link.code_invalid")
     phone = ""
-    for identity in repo.identities_of(ctx.db, code.resident_id):
+    for identity in identities_of(ctx.db, code.resident_id):
         if identity.channel == WHATSAPP:
             phone = linking.normalize_phone(identity.address)
     return _link(ctx, code.resident_id, phone)

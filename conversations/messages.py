@@ -60,6 +60,16 @@ class Inbound:
         d["received_at"] = self.received_at.isoformat() if self.received_at else None
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Inbound":
+        """The message `to_dict` wrote (storage/inbox.py keeps it as JSON)."""
+        d = dict(d)
+        d["kind"] = Kind(d["kind"])
+        d["media"] = [Media(**m) for m in d.get("media") or []]
+        if d.get("received_at"):
+            d["received_at"] = datetime.fromisoformat(d["received_at"])
+        return cls(**d)
+
 
 @dataclass
 class Choice:

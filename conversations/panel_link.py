@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from conversations.registry import Router
 from conversations.step import Ctx, Stay, Transition, refuse_staff
-from storage import panel, repo
+from storage import panel
+from storage.audit import audit
+from storage.staff import staff_for
 
 router = Router("panel_link")
 
@@ -32,13 +34,13 @@ def base_url(settings) -> str:
 def issue_login_link(db, settings, staff, *, via: str, actor: str) -> str:
     """A new one-time sign-in link for an active staff member (audited as panel.link_issued)."""
     token = panel.issue_login_token(db, staff.id, via)
-    repo.audit(db, actor, "panel.link_issued", f"staff:{staff.id}", via=via)
+    audit(db, actor, "panel.link_issued", f"staff:{staff.id}", via=via)
     return base_url(settings) + LOGIN_PATH + token
 
 
 @router.command("panel", "panel", "konsol", "console")
 def cmd_panel(ctx: Ctx, text: str) -> Transition:
-    staff = repo.staff_for(ctx.db, ctx.channel, ctx.identity.address)
+    staff = staff_for(ctx.db, ctx.channel, ctx.identity.address)
     if staff is None:
         refuse_staff(ctx, "panel")
         return Stay()

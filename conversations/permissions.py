@@ -6,6 +6,9 @@ Roles (storage.models.STAFF_ROLES), the same record everywhere:
   files reports on a resident's behalf;
 - viewer: reads only.
 The CLI acts as an admin (whoever can run it owns the database anyway), named "cli:USER".
+Besides staff, an `Actor` is a resident ("resident:ID": reopens, rates and follows reports), an
+Open311 client ("open311:<key name>": files reports) or the system ("system": scheduled jobs).
+The domain operations (conversations/domain/) check every action here; the front ends do not.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from dataclasses import dataclass, field
 
 from conversations.i18n import N_
 
-ROLES = ("admin", "staff", "viewer")
+ROLES = ("admin", "staff", "viewer")  # a staff record's role
+OTHER_ROLES = ("resident", "open311", "system")  # who else acts
 ROLE_NAMES = {"admin": N_("panel.role.admin"), "staff": N_("panel.role.staff"), "viewer": N_("panel.role.viewer")}
 
 # action → the roles allowed (a staff member's "report.change" is also limited to their departments)
@@ -23,8 +27,17 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "audit.read": ("admin",),
     "report.read": ("admin", "staff", "viewer"),
     "report.change": ("admin", "staff"),
-    "report.file": ("admin", "staff"),
+    "report.file": ("admin", "staff"),  # on a resident's behalf
+    "report.submit": ("resident", "open311", "admin", "staff", "system"),  # a new report, of one's own
+    "report.reopen": ("resident", "system"),  # "not solved" under a resolved report's notification
+    "report.rate": ("resident", "system"),
+    "report.follow": ("resident",),
+    "report.support": ("resident",),  # a follower's comment and photos, for staff
+    "broadcast.send": ("admin", "staff"),  # create, schedule
+    "broadcast.cancel": ("admin", "staff"),  # a staff member cancels only their own
     "account.own": ("admin", "staff", "viewer"),  # one's own language, second factor, sessions
+    "event.manage": ("admin", "staff"),           # create, edit, cancel events
+    "volunteer.manage": ("admin", "staff"),       # post and cancel calls for volunteers
 }
 
 
@@ -36,10 +49,23 @@ class Actor:
     role: str
     staff_id: int | None = None
     departments: frozenset[str] = field(default_factory=frozenset)
+    resident_id: int | None = None
 
     @classmethod
     def cli(cls, who: str) -> "Actor":
         return cls(who=who, role="admin")
+
+    @classmethod
+    def resident(cls, resident_id: int) -> "Actor":
+        return cls(who=f"resident:{resident_id}", role="resident", resident_id=resident_id)
+
+    @classmethod
+    def open311(cls, key_name: str) -> "Actor":
+        return cls(who=f"open311:{key_name}"[:64], role="open311")
+
+    @classmethod
+    def system(cls, who: str = "system") -> "Actor":
+        return cls(who=who, role="system")
 
     @classmethod
     def of_staff(cls, staff, departments=()) -> "Actor":
@@ -60,13 +86,21 @@ class Refused(Exception):
         self.params = params
 
 
-def can(actor: Actor, action: str, *, department: str | None = None, assignee_id: int | None = None) -> bool:
-    """Whether the actor may do `action` (on a report of `department`, assigned to `assignee_id`)."""
+def can(actor: Actor, action: str, *, department: str | None = None, assignee_id: int | None = None,
+        owner: str | None = None) -> bool:
+    """Whether the actor may do `action` (on a report of `department`, assigned to `assignee_id`;
+    on a broadcast created by `owner`).
+
+    report.change, for a staff member: a report of one of their departments, a report with no
+    department, any report when they have no department, or one assigned to them."""
     if actor.role not in ACTIONS.get(action, ()):
         return False
     if action == "report.change" and actor.role == "staff":
-        return (department is not None and department in actor.departments) or (
-            assignee_id is not None and assignee_id == actor.staff_id)
+        if assignee_id is not None and assignee_id == actor.staff_id:
+            return True
+        return not department or not actor.departments or department in actor.departments
+    if action == "broadcast.cancel" and actor.role != "admin":
+        return owner is not None and owner == actor.who
     return True
 
 
@@ -74,3 +108,4 @@ def check(actor: Actor, action: str, **scope) -> None:
     """Raise Refused unless the actor may do `action`."""
     if not can(actor, action, **scope):
         raise Refused(action)
+

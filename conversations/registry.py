@@ -77,6 +77,7 @@ class State:
     needs_onboarding: bool = True
     staff_only: bool = False
     router: str = ""
+    number_answer: bool = False    # a typed number is the answer (a capacity), never "the Nth button"
     long_text: bool = False        # a text over MAX_TEXT_LENGTH reaches the handler, which trims it
 
 
@@ -133,16 +134,18 @@ class Router:
 
     # -- the conversation
     def state(self, name: str, *, accepts: Iterable[Kind] = TEXT_AND_CHOICE, choice_only: bool = False,
-              needs_onboarding: bool = True, staff_only: bool = False, long_text: bool = False):
+              needs_onboarding: bool = True, staff_only: bool = False, number_answer: bool = False,
+              long_text: bool = False):
         """Declare a state: decorate its prompt `(ctx) -> None`; attach the input handler
         `(ctx, msg) -> Go | Stay | Invalid` with `@prompt.on_input`. `choice_only`: any other kind
-        of input is answered "please choose" without reaching the handler. `long_text`: a text
-        longer than the engine's limit is not refused whole but given to the handler, which trims
-        it to what it keeps and says so (a report's description)."""
+        of input is answered "please choose" without reaching the handler. `number_answer`: the
+        state asks for a number, so a typed "1" reaches the handler as text instead of choosing the
+        first button. `long_text`: a text longer than the engine's limit is not refused whole but
+        given to the handler, which trims it to what it keeps and says so (a report's description)."""
 
         def deco(enter: Prompt) -> Prompt:
             entry = State(name, frozenset(accepts), enter, _no_input, choice_only, needs_onboarding, staff_only,
-                          self.name, long_text)
+                          self.name, number_answer, long_text)
             if name in self.states:
                 self.problems.append(f"state {name!r} declared twice in router {self.name!r}")
             self.states[name] = entry
@@ -424,7 +427,7 @@ def _targets(module_names: tuple[str, ...]) -> tuple[Target, ...]:
             how = "Go to" if name == "Go" else f"{name}(...) leads to"
             found += [Target(value, f"{scan.where}:{call.lineno}", how) for value in scan.strings(arg, call)]
         for node in scan.dicts:
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value in RESUME_KEYS:
                     found += [Target(name, f"{scan.where}:{node.lineno}", f"{key.value!r} names")
                               for name in scan.strings(value, node)]

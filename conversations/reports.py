@@ -21,16 +21,18 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from conversations import geo
+from conversations import geo, notify
 from conversations.core import require_consent
+from conversations.domain import reports as domain
 from conversations.i18n import LANGUAGES, N_, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.permissions import Actor
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition, media_refusal
 from conversations.text import fold, match_mahalle, match_options, truncate
-from storage import repo
 from storage import reports as rp
 from storage.attachments import stored_name
+from storage.db import aware
 
 MAX_PHOTOS = 3
 MAX_DESCRIPTION = 1000
@@ -63,7 +65,7 @@ def export_reports(db: Session, resident_id: int) -> dict[str, Any]:
     for event in _supporter_comments(db, resident_id):
         report = rp.get_report(db, event.report_id)
         photos = db.exec(select(rp.ReportMedia).where(rp.ReportMedia.event_id == event.id)).all()
-        comments.append({"code": report.code if report else None, "at": _aware(event.at).isoformat(),
+        comments.append({"code": report.code if report else None, "at": aware(event.at).isoformat(),
                          "text": event.note, "photos": [stored_name(m.path) or Path(m.path).name for m in photos]})
     data["supporter_comments"] = comments
     return data
@@ -110,16 +112,10 @@ def _rate_limited(ctx: Ctx) -> bool:
     since = ctx.now - timedelta(hours=1)
     if rp.count_for_resident_since(ctx.db, ctx.resident.id, since) < limit:
         return False
-    recent = [r for r in rp.list_for_resident(ctx.db, ctx.resident.id, limit=limit) if _aware(r.created_at) >= since]
-    oldest = min((_aware(r.created_at) for r in recent), default=ctx.now)
+    recent = [r for r in rp.list_for_resident(ctx.db, ctx.resident.id, limit=limit) if aware(r.created_at) >= since]
+    oldest = min((aware(r.created_at) for r in recent), default=ctx.now)
     ctx.say(ctx.t.n("report.rate_limited", limit, limit=limit, when=ctx.when(oldest + timedelta(hours=1))))
     return True
-
-
-def _aware(dt):
-    from datetime import timezone
-
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def category_name(ctx: Ctx, key: str) -> str:
@@ -133,7 +129,7 @@ def mahalle_name(ctx: Ctx, key: str | None) -> str:
 
 
 def status_name(ctx: Ctx, status: str) -> str:
-    return ctx.t(rp.STATUS_KEYS.get(status, status))
+    return ctx.t(notify.STATUS_KEYS.get(status, status))
 
 
 def location_text(ctx: Ctx, lat: float | None, lon: float | None, mahalle: str | None, street: str) -> str:
@@ -542,11 +538,11 @@ def file_report(ctx: Ctx) -> Transition:
     media = [{**p, "kind": "photo"} for p in d.get("photos") or []]
     if d.get("voice"):
         media.append({**d["voice"], "kind": "voice"})
-    report = rp.create_report(ctx.db, prefix=ctx.catalog.municipality.tracking_prefix, resident_id=ctx.resident.id,
-                              category=d["category"], description=d.get("description", ""),
-                              latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
-                              address=d.get("street", ""), media=media, channel=ctx.channel, catalog=ctx.catalog,
-                              now=ctx.now)
+    report = domain.file(ctx.db, Actor.resident(ctx.resident.id), prefix=ctx.catalog.municipality.tracking_prefix,
+                         category=d["category"], description=d.get("description", ""),
+                         latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
+                         address=d.get("street", ""), media=media, channel=ctx.channel, catalog=ctx.catalog,
+                         now=ctx.now)
     saved = ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports"))
     usual = usual_response_time(ctx, d["category"])
     ctx.say(saved + ("\n" + usual if usual else ""))
@@ -624,18 +620,8 @@ def on_report_duplicate(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def add_supporter_comment(ctx: Ctx, report: rp.Report, text: str, photos: list[dict[str, Any]]) -> None:
-    """What a follower wrote and sent, kept on the followed report for staff: a report_event of
-    kind "supporter_comment" (by resident:ID, so erasure empties it) and the photos, attached to
-    the report and linked to that event (so erasure deletes them)."""
-    actor = f"resident:{ctx.resident.id}"
-    event = rp.ReportEvent(report_id=report.id, at=ctx.now, actor=actor, kind="supporter_comment", note=text)
-    ctx.db.add(event)
-    ctx.db.flush()
-    for photo in photos[:MAX_PHOTOS]:
-        ctx.db.add(rp.ReportMedia(report_id=report.id, path=str(photo["path"])[:500],
-                                  content_type=(photo.get("content_type") or "image/jpeg")[:64],
-                                  size=photo.get("size"), kind="photo", created_at=ctx.now, event_id=event.id))
-    repo.audit(ctx.db, actor, "report.supporter_comment", report.code, photos=len(photos[:MAX_PHOTOS]))
+    """What a follower wrote and sent goes to staff with the followed report (domain.support)."""
+    domain.support(ctx.db, Actor.resident(ctx.resident.id), report, text, photos[:MAX_PHOTOS], now=ctx.now)
 
 
 @router.state("report.support", accepts={Kind.TEXT, Kind.PHOTO, Kind.CHOICE}, long_text=True)
@@ -679,8 +665,7 @@ def on_report_support(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def _follow(ctx: Ctx, report: rp.Report) -> None:
-    if rp.follow(ctx.db, report, ctx.resident.id, now=ctx.now):
-        repo.audit(ctx.db, f"resident:{ctx.resident.id}", "report.followed", report.code)
+    if domain.follow(ctx.db, Actor.resident(ctx.resident.id), report, now=ctx.now):
         ctx.say(ctx.t("report.followed", code=report.code))
     else:
         ctx.say(ctx.t("report.already_following", code=report.code))
@@ -709,7 +694,7 @@ def _my_items(ctx: Ctx) -> list[Choice]:
     own = rp.list_for_resident(ctx.db, ctx.resident.id)
     followed = rp.followed_by(ctx.db, ctx.resident.id)
     rows = sorted([(r, False) for r in own] + [(r, True) for r in followed],
-                  key=lambda x: (_aware(x[0].created_at), x[0].id), reverse=True)
+                  key=lambda x: (aware(x[0].created_at), x[0].id), reverse=True)
     return [Choice(f"r:{r.code}", ("👍 " if f else "") + f"{r.code} · {category_name(ctx, r.category)} · "
                    f"{status_name(ctx, r.status)}") for r, f in rows]
 
@@ -818,10 +803,10 @@ def _answerable(ctx: Ctx, code: str) -> rp.Report | None:
 
 
 def rating_choices(ctx: Ctx, code: str) -> list[Choice]:
-    return [Choice(f"{rp.RATING_PREFIX}:{n}:{code}", f"{n} ⭐") for n in range(1, 6)]
+    return [Choice(f"{notify.RATING_PREFIX}:{n}:{code}", f"{n} ⭐") for n in range(1, 6)]
 
 
-@router.global_choice(rp.RESOLVED_PREFIX)
+@router.global_choice(notify.RESOLVED_PREFIX)
 def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
     """rs:yes:CODE / rs:no:CODE from a "resolved" notification, whatever state the resident is in."""
     _, answer, code = (msg.choice.split(":", 2) + ["", ""])[:3]
@@ -838,7 +823,7 @@ def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
         ctx.replies.append(Outbound(text=ctx.t("report.rate_prompt", code=report.code),
                                     choices=rating_choices(ctx, report.code), columns=5))
         return Stay()
-    result = rp.reopen(ctx.db, report.code, ctx.resident.id, now=ctx.now, tz=ctx.config.timezone)
+    result = domain.reopen(ctx.db, Actor.resident(ctx.resident.id), report.code, now=ctx.now)
     if result == "reopened":
         text = ctx.t("report.reopened", code=report.code)
     elif result == "too_late":
@@ -850,7 +835,7 @@ def on_resolved_answer(ctx: Ctx, msg: Inbound) -> Transition:
     return Stay()
 
 
-@router.global_choice(rp.RATING_PREFIX)
+@router.global_choice(notify.RATING_PREFIX)
 def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
     """rr:N:CODE: a 1-5 rating after a resident said the problem is solved."""
     _, value, code = (msg.choice.split(":", 2) + ["", ""])[:3]
@@ -858,7 +843,7 @@ def on_rating(ctx: Ctx, msg: Inbound) -> Transition:
     if report is None or not value.isdigit() or not 1 <= int(value) <= 5:
         return Stay()
     try:
-        rp.rate(ctx.db, report.code, ctx.resident.id, int(value), now=ctx.now)
+        domain.rate(ctx.db, Actor.resident(ctx.resident.id), report.code, int(value), now=ctx.now)
     except rp.ReportError as err:  # not resolved (any more): an old message's button
         ctx.replies.append(Outbound(text=ctx.t(err.key, **err.params, status=status_name(ctx, report.status))))
         return Go(IDLE) if ctx.state == "report.rate" else Stay()

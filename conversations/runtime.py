@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,9 +45,11 @@ from conversations.step import (
     step_session,
     takes_attachment,
 )
-from storage import attachments, outbox, repo
+from storage import attachments, outbox
+from storage.residents import identity_for, resident_update, update_resident
+from storage.staff import is_chat_staff
 from storage.attachments import Erased
-from storage.db import utcnow
+from storage.db import aware, utcnow
 from storage.fastsql import Prepared, detached, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
 
@@ -80,12 +82,12 @@ class StepWrites:
         if self.savepoint is None:
             self.savepoint = self.conn.begin_nested()
             if self.profile:
-                repo.update_resident(self.conn, self.resident, **self.profile)
+                update_resident(self.conn, self.resident, **self.profile)
                 self.profile = {}
 
     def update_resident(self, resident: Resident, values: dict[str, Any]) -> None:
         if self.savepoint is not None:
-            repo.update_resident(self.conn, resident, **values)
+            update_resident(self.conn, resident, **values)
             return
         self.resident = resident
         self.profile.update(values)
@@ -96,7 +98,7 @@ class StepWrites:
         """The profile change still to write, as a statement for the step's last round trip."""
         if not self.profile:
             return []
-        return [repo.resident_update(self.resident.id, self.profile)]
+        return [resident_update(self.resident.id, self.profile)]
 
     def roll_back(self) -> None:
         """Undo everything the step wrote (a savepoint an error already rolled back is left as it is)."""
@@ -151,7 +153,7 @@ class Engine:
 
         def is_staff() -> bool:
             with Session(self.db) as db:
-                return repo.is_chat_staff(db, msg.channel, msg.address)
+                return is_chat_staff(db, msg.channel, msg.address)
 
         return takes_attachment(self.registry, state, msg.kind, onboarded_at=onboarded_at, is_staff=is_staff,
                                 expired=expired(state, updated_at, utcnow(), self.config.session_expiry))
@@ -211,7 +213,7 @@ class Engine:
         identity, resident, session = _load_locked(conn, where, loaded[0])
         if identity is None:  # a first message: the resident and their identity, before the step
             with step_session(conn) as opened:
-                identity, resident = repo.identity_for(opened, msg.channel, msg.address, msg.language_hint,
+                identity, resident = identity_for(opened, msg.channel, msg.address, msg.language_hint,
                                                        msg.display_name, self.config.default_locale)
         stored = session is not None
         if not stored:
@@ -269,7 +271,7 @@ class Engine:
         # The last inbound time matters to the minute (WhatsApp's 24-hour window): skip the write
         # when it is fresh, so a busy conversation costs one UPDATE fewer per message.
         last = identity.last_inbound_at
-        if last is None or now - _aware(last) > timedelta(seconds=60) or identity.unreachable:
+        if last is None or now - aware(last) > timedelta(seconds=60) or identity.unreachable:
             statements.append((_SEEN, {"iid": identity.id, "now": now}))
         statements += writes.pending()  # a profile change (a language, a mahalle) goes in the same trip
         done = run_all(conn, statements)
@@ -306,10 +308,6 @@ class _Stored:
     state: str
     data: dict[str, Any]
     updated_at: datetime | None
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 # Statements built once (building them per message costs more than running them on SQLite).

@@ -17,7 +17,8 @@ from sqlmodel import Session, func, select
 
 from conversations.i18n import N_
 from conversations.permissions import ROLES, Actor, Refused, check
-from storage import panel, repo
+from storage import panel
+from storage.audit import audit
 from storage.db import utcnow
 from storage.models import AuditLog, Staff
 
@@ -107,7 +108,7 @@ def save_staff(db: Session, actor: Actor, *, staff_id: int | None = None, name: 
         changed.append("departments")
     if not new and ({"role", "departments"} & set(changed)):
         panel.revoke_sessions(db, staff.id)
-    repo.audit(db, actor.who, "staff.added" if new else "staff.changed", f"staff:{staff.id}", role=staff.role,
+    audit(db, actor.who, "staff.added" if new else "staff.changed", f"staff:{staff.id}", role=staff.role,
                departments=panel.departments_of(db, staff.id), changed=changed)
     return staff
 
@@ -128,7 +129,7 @@ def set_active(db: Session, actor: Actor, staff_id: int, active: bool) -> Staff:
     db.add(staff)
     if not active:
         panel.revoke_sessions(db, staff.id)
-    repo.audit(db, actor.who, "staff.activated" if active else "staff.deactivated", f"staff:{staff.id}")
+    audit(db, actor.who, "staff.activated" if active else "staff.deactivated", f"staff:{staff.id}")
     return staff
 
 
@@ -140,7 +141,7 @@ def set_language(db: Session, actor: Actor, staff: Staff, lang: str) -> None:
     if staff.panel_locale != lang:
         staff.panel_locale = lang
         db.add(staff)
-        repo.audit(db, actor.who, "panel.language", f"staff:{staff.id}", language=lang)
+        audit(db, actor.who, "panel.language", f"staff:{staff.id}", language=lang)
 
 
 def totp_secret_for_enrolment(db: Session, actor: Actor, staff: Staff) -> str:
@@ -170,7 +171,7 @@ def verify_totp(db: Session, staff: Staff, code: str, *, purpose: str, now: date
     """Check a code (once per time step, TOTP_TRIES per window); a wrong one is audited."""
     now = now or utcnow()
     if not staff.totp_secret or tries_left(db, staff, now=now) == 0:
-        repo.audit(db, f"staff:{staff.id}", "panel.totp_failed", f"staff:{staff.id}", purpose=purpose,
+        audit(db, f"staff:{staff.id}", "panel.totp_failed", f"staff:{staff.id}", purpose=purpose,
                    reason="too_many" if staff.totp_secret else "no_secret")
         return False
     code = "".join(ch for ch in (code or "") if ch.isdigit())
@@ -181,7 +182,7 @@ def verify_totp(db: Session, staff: Staff, code: str, *, purpose: str, now: date
         except OTPVerificationError:
             pass
     if timecode is None or (staff.totp_last_timecode is not None and timecode <= staff.totp_last_timecode):
-        repo.audit(db, f"staff:{staff.id}", "panel.totp_failed", f"staff:{staff.id}", purpose=purpose,
+        audit(db, f"staff:{staff.id}", "panel.totp_failed", f"staff:{staff.id}", purpose=purpose,
                    reason="wrong" if timecode is None else "replayed")
         return False
     staff.totp_last_timecode = timecode
@@ -198,7 +199,7 @@ def confirm_totp(db: Session, actor: Actor, staff: Staff, code: str, *, now: dat
         return False
     staff.totp_enabled_at = now or utcnow()
     db.add(staff)
-    repo.audit(db, actor.who, "panel.totp_enrolled", f"staff:{staff.id}")
+    audit(db, actor.who, "panel.totp_enrolled", f"staff:{staff.id}")
     return True
 
 
@@ -214,7 +215,7 @@ def disable_totp(db: Session, actor: Actor, staff: Staff, code: str, *, required
         return False
     staff.totp_secret, staff.totp_enabled_at, staff.totp_last_timecode = "", None, None
     db.add(staff)
-    repo.audit(db, actor.who, "panel.totp_disabled", f"staff:{staff.id}")
+    audit(db, actor.who, "panel.totp_disabled", f"staff:{staff.id}")
     return True
 
 
@@ -228,7 +229,7 @@ def reset_totp(db: Session, actor: Actor, staff_id: int) -> Staff:
     staff.totp_secret, staff.totp_enabled_at, staff.totp_last_timecode = "", None, None
     db.add(staff)
     panel.revoke_sessions(db, staff.id)
-    repo.audit(db, actor.who, "panel.totp_reset", f"staff:{staff.id}")
+    audit(db, actor.who, "panel.totp_reset", f"staff:{staff.id}")
     return staff
 
 
@@ -237,11 +238,11 @@ def sign_out(db: Session, actor: Actor, staff: Staff, *, session_id: int | None 
     """End one of one's sessions, or all but the current one."""
     check(actor, "account.own")
     ended = panel.revoke_sessions(db, staff.id, only_id=session_id, except_id=all_but)
-    repo.audit(db, actor.who, "panel.sessions_ended", f"staff:{staff.id}", count=ended,
+    audit(db, actor.who, "panel.sessions_ended", f"staff:{staff.id}", count=ended,
                which="others" if all_but is not None else "one")
     return ended
 
 
 def refusal(db: Session, actor: Actor, refused: Refused, where: str) -> None:
     """Audit a refused action (in a transaction of its own: the refused one rolled back)."""
-    repo.audit(db, actor.who, "panel.refused", where, action=refused.action, role=actor.role)
+    audit(db, actor.who, "panel.refused", where, attempted=refused.action, role=actor.role)

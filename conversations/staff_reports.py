@@ -1,27 +1,25 @@
 """Problem reports, the staff side (issue 4): /raporlar to filter, list, open and triage reports.
 
 Every state is staff_only: the engine refuses a non-staff account (and audits the attempt) both
-when a command leads here and when an input arrives. Status changes go through
-storage.reports.set_status / merge, which notify the reporter and the followers in their language.
+when a command leads here and when an input arrives. Status changes and merges are the domain
+operations of conversations/domain/reports.py (the role and department check, the audit row, the
+notifications to the reporter and the followers in their language), as in the CLI and the console.
 """
 from __future__ import annotations
 
+from conversations.domain import reports as domain
 from conversations.i18n import N_
 from conversations.messages import Attachment, Choice, Inbound, Kind
+from conversations.permissions import Refused
 from conversations.registry import Router
 from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
 from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import match_mahalle, match_options, truncate
-from storage import repo
 from storage import reports as rp
 
 router = Router("staff_reports")
 TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_in_progress"),
            "resolved": N_("staffreport.to_resolved"), "rejected": N_("staffreport.to_rejected")}
-
-
-def _actor(ctx: Ctx) -> str:
-    return ctx.actor
 
 
 def _filter(ctx: Ctx) -> dict:
@@ -280,13 +278,15 @@ def on_staff_reason(ctx: Ctx, msg: Inbound) -> Transition:
 def _change(ctx: Ctx, status: str, *, note: str = "", reason: str = "") -> Transition:
     code = ctx.data.get("code", "")
     try:
-        report = rp.get_by_code(ctx.db, code)
-        told = rp.to_be_told(ctx.db, report, status)
-        report = rp.set_status(ctx.db, code, status, _actor(ctx), note, reason=reason, catalog=ctx.catalog,
-                               tz=ctx.config.timezone, now=ctx.now)
+        changed = domain.change_status(ctx.db, ctx.acting_as, code, status, note=note, reason=reason,
+                                       catalog=ctx.catalog, tz=ctx.config.timezone, now=ctx.now)
     except rp.ReportError as err:
         ctx.say(ctx.t(err.key, **err.params))
         return Go("staffreport.view", keep=True)
+    except Refused:
+        ctx.say(ctx.t("staff.refused"))
+        return Go("staffreport.view", keep=True)
+    report, told = changed.report, changed.told
     ctx.data.pop("to", None)
     if told and told == [report.resident_id]:
         ctx.say(ctx.t("staffreport.status_changed_owner", code=report.code, status=status_name(ctx, status)))
@@ -310,14 +310,15 @@ def on_staff_merge(ctx: Ctx, msg: Inbound) -> Transition:
         return Invalid("staffreport.merge_hint")
     code = ctx.data.get("code", "")
     try:
-        source = rp.get_by_code(ctx.db, code)
-        people = len(rp.to_be_told(ctx.db, source))
-        report = rp.merge(ctx.db, code, found.group(1), _actor(ctx), catalog=ctx.catalog, tz=ctx.config.timezone,
-                          now=ctx.now)
+        merged = domain.merge(ctx.db, ctx.acting_as, code, found.group(1), catalog=ctx.catalog,
+                              tz=ctx.config.timezone, now=ctx.now)
     except rp.ReportError as err:
         ctx.say(ctx.t(err.key, **err.params))
         return Go("staffreport.merge", keep=True)
-    target = rp.get_report(ctx.db, report.merged_into_id)
-    ctx.say(ctx.t.n("staffreport.merged", people, code=report.code, into=target.code))
+    except Refused:
+        ctx.say(ctx.t("staff.refused"))
+        return Go("staffreport.view", keep=True)
+    report, target = merged.report, merged.target
+    ctx.say(ctx.t.n("staffreport.merged", len(merged.told), code=report.code, into=target.code))
     ctx.data.pop("shown", None)
     return Go("staffreport.view", {"code": target.code}, keep=True)

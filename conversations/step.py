@@ -12,19 +12,26 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from conversations import notify
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.permissions import Actor
 from conversations.text import clean_text, fold, match_options
 from storage import media as media_store
-from storage import outbox, repo
+from storage.audit import audit
+from storage.consents import current_consents, record_consent
+from storage.db import aware
 from storage.models import ChannelIdentity, Resident
+from storage.panel import departments_of
+from storage.residents import update_resident
+from storage.staff import is_chat_staff, staff_for
 
 if TYPE_CHECKING:
     from conversations.registry import Registry, State
@@ -147,7 +154,7 @@ class Ctx:
         if self._writes is not None:
             self._writes.update_resident(self.resident, values)
         else:
-            repo.update_resident(self._conn, self.resident, **values)
+            update_resident(self._conn, self.resident, **values)
 
     # -- language
     @property
@@ -210,7 +217,7 @@ class Ctx:
     # -- consent
     def consents(self) -> dict[str, bool]:
         if self._consents is None:
-            self._consents = repo.current_consents(self._conn, self.resident.id)
+            self._consents = current_consents(self._conn, self.resident.id)
         return self._consents
 
     def consented(self, purpose: str) -> bool:
@@ -220,7 +227,7 @@ class Ctx:
         """Record a grant or a withdrawal; withdrawing a consent given stops what it covered, giving
         it again restores what can come back on its own (the routers' on_withdrawal / on_grant)."""
         was = self.consented(purpose)
-        repo.record_consent(self.db, self.resident.id, purpose, granted, self.config.notice_version,
+        record_consent(self.db, self.resident.id, purpose, granted, self.config.notice_version,
                             self.channel)
         self.consents()[purpose] = granted
         if was == granted:
@@ -237,18 +244,27 @@ class Ctx:
     # -- proactive messages to any resident, through the outbox, committed with this step
     def notify(self, resident_id: int, build: Callable[[Translator, str], Outbound], *, kind: str = "notification",
                priority: int = 3) -> int:
-        return outbox.notify_resident(self.db, resident_id, build, kind=kind, priority=priority,
+        return notify.notify_resident(self.db, resident_id, build, kind=kind, priority=priority,
                                       tz=self.config.timezone)
 
     @property
     def is_staff(self) -> bool:
-        return repo.is_chat_staff(self.db, self.channel, self.identity.address)
+        return is_chat_staff(self.db, self.channel, self.identity.address)
+
+    @property
+    def acting_as(self) -> Actor:
+        """Who acts, for the domain operations (conversations/domain/): the staff member behind
+        this chat with their role and departments, else the resident."""
+        staff = staff_for(self.db, self.channel, self.identity.address)
+        if staff is None:
+            return Actor.resident(self.resident.id)
+        return Actor.of_staff(staff, departments_of(self.db, staff.id))
 
     @property
     def actor(self) -> str:
         """Who acts, for audit rows and records: "staff:ID" for a staff member, else the resident's
         pseudonym "resident:ID" (never a chat id or a phone number; erasure leaves it meaningless)."""
-        staff = repo.staff_for(self.db, self.channel, self.identity.address)
+        staff = staff_for(self.db, self.channel, self.identity.address)
         return f"staff:{staff.id}" if staff is not None else f"resident:{self.resident.id}"
 
 
@@ -260,13 +276,16 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- the step
-def resolve_choice(ctx: Ctx, msg: Inbound) -> Inbound:
-    """A typed number or a typed option name becomes the choice it names."""
+def resolve_choice(ctx: Ctx, msg: Inbound, *, numbers_are_answers: bool = False) -> Inbound:
+    """A typed number or a typed option name becomes the choice it names (a typed number stays
+    text where the state asks for a number)."""
     choices = ctx.data.get("_choices") or []
     if msg.kind != Kind.TEXT or not choices:
         return msg
     text = msg.text.strip()
     if re.fullmatch(r"\d{1,3}", text):
+        if numbers_are_answers:
+            return msg
         index = int(text) - 1
         if 0 <= index < len(choices):
             return _as_choice(msg, choices[index][0])
@@ -313,7 +332,7 @@ def _command_words(key: str) -> frozenset[str]:
 def refuse_staff(ctx: Ctx, what: str) -> None:
     """A staff-only state reached by someone who is not staff: refused politely and audited, with
     the resident's pseudonym as the actor."""
-    repo.audit(ctx.db, f"resident:{ctx.resident.id}", "staff.refused", what)
+    audit(ctx.db, f"resident:{ctx.resident.id}", "staff.refused", what)
     ctx.say(ctx.t("staff.refused"))
 
 
@@ -386,7 +405,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     if not _onboarded_for(current, ctx.resident.onboarded_at):
         apply(ctx, run_command(ctx, "start"), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
-    msg = resolve_choice(ctx, msg)
+    msg = resolve_choice(ctx, msg, numbers_are_answers=current.number_answer)
     if current.staff_only and not ctx.is_staff:
         refuse_staff(ctx, ctx.state)
         ctx.data = {}
@@ -423,11 +442,7 @@ def _onboarded_for(current: "State", onboarded_at: datetime | None) -> bool:
 
 def expired(state: str, updated_at: datetime | None, now: datetime, expiry: timedelta) -> bool:
     """The conversation stopped longer ago than SESSION_EXPIRY: the next message finds the menu."""
-    return state != IDLE and updated_at is not None and now - _aware(updated_at) > expiry
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return state != IDLE and updated_at is not None and now - aware(updated_at) > expiry
 
 
 def takes_attachment(registry: "Registry", state: str, kind: Kind, *, onboarded_at: datetime | None, expired: bool,

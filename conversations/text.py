@@ -5,31 +5,9 @@ import re
 import unicodedata
 from functools import lru_cache
 
-_TR_LOWER = str.maketrans({"I": "ı", "İ": "i"})
-_FOLD = str.maketrans({"ı": "i", "ğ": "g", "ü": "u", "ş": "s", "ö": "o", "ç": "c", "â": "a", "î": "i", "û": "u"})
-_ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
-_SPACES = re.compile(r"[\s\-_.,;:!?'\"’`()]+")
-
-
-def tr_lower(text: str) -> str:
-    """Lower-case with Turkish rules: I → ı, İ → i."""
-    return text.translate(_TR_LOWER).lower()
-
-
-@lru_cache(maxsize=8192)  # the same labels and names are folded again and again
-def fold(text: str) -> str:
-    """A key for matching: Turkish-lowered, diacritics removed, Arabic marks dropped, spaces squeezed.
-
-    >>> fold("KOZAĞAÇ") == fold("kozagac") == fold("Kozağaç")
-    True
-    >>> fold("İPTAL") == fold("Iptal") == fold("iptal")
-    True
-    """
-    text = tr_lower(unicodedata.normalize("NFC", text)).translate(_FOLD)
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    text = _ARABIC_MARKS.sub("", text)
-    text = text.replace("أ", "ا").replace("إ", "ا").replace("آ", "ا").replace("ة", "ه").replace("ى", "ي")
-    return _SPACES.sub(" ", text).strip()
+# The one folding of words (Turkish casing, diacritics, Arabic marks) is storage/fold.py's: what
+# matching compares here is what the reports' search index stores. Re-exported for the callers.
+from storage.fold import fold, tr_lower  # noqa: F401
 
 
 def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]:

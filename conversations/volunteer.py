@@ -12,13 +12,19 @@ from datetime import datetime
 
 from sqlmodel import Session
 
-from conversations import participation as P
 from conversations.core import require_consent, yes_no
+from conversations.domain import volunteering as call_ops
 from conversations.i18n import N_
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.participation import AVAILABILITY_KEYS, CALL_PREFIX, ParticipationError, read_count, read_time
+from conversations.participation_data import withdraw_volunteering
+from conversations.permissions import Refused
+from conversations.pools import calls_of, join_pool, leave_pool, membership, memberships_of, respond_to_call
 from conversations.registry import Router
+from conversations.reminders import offsets_of
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition
 from conversations.text import match_mahalle, record_id, truncate
+from conversations.when import example_time, span_text
 from storage.participation import AVAILABILITY
 
 router = Router("volunteering")
@@ -28,7 +34,7 @@ router.menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
 @router.on_withdrawal("volunteering")
 def leave_everything(db: Session, resident_id: int, now: datetime, config: EngineConfig) -> None:
     """They leave every pool; their answers to calls not started yet go (a place goes to the reserves)."""
-    P.withdraw_volunteering(db, resident_id, now=now, tz=config.timezone)
+    withdraw_volunteering(db, resident_id, now=now, tz=config.timezone)
 
 
 def _tz(ctx: Ctx) -> str:
@@ -36,7 +42,7 @@ def _tz(ctx: Ctx) -> str:
 
 
 def _offsets(ctx: Ctx):
-    return P.offsets_of(ctx.config.settings)
+    return offsets_of(ctx.config.settings)
 
 
 def _sdg(ctx: Ctx, goals) -> str:
@@ -58,7 +64,8 @@ def _hood_name(ctx: Ctx, key: str | None) -> str:
 
 
 # ---------------------------------------------------------------- entry
-@router.command("volunteer", "gonullu", "gönüllü", "volunteer", menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"},
+@router.command("volunteer", "gonullu", "gönüllü", "volunteer",
+                menu={"tr": "gonullu", "en": "volunteer", "ar": "volunteer"},
                 description=N_("volunteer.command"))
 def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
     return require_consent(ctx, "volunteering", "volunteer.home")
@@ -66,7 +73,7 @@ def cmd_volunteer(ctx: Ctx, text: str) -> Transition:
 
 @router.state("volunteer.home", choice_only=True)
 def home(ctx: Ctx) -> None:
-    joined = {m.pool for m in P.memberships_of(ctx.db, ctx.resident.id)}
+    joined = {m.pool for m in memberships_of(ctx.db, ctx.resident.id)}
     lines = [ctx.t("volunteer.home", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
     choices = []
     for pool in ctx.catalog.pools:
@@ -88,13 +95,13 @@ def on_home(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("volunteer.pool", {"pool": msg.choice[2:]})
 
 
-@router.state("volunteer.pool")
+@router.state("volunteer.pool", choice_only=True)
 def pool_detail(ctx: Ctx) -> None:
     pool = ctx.catalog.pool(ctx.data.get("pool", ""))
     if pool is None:
         ctx.ask(ctx.t("volunteer.no_pools"), [Choice("back", ctx.t("common.back"))])
         return
-    member = P.membership(ctx.db, ctx.resident.id, pool.key)
+    member = membership(ctx.db, ctx.resident.id, pool.key)
     lines = [ctx.t("volunteer.pool_detail", name=pool.name.get(ctx.lang), description=pool.description.get(ctx.lang),
                    sdg=_sdg(ctx, pool.sdg))]
     choices = []
@@ -110,12 +117,12 @@ def pool_detail(ctx: Ctx) -> None:
 
 @pool_detail.on_input
 def on_pool_detail(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE or msg.choice == "back":
+    if msg.choice == "back":
         return Go("volunteer.home")
     pool = ctx.data.get("pool", "")
     if msg.choice == "leave":
         return Go("volunteer.leave", {"pool": pool})
-    member = P.membership(ctx.db, ctx.resident.id, pool)
+    member = membership(ctx.db, ctx.resident.id, pool)
     data = {"pool": pool, "tags": list(member.skill_tags) if member else [],
             "skills": member.skills if member else "",
             "avail": [a for a in AVAILABILITY if member and getattr(member, a)],
@@ -124,8 +131,8 @@ def on_pool_detail(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 def _availability(ctx: Ctx, weekdays: bool, weekends: bool, evenings: bool) -> str:
-    chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings)) if on]
-    return ctx.t.join(ctx.t(P.AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
+    chosen = [a for a, on in zip(AVAILABILITY, (weekdays, weekends, evenings), strict=True) if on]
+    return ctx.t.join(ctx.t(AVAILABILITY_KEYS[a]) for a in chosen) or ctx.t("common.none")
 
 
 # ---------------------------------------------------------------- joining
@@ -169,7 +176,7 @@ def on_skills_text(ctx: Ctx, msg: Inbound) -> Transition:
 @router.state("volunteer.availability")
 def availability(ctx: Ctx) -> None:
     chosen = set(ctx.data.get("avail", []))
-    choices = [Choice(f"a:{a}", ("✅ " if a in chosen else "⬜ ") + ctx.t(P.AVAILABILITY_KEYS[a])) for a in AVAILABILITY]
+    choices = [Choice(f"a:{a}", ("✅ " if a in chosen else "⬜ ") + ctx.t(AVAILABILITY_KEYS[a])) for a in AVAILABILITY]
     choices.append(Choice("done", ctx.t("volunteer.done")))
     ctx.ask(ctx.t("volunteer.availability_prompt"), choices)
 
@@ -240,7 +247,7 @@ def on_confirm(ctx: Ctx, msg: Inbound) -> Transition:
         return Go("volunteer.home")
     valid_tags = {k for k, _ in ctx.catalog.skills}
     avail = d.get("avail", [])
-    P.join_pool(ctx.db, ctx.resident.id, d["pool"], skills=d.get("skills", ""),
+    join_pool(ctx.db, ctx.resident.id, d["pool"], skills=d.get("skills", ""),
                 skill_tags=[t for t in d.get("tags", []) if t in valid_tags], weekdays="weekdays" in avail,
                 weekends="weekends" in avail, evenings="evenings" in avail, mahalle=d.get("mahalle"), now=ctx.now)
     ctx.say(ctx.t("volunteer.joined", pool=_pool_name(ctx, d["pool"])))
@@ -254,22 +261,22 @@ def leave(ctx: Ctx) -> None:
 
 @leave.on_input
 def on_leave(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.choice == "yes" and P.leave_pool(ctx.db, ctx.resident.id, ctx.data.get("pool", "")):
+    if msg.choice == "yes" and leave_pool(ctx.db, ctx.resident.id, ctx.data.get("pool", "")):
         ctx.say(ctx.t("volunteer.left", pool=_pool_name(ctx, ctx.data.get("pool", ""))))
     return Go("volunteer.home")
 
 
 # ---------------------------------------------------------------- my duties
-@router.state("volunteer.mine")
+@router.state("volunteer.mine", choice_only=True)
 def mine(ctx: Ctx) -> None:
-    rows = P.calls_of(ctx.db, ctx.resident.id, ctx.now)
+    rows = calls_of(ctx.db, ctx.resident.id, ctx.now)
     if not rows:
         ctx.ask(ctx.t("volunteer.mine_empty"), [Choice("back", ctx.t("common.back"))])
         return
     lines = [ctx.t("volunteer.mine_title")]
     choices = []
     for response, call in rows:
-        when = P.span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
+        when = span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
         status = (ctx.t("volunteer.status.accepted") if response.status == "accepted"
                   else ctx.t("volunteer.status.reserve", position=response.position))
         lines.append(f"• {call.what} — {when}, {call.place} ({status})")
@@ -280,16 +287,16 @@ def mine(ctx: Ctx) -> None:
 
 @mine.on_input
 def on_mine(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind != Kind.CHOICE or msg.choice == "back":
+    if msg.choice == "back":
         return Go("volunteer.home")
-    outcome = P.respond_to_call(ctx.db, int(msg.choice[2:]), ctx.resident.id, "c", lang=ctx.lang, tz=_tz(ctx),
+    outcome = respond_to_call(ctx.db, int(msg.choice[2:]), ctx.resident.id, "c", lang=ctx.lang, tz=_tz(ctx),
                                 now=ctx.now, offsets=_offsets(ctx))
     ctx.replies.append(outcome.outbound(ctx.t))
     return Stay()
 
 
 # ---------------------------------------------------------------- the buttons of a call
-@router.global_choice(P.CALL_PREFIX)
+@router.global_choice(CALL_PREFIX)
 def call_button(ctx: Ctx, msg: Inbound) -> Transition:
     """vc:<call>:y accept · n decline · c cancel (asks) · cy cancel · t take a freed place."""
     parts = msg.choice.split(":")
@@ -297,7 +304,7 @@ def call_button(ctx: Ctx, msg: Inbound) -> Transition:
     if call_id is None:
         ctx.replies.append(Outbound(ctx.t("engine.stale_choice")))
         return Stay()
-    outcome = P.respond_to_call(ctx.db, call_id, ctx.resident.id, parts[2], lang=ctx.lang, tz=_tz(ctx),
+    outcome = respond_to_call(ctx.db, call_id, ctx.resident.id, parts[2], lang=ctx.lang, tz=_tz(ctx),
                                 now=ctx.now, offsets=_offsets(ctx))
     ctx.replies.append(outcome.outbound(ctx.t))
     return Stay()
@@ -352,7 +359,7 @@ _text_state("volunteer.call_where", N_("volunteer.call_new.where"), "volunteer.c
 
 @router.state("volunteer.call_start", staff_only=True)
 def call_start(ctx: Ctx) -> None:
-    ctx.ask(ctx.t("volunteer.call_new.start"))
+    ctx.ask(ctx.t("volunteer.call_new.start", example=example_time(ctx.now, ctx.lang, _tz(ctx))))
 
 
 @call_start.on_input
@@ -360,11 +367,9 @@ def on_call_start(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.TEXT:
         return Invalid("event.bad_datetime")
     try:
-        when = P.parse_local(msg.text, _tz(ctx))
-    except P.ParticipationError as exc:
+        when = read_time(msg.text, _tz(ctx), now=ctx.now)
+    except ParticipationError as exc:
         return Invalid(exc.key)
-    if when <= ctx.now:
-        return Invalid("event.in_past")
     return Go("volunteer.call_end", {"starts_at": when.isoformat()}, keep=True)
 
 
@@ -381,25 +386,25 @@ def on_call_end(ctx: Ctx, msg: Inbound) -> Transition:
         return Go("volunteer.call_start", keep=True)
     start = datetime.fromisoformat(ctx.data["starts_at"])
     try:
-        end = P.parse_local(msg.text, _tz(ctx), base=start)
-    except P.ParticipationError as exc:
+        end = read_time(msg.text, _tz(ctx), now=ctx.now, base=start)
+    except ParticipationError as exc:
         return Invalid(exc.key)
     if end <= start:
         return Invalid("event.end_before_start")
     return Go("volunteer.call_count", {"ends_at": end.isoformat()}, keep=True)
 
 
-@router.state("volunteer.call_count", staff_only=True)
+@router.state("volunteer.call_count", staff_only=True, number_answer=True)
 def call_count(ctx: Ctx) -> None:
     ctx.ask(ctx.t("volunteer.call_new.count"))
 
 
 @call_count.on_input
 def on_call_count(ctx: Ctx, msg: Inbound) -> Transition:
-    text = msg.text.strip() if msg.kind == Kind.TEXT else ""
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+    number = read_count(msg.text, limit=call_ops.MAX_VOLUNTEERS) if msg.kind == Kind.TEXT else None
+    if number is None:
         return Invalid("event.bad_number")
-    return Go("volunteer.call_confirm", {"capacity": int(text)}, keep=True)
+    return Go("volunteer.call_confirm", {"capacity": number}, keep=True)
 
 
 @router.state("volunteer.call_confirm", staff_only=True, choice_only=True)
@@ -407,9 +412,10 @@ def call_confirm(ctx: Ctx) -> None:
     d = ctx.data
     none = ctx.t("common.none")
     start, end = d.get("starts_at"), d.get("ends_at")
-    when = (P.span_text(datetime.fromisoformat(start), datetime.fromisoformat(end), ctx.lang, _tz(ctx))
+    when = (span_text(datetime.fromisoformat(start), datetime.fromisoformat(end), ctx.lang, _tz(ctx))
             if start and end else none)
-    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=ctx.t.join(_pool_name(ctx, p) for p in d.get("pools", [])) or none,
+    pools = ctx.t.join(_pool_name(ctx, p) for p in d.get("pools", [])) or none
+    ctx.ask(ctx.t("volunteer.call_new.confirm", pools=pools,
                   what=d.get("what") or none, place=d.get("place") or none, when=when,
                   capacity=d.get("capacity") or none),
             [Choice("send", ctx.t("volunteer.call_new.send")), Choice("drop", ctx.t("volunteer.discard"))])
@@ -424,12 +430,15 @@ def on_call_confirm(ctx: Ctx, msg: Inbound) -> Transition:
     if not all(d.get(k) for k in ("pools", "what", "place", "starts_at", "ends_at", "capacity")):
         return Go("volunteer.call_pools", {"pools": []})  # incomplete (never through the normal path)
     try:
-        call = P.create_call(ctx.db, pools=d["pools"], what=d["what"], place=d["place"],
-                             starts_at=datetime.fromisoformat(d["starts_at"]),
-                             ends_at=datetime.fromisoformat(d["ends_at"]), capacity=d["capacity"],
-                             created_by=ctx.actor, catalog=ctx.catalog, tz=_tz(ctx),
-                             now=ctx.now)
-    except P.ParticipationError as exc:
+        call = call_ops.create_call(ctx.db, ctx.acting_as,
+                                    pools=d["pools"], what=d["what"], place=d["place"],
+                                    starts_at=datetime.fromisoformat(d["starts_at"]),
+                                    ends_at=datetime.fromisoformat(d["ends_at"]), capacity=d["capacity"],
+                                    catalog=ctx.catalog, tz=_tz(ctx), now=ctx.now)
+    except Refused:  # staff screens admit admin and staff (repo.CHAT_STAFF_ROLES): should the rules ever differ
+        ctx.say(ctx.t("staff.refused"))
+        return Go(IDLE)
+    except ParticipationError as exc:
         ctx.say(ctx.t(exc.key))
         return Go(IDLE)
     ctx.say(ctx.t.n("volunteer.call_new.sent", call.invited, id=call.id, invited=call.invited))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
+from storage.db import aware
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Bound on the days walked to find working time (a calendar with no working day at all).
@@ -85,10 +86,6 @@ def intervals_on(day: date, hours: WorkingHours, tz: ZoneInfo) -> list[tuple[dat
     return found
 
 
-def _aware(instant: datetime) -> datetime:
-    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
-
-
 def add_working_hours(start: datetime, hours: float, calendar: WorkingHours, tz: str | ZoneInfo = "Europe/Istanbul"
                       ) -> datetime:
     """The instant (UTC) when `hours` working hours have passed since `start`. An instant outside
@@ -96,7 +93,7 @@ def add_working_hours(start: datetime, hours: float, calendar: WorkingHours, tz:
     if hours < 0:
         raise ValueError("hours must not be negative")
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
-    cursor = _aware(start).astimezone(zone)
+    cursor = aware(start).astimezone(zone)
     left = timedelta(hours=hours)
     day = cursor.date()
     for _ in range(MAX_DAYS):
@@ -114,7 +111,7 @@ def add_working_hours(start: datetime, hours: float, calendar: WorkingHours, tz:
 def working_hours_between(start: datetime, end: datetime, calendar: WorkingHours,
                           tz: str | ZoneInfo = "Europe/Istanbul") -> float:
     """Working hours elapsed from `start` to `end` (negative when end is earlier)."""
-    start, end = _aware(start), _aware(end)
+    start, end = aware(start), aware(end)
     if end < start:
         return -working_hours_between(end, start, calendar, tz)
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
@@ -131,7 +128,7 @@ def working_hours_between(start: datetime, end: datetime, calendar: WorkingHours
 
 def is_working_time(instant: datetime, calendar: WorkingHours, tz: str | ZoneInfo = "Europe/Istanbul") -> bool:
     zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
-    local = _aware(instant).astimezone(zone)
+    local = aware(instant).astimezone(zone)
     return any(a <= local < b for a, b in intervals_on(local.date(), calendar, zone))
 
 
@@ -140,7 +137,7 @@ def due_at(created: datetime, sla_hours: float, calendar: WorkingHours, *, calen
     """When a target of `sla_hours` started at `created` runs out: working hours by default,
     calendar hours when the category says so (`sla_calendar = true`)."""
     if calendar_hours:
-        return _aware(created).astimezone(timezone.utc) + timedelta(hours=sla_hours)
+        return aware(created).astimezone(timezone.utc) + timedelta(hours=sla_hours)
     return add_working_hours(created, sla_hours, calendar, tz)
 
 
@@ -148,5 +145,5 @@ def elapsed_hours(start: datetime, end: datetime, calendar: WorkingHours, *, cal
                   tz: str | ZoneInfo = "Europe/Istanbul") -> float:
     """The hours of a target used between two instants, counted as `due_at` counts them."""
     if calendar_hours:
-        return (_aware(end) - _aware(start)).total_seconds() / 3600
+        return (aware(end) - aware(start)).total_seconds() / 3600
     return working_hours_between(start, end, calendar, tz)

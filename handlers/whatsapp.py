@@ -42,7 +42,7 @@ import logging
 import os
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qsl, quote, urlparse
@@ -63,7 +63,7 @@ from handlers import kit
 from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
 from storage import media as media_store
 from storage.attachments import suffix_of
-from storage.db import transaction, utcnow
+from storage.db import aware, transaction, utcnow
 from storage.media import MediaTooLarge
 from storage.models import ChannelIdentity, OutboxMessage
 
@@ -209,10 +209,6 @@ def send_error(exc: BaseException) -> SendError:
     return SendError(SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}"[:500])
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -356,7 +352,7 @@ class WhatsAppSender:
         with transaction(self.db) as db:
             last = db.exec(select(ChannelIdentity.last_inbound_at).where(
                 ChannelIdentity.channel == CHANNEL, ChannelIdentity.address == address)).first()
-        return _aware(last)
+        return aware(last)
 
     def _send_free(self, address: str, out: Outbound) -> str:
         media = self._media_urls(out)

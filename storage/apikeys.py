@@ -11,9 +11,7 @@ A key's scope says what it may read (any active key may create requests):
 - "full": also the resident's description, the exact pin, the street they typed and the photos.
   Every read with a full key is written to the audit log (bot/open311.py).
 
-Open311Request keeps, per report created through the API, the key that created it and the
-`media_url` the client sent (a link to the client's own copy of the photo: it is not downloaded,
-so the API cannot be used to make this server fetch arbitrary URLs).
+The reports a key created: storage/open311.py.
 """
 from __future__ import annotations
 
@@ -53,16 +51,6 @@ class ApiKey(SQLModel, table=True):
     @property
     def full(self) -> bool:
         return self.scope == "full"
-
-
-class Open311Request(SQLModel, table=True):
-    """A report created through Open311: which key created it, and the client's media_url."""
-
-    __tablename__ = "open311_request"
-    report_id: int = Field(foreign_key="report.id", primary_key=True)
-    api_key_id: int = Field(foreign_key="api_key.id", index=True)
-    media_url: str = Field(default="", max_length=1000)
-    created_at: datetime = Field(default_factory=utcnow)
 
 
 class ApiKeyError(ValueError):
@@ -134,17 +122,3 @@ def authenticate(db: Session, plain: str | None, *, now: datetime | None = None)
         key.last_used_at = now
         db.add(key)
     return key
-
-
-def record_request(db: Session, report_id: int, key: ApiKey, media_url: str = "") -> Open311Request:
-    row = Open311Request(report_id=report_id, api_key_id=key.id, media_url=(media_url or "")[:1000])
-    db.add(row)
-    db.flush()
-    return row
-
-
-def requests_for(db: Session, report_ids: list[int]) -> dict[int, Open311Request]:
-    if not report_ids:
-        return {}
-    rows = db.exec(select(Open311Request).where(Open311Request.report_id.in_(report_ids)))
-    return {row.report_id: row for row in rows}

@@ -15,29 +15,33 @@ a broadcast out; a crashed worker's fan-out is resumed from the cursor by anothe
 
 Status: draft → scheduled → sending → done | cancelled. A broadcast is done when its fan-out is
 complete and no row is waiting; the staff member who created it (notify_address
-"telegram:<chat id>") then gets a summary, and progress updates while it runs."""
+"telegram:<chat id>") then gets a summary, and progress updates while it runs.
+
+Storage holds no words: what a resident reads and what the staff member is told come from a
+`Composer` (conversations/notify.py BroadcastWords) passed by the caller; the rows are written here,
+in the transaction of the change that caused them."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from babel.numbers import format_decimal
 from sqlalchemy import Integer, String, and_, case, exists, false, func, insert, literal, or_, select, true
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
-from conversations.messages import Outbound
-from storage import repo
+from storage.audit import audit
 from storage.db import is_postgres, transaction, utcnow
 from storage.models import AuditLog, Broadcast, ChannelIdentity, ConsentRecord, OutboxMessage, Resident
-from storage.outbox import PRIORITY_BROADCAST, PRIORITY_NOTIFICATION, broadcast_progress, enqueue
+from storage.outbox import PRIORITY_BROADCAST, PRIORITY_NOTIFICATION, broadcast_progress, enqueue_payload
 
 log = logging.getLogger(__name__)
+
+# The languages residents read (conversations.i18n.LANGUAGES; tests/test_architecture.py keeps them equal).
+LANGUAGES = ("tr", "en", "ar")
 
 PURPOSE = "announcements"
 STATUSES = ("draft", "scheduled", "sending", "done", "cancelled")
@@ -57,6 +61,17 @@ B = Broadcast.__table__
 
 class BroadcastError(ValueError):
     """Invalid input (unknown audience filter, missing Turkish text...)."""
+
+
+class Composer(Protocol):
+    """The words of a broadcast's messages, as outbox payloads (JSON dicts)."""
+
+    def message(self, texts: dict[str, str], photo_path: str, lang: str) -> dict[str, Any]:
+        """What a resident reading `lang` gets."""
+
+    def notice(self, event: str, lang: str, **params: Any) -> dict[str, Any]:
+        """A notice to the staff member who created the broadcast: event "cancelled", "started",
+        "done" or "progress"; params are numbers (and `when`, a datetime)."""
 
 
 # ---------------------------------------------------------------- audience
@@ -157,18 +172,7 @@ def count_by_language(db: Session, audience: dict[str, Any] | None) -> dict[str,
     return counts
 
 
-# ---------------------------------------------------------------- messages
-def render(texts: dict[str, str], photo_path: str, lang: str) -> Outbound:
-    """The message a resident reading `lang` gets (the preview shows exactly this)."""
-    t = translator(lang)
-    body = (texts.get(lang) or texts.get("tr") or "").strip()
-    return Outbound(text=f"{t('broadcast.header')}\n\n{body}\n\n{t('broadcast.footer')}", photo_path=photo_path or "")
-
-
-def number(n: int, lang: str) -> str:
-    return format_decimal(n, locale=lang)
-
-
+# ---------------------------------------------------------------- texts
 def normalise_texts(texts: dict[str, str | None]) -> dict[str, str]:
     unknown = set(texts) - set(LANGUAGES)
     if unknown:
@@ -177,10 +181,6 @@ def normalise_texts(texts: dict[str, str | None]) -> dict[str, str]:
     if not clean.get("tr"):
         raise BroadcastError("the Turkish (tr) text is required")
     return clean
-
-
-def longest_render(texts: dict[str, str], photo_path: str = "") -> int:
-    return max(len(render(texts, photo_path, lang).text) for lang in LANGUAGES)
 
 
 # ---------------------------------------------------------------- create, schedule, cancel
@@ -196,7 +196,7 @@ def create(db: Session, *, texts: dict[str, str | None], audience: dict[str, Any
                   audience=audience, notify_address=notify_address[:96], status="draft")
     db.add(b)
     db.flush()
-    repo.audit(db, created_by, "broadcast.created", f"broadcast:{b.id}", audience=audience,
+    audit(db, created_by, "broadcast.created", f"broadcast:{b.id}", audience=audience,
                languages=sorted(texts), photo=bool(photo_path))
     if not draft:
         schedule(db, b, scheduled_at or now, created_by, now=now)
@@ -211,7 +211,7 @@ def schedule(db: Session, b: Broadcast, at: datetime, actor: str, *, now: dateti
     b.scheduled_at = max(at, now)
     db.add(b)
     db.flush()
-    repo.audit(db, actor, "broadcast.scheduled", f"broadcast:{b.id}", at=b.scheduled_at.isoformat(),
+    audit(db, actor, "broadcast.scheduled", f"broadcast:{b.id}", at=b.scheduled_at.isoformat(),
                now=at <= now)
 
 
@@ -222,8 +222,8 @@ class Cancelled:
     already: int            # rows sent or on their way
 
 
-def cancel(db: Session, broadcast_id: int, actor: str, *, now: datetime | None = None,
-           tz: str = "Europe/Istanbul") -> Cancelled | None:
+def cancel(db: Session, broadcast_id: int, actor: str, *, compose: Composer,
+           now: datetime | None = None) -> Cancelled | None:
     """Cancel a draft, scheduled or running broadcast; None if it cannot be (done, cancelled, unknown).
     Pending rows become "cancelled"; rows a dispatcher already claimed may still go."""
     now = now or utcnow()
@@ -239,11 +239,10 @@ def cancel(db: Session, broadcast_id: int, actor: str, *, now: datetime | None =
     already = counts.sent + counts.failed + counts.waiting
     b.sent, b.failed = counts.sent, counts.failed
     db.add(b)
-    repo.audit(db, actor, "broadcast.cancelled", f"broadcast:{broadcast_id}", withdrawn=withdrawn, already=already)
+    audit(db, actor, "broadcast.cancelled", f"broadcast:{broadcast_id}", withdrawn=withdrawn, already=already)
     if b.notify_address and b.notify_address != actor:
-        _notify_staff(db, b, lambda t, lang: Outbound(text=t(
-            "broadcast.notice_cancelled", id=b.id, by=actor, withdrawn=number(withdrawn, lang),
-            sent=number(already, lang))))
+        _notify_staff(db, b, lambda lang: compose.notice("cancelled", lang, id=b.id, by=actor, withdrawn=withdrawn,
+                                                         sent=already))
     return Cancelled(b, withdrawn, already)
 
 
@@ -301,7 +300,7 @@ def claim_due(db_engine: DbEngine, worker_id: str, now: datetime | None = None) 
                                      fanout_until=now + FANOUT_LEASE)).rowcount == 1
             if won:
                 b = db.get(Broadcast, broadcast_id)
-                repo.audit(db, b.created_by, "broadcast.started", f"broadcast:{b.id}", worker=worker_id)
+                audit(db, b.created_by, "broadcast.started", f"broadcast:{b.id}", worker=worker_id)
                 claimed.append(broadcast_id)
     for broadcast_id in stale:
         with transaction(db_engine) as db:
@@ -315,8 +314,7 @@ def claim_due(db_engine: DbEngine, worker_id: str, now: datetime | None = None) 
     return claimed
 
 
-def fan_out(db_engine: DbEngine, broadcast_id: int, worker_id: str, *, chunk: int = CHUNK,
-            tz: str = "Europe/Istanbul") -> int:
+def fan_out(db_engine: DbEngine, broadcast_id: int, worker_id: str, *, compose: Composer, chunk: int = CHUNK) -> int:
     """Write the outbox rows of a claimed broadcast, chunk by chunk of resident ids; returns the
     rows written by this call. Stops when the broadcast is cancelled or another worker took it."""
     with transaction(db_engine) as db:
@@ -332,13 +330,12 @@ def fan_out(db_engine: DbEngine, broadcast_id: int, worker_id: str, *, chunk: in
                 b.fanout_done_at = now
                 b.fanout_until = None
                 db.add(b)
-                repo.audit(db, b.created_by, "broadcast.queued", f"broadcast:{b.id}", total=b.total)
+                audit(db, b.created_by, "broadcast.queued", f"broadcast:{b.id}", total=b.total)
                 if b.scheduled_at and b.scheduled_at - b.created_at > timedelta(minutes=1):
-                    _notify_staff(db, b, lambda t, lang: Outbound(text=t(
-                        "broadcast.notice_started", id=b.id, total=number(b.total, lang))))
+                    _notify_staff(db, b, lambda lang: compose.notice("started", lang, id=b.id, total=b.total))
                 return written
             lo, hi = b.fanout_cursor, min(b.fanout_cursor + chunk, max_id)
-            n = _insert_chunk(db, b, lo, hi, now)
+            n = _insert_chunk(db, b, lo, hi, now, compose)
             written += n
             b.fanout_cursor = hi
             b.total += n
@@ -353,14 +350,14 @@ def _lock(db: Session, broadcast_id: int) -> Broadcast | None:
     return db.exec(query).scalars().first()
 
 
-def _insert_chunk(db: Session, b: Broadcast, lo: int, hi: int, now: datetime) -> int:
+def _insert_chunk(db: Session, b: Broadcast, lo: int, hi: int, now: datetime, compose: Composer) -> int:
     """One INSERT ... SELECT per language for the residents lo < id <= hi."""
     conditions = audience_conditions(b.audience)
     columns = ["channel", "address", "resident_id", "kind", "priority", "payload", "status", "attempts",
                "available_at", "claimed_by", "error", "provider_id", "broadcast_id", "created_at"]
     total = 0
     for lang in LANGUAGES:
-        payload = render(b.texts, b.photo_path, lang).to_dict()
+        payload = compose.message(b.texts, b.photo_path, lang)
         picked = (select(R.c.id.label("rid"), _best_identity_id().label("iid"))
                   .where(R.c.id > lo, R.c.id <= hi, language_bucket(lang), *conditions).subquery("picked"))
         query = (select(CI.c.channel, CI.c.address, picked.c.rid,
@@ -375,7 +372,7 @@ def _insert_chunk(db: Session, b: Broadcast, lo: int, hi: int, now: datetime) ->
 
 
 # ---------------------------------------------------------------- completion and progress notices
-def check_running(db_engine: DbEngine, tz: str = "Europe/Istanbul", now: datetime | None = None) -> list[int]:
+def check_running(db_engine: DbEngine, compose: Composer, now: datetime | None = None) -> list[int]:
     """Broadcasts whose rows are all handled become done (and their creator gets a summary);
     the others may send a progress update. Returns the ids that finished."""
     now = now or utcnow()
@@ -393,11 +390,10 @@ def check_running(db_engine: DbEngine, tz: str = "Europe/Istanbul", now: datetim
                 if won != 1:
                     continue
                 db.refresh(b)
-                repo.audit(db, b.created_by, "broadcast.finished", f"broadcast:{b.id}", sent=p.sent,
+                audit(db, b.created_by, "broadcast.finished", f"broadcast:{b.id}", sent=p.sent,
                            failed=p.failed, cancelled=p.cancelled, total=p.total)
-                _notify_staff(db, b, lambda t, lang: Outbound(text=t(
-                    "broadcast.notice_done", id=b.id, sent=number(p.sent, lang), failed=number(p.failed, lang),
-                    total=number(p.total, lang), when=format_when(now, lang, tz))))
+                _notify_staff(db, b, lambda lang: compose.notice("done", lang, id=b.id, sent=p.sent, failed=p.failed,
+                                                                 total=p.total, when=now))
                 finished.append(b.id)
                 continue
             decile = p.percent // 10 * 10
@@ -406,31 +402,32 @@ def check_running(db_engine: DbEngine, tz: str = "Europe/Istanbul", now: datetim
                 won = db.exec(sa_update(B).where(B.c.id == b.id, B.c.progress_pct < decile)
                                  .values(progress_pct=decile, progress_at=now)).rowcount
                 if won == 1:
-                    _notify_staff(db, b, lambda t, lang: Outbound(text=t(
-                        "broadcast.notice_progress", id=b.id, percent=decile, sent=number(p.sent, lang),
-                        failed=number(p.failed, lang), waiting=number(p.waiting, lang),
-                        total=number(p.total, lang))))
+                    _notify_staff(db, b, lambda lang: compose.notice(
+                        "progress", lang, id=b.id, percent=decile, sent=p.sent, failed=p.failed, waiting=p.waiting,
+                        total=p.total))
     return finished
 
 
-def tick(db_engine: DbEngine, worker_id: str, tz: str = "Europe/Istanbul") -> None:
+def tick(db_engine: DbEngine, worker_id: str, compose: Composer) -> None:
     """One run of the scheduler's "broadcasts" job."""
     for broadcast_id in claim_due(db_engine, worker_id):
-        written = fan_out(db_engine, broadcast_id, worker_id, tz=tz)
+        written = fan_out(db_engine, broadcast_id, worker_id, compose=compose)
         log.info("broadcast %s: %s outbox rows written", broadcast_id, written)
-    check_running(db_engine, tz)
+    check_running(db_engine, compose)
 
 
-def start_now(db_engine: DbEngine, broadcast_id: int, worker_id: str, tz: str = "Europe/Istanbul") -> bool:
+def start_now(db_engine: DbEngine, broadcast_id: int, worker_id: str, compose: Composer) -> bool:
     """Claim and fan out one due broadcast right away (the CLI's send without --at)."""
     if broadcast_id not in claim_due(db_engine, worker_id):
         return False
-    fan_out(db_engine, broadcast_id, worker_id, tz=tz)
+    fan_out(db_engine, broadcast_id, worker_id, compose=compose)
     return True
 
 
 # ---------------------------------------------------------------- staff notices
-def _notify_staff(db: Session, b: Broadcast, build: Callable[[Translator, str], Outbound]) -> None:
+def _notify_staff(db: Session, b: Broadcast, build: Callable[[str], dict[str, Any]]) -> None:
+    """A notice to the address that created the broadcast ("telegram:<chat id>"), in the language
+    of the resident behind it (Turkish when none)."""
     channel, _, address = (b.notify_address or "").partition(":")
     if not channel or not address:
         return
@@ -441,14 +438,10 @@ def _notify_staff(db: Session, b: Broadcast, build: Callable[[Translator, str], 
         resident = db.get(Resident, identity.resident_id)
         if resident is not None and resident.locale in LANGUAGES:
             lang = resident.locale
-    enqueue(db, channel, address, build(translator(lang), lang), resident_id=identity.resident_id if identity else None,
-            kind="notification", priority=PRIORITY_NOTIFICATION)
+    enqueue_payload(db, channel, address, build(lang), resident_id=identity.resident_id if identity else None,
+                    kind="notification", priority=PRIORITY_NOTIFICATION)
 
 
 def audit_rows(db: Session, broadcast_id: int) -> list[AuditLog]:
     return list(db.exec(select(AuditLog).where(AuditLog.target == f"broadcast:{broadcast_id}")
                            .order_by(AuditLog.id)).scalars())
-
-
-N_("broadcast.header"), N_("broadcast.footer"), N_("broadcast.notice_cancelled"), N_("broadcast.notice_started")
-N_("broadcast.notice_done"), N_("broadcast.notice_progress")

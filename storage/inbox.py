@@ -5,13 +5,12 @@ it was in fact handled: ProcessedInbound)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from sqlalchemy import JSON, Column, bindparam, delete
 from sqlalchemy.engine import Connection
 from sqlmodel import Field, Session, SQLModel, select
 
-from conversations.messages import Inbound, Kind, Media
 from storage.db import utcnow
 from storage.fastsql import Prepared, connection_of
 
@@ -24,7 +23,16 @@ class InboundQueue(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
 
 
-def persist(db: Session, msg: Inbound) -> int:
+class Message(Protocol):
+    """An inbound message as the inbox keeps it: its channel and its JSON (conversations.messages.Inbound;
+    conversations' `Inbound.from_dict` reads it back)."""
+
+    channel: str
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def persist(db: Session, msg: Message) -> int:
     row = InboundQueue(channel=msg.channel, payload=msg.to_dict(), received_at=utcnow())
     db.add(row)
     db.flush()
@@ -35,20 +43,11 @@ def done(db: Session | Connection, row_id: int) -> None:
     _DONE.execute(connection_of(db), {"id": row_id})
 
 
-def stale(db: Session, older_than: timedelta, limit: int = 100) -> list[tuple[int, Inbound]]:
-    """Messages accepted but not handled for a while (their process died)."""
+def stale(db: Session, older_than: timedelta, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+    """Messages accepted but not handled for a while (their process died): (row id, the message's JSON)."""
     rows = db.exec(select(InboundQueue).where(InboundQueue.received_at < utcnow() - older_than)
                    .order_by(InboundQueue.id).limit(limit)).all()
-    return [(row.id, from_dict(row.payload)) for row in rows]
-
-
-def from_dict(d: dict[str, Any]) -> Inbound:
-    d = dict(d)
-    d["kind"] = Kind(d["kind"])
-    d["media"] = [Media(**m) for m in d.get("media") or []]
-    if d.get("received_at"):
-        d["received_at"] = datetime.fromisoformat(d["received_at"])
-    return Inbound(**d)
+    return [(row.id, dict(row.payload)) for row in rows]
 
 
 _DONE = Prepared(delete(InboundQueue).where(InboundQueue.id == bindparam("id")))

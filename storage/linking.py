@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Optional
 from sqlalchemy import Column, Table, and_, delete, exists, select as sa_select, update
 from sqlmodel import Field, Session, SQLModel
 
-from storage import repo
-from storage.db import utcnow
+from storage.audit import audit
+from storage.db import aware, utcnow
 from storage.models import ConversationSession, Resident
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def take_code(db: Session, code: str, now: datetime | None = None) -> LinkCode |
         return None
     db.delete(row)
     db.flush()
-    return row if _aware(row.expires_at) >= now else None
+    return row if aware(row.expires_at) >= now else None
 
 
 # ---------------------------------------------------------------- the global budget of wrong codes
@@ -156,7 +156,7 @@ def paused_for(db: Session, now: datetime | None = None, *, pause: timedelta = P
     row = db.get(LinkGuard, 1)
     if row is None or row.paused_until is None:
         return 0.0
-    left = _aware(row.paused_until) - now
+    left = aware(row.paused_until) - now
     if left > pause:
         row.paused_until = now + pause
         db.add(row)
@@ -172,14 +172,14 @@ def record_wrong_code(db: Session, actor: str, now: datetime | None = None, *, b
     `pause` and every live code is deleted (audited, with how many)."""
     now = now or utcnow()
     row = _guard(db, now, lock=True)
-    started = _aware(row.window_started_at)
+    started = aware(row.window_started_at)
     if now - started >= window or started > now:  # a new window (or the clock went back)
         row.window_started_at, row.failures = now, 0
     row.failures += 1
     tripped = row.failures >= budget
     if tripped:
         voided = db.exec(delete(LinkCode)).rowcount or 0
-        repo.audit(db, actor, "link.paused", "link_code", failures=row.failures, codes_voided=voided,
+        audit(db, actor, "link.paused", "link_code", failures=row.failures, codes_voided=voided,
                    until=(now + pause).isoformat())
         log.warning("linking by code paused until %s: %d wrong codes within %s; %d live codes voided",
                     (now + pause).isoformat(timespec="seconds"), row.failures, window, voided)
@@ -259,8 +259,8 @@ def merge_residents(db: Session, keep_id: int, gone_id: int, *, mergers: Iterabl
     keep.display_name = keep.display_name or gone.display_name
     keep.phone = keep.phone or gone.phone
     onboarded = [d for d in (keep.onboarded_at, gone.onboarded_at) if d is not None]
-    keep.onboarded_at = min(onboarded, key=_aware) if onboarded else None
-    keep.created_at = min(keep.created_at, gone.created_at, key=_aware)
+    keep.onboarded_at = min(onboarded, key=aware) if onboarded else None
+    keep.created_at = min(keep.created_at, gone.created_at, key=aware)
     keep.updated_at = utcnow()
     db.add(keep)
     db.flush()
@@ -274,17 +274,11 @@ def merge_residents(db: Session, keep_id: int, gone_id: int, *, mergers: Iterabl
             moved[f"{table.name}.{column.name}"] = count
     db.expunge(gone)
     db.execute(delete(Resident.__table__).where(Resident.__table__.c.id == gone_id))
-    repo.audit(db, actor or f"resident:{keep_id}", "resident.merged", f"resident:{keep_id}",
+    audit(db, actor or f"resident:{keep_id}", "resident.merged", f"resident:{keep_id}",
                merged=gone_id, moved=moved)
     db.flush()
     db.expire_all()
     return db.get(Resident, keep_id)
-
-
-def _aware(dt: Optional[datetime]) -> datetime:
-    from datetime import timezone
-
-    return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def export_codes(db: Session, resident_id: int) -> dict:
@@ -293,5 +287,5 @@ def export_codes(db: Session, resident_id: int) -> dict:
     from sqlmodel import select
 
     rows = db.exec(select(LinkCode).where(LinkCode.resident_id == resident_id)).all()
-    return {"link_codes": [{"channel": r.channel, "created_at": _aware(r.created_at).isoformat(),
-                            "expires_at": _aware(r.expires_at).isoformat()} for r in rows]}
+    return {"link_codes": [{"channel": r.channel, "created_at": aware(r.created_at).isoformat(),
+                            "expires_at": aware(r.expires_at).isoformat()} for r in rows]}

@@ -8,13 +8,11 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Iterable, Protocol
 
 from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, text, update
 from sqlmodel import Session, select
 
-from conversations.i18n import Translator, translator
-from conversations.messages import Outbound
 from storage.db import is_postgres, json_text, one_of, utcnow
 from storage.fastsql import Prepared, connection_of, run_all
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat
@@ -32,18 +30,33 @@ PRIORITY_NOTIFICATION = 3
 PRIORITY_BROADCAST = 8
 
 
-def enqueue(db: Session, channel: str, address: str, out: Outbound, *, resident_id: int | None = None,
+class Payload(Protocol):
+    """What an outbox row carries: any message that serialises to JSON (conversations.messages.Outbound
+    is one). Storage keeps the dict; it never builds or reads a message's words."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def enqueue(db: Session, channel: str, address: str, out: Payload, *, resident_id: int | None = None,
             kind: str = "notification", priority: int = PRIORITY_NOTIFICATION, broadcast_id: int | None = None,
             available_at: datetime | None = None) -> OutboxMessage:
+    return enqueue_payload(db, channel, address, out.to_dict(), resident_id=resident_id, kind=kind, priority=priority,
+                           broadcast_id=broadcast_id, available_at=available_at)
+
+
+def enqueue_payload(db: Session, channel: str, address: str, payload: dict, *, resident_id: int | None = None,
+                    kind: str = "notification", priority: int = PRIORITY_NOTIFICATION,
+                    broadcast_id: int | None = None, available_at: datetime | None = None) -> OutboxMessage:
+    """enqueue with the message's JSON already made."""
     row = OutboxMessage(channel=channel, address=address, resident_id=resident_id, kind=kind,
-                        priority=priority, payload=out.to_dict(), broadcast_id=broadcast_id,
+                        priority=priority, payload=payload, broadcast_id=broadcast_id,
                         available_at=available_at or utcnow())
     db.add(row)
     return row
 
 
-def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound], *,
-                    claimed_by: str, now: datetime) -> list[tuple[int, Outbound]]:
+def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Payload], *,
+                    claimed_by: str, now: datetime) -> list[tuple[int, Payload]]:
     """Replies to the message being handled (`conn`: the step's connection, a Connection or a
     Session): claimed by this worker for direct sending; if the worker dies before confirming,
     the lease runs out and the dispatcher delivers them."""
@@ -53,7 +66,7 @@ def enqueue_replies(conn, identity: ChannelIdentity, replies: Iterable[Outbound]
     return reply_ids(run_all(connection_of(conn), reply_statements(identity, replies, claimed_by=claimed_by, now=now)), replies)
 
 
-def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, claimed_by: str,
+def reply_statements(identity: ChannelIdentity, replies: Iterable[Payload], *, claimed_by: str,
                      now: datetime) -> list[tuple[Prepared, dict]]:
     """enqueue_replies' INSERT .. RETURNING id statements, one per reply, for storage.fastsql.run_all
     (the engine sends them with the session write)."""
@@ -62,7 +75,7 @@ def reply_statements(identity: ChannelIdentity, replies: Iterable[Outbound], *, 
     return [(_INSERT_REPLY, {**common, "payload": out.to_dict()}) for out in replies]
 
 
-def reply_ids(results: list[tuple[list[tuple], int]], replies: list[Outbound]) -> list[tuple[int, Outbound]]:
+def reply_ids(results: list[tuple[list[tuple], int]], replies: list[Payload]) -> list[tuple[int, Payload]]:
     """(outbox id, message) for each reply, from the results of run_all that begin with
     reply_statements' (each returns its row's id)."""
     return [(rows[0][0], out) for (rows, _), out in zip(results, replies)]
@@ -84,48 +97,29 @@ def reachable_identity(db: Session, resident_id: int) -> ChannelIdentity | None:
                    ).first()
 
 
-def notify_resident(db: Session, resident_id: int, build: Callable[[Translator, str], Outbound], *,
-                    kind: str = "notification", priority: int = PRIORITY_NOTIFICATION,
-                    tz: str = "Europe/Istanbul", broadcast_id: int | None = None,
-                    available_at: datetime | None = None) -> int:
-    """Queue a message to a resident in their own language; 0 when they cannot be reached."""
-    resident = db.get(Resident, resident_id)
-    identity = reachable_identity(db, resident_id) if resident else None
-    if identity is None:
-        return 0
-    out = build(translator(resident.locale), resident.locale)
-    enqueue(db, identity.channel, identity.address, out, resident_id=resident_id, kind=kind, priority=priority,
-            broadcast_id=broadcast_id, available_at=available_at)
-    return 1
-
-
-def notify_residents(db: Session, items: list[tuple[int, Callable[[Translator, str], Outbound]]], *,
-                     kind: str = "notification", priority: int = PRIORITY_NOTIFICATION,
-                     tz: str = "Europe/Istanbul") -> set[int]:
-    """notify_resident for many residents in a fixed number of queries; the ids reached."""
-    ids = {rid for rid, _ in items}
+def reachable_many(db: Session, ids: Iterable[int]) -> dict[int, tuple[str, str, str]]:
+    """resident → (channel, address, language) of the identity each used last and can still be
+    reached on, in two queries (conversations/notify.py composes the messages)."""
+    ids = set(ids)
     if not ids:
-        return set()
+        return {}
     locales = dict(db.exec(select(Resident.id, Resident.locale).where(one_of(db, Resident.id, ids))).all())
-    best: dict[int, tuple[str, str]] = {}  # resident → (channel, address) used last and reachable
+    best: dict[int, tuple[str, str, str]] = {}
     for rid, channel, address in db.execute(
             select(ChannelIdentity.resident_id, ChannelIdentity.channel, ChannelIdentity.address)
             .where(one_of(db, ChannelIdentity.resident_id, ids), ChannelIdentity.unreachable == False)  # noqa: E712
             .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
-        best.setdefault(rid, (channel, address))
-    now = utcnow()
-    values = []
-    for rid, build in items:
-        identity = best.get(rid)
-        if identity is None or rid not in locales:
-            continue
-        out = build(translator(locales[rid]), locales[rid])
-        values.append(dict(channel=identity[0], address=identity[1], resident_id=rid, kind=kind,
-                           priority=priority, payload=out.to_dict(), status="pending", attempts=0,
-                           available_at=now, created_at=now, claimed_by="", error="", provider_id=""))
-    if values:
-        insert_rows(db, values)
-    return {v["resident_id"] for v in values}
+        if rid in locales:
+            best.setdefault(rid, (channel, address, locales[rid]))
+    return best
+
+
+def pending_row(channel: str, address: str, resident_id: int | None, payload: dict, *, kind: str, priority: int,
+                now: datetime) -> dict:
+    """The values of one pending outbox row, for insert_rows."""
+    return dict(channel=channel, address=address, resident_id=resident_id, kind=kind, priority=priority,
+                payload=payload, status="pending", attempts=0, available_at=now, created_at=now, claimed_by="",
+                error="", provider_id="")
 
 
 def insert_rows(db: Session, values: list[dict]) -> None:

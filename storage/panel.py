@@ -19,7 +19,7 @@ from typing import Optional
 from sqlalchemy import update
 from sqlmodel import Field, Session, SQLModel, delete, select
 
-from storage.db import utcnow
+from storage.db import aware, utcnow
 from storage.models import Staff
 
 LOGIN_TTL = timedelta(minutes=10)
@@ -115,7 +115,7 @@ def peek_login_token(db: Session, plain: str, *, now: datetime | None = None) ->
         return Checked(None, "unknown")
     if row.used_at is not None:
         return Checked(None, "used", row.staff_id)
-    if _aware(row.expires_at) <= now:
+    if aware(row.expires_at) <= now:
         return Checked(None, "expired", row.staff_id)
     staff = db.get(Staff, row.staff_id)
     if staff is None or not staff.active:
@@ -167,16 +167,16 @@ def load_session(db: Session, plain: str, *, idle: timedelta, now: datetime | No
         return Loaded(None, None, "none")
     if row.revoked_at is not None:
         return Loaded(None, None, "revoked")
-    if _aware(row.expires_at) <= now:
+    if aware(row.expires_at) <= now:
         return Loaded(None, None, "expired")
-    if _aware(row.last_seen_at) + idle <= now:
+    if aware(row.last_seen_at) + idle <= now:
         row.revoked_at = now
         db.add(row)
         return Loaded(None, None, "idle")
     staff = db.get(Staff, row.staff_id)
     if staff is None or not staff.active:
         return Loaded(None, None, "inactive")
-    if now - _aware(row.last_seen_at) >= SEEN_RESOLUTION:
+    if now - aware(row.last_seen_at) >= SEEN_RESOLUTION:
         row.last_seen_at = now
         db.add(row)
     return Loaded(row, staff)
@@ -187,7 +187,7 @@ def live_sessions(db: Session, staff_id: int, *, idle: timedelta, now: datetime 
     rows = db.exec(select(PanelSession).where(PanelSession.staff_id == staff_id, PanelSession.revoked_at.is_(None),
                                               PanelSession.expires_at > now)
                    .order_by(PanelSession.last_seen_at.desc())).all()
-    return [r for r in rows if _aware(r.last_seen_at) + idle > now]
+    return [r for r in rows if aware(r.last_seen_at) + idle > now]
 
 
 def revoke_sessions(db: Session, staff_id: int, *, except_id: int | None = None, only_id: int | None = None,
@@ -209,9 +209,3 @@ def purge(db: Session, *, now: datetime | None = None) -> int:
     gone += db.exec(delete(PanelSession).where((PanelSession.expires_at < cutoff)
                                                | (PanelSession.revoked_at < cutoff))).rowcount
     return gone
-
-
-def _aware(dt: datetime) -> datetime:
-    from datetime import timezone
-
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

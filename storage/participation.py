@@ -1,8 +1,9 @@
 """Volunteer pools, calls for volunteers, events, RSVPs, feedback and reminders (issue 5): tables.
 
-The rules that use them (places, reserve and waiting lists, reminders) live in
-conversations/participation.py; this module holds the tables and the few statements that must be
-race-safe:
+The rules that use them live in conversations/ (attendance.py: places and the waiting list;
+pools.py: volunteers and the reserve list; reminders.py; domain/events.py and
+domain/volunteering.py: the staff operations); this module holds the tables and the few
+statements that must be race-safe:
 
 * a place is taken with one conditional UPDATE of a counter on the call or event row
   (``accepted < capacity`` / ``going < capacity``), after the row is locked (FOR UPDATE on
@@ -21,6 +22,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from storage.db import is_postgres, one_of, utcnow
 
+CALL_HELD = ("open", "closed")  # a call whose accepted volunteers still come (duties, reminders)
 EVENT_TYPES = ("panel", "konferans", "atolye", "odak_grup", "sosyo_kulturel", "other")
 AVAILABILITY = ("weekdays", "weekends", "evenings")
 
@@ -55,7 +57,8 @@ class VolunteerCall(SQLModel, table=True):
     capacity: int = Field(default=1)
     accepted: int = Field(default=0)  # places taken (the race-safe counter)
     invited: int = Field(default=0)  # volunteers the call was sent to
-    status: str = Field(default="open", max_length=16)  # open, cancelled
+    # open; closed (no more answers: who accepted still comes, CALL_HELD); cancelled
+    status: str = Field(default="open", max_length=16)
     created_by: str = Field(default="", max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -5,14 +5,15 @@ with `resident_id` detached. Tracking codes are `{prefix}-{year}-{number:06d}` (
 from a per-year counter row bumped with an atomic upsert in the creating transaction, so two
 workers never hand out the same number (PostgreSQL row lock; SQLite's BEGIN IMMEDIATE).
 
-Every status change writes a `ReportEvent`, an audit row and, through the outbox in the same
-transaction, a notification to the reporter and every follower in their own language.
+Every status change writes a `ReportEvent` and an audit row; the notifications to the reporter and
+the followers (their words) are conversations/notify.py's, written by conversations/domain/reports.py
+in the same transaction. Storage holds no user-facing text: ReportError carries a catalog key.
 
 Stable API (other features build on it): STATUSES, OPEN_STATUSES, Report, ReportMedia,
 ReportFollower, ReportEvent, ReportCounter, next_code, create_report, get_report, get_by_code,
 find_nearby_open, follow, is_following, followers_of, set_status, merge, reopen, rate,
 list_for_resident, count_for_resident_since, list_reports, count_reports, media_of, history_of,
-export_rows, export_resident, erase_resident, withdraw_consent, consenting, notify_staff, ReportError.
+export_rows, export_resident, erase_resident, withdraw_consent, consenting, staff_recipients, ReportError.
 """
 from __future__ import annotations
 
@@ -21,18 +22,16 @@ import math
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
-from conversations import worktime
-from conversations.i18n import N_, Translator, translator
-from conversations.messages import Choice, Outbound
-from conversations.text import fold
-from storage import outbox, repo
+from storage.audit import audit
+from storage.consents import current_consents_many
+from storage.fold import fold
 from storage.attachments import Erased, stored_name
-from storage.db import utcnow
+from storage.db import aware, utcnow
 from storage.models import ChannelIdentity, Resident, Staff
 
 log = logging.getLogger(__name__)
@@ -42,16 +41,6 @@ OPEN_STATUSES = ("new", "seen", "in_progress")
 CLOSED_STATUSES = ("resolved", "rejected", "merged")
 MEDIA_KINDS = ("photo", "voice")
 REOPEN_WINDOW = timedelta(days=14)
-STATUS_KEYS = {"new": N_("report.status.new"), "seen": N_("report.status.seen"),
-               "in_progress": N_("report.status.in_progress"), "resolved": N_("report.status.resolved"),
-               "rejected": N_("report.status.rejected"), "merged": N_("report.status.merged")}
-# The notification each status change sends to the reporter and the followers.
-NOTIFY_KEYS = {"new": N_("report.notify.new"), "seen": N_("report.notify.seen"),
-               "in_progress": N_("report.notify.in_progress"), "resolved": N_("report.notify.resolved"),
-               "rejected": N_("report.notify.rejected"), "merged": N_("report.notify.merged")}
-# Prefix of the proactive "was it solved?" buttons: rs:yes:CODE / rs:no:CODE; rating rr:N:CODE.
-RESOLVED_PREFIX = "rs"
-RATING_PREFIX = "rr"
 CONSENT_PURPOSE = "reports"
 
 
@@ -183,23 +172,8 @@ def next_code(db: Session, prefix: str, year: int) -> str:
 
 
 # ---------------------------------------------------------------- routing and search words
-def routing(catalog, category: str, created: datetime) -> tuple[str, datetime | None]:
-    """Where a new report of `category` goes and by when it should be answered: the catalog's
-    department of the category ("" when none) and the end of its target response time
-    (`sla_hours`, in the municipality's working hours unless `sla_calendar`; None without one)."""
-    cat = catalog.category(category) if catalog is not None else None
-    if cat is None:
-        return "", None
-    due = None
-    if cat.sla_hours:
-        municipality = catalog.municipality
-        due = worktime.due_at(created, cat.sla_hours, municipality.working_hours, calendar_hours=cat.sla_calendar,
-                              tz=municipality.timezone or "Europe/Istanbul")
-    return cat.department, due
-
-
 def search_words(report: Report, catalog=None) -> str:
-    """The folded text a free-text search matches (conversations.text.fold): the code, the
+    """The folded text a free-text search matches (storage.fold.fold): the code, the
     category's key and names in every language, the mahalle's key and name, the description."""
     words = [report.code, report.category]
     cat = catalog.category(report.category) if catalog is not None else None
@@ -245,16 +219,16 @@ def mark_responded(report: Report, actor: str, now: datetime) -> None:
 def create_report(db: Session, *, prefix: str, resident_id: int | None, category: str, description: str,
                   latitude: float | None = None, longitude: float | None = None, mahalle: str | None = None,
                   address: str = "", media: Iterable[dict[str, Any]] = (), channel: str = "",
-                  actor: str = "", catalog=None, now: datetime | None = None) -> Report:
+                  actor: str = "", catalog=None, department: str = "", due_at: datetime | None = None,
+                  now: datetime | None = None) -> Report:
     """A new report with its attachments (dicts: path, content_type, size, kind) and its first
-    event, routed to its category's department with its due time (see `routing`; pass the
-    catalog, else it is nobody's and has no target)."""
+    event, in `department` with its due time (conversations/domain/reports.py `file` routes it by
+    its category); the catalog gives the search words their names."""
     now = now or utcnow()
-    department, due = routing(catalog, category, now)
     report = Report(code=next_code(db, prefix, now.year), resident_id=resident_id, category=category,
                     description=description, latitude=latitude, longitude=longitude, mahalle=mahalle,
                     address=(address or "")[:255], status="new", channel=channel, created_at=now, updated_at=now,
-                    department=department, due_at=due)
+                    department=department or "", due_at=due_at)
     refresh_search_text(report, catalog)
     db.add(report)
     db.flush()
@@ -267,7 +241,7 @@ def create_report(db: Session, *, prefix: str, resident_id: int | None, category
                            kind=kind, created_at=now))
     actor = actor or (f"resident:{resident_id}" if resident_id else "system")
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="created", to_status="new"))
-    repo.audit(db, actor, "report.created", report.code, category=category)
+    audit(db, actor, "report.created", report.code, category=category)
     db.flush()
     return report
 
@@ -283,10 +257,11 @@ def get_by_code(db: Session, code: str) -> Report | None:
     return db.exec(select(Report).where(Report.code == code)).first()
 
 
-def _require(db: Session, code: str) -> Report:
+def require(db: Session, code: str) -> Report:
+    """The report with this tracking code, or ReportError("report.error.unknown_code")."""
     report = get_by_code(db, code)
     if report is None:
-        raise ReportError(N_("report.error.unknown_code"), code=code)
+        raise ReportError(("report.error.unknown_code"), code=code)
     return report
 
 
@@ -394,7 +369,7 @@ def is_following(db: Session, report_id: int, resident_id: int) -> bool:
 def follow(db: Session, code_or_report: str | Report, resident_id: int, *, now: datetime | None = None) -> bool:
     """Follow (support) a report: notified of its changes, counted as a supporter.
     False when the resident is its reporter or already follows it."""
-    report = code_or_report if isinstance(code_or_report, Report) else _require(db, code_or_report)
+    report = code_or_report if isinstance(code_or_report, Report) else require(db, code_or_report)
     if report.resident_id == resident_id or is_following(db, report.id, resident_id):
         return False
     now = now or utcnow()
@@ -418,19 +393,11 @@ def audience_of(db: Session, report: Report) -> list[int]:
     return people + [r for r in followers_of(db, report.id) if r not in people]
 
 
-# ---------------------------------------------------------------- notifications
-def _category_name(catalog, key: str, lang: str) -> str:
-    if catalog is not None:
-        cat = catalog.category(key)
-        if cat is not None:
-            return cat.name.get(lang)
-    return key
-
-
+# ---------------------------------------------------------------- who is told
 def consenting(db: Session, people: list[int]) -> list[int]:
     """Those of these residents whose "reports" consent stands: only they are told of a report's
     changes (a withdrawn consent stops the news, README "Privacy")."""
-    consents = repo.current_consents_many(db, people)
+    consents = current_consents_many(db, people)
     return [rid for rid in people if consents.get(rid, {}).get(CONSENT_PURPOSE)]
 
 
@@ -443,40 +410,15 @@ def to_be_told(db: Session, report: Report | None, status: str | None = None) ->
     return consenting(db, audience_of(db, report))
 
 
-def _notify_all(db: Session, report: Report, build: Callable[[Translator, str, int], Outbound], tz: str) -> int:
-    sent = 0
-    for resident_id in consenting(db, audience_of(db, report)):
-        sent += outbox.notify_resident(db, resident_id, lambda t, lang, rid=resident_id: build(t, lang, rid),
-                                       kind="notification", tz=tz)
-    return sent
-
-
-def status_notification(t: Translator, lang: str, report: Report, *, note: str = "", catalog=None,
-                        into_code: str = "") -> Outbound:
-    """The message a status change sends (in the resident's language)."""
-    lines = [t(NOTIFY_KEYS[report.status], code=report.code, category=_category_name(catalog, report.category, lang),
-               into=into_code)]
-    if report.status == "rejected" and report.reject_reason:
-        lines.append(t("report.notify.reason", reason=report.reject_reason))
-    elif note:
-        lines.append(t("report.notify.note", note=note))
-    choices = []
-    if report.status == "resolved":
-        lines.append(t("report.notify.resolved_question"))
-        choices = [Choice(f"{RESOLVED_PREFIX}:yes:{report.code}", t("report.notify.resolved_yes")),
-                   Choice(f"{RESOLVED_PREFIX}:no:{report.code}", t("report.notify.resolved_no"))]
-    return Outbound(text="\n".join(lines), choices=choices)
-
-
 def set_status(db: Session, code: str, status: str, actor: str, note: str = "", *, reason: str = "",
-               catalog=None, tz: str = "Europe/Istanbul", now: datetime | None = None, notify: bool = True) -> Report:
-    """Change a report's status: history, audit log and notifications (reporter and followers,
-    each in their language, through the outbox) in the caller's transaction."""
+               now: datetime | None = None) -> Report:
+    """Change a report's status: history and audit log, in the caller's transaction (the
+    notifications: conversations/domain/reports.py change_status)."""
     if status not in STATUSES or status == "merged":
-        raise ReportError(N_("report.error.bad_status"), status=status)
-    report = _require(db, code)
+        raise ReportError(("report.error.bad_status"), status=status)
+    report = require(db, code)
     if report.status == "merged":
-        raise ReportError(N_("report.error.merged"), code=report.code)
+        raise ReportError(("report.error.merged"), code=report.code)
     previous = report.status
     now = now or utcnow()
     note = (note or "").strip()[:1000]
@@ -492,25 +434,21 @@ def set_status(db: Session, code: str, status: str, actor: str, note: str = "", 
     event_note = (note or report.reject_reason) if status == "rejected" else note
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="status", from_status=previous,
                        to_status=status, note=event_note))
-    repo.audit(db, actor, "report.status", report.code, from_status=previous, to_status=status, note=note)
-    if notify and previous != status:
-        _notify_all(db, report, lambda t, lang, rid: status_notification(t, lang, report, note=note,
-                                                                          catalog=catalog), tz)
+    audit(db, actor, "report.status", report.code, from_status=previous, to_status=status, note=note)
     db.flush()
     return report
 
 
-def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, tz: str = "Europe/Istanbul",
-          now: datetime | None = None) -> Report:
-    """Merge a duplicate into another report: its reporter and followers follow the target (and
-    count as its supporters); they are told the code to follow."""
-    report, target = _require(db, code), _require(db, into_code)
+def merge(db: Session, code: str, into_code: str, actor: str, *, now: datetime | None = None) -> Report:
+    """Merge a duplicate into another report: its reporter and followers whose consent stands follow
+    the target (and count as its supporters). Telling them is conversations/domain/reports.py's."""
+    report, target = require(db, code), require(db, into_code)
     if report.id == target.id:
-        raise ReportError(N_("report.error.merge_self"), code=report.code)
+        raise ReportError(("report.error.merge_self"), code=report.code)
     while target.status == "merged" and target.merged_into_id:
         target = db.get(Report, target.merged_into_id)
     if target.id == report.id or report.status == "merged":
-        raise ReportError(N_("report.error.merged"), code=report.code)
+        raise ReportError(("report.error.merged"), code=report.code)
     now = now or utcnow()
     previous = report.status
     people = consenting(db, audience_of(db, report))
@@ -525,23 +463,20 @@ def merge(db: Session, code: str, into_code: str, actor: str, *, catalog=None, t
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="merged", from_status=previous,
                        to_status="merged", note=target.code))
     db.add(ReportEvent(report_id=target.id, at=now, actor=actor[:64], kind="merged", note=report.code))
-    repo.audit(db, actor, "report.merged", report.code, into=target.code)
-    for resident_id in people:
-        outbox.notify_resident(db, resident_id, lambda t, lang: status_notification(
-            t, lang, report, catalog=catalog, into_code=target.code), tz=tz)
+    audit(db, actor, "report.merged", report.code, into=target.code)
     db.flush()
     return report
 
 
 def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", note: str = "",
-           window: timedelta = REOPEN_WINDOW, tz: str = "Europe/Istanbul", now: datetime | None = None) -> str:
-    """A resident says a resolved report is not solved: "reopened" (back to in progress, staff
-    told), "too_late" (more than `window` after resolution) or "not_resolved" (nothing to reopen)."""
-    report = _require(db, code)
+           window: timedelta = REOPEN_WINDOW, now: datetime | None = None) -> str:
+    """A resident says a resolved report is not solved: "reopened" (back to in progress),
+    "too_late" (more than `window` after resolution) or "not_resolved" (nothing to reopen)."""
+    report = require(db, code)
     now = now or utcnow()
     if report.status != "resolved":
         return "not_resolved"
-    resolved_at = _aware(report.resolved_at or report.updated_at)
+    resolved_at = aware(report.resolved_at or report.updated_at)
     if now - resolved_at > window:
         return "too_late"
     actor = actor or (f"resident:{resident_id}" if resident_id else "system")
@@ -553,9 +488,7 @@ def reopen(db: Session, code: str, resident_id: int | None, *, actor: str = "", 
     db.add(report)
     db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="reopened", from_status="resolved",
                        to_status="in_progress", note=note[:1000]))
-    repo.audit(db, actor, "report.reopened", report.code, count=report.reopened_count)
-    notify_staff(db, lambda t: Outbound(text=t("report.staff.reopened", code=report.code,
-                                                count=report.reopened_count)))
+    audit(db, actor, "report.reopened", report.code, count=report.reopened_count)
     db.flush()
     return "reopened"
 
@@ -564,10 +497,10 @@ def rate(db: Session, code: str, resident_id: int | None, rating: int, *, now: d
     """A 1-5 rating of how a resolved report was handled (ReportError for any other status). The
     reporter's rating is the report's; a follower's is kept in the history."""
     if not 1 <= int(rating) <= 5:
-        raise ReportError(N_("report.error.bad_rating"))
-    report = _require(db, code)
+        raise ReportError(("report.error.bad_rating"))
+    report = require(db, code)
     if report.status != "resolved":  # a button from an old message, after a reopening
-        raise ReportError(N_("report.error.rate_not_resolved"), code=report.code)
+        raise ReportError(("report.error.rate_not_resolved"), code=report.code)
     now = now or utcnow()
     if resident_id is not None and report.resident_id == resident_id:
         report.rating = int(rating)
@@ -579,19 +512,16 @@ def rate(db: Session, code: str, resident_id: int | None, rating: int, *, now: d
     return report
 
 
-def notify_staff(db: Session, build: Callable[[Translator], Outbound]) -> int:
-    """A message to every staff member with a Telegram id (in their resident language if they
-    also use the bot as a resident, else Turkish), through the outbox."""
-    count = 0
-    for staff in db.exec(select(Staff).where(Staff.telegram_id.is_not(None))):
-        identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.channel == "telegram",
-                                                         ChannelIdentity.address == staff.telegram_id)).first()
-        resident = db.get(Resident, identity.resident_id) if identity else None
-        lang = resident.locale if resident else "tr"
-        outbox.enqueue(db, "telegram", staff.telegram_id, build(translator(lang)),
-                       resident_id=resident.id if resident else None, kind="notification")
-        count += 1
-    return count
+def staff_recipients(db: Session, channel: str) -> list[tuple[str, Resident | None]]:
+    """Every staff member's address on `channel` (telegram, whatsapp, console), with the resident
+    record they also use the bot as, if any (whose language they read)."""
+    column = {"telegram": Staff.telegram_id, "whatsapp": Staff.whatsapp, "console": Staff.console}[channel]
+    found = []
+    for address in db.exec(select(column).where(column.is_not(None)).order_by(Staff.id)):
+        identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.channel == channel,
+                                                         ChannelIdentity.address == address)).first()
+        found.append((address, db.get(Resident, identity.resident_id) if identity else None))
+    return found
 
 
 # ---------------------------------------------------------------- export and erase
@@ -668,11 +598,5 @@ def withdraw_consent(db: Session, resident_id: int) -> None:
     db.exec(delete(ReportFollower).where(ReportFollower.resident_id == resident_id))
 
 
-def _aware(dt: datetime) -> datetime:
-    from datetime import timezone
-
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def _iso(dt: datetime | None) -> str | None:
-    return _aware(dt).isoformat() if dt else None
+    return aware(dt).isoformat() if dt else None

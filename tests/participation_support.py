@@ -8,6 +8,7 @@ from itertools import count
 from sqlmodel import Session, select
 
 from conversations.messages import Inbound, Kind, Outbound
+from conversations.when import parse_when
 from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, OutboxMessage, Staff
 
@@ -75,10 +76,13 @@ def make_staff(app, person: Person) -> Person:
     return person
 
 
-def local(app, text: str) -> datetime:
-    from conversations.participation import parse_local
+def local_time(text: str, tz: str = "Europe/Istanbul", *, base: datetime | None = None) -> datetime:
+    """A local time as staff type it ("2030-11-30 14:00"), read by the one parser (past or not)."""
+    return parse_when(text, utcnow(), tz, max_ahead=None, base=base, future=False)
 
-    return parse_local(text, app.engine.config.timezone)
+
+def local(app, text: str) -> datetime:
+    return local_time(text, app.engine.config.timezone)
 
 
 def soon(**kw) -> datetime:

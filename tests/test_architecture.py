@@ -1,5 +1,6 @@
 """The layout rules that keep the code base channel-agnostic."""
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,46 @@ def test_storage_never_imports_a_channel_library():
             if name.split(".")[0] in FORBIDDEN:
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
+
+
+def _imports_of_layer(layer: str) -> dict[str, set[str]]:
+    """Every module of a top-level folder → the modules it imports (at any depth: a function's
+    import counts as much as the file's)."""
+    return {str(path.relative_to(ROOT)): imported_modules(path) for path in sorted((ROOT / layer).rglob("*.py"))}
+
+
+def _offenders(layer: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{path} imports {name}" for path, names in _imports_of_layer(layer).items() for name in sorted(names)
+            if name.split(".")[0] in forbidden]
+
+
+def test_storage_imports_neither_conversations_nor_handlers_nor_bot():
+    """The arrows point one way: handlers → conversations → storage (bot/ wires them). Storage keeps
+    persistence only: it builds no message and holds no user-facing text."""
+    assert _offenders("storage", ("conversations", "handlers", "bot")) == []
+    # no catalog lookups either: the words are conversations/notify.py's
+    marked = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "storage").rglob("*.py"))
+              if re.search(r"\b(N_|t_in|translator)\(", path.read_text(encoding="utf-8"))]
+    assert marked == []
+
+
+def test_conversations_import_no_handler_and_no_bot_module():
+    assert _offenders("conversations", ("handlers", "bot")) == []
+
+
+def test_storage_and_conversations_agree_on_the_languages():
+    """storage/broadcasts.py buckets residents by language without importing conversations."""
+    from conversations.i18n import LANGUAGES
+    from storage import broadcasts
+
+    assert broadcasts.LANGUAGES == LANGUAGES
+
+
+def test_one_aware_for_the_whole_code_base():
+    """Datetimes read back from SQLite are made UTC-aware by storage.db.aware, not by copies."""
+    copies = [str(path.relative_to(ROOT)) for folder in ("bot", "conversations", "handlers", "storage")
+              for path in sorted((ROOT / folder).rglob("*.py")) if "def _aware(" in path.read_text(encoding="utf-8")]
+    assert copies == []
 
 
 def test_states_are_named_strings():

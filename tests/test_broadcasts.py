@@ -17,8 +17,11 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
+from conversations.domain import broadcasts as dbc
 from conversations.i18n import t_in
 from conversations.messages import Inbound, Kind
+from conversations.notify import BroadcastWords
+from conversations.permissions import Actor
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox
@@ -208,8 +211,8 @@ def test_fan_out_rows_and_payload_languages(make_app, db_url):
             add_resident(db, consents=(False,))
     bid = new_broadcast(app, photo="/media/afis.jpg")
     assert bc.claim_due(app.db, "w1") == [bid]
-    assert bc.fan_out(app.db, bid, "w1", chunk=3) == 5
-    assert bc.fan_out(app.db, bid, "w1", chunk=3) == 0            # done: nothing written twice
+    assert dbc.fan_out(app.db, bid, "w1", chunk=3) == 5
+    assert dbc.fan_out(app.db, bid, "w1", chunk=3) == 0            # done: nothing written twice
     assert bc.claim_due(app.db, "w2") == []
     rows = rows_of(app, bid)
     by_resident = {row.resident_id: row for row in rows}
@@ -259,11 +262,11 @@ def test_fan_out_resumes_a_crashed_workers_fan_out(make_app):
     assert bc.claim_due(app.db, "dead") == [bid]
     with transaction(app.db) as db:  # the dead worker wrote the first chunk, then stopped
         b = db.get(Broadcast, bid)
-        b.total = bc._insert_chunk(db, b, 0, ids[4], utcnow())
+        b.total = bc._insert_chunk(db, b, 0, ids[4], utcnow(), BroadcastWords())
         b.fanout_cursor = ids[4]
         b.fanout_until = utcnow() - timedelta(seconds=1)
         db.add(b)
-    bc.tick(app.db, "alive")
+    dbc.tick(app.db, "alive")
     rows = rows_of(app, bid)
     assert sorted(r.resident_id for r in rows) == ids
     assert get(app, bid).total == 10
@@ -284,7 +287,7 @@ def test_scheduled_broadcast_fires_at_its_time_exactly_once(make_app, db_url):
     def worker(engine, name):
         while not stop.is_set():
             try:
-                bc.tick(engine, name)
+                dbc.tick(engine, name)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
             time.sleep(0.05)
@@ -319,9 +322,9 @@ def test_cancel_a_scheduled_broadcast(make_app):
         add_resident(db)
     bid = new_broadcast(app, at=utcnow() + timedelta(hours=1))
     with transaction(app.db) as db:
-        done = bc.cancel(db, bid, "cli:ayse")
+        done = dbc.cancel(db, Actor.cli("cli:ayse"), bid)
         assert (done.withdrawn, done.already) == (0, 0)
-        assert bc.cancel(db, bid, "cli:ayse") is None       # once
+        assert dbc.cancel(db, Actor.cli("cli:ayse"), bid) is None       # once
     assert bc.claim_due(app.db, "w", now=utcnow() + timedelta(hours=2)) == []
     b = get(app, bid)
     assert (b.status, b.cancelled_by) == ("cancelled", "cli:ayse") and rows_of(app, bid) == []
@@ -337,18 +340,18 @@ def test_cancel_a_running_broadcast(make_app, db_url):
         for _ in range(6):
             add_resident(db)
     bid = new_broadcast(app, notify="telegram:900", audience={"language": "tr"})
-    bc.tick(app.db, "w")
+    dbc.tick(app.db, "w")
     with transaction(app.db) as db:
         claimed = outbox.claim(db, "dispatcher", "telegram", 2, timedelta(seconds=30))
         assert len(claimed) == 2
     with transaction(app.db) as db:
-        done = bc.cancel(db, bid, "staff:7")
+        done = dbc.cancel(db, Actor(who="staff:7", role="admin"), bid)
     assert (done.withdrawn, done.already) == (4, 2)
     statuses = collections.Counter(r.status for r in rows_of(app, bid))
     assert statuses == {"cancelled": 4, "sending": 2}            # claimed rows may still go
     with transaction(app.db) as db:
         outbox.mark_sent(db, [r.id for r in claimed])
-    bc.check_running(app.db)
+    dbc.check_running(app.db)
     assert get(app, bid).status == "cancelled"
     with transaction(app.db) as db:
         notices = db.exec(select(OutboxMessage).where(OutboxMessage.address == "900")).all()
@@ -363,7 +366,7 @@ def test_progress_and_summary_to_the_creator(make_app, db_url):
         for _ in range(10):
             add_resident(db)
     bid = new_broadcast(app, notify="telegram:900")
-    bc.tick(app.db, "w")
+    dbc.tick(app.db, "w")
 
     def notices():
         with transaction(app.db) as db:
@@ -373,17 +376,17 @@ def test_progress_and_summary_to_the_creator(make_app, db_url):
     ids = [r.id for r in rows_of(app, bid)]
     with transaction(app.db) as db:
         db.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids[:5])).values(status="sent"))
-    bc.check_running(app.db)                                         # half done, but only just started
+    dbc.check_running(app.db)                                         # half done, but only just started
     assert notices() == []
     later = utcnow() + timedelta(seconds=31)
-    bc.check_running(app.db, now=later)
-    bc.check_running(app.db, now=later + timedelta(seconds=1))       # same decile: once
+    dbc.check_running(app.db, now=later)
+    dbc.check_running(app.db, now=later + timedelta(seconds=1))       # same decile: once
     assert len(notices()) == 1 and "50%" in notices()[0]
     with transaction(app.db) as db:
         db.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids[5:9])).values(status="sent"))
         db.exec(update(OutboxMessage).where(OutboxMessage.id == ids[9]).values(status="failed"))
-    assert bc.check_running(app.db) == [bid]
-    assert bc.check_running(app.db) == []
+    assert dbc.check_running(app.db) == [bid]
+    assert dbc.check_running(app.db) == []
     b = get(app, bid)
     assert (b.status, b.sent, b.failed) == ("done", 9, 1) and b.finished_at is not None
     summary = notices()[-1]
@@ -414,7 +417,7 @@ def test_fan_out_of_50000_residents_is_streamed(make_app, figure):
     bid = new_broadcast(app, texts={"tr": "Merhaba", "en": "Hello", "ar": "مرحبا"})
     started = time.perf_counter()
     bc.claim_due(app.db, "w")
-    written = bc.fan_out(app.db, bid, "w")
+    written = dbc.fan_out(app.db, bid, "w")
     elapsed = time.perf_counter() - started
     assert written == 45_000
     figure(f"fan-out: {written} rows in {elapsed:.2f}s = {written / elapsed:,.0f} rows/s")

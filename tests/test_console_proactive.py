@@ -7,7 +7,7 @@ import time
 
 from conversations.i18n import translator
 from conversations.messages import Outbound
-from storage import outbox
+from conversations.notify import notify_resident
 from storage.db import make_engine, transaction
 from storage.models import ChannelIdentity
 from sqlmodel import select
@@ -38,7 +38,7 @@ def test_a_queued_notification_is_printed_in_the_running_chat(tmp_path):
             time.sleep(0.2)
         assert resident_id is not None
         with transaction(db) as s:
-            assert outbox.notify_resident(s, resident_id, lambda t, lang: Outbound(text="🔔 " + t("menu.title"))) == 1
+            assert notify_resident(s, resident_id, lambda t, lang: Outbound(text="🔔 " + t("menu.title"))) == 1
         time.sleep(3)  # the chat prints queued messages every second
         db.dispose()
     finally:

@@ -22,7 +22,7 @@ from conversations.i18n import LANGUAGES, translator
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from conversations.registry import Router
 from conversations.step import IDLE, KIND_NAMES, Go, Stay
-from storage import repo
+from storage.audit import audit
 from storage.db import transaction
 from storage.models import (
     CONSENT_PURPOSES,
@@ -703,7 +703,7 @@ def crash_prompt(ctx):
 @crash_prompt.on_input
 def on_crash(ctx, msg):
     """Writes through every way a state has (the ORM, the step's connection, the profile), then fails."""
-    repo.audit(ctx.db, ctx.actor, "test.crashed", f"resident:{ctx.resident.id}")
+    audit(ctx.db, ctx.actor, "test.crashed", f"resident:{ctx.resident.id}")
     ctx.db.add(ConsentRecord(resident_id=ctx.resident.id, purpose="announcements", granted=False,
                              notice_version="test", channel=ctx.channel))
     ctx.db.flush()

@@ -18,12 +18,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select as sa_select, text
+from sqlalchemy import func, inspect, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
 
 from bot.dispatcher import Dispatcher
-from conversations import participation as P
+from conversations.domain import events as event_ops
+from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from handlers.whatsapp import to_inbound
 from storage import reports as rp
 from storage.attachments import MediaUpload
@@ -31,9 +34,9 @@ from storage.db import make_engine, transaction, utcnow
 from storage.linking import resident_columns
 from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, Broadcast, ConversationSession, OutboxMessage, Resident, Staff
-from tests.participation_support import Person
+from tests.participation_support import Person, local_time
 from tests.privacy_support import dump, jpeg, strings_in
-from tests.test_whatsapp import AYSE, MEHMET, numbered, wa, twilio  # noqa: F401  (fixtures)
+from tests.test_whatsapp import AYSE, MEHMET, numbered, twilio, wa  # noqa: F401  (fixtures)
 
 CODE = re.compile(r"[A-Z]{2,5}-\d{4}-\d{6}")
 TG_AYSE = 8123456789          # Ayşe's Telegram chat id
@@ -210,14 +213,14 @@ async def live_a_life(h, tg) -> Life:
     await ayse.tap("keep")
     await ayse.tap("save")
     tz = app.engine.config.timezone
-    start = P.parse_local("2030-11-30 10:00", tz)
+    start = local_time("2030-11-30 10:00", tz)
     with transaction(app.db) as db:
-        call = P.create_call(db, pools=["environment"], what="Fidan dikimi", place="Buca Göleti", starts_at=start,
-                             ends_at=start + timedelta(hours=3), capacity=5, created_by="staff:1",
-                             catalog=app.catalog, tz=tz)
-        event = P.create_event(db, title={"tr": "İklim paneli"}, starts_at=utcnow() + timedelta(days=3),
-                               ends_at=utcnow() + timedelta(days=3, hours=2), place="Buca Kent Konseyi",
-                               created_by="staff:1")
+        call = call_ops.create_call(db, Actor.cli("staff:1"), pools=["environment"], what="Fidan dikimi",
+                                    place="Buca Göleti", starts_at=start, ends_at=start + timedelta(hours=3),
+                                    capacity=5, catalog=app.catalog, tz=tz)
+        event = event_ops.create_event(db, Actor.cli("staff:1"), title={"tr": "İklim paneli"},
+                                       starts_at=utcnow() + timedelta(days=3),
+                                       ends_at=utcnow() + timedelta(days=3, hours=2), place="Buca Kent Konseyi")
     await ayse.tap(f"vc:{call.id}:y")
 
     # an event: registered, then a rating with a comment

@@ -7,32 +7,44 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
+from conversations import attendance, calendar_files
+from conversations.domain import events as event_ops
 from conversations.i18n import t_in, translator
-from storage.db import transaction, utcnow
+from conversations.permissions import Actor, Refused
+from conversations.when import span_text
+from storage.db import aware, transaction, utcnow
+from storage.models import AuditLog
 from storage.participation import Event, EventFeedback, Reminder, Rsvp
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.participation_support import Person, make_staff
+from tests.participation_support import Person, local_time, make_staff
 
 START = "2030-11-30 14:00"  # a Saturday, Istanbul time
+IST = ZoneInfo("Europe/Istanbul")
+
+
+def tomorrow_at(hour: int) -> datetime:
+    """Tomorrow at hour:00, Istanbul time, as aware UTC."""
+    day = utcnow().astimezone(IST).date() + timedelta(days=1)
+    return datetime.combine(day, time(hour), tzinfo=IST).astimezone(ZoneInfo("UTC"))
 
 
 def add_event(app, *, start: str = START, hours: float = 2, capacity: int | None = None, **kw) -> Event:
     tz = app.engine.config.timezone
-    starts = P.parse_local(start, tz) if isinstance(start, str) else start
+    starts = local_time(start, tz) if isinstance(start, str) else start
     values = dict(title={"tr": "İklim Paneli", "en": "Climate Panel", "ar": "ندوة المناخ"},
                   description={"tr": "Buca'nın iklim eylem planı; soru-cevap.", "en": "Buca's climate plan; Q&A."},
                   type="panel", place="Buca Kent Konseyi, Salon A", latitude=38.3886, longitude=27.1751)
     values.update(kw)
     with transaction(app.db) as db:
-        return P.create_event(db, starts_at=starts, ends_at=starts + timedelta(hours=hours), capacity=capacity,
-                              created_by="test", **values)
+        return event_ops.create_event(db, Actor.cli("test"), starts_at=starts,
+                                      ends_at=starts + timedelta(hours=hours), capacity=capacity, **values)
 
 
 def rsvps(app, event_id) -> dict[int, tuple[str, int | None]]:
@@ -61,7 +73,8 @@ def test_list_detail_rsvp_and_calendar_file(make_app):
     assert (detail.latitude, detail.longitude, detail.venue_title) == (38.3886, 27.1751, "Buca Kent Konseyi, Salon A")
     ayse.tap("rsvp")
     registered = ayse.last[0]
-    assert registered.text.startswith(t_in("tr", "event.registered", title="İklim Paneli", when="")[:20])
+    assert registered.text == t_in("tr", "event.registered", title="İklim Paneli",
+                                   when="30 Kasım 2030 Cumartesi 14:00–16:00")
     ics = registered.document
     assert (ics.filename, ics.content_type) == (f"etkinlik-{event.id}.ics", "text/calendar")
     assert f"UID:event-{event.id}@katilim.bca\r\n" in ics.data
@@ -78,9 +91,9 @@ def test_list_detail_rsvp_and_calendar_file(make_app):
 
 def test_ics_escaping_and_folding():
     event = Event(id=7, title={"tr": "Panel; iklim, su\\enerji\nikinci satır " + "ç" * 80}, description={},
-                  starts_at=P.parse_local("2030-06-01 09:00", "Europe/Istanbul"),
-                  ends_at=P.parse_local("2030-06-01 10:30", "Europe/Istanbul"), place="A, B; C", checkin_token="x")
-    text = P.event_ics(event, "tr")
+                  starts_at=local_time("2030-06-01 09:00", "Europe/Istanbul"),
+                  ends_at=local_time("2030-06-01 10:30", "Europe/Istanbul"), place="A, B; C", checkin_token="x")
+    text = calendar_files.event_ics(event, "tr")
     lines = text.split("\r\n")
     assert all(len(line.encode("utf-8")) <= 75 for line in lines)
     unfolded = text.replace("\r\n ", "")
@@ -167,8 +180,8 @@ def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app,
     with Session(app.db) as db:
         after = {r.resident_id: r for r in db.exec(select(Reminder).where(Reminder.offset_seconds == 7200))}
     assert after[ali.resident_id].id == before.id  # the same reminder, moved with the event
-    new_due = P.parse_local("2030-12-02 08:00", "Europe/Istanbul")
-    assert P.aware(after[ali.resident_id].due_at) == new_due == P.aware(after[berk.resident_id].due_at)
+    new_due = local_time("2030-12-02 08:00", "Europe/Istanbul")
+    assert aware(after[ali.resident_id].due_at) == new_due == aware(after[berk.resident_id].due_at)
 
     listed = katilim(tmp_path, app, "events", "attendees", str(event.id))
     assert "going 2, waiting 0" in listed.stdout
@@ -194,7 +207,7 @@ def test_cli_add_validates_and_lists(make_app, tmp_path):
     with Session(app.db) as db:
         event = db.get(Event, 1)
     assert (event.title, event.capacity) == ({"tr": "Odak Grubu: Parklar", "en": "Focus group: parks"}, 12)
-    assert P.aware(event.registration_deadline) == P.parse_local("2030-11-29 18:00", "Europe/Istanbul")
+    assert aware(event.registration_deadline) == local_time("2030-11-29 18:00", "Europe/Istanbul")
 
 
 def test_staff_add_and_edit_an_event_on_the_chat(make_app):
@@ -352,9 +365,9 @@ def test_feedback_after_the_event(make_app, tmp_path):
         p.tap("rsvp")
     ended = utcnow() + timedelta(hours=3)
     with transaction(app.db) as db:
-        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 2
+        assert attendance.request_feedback(db, ended, tz="Europe/Istanbul") == 2
     with transaction(app.db) as db:
-        assert P.request_feedback(db, ended, tz="Europe/Istanbul") == 0  # asked once
+        assert attendance.request_feedback(db, ended, tz="Europe/Istanbul") == 0  # asked once
     (ask,) = ali.notifications()
     assert ask.text == t_in("tr", "event.feedback.ask", title="İklim Paneli")
     assert [c.key for c in ask.choices] == [f"fb:{event.id}:{n}" for n in range(1, 6)]
@@ -410,3 +423,118 @@ def test_merging_two_residents_keeps_one_place(make_app):
     assert rsvps(app, event.id) == {keep: ("going", None), waiting_id: ("going", None)}
     with Session(app.db) as db:
         assert db.get(Event, event.id).going == 2
+
+
+# ---------------------------------------------------------------- /etkinlikekle: times and numbers (issue 14, item 17)
+def _to_the_start_step(staff: Person) -> None:
+    staff.send("/etkinlikekle")
+    staff.send("Mahalle Buluşması")
+    for _ in range(5):  # the other titles and descriptions
+        staff.tap("skip")
+    staff.tap("t:panel")
+
+
+def test_add_event_shows_a_future_example_reads_tomorrow_and_one_place(make_app):
+    app = make_app()
+    staff = make_staff(app, Person(app, "memur").onboard())
+    _to_the_start_step(staff)
+    in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
+    assert staff.texts() == f"Başlangıç tarihi ve saati (İstanbul saati)? Örneğin {in_two_days} 14:00 ya da yarın 18:00"
+    staff.send("yarın 18:00")
+    assert staff.texts() == "Bitiş saati (örneğin 16:00) ya da tarih ve saat"
+    staff.send("20:00")
+    staff.send("Buca Kent Konseyi")
+    staff.tap("skip")  # no pin
+    assert staff.texts() == "Kaç kişilik yer var? (1 ile 10.000 arasında bir sayı yazın)"
+    for too_many_or_few in ("10001", "0", "99999"):
+        staff.send(too_many_or_few)
+        assert staff.texts() == ("Lütfen 1 ile 10.000 arasında bir sayı yazın.\n"
+                                 "Kaç kişilik yer var? (1 ile 10.000 arasında bir sayı yazın)")
+    staff.send("1")  # one place, not the first button ("Sınır yok")
+    assert staff.texts() == t_in("tr", "event.add.deadline")
+    staff.send("17:00")  # the day of the start
+    staff.tap("save")
+    with Session(app.db) as db:
+        event = db.get(Event, 1)
+    assert (event.capacity, aware(event.starts_at), aware(event.ends_at), aware(event.registration_deadline)) == (
+        1, tomorrow_at(18), tomorrow_at(20), tomorrow_at(17))
+
+    staff.tap("edit")  # the edit menu's number step reads numbers the same way
+    staff.tap("capacity")
+    staff.send("10.000")
+    staff.tap("edit")
+    staff.tap("capacity")
+    staff.send("1")
+    with Session(app.db) as db:
+        assert db.get(Event, 1).capacity == 1
+
+
+def test_add_event_explains_a_date_it_cannot_read_in_english(make_app):
+    app = make_app()
+    staff = make_staff(app, Person(app, "memur").onboard(lang="en"))
+    _to_the_start_step(staff)
+    in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
+    prompt = f"Start date and time (Istanbul time)? For example {in_two_days} 14:00 or tomorrow 18:00"
+    assert staff.texts() == prompt
+    staff.send("next friday")
+    assert staff.texts() == ("We could not read this date. Write the date and time as DD.MM.YYYY HH:MM, "
+                             "or like “tomorrow 18:00”.\n" + prompt)
+    staff.send("tomorrow 9:00")
+    assert staff.texts() == "End time (e.g. 16:00), or a date and time"
+
+
+def test_cli_add_reads_tomorrow_as_the_chat_does(make_app, tmp_path):
+    app = make_app()
+    ok = katilim(tmp_path, app, "events", "add", "--title", "Yarın Paneli", "--start", "yarın 18:00", "--end", "20:00")
+    assert ok.returncode == 0, ok.stderr
+    when = span_text(tomorrow_at(18), tomorrow_at(20), "tr", "Europe/Istanbul")
+    assert ok.stdout == f"event 1 [active] Yarın Paneli · other · {when} · - · places unlimited\n"
+    past = katilim(tmp_path, app, "events", "add", "--title", "Dün", "--start", "01.12.2020 10:00", "--end", "12:00")
+    assert (past.returncode, past.stdout, past.stderr) == (1, "", "katilim: Bu zaman geçmişte kalıyor.\n")
+
+
+# ---------------------------------------------------------------- the staff operations (conversations/domain/events.py)
+def test_event_operations_refuse_a_viewer_and_a_resident_and_audit_it(make_app):
+    app = make_app()
+    event = add_event(app)
+    viewer, resident = Actor(who="staff:7", role="viewer", staff_id=7), Actor(who="resident:3", role="resident")
+    tz = app.engine.config.timezone
+    for actor in (viewer, resident):
+        with transaction(app.db) as db:  # the front end catches Refused and commits: the audit row stays
+            with pytest.raises(Refused) as refused:
+                event_ops.create_event(db, actor, title={"tr": "Yeni"}, starts_at=utcnow() + timedelta(days=1),
+                                       ends_at=utcnow() + timedelta(days=1, hours=1))
+            assert t_in("tr", refused.value.key) == "Bu işlem için yetkiniz yok."
+            with pytest.raises(Refused):
+                event_ops.update_event(db, actor, event.id, event_ops.EventChange(capacity=3), now=utcnow(),
+                                       offsets=(), tz=tz)
+            with pytest.raises(Refused):
+                event_ops.cancel_event(db, actor, event.id, now=utcnow(), tz=tz)
+    with Session(app.db) as db:
+        rows = [(a.actor, a.action, a.target, a.details) for a in db.exec(
+            select(AuditLog).where(AuditLog.action == "refused").order_by(AuditLog.id))]
+        assert rows == [(actor.who, "refused", target, {"attempted": "event.manage", "role": actor.role})
+                        for actor in (viewer, resident) for target in ("event:new", f"event:{event.id}",
+                                                                       f"event:{event.id}")]
+        assert [e.id for e in db.exec(select(Event))] == [event.id]
+        assert (db.get(Event, event.id).status, db.get(Event, event.id).capacity) == ("active", None)
+
+
+def test_cancelling_an_event_tells_the_attendees_in_the_same_transaction(make_app):
+    app = make_app()
+    event = add_event(app)
+    ayse = Person(app, "ayse").onboard()
+    ayse.send(f"/start ev_{event.id}")
+    ayse.tap("rsvp")
+    staff = Actor(who="staff:1", role="staff", staff_id=1)
+    with transaction(app.db) as db:
+        done = event_ops.cancel_event(db, staff, event.id, now=utcnow(), tz=app.engine.config.timezone)
+        again = event_ops.cancel_event(db, staff, event.id, now=utcnow(), tz=app.engine.config.timezone)
+    assert (done.id, done.told, done.already) == (event.id, 1, False)
+    assert (again.told, again.already) == (0, True)
+    assert [n.text for n in ayse.notifications()] == [
+        f"❌ İklim Paneli ({span_text(event.starts_at, event.ends_at, 'tr', 'Europe/Istanbul')}) iptal edildi. "
+        "Üzgünüz; diğer etkinlikler için /etkinlikler yazabilirsiniz."]
+    with Session(app.db) as db:
+        assert [(a.actor, a.action) for a in db.exec(select(AuditLog).where(AuditLog.target == f"event:{event.id}"))
+                ] == [("test", "event.created"), ("staff:1", "event.cancelled")]

@@ -69,7 +69,7 @@ def add_report(app, category="road", *, days_ago: float = 0, status: str | None 
         report = create_report(db, prefix="BCA", resident_id=None, category=category, description="x",
                                now=utcnow() - timedelta(days=days_ago), media=media)
         if status:
-            set_status(db, report.code, status, "staff:1", note=note, notify=False)
+            set_status(db, report.code, status, "staff:1", note=note)
         return report.code
 
 

@@ -92,7 +92,7 @@ async def test_public_open311_shows_nothing_identifying_a_resident(make_app, tg,
         report = rp.get_by_code(db, code)
         [photo] = rp.media_of(db, report.id, kind="photo")
         assert report.description == DESCRIPTION and (report.latitude, report.longitude) == PIN
-        rp.set_status(db, code, "in_progress", "staff:1", note="Ekip yönlendirildi", notify=False)
+        rp.set_status(db, code, "in_progress", "staff:1", note="Ekip yönlendirildi")
         public_key = apikeys.create_key(db, "open-data")[1]
         full_key = apikeys.create_key(db, "crm-full", scope="full")[1]
     stored = open(photo.path, "rb").read()

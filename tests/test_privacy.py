@@ -9,9 +9,13 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
-from conversations.reports import CODE_RE
+from conversations import attendance, pools, reminders
+from conversations.domain import broadcasts as dbc
+from conversations.domain import events as event_ops
+from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in
+from conversations.permissions import Actor
+from conversations.reports import CODE_RE
 from storage import broadcasts as bc
 from storage import reports as rp
 from storage.db import transaction, utcnow
@@ -67,7 +71,7 @@ def test_withdrawing_reports_stops_the_news_of_reports(make_app, db_url):
         assert rp.followers_of(db, rp.get_by_code(db, code).id) == [other_id]
         assert rp.get_by_code(db, code).supporters == 2                 # an anonymous count, kept
     with transaction(app.db) as db:
-        rp.set_status(db, code, "resolved", "staff:1", catalog=app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:1", role="admin"), code, "resolved", catalog=app.catalog)
     assert outbox_for(app, ayse.resident_id, kind="notification") == []      # no news for the reporter
     assert outbox_for(app, mehmet.resident_id, kind="notification") == []
     assert len(outbox_for(app, other.resident_id, kind="notification")) == 1  # who still consents is told
@@ -104,16 +108,16 @@ def test_withdrawing_volunteering_leaves_the_pools_and_the_calls(make_app, db_ur
     # no new calls reach them, and an old call's button asks for the consent
     call2 = new_call(app, ["environment"], "2030-12-07 10:00", 3)
     with Session(app.db) as db:
-        assert vol_id not in P.matching_volunteers(db, db.get(VolunteerCall, call2.id), "Europe/Istanbul")
+        assert vol_id not in pools.matching_volunteers(db, db.get(VolunteerCall, call2.id), "Europe/Istanbul")
     vol.tap(f"vc:{call2.id}:y")
     assert vol.texts() == t_in("tr", "volunteer.call.unknown")
     # a volunteer who withdrew before withdrawals had effects (their answer still on record): the
     # call's button asks for the consent instead of taking a place
     reserve_id = reserve.resident_id
     with transaction(app.db) as db:
-        from storage import repo
+        from storage.consents import record_consent
 
-        repo.record_consent(db, reserve_id, "volunteering", False, "old")
+        record_consent(db, reserve_id, "volunteering", False, "old")
     reserve.tap(f"vc:{call.id}:t")
     assert reserve.texts() == t_in("tr", "volunteer.call.needs_consent")
     with Session(app.db) as db:
@@ -124,8 +128,9 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
     app = make_app(database_url=db_url)
     ayse = Person(app, "ayse").onboard()
     with transaction(app.db) as db:
-        event = P.create_event(db, title={"tr": "Atölye"}, starts_at=utcnow() + timedelta(days=3),
-                               ends_at=utcnow() + timedelta(days=3, hours=2), place="Kent Konseyi")
+        event = event_ops.create_event(db, Actor.cli("test"), title={"tr": "Atölye"},
+                                       starts_at=utcnow() + timedelta(days=3),
+                                       ends_at=utcnow() + timedelta(days=3, hours=2), place="Kent Konseyi")
     ayse.send("/etkinlikler")
     ayse.tap(f"e:{event.id}")
     ayse.tap("rsvp")
@@ -137,9 +142,9 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
     with Session(app.db) as db:
         rows = db.exec(select(Reminder).where(Reminder.resident_id == ayse_id)).all()
         assert [(r.status, r.note) for r in rows] == [("dropped", "no_consent")] * 2
-        assert P.rsvp_of(db, event.id, ayse_id).status == "going"   # the registration stays
+        assert attendance.rsvp_of(db, event.id, ayse_id).status == "going"   # the registration stays
     with transaction(app.db) as db:   # at their time, nothing goes
-        assert P.send_due_reminders(db, utcnow() + timedelta(days=3) - timedelta(hours=24)).sent == 0
+        assert reminders.send_due_reminders(db, utcnow() + timedelta(days=3) - timedelta(hours=24)).sent == 0
     withdraw(ayse, "reminders")        # given again: the registration's reminders come back
     with Session(app.db) as db:
         rows = db.exec(select(Reminder).where(Reminder.resident_id == ayse_id)).all()
@@ -153,7 +158,7 @@ def test_withdrawing_announcements_cancels_the_queued_ones(make_app, db_url):
     with transaction(app.db) as db:
         b = bc.create(db, texts={"tr": "Su kesintisi"}, audience={}, created_by="staff:1")
     assert bc.claim_due(app.db, "w1") == [b.id]
-    assert bc.fan_out(app.db, b.id, "w1") == 2
+    assert dbc.fan_out(app.db, b.id, "w1") == 2
     said = withdraw(ayse, "announcements")
     assert t_in("tr", "privacy.stops.announcements") in said
     stopper.send("DUR")
@@ -217,7 +222,7 @@ def test_a_rating_only_for_a_resolved_report(make_app, db_url):
     assert ayse.texts() == t_in("tr", "report.error.rate_not_resolved", code=code,
                                 status=t_in("tr", "report.status.new"))
     with transaction(app.db) as db:
-        rp.set_status(db, code, "resolved", "staff:1", catalog=app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:1", role="admin"), code, "resolved", catalog=app.catalog)
     ayse.tap(f"rs:yes:{code}")
     ayse.tap(f"rr:4:{code}")
     assert ayse.texts().startswith(t_in("tr", "report.rated", rating=4, code=code))
@@ -229,5 +234,5 @@ def test_a_rating_only_for_a_resolved_report(make_app, db_url):
     with transaction(app.db) as db:
         assert rp.get_by_code(db, code).rating == 4
         with pytest.raises(rp.ReportError) as refused:
-            rp.rate(db, code, ayse_id, 3)
+            reports_domain.rate(db, Actor.resident(ayse_id), code, 3)
         assert refused.value.key == "report.error.rate_not_resolved"

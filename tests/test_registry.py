@@ -52,7 +52,7 @@ def test_the_registry_of_bot_features_builds():
     registry = build_registry()
     assert len(registry.states) > 70
     assert [r.name for r in registry.routers] == ["core", "linking", "reports", "staff_reports", "broadcasts",
-                                                  "participation", "events", "volunteering", "panel_link"]
+                                                  "participation", "reminders", "events", "volunteering", "panel_link"]
     # what the engine needs, and what withdrawing each consent stops
     assert "menu" in registry.states and "start" in registry.commands
     assert set(registry.withdrawals) == set(CONSENT_PURPOSES)

@@ -15,9 +15,12 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from conversations import participation as P
+from conversations import attendance
+from conversations.domain import events as event_ops
 from conversations.i18n import t_in
-from storage.db import transaction, utcnow
+from conversations.permissions import Actor
+from conversations.reminders import send_due_reminders
+from storage.db import aware, transaction, utcnow
 from storage.models import OutboxMessage
 from storage.participation import Event, Reminder
 from tests.conftest import test_env as subprocess_env
@@ -30,13 +33,13 @@ TZ = "Europe/Istanbul"
 def add_event(app, title: str, starts_in: timedelta, **kw) -> Event:
     starts = utcnow() + starts_in
     with transaction(app.db) as db:
-        return P.create_event(db, title={"tr": title, "en": title}, starts_at=starts,
-                              ends_at=starts + timedelta(hours=1), place="Buca Kent Konseyi", created_by="test", **kw)
+        return event_ops.create_event(db, Actor.cli("test"), title={"tr": title, "en": title}, starts_at=starts,
+                                      ends_at=starts + timedelta(hours=1), place="Buca Kent Konseyi", **kw)
 
 
 def register(app, event: Event, resident_id: int, offsets) -> None:
     with transaction(app.db) as db:
-        outcome, _ = P.register(db, event.id, resident_id, now=utcnow(), offsets=offsets)
+        outcome, _ = attendance.register(db, event.id, resident_id, now=utcnow(), offsets=offsets)
     assert outcome == "going"
 
 
@@ -64,7 +67,7 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert t_in("tr", "event.reminders_enabled") in ayse.texts() and "remind" not in ayse.keys()
     rows = reminders(app)
     assert [(r.offset_seconds, r.status) for r in rows] == [(86400, "pending"), (7200, "pending")]
-    assert P.aware(rows[0].due_at) == P.aware(event.starts_at) - timedelta(hours=24)
+    assert aware(rows[0].due_at) == aware(event.starts_at) - timedelta(hours=24)
 
     # consent withdrawn later: the reminders are dropped at once (the participation router's on_withdrawal)...
     ayse.send("/menu")
@@ -72,7 +75,7 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     ayse.tap("p:reminders")
     assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}
     with transaction(app.db) as db:
-        result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
+        result = send_due_reminders(db, aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
     assert (result.sent, result.dropped) == (0, 0)
 
     # ...and one whose consent went without that (recorded before withdrawals had effects) is
@@ -83,10 +86,10 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert [r.status for r in reminders(app)] == ["pending", "pending"]
     ayse_id = ayse.resident_id
     with transaction(app.db) as db:
-        from storage import repo
+        from storage.consents import record_consent
 
-        repo.record_consent(db, ayse_id, "reminders", False, "old")
-        result = P.send_due_reminders(db, P.aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
+        record_consent(db, ayse_id, "reminders", False, "old")
+        result = send_due_reminders(db, aware(event.starts_at) - timedelta(hours=2), grace=timedelta(hours=30), tz=TZ)
     assert (result.sent, result.dropped) == (0, 2)
     assert {(r.status, r.note) for r in reminders(app)} == {("dropped", "no_consent")}
 
@@ -111,7 +114,7 @@ def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(m
     def scan():
         barrier.wait()
         with transaction(app.db) as db:
-            results.append(P.send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ))
+            results.append(send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ))
 
     threads = [threading.Thread(target=scan) for _ in range(2)]
     for t in threads:
@@ -120,7 +123,7 @@ def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(m
         t.join(30)
     assert sum(r.sent for r in results) == 2 and sum(r.dropped for r in results) == 1
     with transaction(app.db) as db:
-        again = P.send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ)
+        again = send_due_reminders(db, utcnow(), grace=timedelta(minutes=30), tz=TZ)
     assert (again.sent, again.dropped) == (0, 0)
     sent = reminder_rows(app)
     assert sorted(r.resident_id for r in sent) == sorted(ids[1:])
@@ -152,7 +155,7 @@ async def test_reminder_delivered_through_telegram_at_the_right_time(make_app):
                          lambda: tg.push_callback(chat, "all"), lambda: tg.push_callback(chat, "skip")):
                 await push(step)
             event = add_event(app, "Gençlik Forumu", timedelta(seconds=9))
-            due_in = (P.aware(event.starts_at) - timedelta(seconds=3) - utcnow()).total_seconds()
+            due_in = (aware(event.starts_at) - timedelta(seconds=3) - utcnow()).total_seconds()
             due_mono = time.monotonic() + due_in
             await push(lambda: tg.push_text(chat, f"/start ev_{event.id}"))
             await push(lambda: tg.push_callback(chat, "rsvp"))

@@ -1,6 +1,6 @@
 """Report triage (issue 15, migration 0017): a new report goes to its category's department with
 its due time (working hours and Turkish holidays, or calendar hours), whichever way it is filed
-(chat, Open311 POST, the repository); staff answers and closings are dated; the free-text search
+(chat, Open311 POST, the domain operation); staff answers and closings are dated; the free-text search
 words follow the catalog's names. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from sqlmodel import select
 
 from bot.http import create_http_app
 from conversations import worktime
+from conversations.domain import reports as domain
+from conversations.permissions import Actor
 from storage import apikeys
 from storage import reports as rp
 from storage.db import make_engine, transaction, utcnow
@@ -65,8 +67,8 @@ def test_due_times_count_working_hours_weekends_and_holidays(make_app, db_url):
     with transaction(app.db) as db:
         def filed(category, local):
             created = local.astimezone(UTC)
-            return rp.create_report(db, prefix="BCA", resident_id=None, category=category, description="x",
-                                    mahalle="kozagac", catalog=app.catalog, now=created)
+            return domain.file(db, Actor.system(), prefix="BCA", category=category, description="x",
+                               mahalle="kozagac", catalog=app.catalog, now=created)
 
         istanbul = timezone(timedelta(hours=3))
         # Friday 4 December 2026, 16:00: 40 working hours are 1.5 on Friday, 32 Monday to
@@ -78,8 +80,8 @@ def test_due_times_count_working_hours_weekends_and_holidays(make_app, db_url):
         waste = filed("waste", datetime(2026, 10, 28, 12, 0, tzinfo=istanbul))
         assert (waste.department, waste.due_at) == ("temizlik_isleri", datetime(2026, 10, 30, 14, 0, tzinfo=UTC))
         # a category without a target has no due time; a category the catalog lacks, no department
-        stray = rp.create_report(db, prefix="BCA", resident_id=None, category="gone", description="x",
-                                 catalog=app.catalog, now=utcnow())
+        stray = domain.file(db, Actor.system(), prefix="BCA", category="gone", description="x",
+                            catalog=app.catalog, now=utcnow())
         assert (stray.department, stray.due_at) == ("", None)
         # the mahalle's name is searchable by its folded form
         assert "kozagac" in road.search_text
@@ -89,13 +91,13 @@ def test_first_response_and_closing_are_dated(make_app, db_url):
     app = make_app(database_url=db_url)
     start = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
     with transaction(app.db) as db:
-        a = rp.create_report(db, prefix="BCA", resident_id=None, category="road", description="a",
-                             catalog=app.catalog, now=start)
-        b = rp.create_report(db, prefix="BCA", resident_id=None, category="road", description="b",
-                             catalog=app.catalog, now=start)
-        rp.set_status(db, a.code, "seen", "staff:1", now=start + timedelta(hours=1), notify=False)
-        rp.set_status(db, a.code, "in_progress", "staff:2", now=start + timedelta(hours=2), notify=False)
-        rp.set_status(db, a.code, "resolved", "staff:2", now=start + timedelta(hours=3), notify=False)
+        a = domain.file(db, Actor.system(), prefix="BCA", category="road", description="a", catalog=app.catalog,
+                        now=start)
+        b = domain.file(db, Actor.system(), prefix="BCA", category="road", description="b", catalog=app.catalog,
+                        now=start)
+        rp.set_status(db, a.code, "seen", "staff:1", now=start + timedelta(hours=1))
+        rp.set_status(db, a.code, "in_progress", "staff:2", now=start + timedelta(hours=2))
+        rp.set_status(db, a.code, "resolved", "staff:2", now=start + timedelta(hours=3))
         rp.merge(db, b.code, a.code, "staff:3", now=start + timedelta(hours=4))
     with transaction(app.db) as db:
         a, b = rp.get_by_code(db, a.code), rp.get_by_code(db, b.code)

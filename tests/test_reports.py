@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from conversations.domain import reports as reports_domain
 from conversations.messages import Inbound, Kind, Media
+from conversations.permissions import Actor
 from storage import reports as rp
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import upgrade
@@ -77,17 +79,17 @@ class Chat:
 
     def state(self) -> str:
         from storage.models import ConversationSession
-        from storage import repo
+        from storage.residents import identity_for
 
         with transaction(self.app.db) as db:
-            _, resident = repo.identity_for(db, "console", self.address)
+            _, resident = identity_for(db, "console", self.address)
             return db.get(ConversationSession, resident.id).state
 
     def resident_id(self) -> int:
-        from storage import repo
+        from storage.residents import identity_for
 
         with transaction(self.app.db) as db:
-            return repo.identity_for(db, "console", self.address)[1].id
+            return identity_for(db, "console", self.address)[1].id
 
 
 @pytest.fixture
@@ -293,7 +295,7 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     ayse.text("/iptal")
     # resolved again; John (idle) says yes and rates by typing a number
     with transaction(app.db) as db:
-        rp.set_status(db, code, "resolved", "staff:1")
+        reports_domain.change_status(db, Actor(who="staff:1", role="admin"), code, "resolved")
     john.tap(f"rs:yes:{code}")
     assert john.state() == "report.rate"
     john.text("4")

@@ -22,9 +22,12 @@ from bot.catalog import CatalogError, load_catalog
 from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
 from bot.features import FEATURES, Feature
 from conversations.messages import Choice, Inbound, Kind, Outbound
+from conversations.notify import notify_residents
 from conversations.registry import Router
 from conversations.step import Stay
-from storage import outbox, repo
+from storage import outbox
+from storage.consents import current_consents
+from storage.residents import identity_for
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, current, upgrade
 from storage.models import OutboxMessage, Resident
@@ -282,7 +285,7 @@ def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
     assert not errors, errors
     assert chat.session.version == version + 2
     with transaction(app.db) as db:
-        now = repo.current_consents(db, chat.resident.id)
+        now = current_consents(db, chat.resident.id)
     assert now == {"reports": False, "volunteering": False, "reminders": True, "announcements": True}
 
 
@@ -301,7 +304,7 @@ def test_consent_history_keeps_its_order(make_app, db_url):
     times = [r.recorded_at for r in records]
     assert times == sorted(times)
     with transaction(app.db) as db:
-        assert repo.current_consents(db, chat.resident.id) == {
+        assert current_consents(db, chat.resident.id) == {
             "reports": True, "volunteering": True, "reminders": True, "announcements": False}
     replies = chat.cmd("verilerim")
     exported = json.loads(replies[0].document.data)["consents"]
@@ -380,7 +383,7 @@ def test_outbox_enqueue_and_claim(db_url):
 
 
 def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_url):
-    """outbox.notify_residents (reminders, calls, notifications in batches) writes its rows in one
+    """notify.notify_residents (reminders, calls, notifications in batches) writes its rows in one
     statement (PostgreSQL: one JSON parameter): the dispatcher reads them back exactly, in each
     resident's language, on the identity they wrote from last; the unreachable are left out."""
     engine = make_engine(db_url)
@@ -389,7 +392,7 @@ def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_
         with transaction(engine) as db:
             ids = []
             for n, (locale, unreachable) in enumerate([("tr", False), ("ar", False), ("en", True)]):
-                identity, resident = repo.identity_for(db, "telegram", f"90{n}", default_locale=locale)
+                identity, resident = identity_for(db, "telegram", f"90{n}", default_locale=locale)
                 identity.unreachable = unreachable
                 ids.append(resident.id)
             db.flush()
@@ -398,7 +401,7 @@ def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_
             def build(t, lang):
                 return Outbound(f"{lang}: Kozağaç «{t('common.back')}»", [Choice("ev:1:c", t("common.back"))])
 
-            reached = outbox.notify_residents(db, [(rid, build) for rid in ids], kind="reminder")
+            reached = notify_residents(db, [(rid, build) for rid in ids], kind="reminder")
         assert reached == set(ids[:2])
         with transaction(engine) as db:
             rows = outbox.claim(db, "w1", "telegram", 10, timedelta(seconds=30))

@@ -7,19 +7,25 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlmodel import Session, select
 
-from conversations import participation as P
+from conversations import participation_data
+from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in, translator
-from storage.db import transaction
+from conversations.permissions import Actor, Refused
+from conversations.when import span_text
+from storage.db import aware, transaction, utcnow
+from storage.models import AuditLog, Staff
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
-from tests.participation_support import Person, make_staff
+from tests.participation_support import Person, local_time, make_staff
 
 SATURDAY_10 = "2030-11-30 10:00"     # Saturday morning, Istanbul
+IST = ZoneInfo("Europe/Istanbul")
 WEDNESDAY_19 = "2030-11-27 19:00"    # Wednesday evening
 WEDNESDAY_10 = "2030-11-27 10:00"    # Wednesday morning
 
@@ -46,11 +52,11 @@ def join(person: Person, pool: str, avail: list[str], tags: list[str] = (), skil
 
 def new_call(app, pools, start: str, capacity: int, what="Fidan dikimi", end_hours=3) -> VolunteerCall:
     tz = app.engine.config.timezone
-    starts = P.parse_local(start, tz)
+    starts = local_time(start, tz)
     with transaction(app.db) as db:
-        return P.create_call(db, pools=pools, what=what, place="Buca Göleti", starts_at=starts,
-                             ends_at=starts + timedelta(hours=end_hours), capacity=capacity, created_by="test",
-                             catalog=app.catalog, tz=tz)
+        return call_ops.create_call(db, Actor.cli("test"), pools=pools, what=what, place="Buca Göleti",
+                                    starts_at=starts, ends_at=starts + timedelta(hours=end_hours), capacity=capacity,
+                                    catalog=app.catalog, tz=tz)
 
 
 def responses(app, call_id) -> dict[int, tuple[str, int | None]]:
@@ -172,7 +178,8 @@ def test_a_call_fills_up_then_the_reserve_list_takes_a_freed_place(make_app):
     assert responses(app, call.id) == {ali.resident_id: ("cancelled", None), berk.resident_id: ("reserve", 1),
                                        cem.resident_id: ("accepted", None)}
     with Session(app.db) as db:
-        reminders = {(r.resident_id, r.status) for r in db.exec(select(Reminder).where(Reminder.subject_kind == "call"))}
+        reminders = {(r.resident_id, r.status)
+                     for r in db.exec(select(Reminder).where(Reminder.subject_kind == "call"))}
     assert reminders == {(ali_id, "dropped"), (cem_id, "pending")}
 
     cem.send("/gonullu")
@@ -199,7 +206,7 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
         barrier = threading.Barrier(2)
         results: dict[str, str] = {}
 
-        def tap(p: Person) -> None:
+        def tap(p: Person, barrier=barrier, results=results, call=call) -> None:
             barrier.wait()
             results[p.address] = p.texts(p.tap(f"vc:{call.id}:t"))
 
@@ -208,7 +215,8 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
             t.start()
         for t in threads:
             t.join(30)
-        won = [a for a, text in results.items() if text.startswith(t_in("tr", "volunteer.call.place_yours").split("{")[0])]
+        yours = t_in("tr", "volunteer.call.place_yours").split("{")[0]
+        won = [a for a, text in results.items() if text.startswith(yours)]
         assert len(won) == 1, results
         states = responses(app, call.id)
         assert sorted(states[p.resident_id][0] for p in racers) == ["accepted", "reserve"]
@@ -274,7 +282,7 @@ def test_export_and_erase(make_app):
     call = new_call(app, ["environment"], SATURDAY_10, 3)
     vol.tap(f"vc:{call.id}:y")
     with Session(app.db) as db:
-        exported = P.export_resident(db, vol.resident_id)
+        exported = participation_data.export_resident(db, vol.resident_id)
     assert exported["volunteer_pools"][0]["skills"] == "Bahçıvanlık"
     assert exported["volunteer_calls"][0]["status"] == "accepted"
     vol.send("/verilerimisil")
@@ -284,3 +292,114 @@ def test_export_and_erase(make_app):
         assert db.exec(select(CallResponse)).all() == []
         assert db.exec(select(Reminder)).all() == []
         assert db.get(VolunteerCall, call.id).accepted == 0  # the place is free again
+
+
+# ---------------------------------------------------------------- what a page does not understand (issue 14, item 14)
+@pytest.mark.parametrize("page", ["p:environment", "mine"])  # a pool's page, "my duties"
+def test_a_volunteering_page_asks_again_on_text_it_does_not_understand(make_app, page):
+    app = make_app()
+    ayse = Person(app, "ayse").onboard()
+    ayse.send("/gonullu")
+    ayse.tap(page)
+    (shown,) = ayse.last
+    ayse.send("bu ne demek")
+    assert [out.text for out in ayse.last] == ["Lütfen seçeneklerden birini seçin.", shown.text]
+    assert ayse.keys() == [c.key for c in shown.choices]
+    ayse.tap("back")  # the list again, only when asked for
+    assert "p:environment" in ayse.keys()
+
+
+def test_a_call_for_one_volunteer_starting_tomorrow(make_app):
+    app = make_app()
+    staff = make_staff(app, Person(app, "memur").onboard())
+    staff.send("/gonullucagri")
+    staff.tap("p:environment")
+    staff.tap("done")
+    staff.send("Fidan dikimi")
+    staff.send("Buca Göleti")
+    in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
+    assert staff.texts() == f"Ne zaman başlıyor? Örneğin {in_two_days} 14:00 ya da yarın 10:00"
+    staff.send("yarın 10:00")
+    staff.send("12:00")
+    assert staff.texts() == "Kaç gönüllü gerekiyor? (1 ile 10.000 arasında bir sayı yazın)"
+    staff.send("10001")
+    assert staff.texts() == ("Lütfen 1 ile 10.000 arasında bir sayı yazın.\n"
+                             "Kaç gönüllü gerekiyor? (1 ile 10.000 arasında bir sayı yazın)")
+    staff.send("1")
+    staff.tap("send")
+    day = utcnow().astimezone(IST).date() + timedelta(days=1)
+    with Session(app.db) as db:
+        call = db.get(VolunteerCall, 1)
+    assert (call.capacity, aware(call.starts_at), call.created_by) == (
+        1, datetime.combine(day, time(10), tzinfo=IST), f"staff:{staff_id(app, staff)}")
+
+
+def staff_id(app, person: Person) -> int:
+    with Session(app.db) as db:
+        return db.exec(select(Staff.id).where(Staff.console == person.address)).one()
+
+
+# ---------------------------------------------------------------- the staff operations (domain/volunteering.py)
+def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app):
+    app = make_app()
+    vol = Person(app, "vol").onboard()
+    join(vol, "disaster", ["weekends"])
+    call = new_call(app, ["disaster"], "2030-11-30 10:00", capacity=2)
+    vol.tap(f"vc:{call.id}:y")
+    viewer = Actor(who="staff:9", role="viewer", staff_id=9)
+    tz = app.engine.config.timezone
+    with transaction(app.db) as db:
+        with pytest.raises(Refused):
+            call_ops.create_call(db, viewer, pools=["disaster"], what="x", place="y", starts_at=call.starts_at,
+                                 ends_at=call.ends_at, capacity=1, catalog=app.catalog, tz=tz)
+        with pytest.raises(Refused):
+            call_ops.cancel_call(db, viewer, call.id, tz=tz)
+    with transaction(app.db) as db:
+        done = call_ops.cancel_call(db, Actor(who="staff:1", role="staff", staff_id=1), call.id, tz=tz)
+    assert (done.id, done.told, done.already) == (call.id, 1, False)
+    with Session(app.db) as db:
+        assert [(a.actor, a.action, a.target, a.details) for a in db.exec(
+            select(AuditLog).where(AuditLog.actor.in_(("staff:9", "staff:1"))).order_by(AuditLog.id))] == [
+            ("staff:9", "refused", "call:new", {"attempted": "volunteer.manage", "role": "viewer"}),
+            ("staff:9", "refused", f"call:{call.id}", {"attempted": "volunteer.manage", "role": "viewer"}),
+            ("staff:1", "volunteer.call_cancelled", f"call:{call.id}", {"told": 1})]
+        assert [c.id for c in db.exec(select(VolunteerCall))] == [call.id]
+
+
+def test_cli_closes_a_call_the_accepted_keep_their_duty(make_app, tmp_path):
+    app = make_app()
+    ali, berk, cem = (Person(app, name).onboard() for name in ("ali", "berk", "cem"))
+    for person in (ali, berk, cem):
+        join(person, "education", ["weekdays"])
+    call = new_call(app, ["education"], WEDNESDAY_10, capacity=1, what="Etüt desteği")
+    ali.tap(f"vc:{call.id}:y")   # the place
+    berk.tap(f"vc:{call.id}:y")  # the reserve list; cem does not answer
+    env = subprocess_env(DATABASE_URL=app.settings.database_url, MEDIA_DIR=str(tmp_path / "media"))
+
+    def katilim(*args):
+        return subprocess.run([sys.executable, "-m", "bot.cli", "volunteers", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    closed = katilim("close-call", str(call.id))
+    assert (closed.returncode, closed.stdout, closed.stderr) == (0, f"call {call.id} closed; 2 volunteers told\n", "")
+    when = span_text(call.starts_at, call.ends_at, "tr", "Europe/Istanbul")
+    notice = (f"🔒 «Etüt desteği» ({when}) gönüllü çağrısı kapandı: yeterli gönüllü bulundu. "
+              "Gösterdiğiniz ilgi için teşekkürler!")
+    assert berk.notifications()[-1].text == notice and cem.notifications()[-1].text == notice
+    assert not any(n.text == notice for n in ali.notifications())
+    assert katilim("close-call", str(call.id)).stdout == f"call {call.id} closed; 0 volunteers told\n"  # once
+    listed = katilim("calls")
+    assert listed.stdout.startswith(f"call {call.id} [closed] Etüt desteği · ")
+
+    assert cem.texts(cem.tap(f"vc:{call.id}:y")) == "«Etüt desteği» çağrısı artık açık değil."
+    ali_id = ali.resident_id
+    with Session(app.db) as db:  # the duty's reminders stay
+        assert {(r.resident_id, r.status) for r in db.exec(select(Reminder))} == {(ali_id, "pending")}
+    ali.send("/gonullu")
+    ali.tap("mine")
+    assert f"c:{call.id}" in ali.keys()  # the duty is still theirs
+    given_back = ali.texts(ali.tap(f"vc:{call.id}:cy"))
+    assert given_back == "Yeriniz iptal edildi; zamanında haber verdiğiniz için teşekkürler."
+    assert not any("vc:" in c.key and c.key.endswith(":t") for n in berk.notifications() for c in n.choices)
+    cancelled = katilim("cancel-call", str(call.id))
+    assert cancelled.stdout == f"call {call.id} cancelled; 1 volunteer told\n"  # berk, still on the reserve list

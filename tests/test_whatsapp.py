@@ -19,7 +19,10 @@ from sqlmodel import Session, select
 from bot.app import add_configured_channels
 from bot.delivery import SendError, SendFailure
 from bot.http import serve_http
+from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in, translator
+from conversations.notify import notify_resident
+from conversations.permissions import Actor
 from conversations.messages import Attachment, Choice, Kind, Outbound
 from handlers.whatsapp import (
     FILES_PATH,
@@ -272,7 +275,7 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
 
     # staff resolve it: the notification (proactive, through the dispatcher) asks "was it solved?"
     with transaction(h.app.db) as db:
-        rp.set_status(db, code, "resolved", "staff:test", catalog=h.app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:test", role="admin"), code, "resolved", catalog=h.app.catalog)
     before = len(h.twilio.messages)
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
@@ -303,7 +306,7 @@ async def test_a_number_accepted_before_a_restart_still_answers_the_proactive_qu
         report = rp.create_report(db, prefix=h.app.catalog.municipality.tracking_prefix, resident_id=h.resident().id,
                                   category=h.app.catalog.categories[0].key, description="Kaldırımda çukur var",
                                   channel="whatsapp")
-        rp.set_status(db, report.code, "resolved", "staff:test", catalog=h.app.catalog)
+        reports_domain.change_status(db, Actor(who="staff:test", role="admin"), report.code, "resolved", catalog=h.app.catalog)
     before = len(h.twilio.messages)
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
@@ -460,7 +463,6 @@ def test_inbound_mapping():
 # ---------------------------------------------------------------- the 24-hour window, templates, errors
 async def test_the_24_hour_window_and_templates(wa):
     from bot.dispatcher import Dispatcher
-    from storage import outbox
 
     h = await wa(twilio_template_notification=TEMPLATE)
     await h.say("Merhaba")
@@ -494,8 +496,8 @@ async def test_the_24_hour_window_and_templates(wa):
     h.set_last_inbound(AYSE, timedelta(hours=30))
     resident_id = h.resident().id
     with transaction(h.app.db) as db:
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(text="Bildirim"), kind="notification")
-        outbox.notify_resident(db, resident_id, lambda t, lang: Outbound(text="Duyuru"), kind="broadcast")
+        notify_resident(db, resident_id, lambda t, lang: Outbound(text="Bildirim"), kind="notification")
+        notify_resident(db, resident_id, lambda t, lang: Outbound(text="Duyuru"), kind="broadcast")
     dispatcher = Dispatcher(h.app, {"whatsapp": h.app.senders["whatsapp"]}, "test-dispatcher", h.app.settings)
     assert await dispatcher.start()
 

@@ -31,7 +31,8 @@ from handlers.panel.web import (
     same_origin,
     secure,
 )
-from storage import panel, repo
+from storage import panel
+from storage.audit import audit
 from storage.db import transaction
 from storage.models import Staff
 
@@ -85,7 +86,7 @@ def public_router(app) -> APIRouter:
         nonce = request.cookies.get(LOGIN_NONCE_COOKIE, "")
         agent, ip = _client(request)
         if not same_origin(request, settings) or not nonce or not secrets.compare_digest(sent, csrf_token(nonce)):
-            await _in_db(app, lambda db: repo.audit(db, "anonymous", "panel.signin_refused", "", reason="form"))
+            await _in_db(app, lambda db: audit(db, "anonymous", "panel.signin_refused", "", reason="form"))
             return render(request, "message.html", status=403, title=N_("panel.login.title"),
                           message=SIGNIN_REFUSALS["form"], link=("/panel/login", N_("panel.login.again")))
 
@@ -93,13 +94,13 @@ def public_router(app) -> APIRouter:
             checked = panel.spend_login_token(db, token)
             if checked.staff is None:
                 who = f"staff:{checked.staff_id}" if checked.staff_id else "anonymous"
-                repo.audit(db, who, "panel.signin_refused", f"staff:{checked.staff_id}" if checked.staff_id else "",
+                audit(db, who, "panel.signin_refused", f"staff:{checked.staff_id}" if checked.staff_id else "",
                            reason=checked.reason)
                 return checked, None, ""
             staff = checked.staff
             row, secret = panel.open_session(db, staff.id, lifetime=settings.panel_session_lifetime,
                                              mfa_ok=staff.totp_enabled_at is None, user_agent=agent, ip=ip)
-            repo.audit(db, f"staff:{staff.id}", "panel.signin", f"staff:{staff.id}", session=row.id,
+            audit(db, f"staff:{staff.id}", "panel.signin", f"staff:{staff.id}", session=row.id,
                        second_factor="due" if staff.totp_enabled_at else "none")
             return checked, row, secret
 
@@ -121,7 +122,7 @@ def denied_handler(app):
         if not exc.to and (exc.signed is not None or unsafe):
             who = exc.signed.actor.who if exc.signed is not None else "anonymous"
             reason = exc.key.rsplit(".", 1)[-1]
-            await _in_db(app, lambda db: repo.audit(db, who, "panel.refused", request.url.path[:128],
+            await _in_db(app, lambda db: audit(db, who, "panel.refused", request.url.path[:128],
                                                     reason=reason, method=request.method))
         if exc.to:
             return redirect(exc.to)
@@ -166,7 +167,7 @@ def router(app) -> APIRouter:
             session = db.get(panel.PanelSession, signed.session.id)
             session.mfa_ok = True
             db.add(session)
-            repo.audit(db, signed.actor.who, "panel.signin_second_factor", f"staff:{staff.id}", session=session.id)
+            audit(db, signed.actor.who, "panel.signin_second_factor", f"staff:{staff.id}", session=session.id)
             return None
 
         left = await _in_db(app, check)
@@ -179,7 +180,7 @@ def router(app) -> APIRouter:
     async def logout(request: Request, signed: Signed = Depends(any_step)):
         def end(db):
             panel.revoke_sessions(db, signed.staff.id, only_id=signed.session.id)
-            repo.audit(db, signed.actor.who, "panel.signout", f"staff:{signed.staff.id}", session=signed.session.id)
+            audit(db, signed.actor.who, "panel.signout", f"staff:{signed.staff.id}", session=signed.session.id)
 
         await _in_db(app, end)
         response = redirect("/panel/login", "signed_out")

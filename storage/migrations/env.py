@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 import storage.models  # noqa: F401  (registers the tables)
 import storage.participation  # noqa: F401  (volunteer pools, events, reminders)
 import storage.apikeys  # noqa: F401  (Open311 API keys)
+import storage.open311  # noqa: F401  (the reports Open311 clients created)
 import storage.reports  # noqa: F401  (problem reports)
 import storage.linking  # noqa: F401  (link codes: one resident, several channels)
 import storage.inbox  # noqa: F401  (inbound messages accepted before they are handled)

@@ -27,7 +27,7 @@ COLUMNS = ('department', 'assignee_id', 'due_at', 'first_response_at', 'closed_a
 
 
 def upgrade() -> None:
-    from conversations.text import fold
+    from storage.fold import fold
 
     # Plain ADD COLUMN (no batch copy of `report`: other tables point at it); the assignee's
     # foreign key is declared inline, which SQLite accepts on a column whose default is NULL.

@@ -1,4 +1,5 @@
-"""Repositories: small functions over a Session, used inside one transaction."""
+"""Residents and their channel identities: created on first contact, changed by a step, exported
+and erased for data rights (KVKK)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,17 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from storage.db import one_of, utcnow
+from storage.db import aware, utcnow
 from storage.fastsql import Prepared, connection_of
-from storage.models import (
-    CONSENT_PURPOSES,
-    AuditLog,
-    ChannelIdentity,
-    ConsentRecord,
-    ConversationSession,
-    Resident,
-    Staff,
-)
+from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, Resident
 
 
 def identity_for(db: Session, channel: str, address: str, language_hint: str = "", display_name: str = "",
@@ -78,65 +71,6 @@ def resident_update(resident_id: int, values: dict[str, Any]) -> tuple[Prepared,
 _RESIDENT_UPDATES: dict[tuple[str, ...], Prepared] = {}
 
 
-def current_consents(db: Session | Connection, resident_id: int) -> dict[str, bool]:
-    state = {p: False for p in CONSENT_PURPOSES}
-    rows, _ = _CONSENTS_OF.execute(connection_of(db), {"rid": resident_id})
-    for purpose, granted in rows:  # the latest record wins
-        state[purpose] = bool(granted)
-    return state
-
-
-_CONSENTS_OF = Prepared(select(ConsentRecord.purpose, ConsentRecord.granted)
-                        .where(ConsentRecord.resident_id == bindparam("rid")).order_by(ConsentRecord.id))
-
-
-def current_consents_many(db: Session, resident_ids) -> dict[int, dict[str, bool]]:
-    """current_consents for many residents in one query."""
-    ids = list(resident_ids)
-    state = {rid: {p: False for p in CONSENT_PURPOSES} for rid in ids}
-    if ids:
-        for resident_id, purpose, granted in db.execute(
-                select(ConsentRecord.resident_id, ConsentRecord.purpose, ConsentRecord.granted)
-                .where(one_of(db, ConsentRecord.resident_id, ids)).order_by(ConsentRecord.id)):
-            state[resident_id][purpose] = granted
-    return state
-
-
-def record_consent(db: Session, resident_id: int, purpose: str, granted: bool, notice_version: str,
-                   channel: str = "") -> None:
-    if purpose not in CONSENT_PURPOSES:
-        raise ValueError(f"unknown consent purpose {purpose}")
-    db.add(ConsentRecord(resident_id=resident_id, purpose=purpose, granted=granted,
-                         notice_version=notice_version, channel=channel, recorded_at=utcnow()))
-
-
-def audit(db: Session, actor: str, action: str, target: str = "", **details: Any) -> None:
-    db.add(AuditLog(actor=actor, action=action, target=str(target)[:128], details=details, at=utcnow()))
-
-
-def staff_for(db: Session, channel: str, address: str) -> Staff | None:
-    """The active staff record of a channel address (any role), or None."""
-    if channel == "telegram":
-        where = Staff.telegram_id == address
-    elif channel == "whatsapp":
-        where = Staff.whatsapp == address.removeprefix("whatsapp:")
-    elif channel == "console":
-        where = Staff.console == address
-    else:
-        return None
-    return db.exec(select(Staff).where(where, Staff.active)).first()
-
-
-# Roles that may use the staff screens of the chat, which change things (a viewer only reads, in
-# the staff console).
-CHAT_STAFF_ROLES = ("admin", "staff")
-
-
-def is_chat_staff(db: Session, channel: str, address: str) -> bool:
-    staff = staff_for(db, channel, address)
-    return staff is not None and staff.role in CHAT_STAFF_ROLES
-
-
 def export_core(db: Session, resident_id: int) -> dict[str, Any]:
     resident = db.get(Resident, resident_id)
     session = db.get(ConversationSession, resident_id)
@@ -158,14 +92,6 @@ def export_core(db: Session, resident_id: int) -> dict[str, Any]:
     }
 
 
-def export_audit(db: Session, resident_id: int) -> dict[str, Any]:
-    """For the resident's data export: the audit rows about them (as actor or target)."""
-    who = f"resident:{resident_id}"
-    rows = db.exec(select(AuditLog).where((AuditLog.actor == who) | (AuditLog.target == who)).order_by(AuditLog.id))
-    return {"audit": [{"at": _iso(a.at), "actor": a.actor, "action": a.action, "target": a.target,
-                       "details": a.details} for a in rows]}
-
-
 def erase_core(db: Session, resident_id: int) -> None:
     """Delete personal data; keep the anonymised resident row (consent history points at it)."""
     resident = db.get(Resident, resident_id)
@@ -182,8 +108,4 @@ def erase_core(db: Session, resident_id: int) -> None:
 
 
 def _iso(dt) -> str | None:
-    if not dt:
-        return None
-    from datetime import timezone
-
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).isoformat()
+    return aware(dt).isoformat() if dt else None
