@@ -106,14 +106,17 @@ def _outbox(app, resident_id: int, kind: str = "notification") -> list[OutboxMes
 
 
 def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir çukur var.", where=PIN,
-          photos: list[Path] = ()) -> list:
+          photos: list[Path] = (), anyway: bool = False) -> list:
+    """To the summary; a similar report nearby stops it there (`anyway`: "a different problem")."""
     chat.text("/bildir")
     chat.text(category)
     chat.pin(*where)
     if chat.state() == "report.pin":               # "it looks like <mahalle>: right?" one tap
         chat.tap("yes")
     if chat.state() == "report.duplicate":         # a similar report nearby: the caller decides
-        return chat.last
+        if not anyway:
+            return chat.last
+        chat.tap("file")
     chat.text(description)
     for p in photos:
         chat.photo(p)
