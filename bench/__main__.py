@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from bench.common import Result
 
-SCENARIOS = ["inbound", "broadcast", "fanout", "reminders", "memory"]
+SCENARIOS = ["inbound", "broadcast", "fanout", "reminders", "memory", "console"]
 
 
 def main() -> int:

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy.engine import Engine as DbEngine, make_url
+from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from bot.catalog import Catalog, load_catalog
-from bot.delivery import Sender, send_replies
 from bot.settings import Settings
 from conversations.messages import Inbound, Kind
 from conversations.proactive import answer_by_number
 from conversations.registry import Registry, RegistryError
 from conversations.runtime import Engine, Handled
 from conversations.step import EngineConfig
+from handlers.delivery import Sender, send_replies
 from storage.db import make_engine, transaction
 from storage.migrate import upgrade
 

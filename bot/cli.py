@@ -12,6 +12,7 @@ from typing import Iterable
 from bot.app import StartupError
 from bot.catalog import CatalogError
 from bot.settings import Settings, SettingsError, load_settings
+from handlers.kit import ChannelSetupError
 
 
 def configure_logging(settings: Settings) -> None:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None, features: Iterable | None = None) -> int
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
-    except (SettingsError, CatalogError, StartupError) as exc:
+    except (SettingsError, CatalogError, StartupError, ChannelSetupError) as exc:
         print(f"katilim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

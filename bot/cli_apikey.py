@@ -2,14 +2,14 @@
 
 The plain key is printed once, by `add`; only its SHA-256 is stored. Every action is audited.
 A key of scope "public" (the default) reads what anyone reads; "full" also reads the residents'
-descriptions, exact pins and photos, and each of its reads is audited (bot/open311.py)."""
+descriptions, exact pins and photos, and each of its reads is audited (handlers/open311.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bot.cli import operator_name
 from bot.app import open_db
+from bot.cli import operator_name
 from bot.settings import Settings
 from storage import apikeys
 from storage.audit import audit

@@ -20,18 +20,17 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
-from bot.app import make_worker_id
+from bot.app import make_worker_id, open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
-from storage import media as media_store
 from conversations.domain import broadcasts as domain
 from conversations.i18n import LANGUAGES, format_when
 from conversations.permissions import Actor
 from conversations.text import fold, match_options, strip_mahalle
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
+from storage import media as media_store
 from storage.db import transaction, utcnow
 from storage.models import Broadcast
 

@@ -15,9 +15,9 @@ from datetime import datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, operator_name
-from bot.app import open_db
 from bot.settings import Settings
 from conversations.domain import reports as domain
 from conversations.i18n import t_in

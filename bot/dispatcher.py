@@ -34,12 +34,12 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import SendError, SendFailure, Sender
 from bot.outcomes import Delivery, Outcome, Row, record
-from bot.pacing import LATE_TOLERANCE, Pacing, PacedSender, send_paced, unpaced
+from bot.pacing import LATE_TOLERANCE, PacedSender, Pacing, send_paced, unpaced
 from bot.scheduler import Job
 from bot.workers import HEARTBEAT_INTERVAL, SQLITE_SINGLE, Heartbeat
 from conversations.messages import Outbound
+from handlers.delivery import Sender, SendError, SendFailure
 from storage import outbox
 from storage.db import transaction, utcnow
 

@@ -70,7 +70,7 @@ class ChannelSpec:
 
 
 def open311_routes(app: "App", http_app: Any) -> None:
-    from bot.open311 import install  # FastAPI routers: only for the HTTP server
+    from handlers.open311 import install  # FastAPI routers: only for the HTTP server
 
     install(app, http_app)
 
@@ -115,9 +115,15 @@ def add_whatsapp(app: "App") -> None:
 def whatsapp_files(app: "App") -> "Job | None":
     if "whatsapp" not in app.channels:
         return None
-    from handlers.whatsapp import files_job
+    from bot.scheduler import Job
+    from handlers.whatsapp import clean_files
 
-    return files_job(app)
+    channel = app.channels["whatsapp"]
+
+    async def run(app=app) -> None:
+        await clean_files(channel)
+
+    return Job("whatsapp_files", 3600, run)
 
 
 CHANNELS: tuple[ChannelSpec, ...] = (

@@ -150,7 +150,7 @@ async def throttled(app, msg: Inbound, verdict: str, inbox_id: int | None = None
         return []
     sender = app.senders.get(msg.channel)
     if rows and sender is not None:
-        from bot.delivery import send_replies
+        from handlers.delivery import send_replies
 
         await send_replies(app.db, sender, rows, msg.address)
     return rows

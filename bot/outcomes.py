@@ -2,7 +2,7 @@
 
 A send ends as one of `Delivery` (sent; deferred: back to pending without counting an attempt;
 gone: its chat answered 403 earlier in this process) or as the SendFailure its sender raised
-(bot.delivery):
+(handlers.delivery):
 - RATE_LIMITED pauses the channel for every worker (ChannelRate.paused_until, retry_after) and
   puts the row back without counting it;
 - RETRYABLE retries with exponential backoff and jitter up to OUTBOX_BACKOFF_CAP, failed after
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 
-from bot.delivery import SendFailure
+from handlers.delivery import SendFailure
 from storage import outbox
 from storage.db import transaction, utcnow
 

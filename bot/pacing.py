@@ -1,6 +1,6 @@
 """Pacing: every message a channel sends (the dispatcher's and the direct conversation replies)
 stays under the platform's limits, which each sender declares (`Sender.limits(settings)`:
-bot.delivery.ChannelLimits).
+handlers.delivery.ChannelLimits).
 
 - The shared pace: GCRA on `ChannelRate` (`storage.outbox.reserve_slots`, one atomic UPDATE ...
   RETURNING: start = max(tat, now), tat = start + k/rate). Slot i goes out at start + i/rate, so
@@ -15,7 +15,7 @@ bot.delivery.ChannelLimits).
   returns, up to tens of ms late under load), so the guard keeps the times of this process's last
   `limit` requests: one waits until the request `limit` before it went at least START_SPAN
   (1.0205 s) ago. It is taken on the wire, right before the request's body goes out, when the
-  sender's HTTP client supports it (`gates_on_wire`: it awaits bot.delivery.send_gate; the
+  sender's HTTP client supports it (`gates_on_wire`: it awaits handlers.delivery.send_gate; the
   Telegram channel's Bot, where each part of a message in several parts takes its place), else
   just before `send`. The pace spaces `limit` slots 1.0256 s apart, so the guard holds back only
   bunched requests, by a few ms, and never lowers the rate. It is per process: several workers
@@ -25,7 +25,7 @@ bot.delivery.ChannelLimits).
   back to pending until one is free, without counting as an attempt. Several workers do not share
   it (a chat rarely has rows in two workers at once; if Telegram does answer 429, the channel
   pauses).
-- Conversation replies go out directly (bot.delivery.send_replies) through `PacedSender`, which
+- Conversation replies go out directly (handlers.delivery.send_replies) through `PacedSender`, which
   reserves one slot of the same GCRA before each reply (one UPDATE; no wait while the channel is
   idle, at most one batch's worth while a broadcast runs) and shares the per-chat buckets; a 429
   on the direct path pauses the channel for the dispatcher too.
@@ -47,9 +47,9 @@ from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from bot.delivery import ChannelLimits, SendError, SendFailure, Sender, send_gate
 from bot.idle import IdleMap
 from conversations.messages import Outbound
+from handlers.delivery import ChannelLimits, Sender, SendError, SendFailure, send_gate
 from storage import outbox
 from storage.db import transaction
 
@@ -101,7 +101,7 @@ class StartWindow:
 async def send_paced(sender: Sender, starts: StartWindow | None, address: str, out: Outbound, kind: str) -> str:
     """`sender.send` with a place in the guard: taken by each request just before it goes on the
     wire when the sender's HTTP client can wait there (`gates_on_wire`: it awaits
-    bot.delivery.send_gate), else now. The wire is what the platform counts: between the call and
+    handlers.delivery.send_gate), else now. The wire is what the platform counts: between the call and
     the socket, PTB, the connection pool and a busy event loop can take tens of ms."""
     if starts is None:
         return await sender.send(address, out, kind=kind)

@@ -163,6 +163,20 @@ class Settings(BaseSettings):
     panel_idle_timeout: timedelta = timedelta(minutes=30)
     panel_session_lifetime: timedelta = timedelta(hours=12)
     panel_require_totp: bool = False
+    # The console's map (/panel/map): the tile server ({z}/{x}/{y}; its host is allowed in the
+    # console's Content-Security-Policy) and the attribution its licence asks for. Without a
+    # reachable tile server the map still shows its pins, clusters and filters.
+    panel_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    panel_tile_attribution: str = "© OpenStreetMap contributors"
+
+    @field_validator("panel_tile_url")
+    @classmethod
+    def _tile_url(cls, value: str) -> str:
+        value = (value or "").strip()
+        if value and not (value.startswith(("https://", "http://")) and "{z}" in value and "{x}" in value
+                          and "{y}" in value):
+            raise ValueError("expected an http(s) URL with {z}, {x} and {y}, or nothing (no tiles)")
+        return value
 
     @field_validator("panel_idle_timeout", "panel_session_lifetime", mode="before")
     @classmethod
@@ -172,7 +186,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at most 7d")
         return duration
 
-    # Open311 POST requests.json budgets (bot/open311.py, kept in the database and shared by every
+    # Open311 POST requests.json budgets (handlers/open311.py, kept in the database and shared by every
     # worker): per API key, OPEN311_POSTS_PER_MINUTE with bursts of OPEN311_POSTS_BURST; across
     # all keys together, OPEN311_POSTS_PER_MINUTE_TOTAL with bursts of OPEN311_POSTS_BURST_TOTAL.
     # Beyond: 429 with Retry-After. 0 per minute: no limit.

@@ -109,3 +109,8 @@ def check(actor: Actor, action: str, **scope) -> None:
     if not can(actor, action, **scope):
         raise Refused(action)
 
+
+def can_some(actor: Actor, action: str) -> bool:
+    """Whether the actor's role allows `action` at all (a staff member's departments and
+    assignments are checked per report with `can`): shows or hides a bulk form."""
+    return actor.role in ACTIONS.get(action, ())

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine as DbEngine, NestedTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
+from conversations.erasure import erase_resident
 from conversations.i18n import N_
 from conversations.messages import Inbound, Kind, Outbound
 from conversations.step import (
@@ -253,8 +254,6 @@ class Engine:
         # claims, never replies that are being sent right now (they are confirmed, or their lease runs out).
         claimed_by = f"{self.worker_id}/direct"
         if ctx.erase:
-            from conversations.core import erase_resident
-
             erased = erase_resident(ctx.db, resident.id, actor=f"resident:{resident.id}", config=self.config)
             _flush(ctx, writes)
             # Nothing else of theirs stays queued or archived in the outbox; the goodbye goes out,

@@ -17,9 +17,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
-from bot.delivery import ChannelLimits, send_replies
 from conversations.messages import Inbound, Kind, Media, Outbound
 from handlers import kit
+from handlers.delivery import ChannelLimits, send_replies
 from handlers.kit import parse_command
 
 CHANNEL = "console"

@@ -11,8 +11,8 @@ way, written once.
 - `handle(app, msg)`: a resident's message handed to the conversation (bot.app.App.handle), run
   again while the database is unavailable, by the one retry policy (storage.db.DB_RETRY).
 
-What a sender provides the dispatcher (its limits, its errors as bot.delivery.SendFailure) is in
-bot/delivery.py.
+What a sender provides the dispatcher (its limits, its errors as handlers.delivery.SendFailure) is in
+handlers/delivery.py.
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ from typing import AsyncIterator, Callable, NamedTuple
 
 from conversations.messages import Inbound
 from storage.db import DB_RETRY
+
+
+class ChannelSetupError(Exception):
+    """A channel cannot start as configured (a refused token, a missing public URL): the message is
+    one line saying what to fix; `katilim` prints it and exits 2."""
 
 
 # ---------------------------------------------------------------- long texts

@@ -48,10 +48,10 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Re
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import HTTPXRequest
 
-from bot.delivery import ChannelLimits, SendError, SendFailure, send_gate
 from conversations.messages import Choice, Inbound, Kind, Media, Outbound
 from handlers import kit
-from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
+from handlers.delivery import ChannelLimits, SendError, SendFailure, send_gate
+from handlers.kit import AddressLocks, ChannelSetupError, parse_command, split_text, utf16_len
 from storage import media as media_store
 from storage.media import MediaTooLarge
 
@@ -115,7 +115,7 @@ def keyboard_rows(choices: list[Choice], columns: int = 1) -> tuple[list[list[Ch
 
 
 def send_error(exc: Exception) -> SendError | None:
-    """A Telegram error in the dispatcher's terms (bot.delivery.SendFailure); None when it means
+    """A Telegram error in the dispatcher's terms (handlers.delivery.SendFailure); None when it means
     success: 429 → RATE_LIMITED (with Telegram's retry_after), 403 → UNREACHABLE, 400 →
     PERMANENT, timeouts, network errors and 5xx → RETRYABLE."""
     if isinstance(exc, RetryAfter):
@@ -245,7 +245,7 @@ def command_menu(registry, lang: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- sending
 async def _gate_on_wire(request: httpx.Request) -> None:
     """httpx request hook: during a paced send, the request waits for the dispatcher's guard on send
-    starts (bot.delivery.send_gate) right before its body goes out, past PTB, the connection pool
+    starts (handlers.delivery.send_gate) right before its body goes out, past PTB, the connection pool
     and the headers (the server counts a request when its body is in)."""
     gate = send_gate.get()
     if gate is None:
@@ -266,7 +266,7 @@ class GatedRequest(HTTPXRequest):
 
 
 class TelegramSender:
-    """Renders an Outbound as Telegram messages (bot.delivery.Sender)."""
+    """Renders an Outbound as Telegram messages (handlers.delivery.Sender)."""
 
     channel = CHANNEL
 
@@ -486,9 +486,8 @@ class TelegramChannel:
         try:
             await self.application.initialize()
         except InvalidToken:
-            from bot.app import StartupError
 
-            raise StartupError("Telegram refused TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
+            raise ChannelSetupError("Telegram refused TELEGRAM_BOT_TOKEN; check the token from @BotFather") from None
         await self.set_commands()
         await self.application.start()
         self._started = True

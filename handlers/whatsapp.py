@@ -9,12 +9,12 @@ webhook is ignored by the engine. Photos, voice notes and files are downloaded w
 credentials (only from Twilio's hosts, refused over MEDIA_MAX_BYTES) when the resident's state
 takes them; bot/app.py then judges, cleans and stores them in MEDIA_DIR (storage/media.py).
 
-Outbound (`WhatsAppSender`, bot.delivery.Sender): Twilio's REST client (`TWILIO_API_URL`), run in
+Outbound (`WhatsAppSender`, handlers.delivery.Sender): Twilio's REST client (`TWILIO_API_URL`), run in
 a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by number or by the
 option's words (the engine resolves both); a number typed after a proactive message with choices
 answers that message (`numbers_answer_proactive`: conversations/proactive.py). Bodies over 1600
 characters are split on word boundaries. Documents and photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
-PUBLIC_BASE_URL), served by bot.http.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
+PUBLIC_BASE_URL), served by handlers.files.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
 outbox row (delivery_status, delivery_error) found by the MessageSid the sender returned.
 
 WhatsApp's 24-hour customer-service window: a resident who wrote in the last 24 hours gets free
@@ -23,7 +23,7 @@ their kind (TWILIO_TEMPLATE_NOTIFICATION / _REMINDER / _BROADCAST; other kinds u
 notification template), the text as its variable {{1}}; without one the message is not sent and
 SendError(SendFailure.WINDOW, reason) makes the dispatcher record it as unsendable.
 
-Twilio errors in the dispatcher's terms (bot.delivery.SendFailure): 63016 (outside the window) →
+Twilio errors in the dispatcher's terms (handlers.delivery.SendFailure): 63016 (outside the window) →
 WINDOW; 21610 (the resident sent STOP) → UNREACHABLE; 63018 or HTTP 429 → RATE_LIMITED; other 4xx
 → PERMANENT; 5xx and network failures → RETRYABLE.
 
@@ -55,12 +55,11 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from bot.delivery import ChannelLimits, SendError, SendFailure
-from bot.http import stored_file
-from bot.settings import SettingsError
 from conversations.messages import Inbound, Kind, Media, Outbound
 from handlers import kit
-from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
+from handlers.delivery import ChannelLimits, SendError, SendFailure
+from handlers.files import stored_file
+from handlers.kit import AddressLocks, ChannelSetupError, parse_command, split_text, utf16_len
 from storage import media as media_store
 from storage.attachments import suffix_of
 from storage.db import aware, transaction, utcnow
@@ -230,7 +229,7 @@ class OutboundFiles:
 
     def publish(self, data: bytes, filename: str, *, now: float | None = None) -> str:
         """A signed link to the bytes, named `filename`. The type it is served with is decided from
-        the bytes when it is fetched (bot.http.stored_file: JSON and .ics go as text/plain)."""
+        the bytes when it is fetched (handlers.files.stored_file: JSON and .ics go as text/plain)."""
         if len(data) > self.limit:
             raise MediaTooLarge(len(data), self.limit)
         name = re.sub(r"[^\w.\-]", "_", Path(filename or "file").name)[:80] or "file"
@@ -281,7 +280,7 @@ class OutboundFiles:
 
 # ---------------------------------------------------------------- sending
 class WhatsAppSender:
-    """Sends an Outbound through Twilio's Messages API (bot.delivery.Sender)."""
+    """Sends an Outbound through Twilio's Messages API (handlers.delivery.Sender)."""
 
     channel = CHANNEL
 
@@ -587,25 +586,16 @@ def add_whatsapp(app) -> None:
     if not settings.whatsapp_enabled or CHANNEL in app.channels:
         return
     if not settings.public_base_url:
-        raise SettingsError("invalid setting PUBLIC_BASE_URL: WhatsApp needs the server's public URL "
+        raise ChannelSetupError("invalid setting PUBLIC_BASE_URL: WhatsApp needs the server's public URL "
                             "(Twilio signs its webhooks against it and fetches files from it)")
     app.add_channel(WhatsAppChannel(app))
 
 
-def files_job(app):
-    """The scheduler's "whatsapp_files" job: the files published for Twilio to fetch expire."""
-    from bot.scheduler import Job
-
-    channel = app.channels.get(CHANNEL)
-    if channel is None:
-        return None
-
-    async def run(app=app) -> None:
-        removed = await asyncio.to_thread(channel.files.clean)
-        if removed:
-            log.info("removed %d expired WhatsApp files", removed)
-
-    return Job("whatsapp_files", 3600, run)
+async def clean_files(channel: "WhatsAppChannel") -> None:
+    """The files published for Twilio to fetch expire (the scheduler's "whatsapp_files" job)."""
+    removed = await asyncio.to_thread(channel.files.clean)
+    if removed:
+        log.info("removed %d expired WhatsApp files", removed)
 
 __all__: Iterable[str] = ["WhatsAppChannel", "WhatsAppSender", "OutboundFiles", "to_inbound", "render",
-                          "split_body", "send_error", "record_status", "add_whatsapp", "files_job", "normalize_address"]
+                          "split_body", "send_error", "record_status", "add_whatsapp", "clean_files", "normalize_address"]

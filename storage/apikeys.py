@@ -9,7 +9,7 @@ A key's scope says what it may read (any active key may create requests):
 - "public" (the default): what anyone gets without a key (category, status, public status notes,
   dates, the mahalle and the pin rounded to about 100 m);
 - "full": also the resident's description, the exact pin, the street they typed and the photos.
-  Every read with a full key is written to the audit log (bot/open311.py).
+  Every read with a full key is written to the audit log (handlers/open311.py).
 
 The reports a key created: storage/open311.py.
 """

@@ -1,4 +1,4 @@
-"""Open311Request keeps, per report created through the Open311 API (bot/open311.py), the key that
+"""Open311Request keeps, per report created through the Open311 API (handlers/open311.py), the key that
 created it and the `media_url` the client sent (a link to the client's own copy of the photo: it
 is not downloaded, so the API cannot be used to make this server fetch arbitrary URLs)."""
 from __future__ import annotations

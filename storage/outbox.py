@@ -1,5 +1,5 @@
 """The outbox: every message that leaves is a row first, committed with the change that caused
-it, then delivered by a dispatcher (bot/delivery.py). Claims use leases, so a crashed worker's
+it, then delivered by a dispatcher (bot/dispatcher.py, through each channel's sender: handlers/delivery.py). Claims use leases, so a crashed worker's
 rows are picked up again after `lease` passes; on PostgreSQL claims use FOR UPDATE SKIP LOCKED so
 several workers share one outbox."""
 from __future__ import annotations

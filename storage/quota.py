@@ -1,5 +1,5 @@
 """Request budgets kept in the database (a token bucket per named bucket, as GCRA), shared by
-every worker: Open311 POSTs per API key and across all keys (bot/open311.py).
+every worker: Open311 POSTs per API key and across all keys (handlers/open311.py).
 
 A bucket of `per_minute` requests with a `burst` holds one row: `tat`, the theoretical arrival
 time of the next request (seconds since the epoch). A request at `now` is allowed when

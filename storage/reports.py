@@ -73,6 +73,8 @@ class Report(SQLModel, table=True):
         Index("ix_report_status_created", "status", "created_at"),
         Index("ix_report_department_status", "department", "status", "created_at"),
         Index("ix_report_mahalle_created", "mahalle", "created_at"),
+        Index("ix_report_created_id", "created_at", "id"),      # newest first (0018)
+        Index("ix_report_updated_id", "updated_at", "id"),      # live updates' cursor (0018)
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     code: str = Field(max_length=24, unique=True)
@@ -437,6 +439,18 @@ def set_status(db: Session, code: str, status: str, actor: str, note: str = "", 
     audit(db, actor, "report.status", report.code, from_status=previous, to_status=status, note=note)
     db.flush()
     return report
+
+
+def assign(db: Session, report: Report, assignee_id: int | None, actor: str, *, now: datetime | None = None) -> None:
+    """Set a report's assignee (None: nobody) with its history row (the check and the audit row:
+    conversations/domain/reports.py assign)."""
+    now = now or utcnow()
+    report.assignee_id = assignee_id
+    report.updated_at = now
+    db.add(report)
+    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="assigned",
+                       note=f"staff:{assignee_id}" if assignee_id else ""))
+    db.flush()
 
 
 def merge(db: Session, code: str, into_code: str, actor: str, *, now: datetime | None = None) -> Report:

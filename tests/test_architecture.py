@@ -61,6 +61,12 @@ def test_conversations_import_no_handler_and_no_bot_module():
     assert _offenders("conversations", ("handlers", "bot")) == []
 
 
+def test_handlers_import_no_bot_module():
+    """A channel edge gets what it needs (settings, the engine, the database) from the app that
+    bot/ wires and hands it; it never reaches back up into bot/."""
+    assert _offenders("handlers", ("bot",)) == []
+
+
 def test_storage_and_conversations_agree_on_the_languages():
     """storage/broadcasts.py buckets residents by language without importing conversations."""
     from conversations.i18n import LANGUAGES
@@ -101,3 +107,20 @@ def test_env_example_lists_every_setting_with_a_comment():
         if not any(line.startswith("#") for line in above):
             uncommented.append(key)
     assert missing == [] and uncommented == []
+
+
+def test_the_architecture_guide_answers_with_files_that_exist():
+    """docs/ARCHITECTURE.md's "Where is it?" table: at least ten questions, each answered by at
+    most two files, every one of which exists (the guide follows the code when files move)."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text.split("## Where is it?")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| question")]
+    assert len(rows) >= 10
+    for row in rows:
+        answer = row.rsplit("|", 2)[1]
+        files = [p for p in re.findall(r"`([\w./<>-]+\.(?:py|po|toml|example))`", answer)] + \
+                [p for p in re.findall(r"`([\w/]+/)`", answer)]
+        assert 1 <= len(files) <= 2, row
+        for path in files:
+            if "<" not in path:
+                assert (ROOT / path).exists(), f"{path} (in: {row[:60]}...)"

@@ -19,7 +19,7 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot.app import add_configured_channels
-from bot.delivery import ChannelLimits, SendError, SendFailure
+from handlers.delivery import ChannelLimits, SendError, SendFailure
 from bot.dispatcher import Dispatcher
 from bot.pacing import ChatBuckets, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound

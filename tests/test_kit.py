@@ -1,4 +1,4 @@
-"""The channel kit (handlers/kit.py) and what every sender declares (bot/delivery.py), through the
+"""The channel kit (handlers/kit.py) and what every sender declares (handlers/delivery.py), through the
 real adapters: a long text split by the same rule on Telegram (the real PTB Bot against the fake
 Bot API server) and WhatsApp (the real twilio-python client against the fake Twilio API); the same
 typed commands read the same on the three channels; the platforms' failures as one SendFailure
@@ -23,7 +23,7 @@ from telegram.error import BadRequest
 from twilio.base.exceptions import TwilioRestException
 
 from bot.app import add_configured_channels
-from bot.delivery import ChannelLimits, SendError, SendFailure
+from handlers.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import serve_http
 from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,20 +52,28 @@ def running(tmp_path):
 
         cli("staff", "add", "--telegram", str(CHAT), "--name", "Ayşe Yılmaz", "--role", "admin",
             "--department", "fen_isleri")
-        log = (tmp_path / "katilim.log").open("w")
-        proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+        with katilim_run(tmp_path, env, tg):
             yield tg, f"http://127.0.0.1:{port}", cli
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-        output = (tmp_path / "katilim.log").read_text()
-        assert "Traceback" not in output, output
+
+
+@contextmanager
+def katilim_run(tmp_path, env, tg):
+    """`katilim run` in tmp_path until the block ends, polling the fake Bot API `tg`; its log
+    (tmp_path/katilim.log) must hold no traceback."""
+    log = (tmp_path / "katilim.log").open("w")
+    proc = subprocess.Popen([*katilim(), "run"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tg.wait_for(lambda s: s.calls_of("getUpdates"), timeout=30)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    output = (tmp_path / "katilim.log").read_text()
+    assert "Traceback" not in output, output
 
 
 def link_from_bot(tg, base: str) -> str:
@@ -88,6 +97,10 @@ def test_sign_in_from_the_bot_totp_and_sign_out(running, page):  # noqa: F811
     assert page.get_by_text("Ayşe Yılmaz olarak giriş yapmak üzeresiniz").is_visible()
     screenshot(page, "panel-login-confirm")
     page.get_by_role("button", name="Giriş yap").click()
+    page.wait_for_url(base + "/panel/")          # the home page: the dashboard
+    assert page.get_by_role("heading", name="Pano", level=1).is_visible()
+    screenshot(page, "panel-dashboard")
+    page.get_by_role("link", name="Hesabım", exact=True).click()
     page.wait_for_url(base + "/panel/account")
     assert page.get_by_role("heading", name="Hesabım", level=1).is_visible()
     assert page.get_by_role("link", name="Personel", exact=True).is_visible()  # an admin's navigation
@@ -129,7 +142,8 @@ def test_sign_in_from_the_bot_totp_and_sign_out(running, page):  # noqa: F811
     screenshot(page, "panel-totp-signin")
     page.get_by_label("Doğrulama kodu").fill(totp.at(datetime.now(timezone.utc) + timedelta(seconds=30)))
     page.get_by_role("button", name="Doğrula").click()
-    page.wait_for_url(base + "/panel/account")
+    page.wait_for_url(base + "/panel/")
+    page.goto(base + "/panel/account")
 
     # the admin adds a colleague with a role and departments
     page.get_by_role("link", name="Personel", exact=True).click()
@@ -160,7 +174,9 @@ def test_the_console_sends_no_inline_script_and_refuses_a_page_without_its_token
     tg, base, cli = running
     page.goto(cli("staff", "login-link", "1").strip())
     page.get_by_role("button", name="Giriş yap").click()
-    page.wait_for_url(base + "/panel/account")
+    page.wait_for_url(base + "/panel/")
+    assert page.evaluate("document.scripts.length") == 0    # the dashboard needs no script
+    page.goto(base + "/panel/account")
     assert page.evaluate("document.scripts.length") == 0
     # a form whose CSRF field was removed (a page another site built would have none) is refused
     page.evaluate("document.querySelector('form[action=\"/panel/account/language\"] input[name=csrf]').remove()")

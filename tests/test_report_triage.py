@@ -131,6 +131,7 @@ def test_migration_fills_the_search_words_and_closing_of_existing_reports(db_url
             assert [r.department for r in rows] == ["", ""]
         indexes = {i["name"] for i in sa.inspect(engine).get_indexes("report")}
         assert {"ix_report_status_created", "ix_report_department_status", "ix_report_mahalle_created",
-                "ix_report_department", "ix_report_assignee_id", "ix_report_due_at"} <= indexes
+                "ix_report_department", "ix_report_assignee_id", "ix_report_due_at", "ix_report_created_id",
+                "ix_report_updated_id"} <= indexes
     finally:
         engine.dispose()

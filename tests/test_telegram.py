@@ -15,7 +15,7 @@ from telegram import Bot, Update
 from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError, SendFailure
+from handlers.delivery import SendError, SendFailure
 from bot.features import FEATURES, Feature, build_registry
 from bot.flood import FloodGuard
 from conversations.i18n import t_in

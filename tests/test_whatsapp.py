@@ -17,13 +17,13 @@ from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from bot.app import add_configured_channels
-from bot.delivery import SendError, SendFailure
 from bot.http import serve_http
 from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in, translator
+from conversations.messages import Attachment, Choice, Kind, Outbound
 from conversations.notify import notify_resident
 from conversations.permissions import Actor
-from conversations.messages import Attachment, Choice, Kind, Outbound
+from handlers.delivery import SendError, SendFailure
 from handlers.whatsapp import (
     FILES_PATH,
     STATUS_PATH,
@@ -542,7 +542,7 @@ async def test_twilio_errors_in_the_dispatchers_terms(wa, make_settings):
 
 
 def assert_stored_file_headers(headers) -> None:
-    """What bot.http.stored_file puts on every file served from storage."""
+    """What handlers.files.stored_file puts on every file served from storage."""
     headers = {k.lower(): v for k, v in headers.items()}
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["content-security-policy"] == "default-src 'none'; sandbox"
@@ -599,10 +599,10 @@ def test_settings_are_validated(make_settings):
 
 
 def test_whatsapp_needs_a_public_url(make_app):
-    from bot.settings import SettingsError
+    from handlers.kit import ChannelSetupError
 
     app = make_app(twilio_account_sid="AC" + "a" * 32, twilio_auth_token="t", twilio_whatsapp_from=SENDER)
-    with pytest.raises(SettingsError, match="PUBLIC_BASE_URL"):
+    with pytest.raises(ChannelSetupError, match="PUBLIC_BASE_URL"):
         add_configured_channels(app)
 
 

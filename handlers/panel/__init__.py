@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi.staticfiles import StaticFiles
 
-from handlers.panel import routes, web
+from handlers.panel import reports, routes, web
 
 
 def mount(app, http_app) -> None:
@@ -16,9 +16,10 @@ def mount(app, http_app) -> None:
     http_app.state.katilim = app
     http_app.include_router(routes.router(app))         # first: /panel/login/totp before /panel/login/{token}
     http_app.include_router(routes.public_router(app))
+    http_app.include_router(reports.router(app))       # the dashboard (/panel/), the list, the map
     http_app.add_exception_handler(web.Denied, routes.denied_handler(app))
     # Static files: outside /panel, so the only /panel routes without a session are the sign-in ones.
     http_app.mount("/static/panel", StaticFiles(directory=str(web.STATIC)), name="panel-static")
     http_app.mount("/static/leaflet", StaticFiles(directory=leaflet.BASE_DIR), name="leaflet")
     http_app.mount("/static/markercluster", StaticFiles(directory=markercluster.BASE_DIR), name="markercluster")
-    http_app.add_middleware(web.SecurityHeaders)
+    http_app.add_middleware(web.SecurityHeaders, csp=web.csp_for(app.settings))

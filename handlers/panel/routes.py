@@ -27,7 +27,6 @@ from handlers.panel.web import (
     csrf_token,
     redirect,
     render,
-    route_paths,
     same_origin,
     secure,
 )
@@ -144,10 +143,6 @@ def router(app) -> APIRouter:
     enrolling = Guard(app, pending=("enrol",))
     any_step = Guard(app, pending=("totp", "enrol"))
     admin = Guard(app, admin=True)
-
-    @r.get("/")
-    async def home(request: Request, signed: Signed = Depends(signed_in)):
-        return redirect("/panel/reports" if "/panel/reports" in route_paths(request.app) else "/panel/account")
 
     # -- the second factor at sign-in
     @r.get("/login/totp")

@@ -46,11 +46,21 @@ LOGIN_NONCE_COOKIE = "katilim_panel_login"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
+
+def csp_for(settings) -> str:
+    """CSP, with the map's tile server (PANEL_TILE_URL) allowed as an image source."""
+    tiles = getattr(settings, "panel_tile_url", "") or ""
+    if not tiles:
+        return CSP
+    parts = urlsplit(tiles)
+    host = parts.netloc.replace("{s}", "*")      # a.tile…, b.tile…: any subdomain
+    return CSP.replace("img-src 'self' data:", f"img-src 'self' data: {parts.scheme}://{host}")
+
 # Navigation: (label key, path, admin only). A page not built yet shows as plain text.
 NAV = (
+    (N_("panel.nav.dashboard"), "/panel/", False),
     (N_("panel.nav.reports"), "/panel/reports", False),
     (N_("panel.nav.map"), "/panel/map", False),
-    (N_("panel.nav.dashboard"), "/panel/dashboard", False),
     (N_("panel.nav.new"), "/panel/new", False),
     (N_("panel.nav.account"), "/panel/account", False),
     (N_("panel.nav.staff"), "/panel/staff", True),
@@ -69,6 +79,9 @@ NOTICES = {
     "deactivated": N_("panel.notice.deactivated"),
     "activated": N_("panel.notice.activated"),
     "totp_reset": N_("panel.notice.totp_reset"),
+    "bulk_done": N_("panel.notice.bulk_done"),
+    "bulk_partial": N_("panel.notice.bulk_partial"),
+    "bulk_none": N_("panel.notice.bulk_none"),
 }
 
 _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
@@ -206,7 +219,8 @@ def render(request: Request, template: str, /, *, signed: Signed | None = None, 
             if admin_only and not admin:
                 continue
             nav.append({"label": label, "href": path if path in routes else "",
-                        "current": request.url.path == path or request.url.path.startswith(path + "/")})
+                        "current": request.url.path == path or (not path.endswith("/")
+                                                                and request.url.path.startswith(path + "/"))})
     notice = NOTICES.get(request.query_params.get("notice", ""))
     app = request.app.state.katilim
     html = _env.get_template(template).render(
@@ -216,6 +230,11 @@ def render(request: Request, template: str, /, *, signed: Signed | None = None, 
     return HTMLResponse(html, status_code=status)
 
 
+def fragment(template: str, lang: str, **context: Any) -> str:
+    """A piece of a page (a table row for the live updates), in the staff member's language."""
+    return _env.get_template(template).render(t=translator(lang), lang=lang, **context)
+
+
 def redirect(path: str, notice: str = "") -> RedirectResponse:
     return RedirectResponse(path + (f"?notice={notice}" if notice else ""), status_code=303)
 
@@ -223,8 +242,8 @@ def redirect(path: str, notice: str = "") -> RedirectResponse:
 class SecurityHeaders:
     """ASGI middleware: the console's headers on every response under /panel."""
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, csp: str = CSP) -> None:
+        self.app, self.csp = app, csp.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not (scope["path"] == "/panel" or scope["path"].startswith("/panel/")):
@@ -234,7 +253,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() not in (b"cache-control", b"content-security-policy")]
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                headers += [(b"content-security-policy", self.csp), (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
                             (b"referrer-policy", b"same-origin"),
                             (b"cross-origin-opener-policy", b"same-origin")]

@@ -62,7 +62,8 @@ from typing import Annotated, Any, Callable, Literal, NamedTuple, Optional
 from xml.etree import ElementTree as ET
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, FastAPI, Header, Path as PathParam, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -71,16 +72,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import false
 from sqlmodel import Session, select
 
-from bot.catalog import LOCALES, Catalog
 from conversations.domain import reports as domain
-from conversations.i18n import t_in
+from conversations.i18n import LANGUAGES, t_in
 from conversations.permissions import Actor
-from bot.http import IMAGE_TYPES, stored_file
+from handlers.files import IMAGE_TYPES, stored_file
 from handlers.kit import read_body
 from storage import apikeys, quota
-from storage.audit import audit
 from storage import open311 as open311_requests
 from storage.apikeys import ApiKey
+from storage.audit import audit
 from storage.db import aware, transaction, utcnow
 from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia
 
@@ -266,7 +266,7 @@ def pick_locale(locale: str | None, accept_language: str | None) -> str:
     def base(tag: str) -> str:
         return re.split(r"[-_]", tag.strip().lower(), maxsplit=1)[0]
 
-    if locale and base(locale) in LOCALES:
+    if locale and base(locale) in LANGUAGES:
         return base(locale)
     ranked = []
     for i, part in enumerate((accept_language or "").split(",")[:20]):
@@ -278,7 +278,7 @@ def pick_locale(locale: str | None, accept_language: str | None) -> str:
                 q = float(match.group(1))
             except ValueError:
                 q = 0.0
-        if base(tag) in LOCALES and q > 0:
+        if base(tag) in LANGUAGES and q > 0:
             ranked.append((-q, i, base(tag)))
     return min(ranked)[2] if ranked else "tr"
 
@@ -364,7 +364,7 @@ class Open311:
     def __init__(self, app) -> None:
         self.app = app
         self.settings = app.settings
-        self.catalog: Catalog = app.catalog
+        self.catalog = app.catalog  # bot/catalog.py's Catalog
         self.tz = ZoneInfo(self.catalog.municipality.timezone or app.settings.timezone)
         self.prefix = self.catalog.municipality.tracking_prefix
 
