@@ -236,6 +236,10 @@ def menu(ctx: Ctx) -> None:
 @menu.on_input
 def on_menu(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind != Kind.CHOICE:
+        for meaning in ctx.registry.idle_texts if msg.kind == Kind.TEXT else ():
+            found = meaning(ctx, msg)
+            if found is not None:
+                return found
         return Invalid("menu.choose")
     target = ctx.registry.menu_item(msg.choice).target
     if target.startswith(COMMAND_PREFIX):

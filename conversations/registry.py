@@ -122,6 +122,7 @@ class Router:
         self.mergers: list[Merger] = []
         self.withdrawals: dict[str, list[ConsentHook]] = {}
         self.grants: dict[str, list[ConsentHook]] = {}
+        self.idle_texts: list[Handler] = []
         self.problems: list[str] = []
 
     def __repr__(self) -> str:
@@ -201,6 +202,14 @@ class Router:
 
         return deco
 
+    def idle_text(self, fn: Handler) -> Handler:
+        """What free text typed at the menu (nothing in progress) may mean to this feature, e.g.
+        the answer to a question staff asked: `(ctx, msg) -> Transition | None` (None: not for
+        it). The menu asks each feature's handler in order before saying "please choose"."""
+        self.idle_texts.append(fn)
+        self._note(fn)
+        return fn
+
     def word_command(self, key: str, action: str) -> None:
         """Typed words that act like a command in any state: the catalog key's comma-separated
         words, in every language ("words.stop": "dur, stop") → the command `action`."""
@@ -265,6 +274,7 @@ class Registry:
     mergers: tuple[Merger, ...]
     withdrawals: Mapping[str, tuple[ConsentHook, ...]]
     grants: Mapping[str, tuple[ConsentHook, ...]]
+    idle_texts: tuple[Handler, ...] = ()
 
     @classmethod
     def build(cls, routers: Iterable[Router]) -> "Registry":
@@ -360,7 +370,8 @@ class Registry:
             exporters=tuple(e for r in routers for e in r.exporters),
             erasers=tuple(e for r in routers for e in r.erasers), mergers=tuple(m for r in routers for m in r.mergers),
             withdrawals=_frozen({p: tuple(h) for p, h in withdrawals.items()}),
-            grants=_frozen({p: tuple(h) for p, h in grants.items()}))
+            grants=_frozen({p: tuple(h) for p, h in grants.items()}),
+            idle_texts=tuple(h for r in routers for h in r.idle_texts))
 
     def menu_item(self, key: str) -> MenuItem | None:
         return next((item for item in self.menu_items if item.key == key), None)

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 from conversations import geo, notify
 from conversations.core import require_consent
 from conversations.domain import reports as domain
+from conversations.domain import triage
 from conversations.i18n import LANGUAGES, N_, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.permissions import Actor
@@ -576,8 +577,8 @@ def report_duplicate(ctx: Ctx) -> None:
         ctx.say(ctx.t("report.duplicate_intro"))
         for report in reports:
             text = _duplicate_text(ctx, report)
-            photos = rp.media_of(ctx.db, report.id, kind="photo")
-            ctx.say(text, photo_path=photos[0].path if photos else "")
+            photos = [p for p in (rp.shown_photo(m) for m in rp.media_of(ctx.db, report.id, kind="photo")) if p]
+            ctx.say(text, photo_path=photos[0] if photos else "")
         ctx.data["dups_shown"] = True
     choices = [Choice(f"f:{r.code}", ctx.t("report.duplicate_follow", code=r.code)) for r in reports]
     choices += [Choice("file", ctx.t("report.duplicate_file")), Choice("back", ctx.t("report.duplicate_back"))]
@@ -865,3 +866,47 @@ def on_report_rate(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.choice == "skip":
         return Go(IDLE)
     return on_rating(ctx, msg)
+
+
+# ---------------------------------------------------------------- a question from staff
+@router.global_choice(triage.QUESTION_PREFIX)
+def on_question_button(ctx: Ctx, msg: Inbound) -> Transition:
+    """rq:CODE on staff's question: the resident's next text is their answer."""
+    code = msg.choice.split(":", 1)[1] if ":" in msg.choice else ""
+    report = triage.open_question(ctx.db, ctx.resident.id, code=code, now=ctx.now)
+    if report is None:
+        ctx.replies.append(Outbound(text=ctx.t("report.question.closed", code=code)))
+        return Stay()
+    return Go("report.answer", {"code": report.code})
+
+
+@router.idle_text
+def answer_at_menu(ctx: Ctx, msg: Inbound) -> Transition | None:
+    """Free text at the menu right after staff asked a question: it is the answer."""
+    report = triage.open_question(ctx.db, ctx.resident.id, now=ctx.now)
+    if report is None:
+        return None
+    return _answered(ctx, report, msg.text)
+
+
+@router.state("report.answer")
+def report_answer(ctx: Ctx) -> None:
+    ctx.ask(ctx.t("report.question.prompt", code=ctx.data.get("code", "")),
+            [Choice("cancel", ctx.t("common.back"))])
+
+
+@report_answer.on_input
+def on_report_answer(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.CHOICE:
+        return Go(IDLE)
+    report = triage.open_question(ctx.db, ctx.resident.id, code=ctx.data.get("code", ""), now=ctx.now)
+    if report is None:
+        ctx.say(ctx.t("report.question.closed", code=ctx.data.get("code", "")))
+        return Go(IDLE)
+    return _answered(ctx, report, msg.text)
+
+
+def _answered(ctx: Ctx, report: rp.Report, text: str) -> Transition:
+    triage.record_answer(ctx.db, ctx.resident.id, report, truncate(text.strip(), MAX_DESCRIPTION), now=ctx.now)
+    ctx.say(ctx.t("report.question.thanks", code=report.code))
+    return Go(IDLE)

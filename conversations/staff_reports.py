@@ -8,7 +8,8 @@ notifications to the reporter and the followers in their language), as in the CL
 from __future__ import annotations
 
 from conversations.domain import reports as domain
-from conversations.i18n import N_
+from conversations.domain import triage
+from conversations.i18n import N_, t_in
 from conversations.messages import Attachment, Choice, Inbound, Kind
 from conversations.permissions import Refused
 from conversations.registry import Router
@@ -215,10 +216,12 @@ def staff_text(ctx: Ctx, report: rp.Report) -> str:
         target = rp.get_report(ctx.db, report.merged_into_id)
         lines.append(ctx.t("report.detail_merged", code=target.code if target else "?"))
     lines.append(ctx.t("report.detail_history"))
-    for event in rp.history_of(ctx.db, report.id)[-12:]:
-        what = status_name(ctx, event.to_status) if event.to_status else event.kind
-        note = f" — {truncate(event.note, 160)}" if event.note else ""
-        lines.append(f"• {ctx.when(event.at)} · {what} · {event.actor}{note}")
+    events = rp.history_of(ctx.db, report.id)[-12:]
+    names = triage.staff_names_for(ctx.db, events)
+    for event in events:
+        what = triage.event_text(ctx.t, event, report, ctx.catalog, names, lambda s: status_name(ctx, s))
+        note = f" — {truncate(event.note, 160)}" if triage.shows_note(event) else ""
+        lines.append(f"• {ctx.when(event.at)} · {what} · {triage.actor_name(ctx.t, event.actor, report, names)}{note}")
     return "\n".join(lines)
 
 
@@ -229,6 +232,8 @@ def _view_choices(ctx: Ctx, report: rp.Report) -> list[Choice]:
             if status != report.status and not (status == "seen" and report.status != "new"):
                 choices.append(Choice(f"to:{status}", ctx.t(label)))
         choices.append(Choice("merge", ctx.t("staffreport.merge")))
+    else:
+        choices.append(Choice("unmerge", ctx.t("staffreport.unmerge")))
     return choices + [Choice("back", ctx.t("staffreport.back"))]
 
 
@@ -240,6 +245,8 @@ def on_staff_view(ctx: Ctx, msg: Inbound) -> Transition:
         return Go("staffreport.list", keep=True)
     if msg.choice == "merge":
         return Go("staffreport.merge", keep=True)
+    if msg.choice == "unmerge":
+        return _unmerge(ctx)
     target = msg.choice.removeprefix("to:")
     ctx.data["to"] = target
     return Go("staffreport.reason" if target == "rejected" else "staffreport.note", keep=True)
@@ -247,8 +254,20 @@ def on_staff_view(ctx: Ctx, msg: Inbound) -> Transition:
 
 @router.state("staffreport.note", staff_only=True)
 def staff_note(ctx: Ctx) -> None:
-    ctx.ask(ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""), status=status_name(ctx, ctx.data.get("to", ""))),
+    text = ctx.t("staffreport.note_prompt", code=ctx.data.get("code", ""),
+                 status=status_name(ctx, ctx.data.get("to", "")))
+    ctx.ask(text + "\n" + _languages_line(ctx),
             [Choice("none", ctx.t("staffreport.no_note")), Choice("cancel", ctx.t("staffreport.back"))])
+
+
+def _languages_line(ctx: Ctx) -> str:
+    """Who reads the note, in which language: it goes out as written (issue 14, item 19)."""
+    report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
+    found = triage.audience_languages(ctx.db, report) if report is not None else {}
+    if not found:
+        return ctx.t("staffreport.note_nobody")
+    parts = [f"{t_in(lang, 'language.name')} ({count})" for lang, count in found.items()]
+    return ctx.t("staffreport.note_languages", languages=ctx.t.join(parts))
 
 
 @staff_note.on_input
@@ -308,17 +327,66 @@ def on_staff_merge(ctx: Ctx, msg: Inbound) -> Transition:
     found = CODE_RE.search(msg.text.upper())
     if not found:
         return Invalid("staffreport.merge_hint")
-    code = ctx.data.get("code", "")
+    source, target = rp.get_by_code(ctx.db, ctx.data.get("code", "")), rp.get_by_code(ctx.db, found.group(1))
+    if source is None or target is None:
+        ctx.say(ctx.t("report.unknown_code", code=found.group(1)))
+        return Stay()
+    if source.id == target.id:
+        return Invalid("report.error.merge_self")
+    return Go("staffreport.merge_confirm", {"into": target.code}, keep=True)
+
+
+@router.state("staffreport.merge_confirm", staff_only=True, choice_only=True)
+def staff_merge_confirm(ctx: Ctx) -> None:
+    """Merging asks first; across categories or far apart it says so and needs "merge anyway"."""
+    source, target = rp.get_by_code(ctx.db, ctx.data.get("code", "")), rp.get_by_code(ctx.db, ctx.data.get("into", ""))
+    if source is None or target is None:
+        ctx.ask(ctx.t("report.unknown_code", code=ctx.data.get("into", "")),
+                [Choice("cancel", ctx.t("staffreport.back"))])
+        return
+    found = triage.merge_check(source, target)
+    lines = [ctx.t("staffreport.merge_confirm", code=source.code, into=target.code,
+                   category=category_name(ctx, target.category))]
+    if found.other_category:
+        lines.append(ctx.t("staffreport.merge_other_category", category=category_name(ctx, source.category),
+                           into_category=category_name(ctx, target.category)))
+    if found.far:
+        lines.append(ctx.t("staffreport.merge_far", metres=int(found.metres or 0), limit=int(triage.MERGE_MAX_METRES))
+                     if found.metres is not None else ctx.t("staffreport.merge_other_mahalle"))
+    key = "force" if found.needs_override else "yes"
+    label = N_("staffreport.merge_anyway") if found.needs_override else N_("staffreport.merge_yes")
+    ctx.ask("\n".join(lines), [Choice(key, ctx.t(label)), Choice("cancel", ctx.t("staffreport.back"))])
+
+
+@staff_merge_confirm.on_input
+def on_staff_merge_confirm(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.choice == "cancel":
+        ctx.data.pop("into", None)
+        return Go("staffreport.view", keep=True)
+    code, into = ctx.data.get("code", ""), ctx.data.pop("into", "")
+    people = len(rp.to_be_told(ctx.db, rp.get_by_code(ctx.db, code)))
+    report = _tried(ctx, lambda: triage.merge(ctx.db, ctx.acting_as, code, into, override=msg.choice == "force",
+                                              catalog=ctx.catalog, tz=ctx.config.timezone, now=ctx.now))
+    if report is not None:
+        target = rp.get_report(ctx.db, report.merged_into_id)
+        ctx.say(ctx.t.n("staffreport.merged", people, code=report.code, into=target.code))
+    return Go("staffreport.view", keep=True)
+
+
+def _unmerge(ctx: Ctx) -> Transition:
+    report = _tried(ctx, lambda: triage.unmerge(ctx.db, ctx.acting_as, ctx.data.get("code", ""), catalog=ctx.catalog,
+                                                tz=ctx.config.timezone, now=ctx.now))
+    if report is not None:
+        ctx.say(ctx.t("staffreport.unmerged", code=report.code, status=status_name(ctx, report.status)))
+    return Go("staffreport.view", keep=True)
+
+
+def _tried(ctx: Ctx, operation):
+    """Run a domain operation; when it cannot be done or is refused, say why and return None."""
     try:
-        merged = domain.merge(ctx.db, ctx.acting_as, code, found.group(1), catalog=ctx.catalog,
-                              tz=ctx.config.timezone, now=ctx.now)
-    except rp.ReportError as err:
+        return operation()
+    except (rp.ReportError, triage.TriageError) as err:
         ctx.say(ctx.t(err.key, **err.params))
-        return Go("staffreport.merge", keep=True)
     except Refused:
         ctx.say(ctx.t("staff.refused"))
-        return Go("staffreport.view", keep=True)
-    report, target = merged.report, merged.target
-    ctx.say(ctx.t.n("staffreport.merged", len(merged.told), code=report.code, into=target.code))
-    ctx.data.pop("shown", None)
-    return Go("staffreport.view", {"code": target.code}, keep=True)
+    return None

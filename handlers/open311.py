@@ -82,7 +82,7 @@ from storage import open311 as open311_requests
 from storage.apikeys import ApiKey
 from storage.audit import audit
 from storage.db import aware, transaction, utcnow
-from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia
+from storage.reports import CLOSED_STATUSES, OPEN_STATUSES, Report, ReportEvent, ReportMedia, shown_photo
 
 log = logging.getLogger(__name__)
 
@@ -414,8 +414,8 @@ class Open311:
         notes: dict[int, ReportEvent] = {}
         merged_codes: dict[int, str] = {}
         if ids:
-            for media in db.exec(select(ReportMedia).where(ReportMedia.report_id.in_(ids), ReportMedia.kind == "photo")
-                                 .order_by(ReportMedia.id)):
+            for media in db.exec(select(ReportMedia).where(ReportMedia.report_id.in_(ids), ReportMedia.kind == "photo",
+                                                    ReportMedia.hidden.is_(False)).order_by(ReportMedia.id)):
                 photos.setdefault(media.report_id, media)
             for event in db.exec(select(ReportEvent).where(ReportEvent.report_id.in_(ids), ReportEvent.kind == "status")
                                  .order_by(ReportEvent.id)):
@@ -555,10 +555,10 @@ class Open311:
                 raise Open311Error(403, "photos need an api_key of scope full")
             media = db.exec(select(ReportMedia).where(ReportMedia.token == token)).first()
             report = db.get(Report, media.report_id) if media is not None else None
-            if report is None or report.code != code or media.kind != "photo" or not media.path:
-                raise Open311Error(404, "no such photo")
+            if report is None or report.code != code or media.kind != "photo" or not shown_photo(media):
+                raise Open311Error(404, "no such photo")  # hidden by staff: as if it never was
             root = Path(self.settings.media_dir).resolve()
-            path = Path(media.path)
+            path = Path(shown_photo(media))  # a blurred photo: its blurred copy
             path = (path if path.is_absolute() else Path.cwd() / path).resolve()
             response = stored_file(path, allowed=IMAGE_TYPES) if path.is_relative_to(root) else None
             if response is None:  # outside MEDIA_DIR, gone, or not an image

@@ -118,7 +118,8 @@ def references():
 
     # a broadcast's rows carry its photo, which broadcast.photo_path already names
     waiting = OutboxMessage.status.in_(("pending", "sending")) & OutboxMessage.broadcast_id.is_(None)
-    return [(ReportMedia.path, None, False), (Broadcast.photo_path, Broadcast.photo_path != "", False),
+    return [(ReportMedia.path, None, False), (ReportMedia.blurred_path, ReportMedia.blurred_path != "", False),
+            (Broadcast.photo_path, Broadcast.photo_path != "", False),
             (ConversationSession.data, None, True), (OutboxMessage.payload, waiting, True)]
 
 

@@ -126,6 +126,10 @@ class ReportMedia(SQLModel, table=True):
     size: Optional[int] = None
     kind: str = Field(default="photo", max_length=8)  # photo, voice
     created_at: datetime = Field(default_factory=utcnow)
+    # the console (revision 0019_report_page): a hidden photo is shown to staff only; a blurred one
+    # is served as its blurred copy (a path in the media store) to viewers and publicly
+    hidden: bool = Field(default=False)
+    blurred_path: str = Field(default="", max_length=500)
     # the supporter's comment (report_event) a photo came with; None for the reporter's own
     event_id: Optional[int] = Field(default=None, foreign_key="report_event.id", index=True)
 
@@ -154,6 +158,8 @@ class ReportEvent(SQLModel, table=True):
     from_status: str = Field(default="", max_length=16)
     to_status: str = Field(default="", max_length=16)
     note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # staff's own note (revision 0019_report_page): never sent, never shown to residents
+    internal: bool = Field(default=False)
 
 
 # ---------------------------------------------------------------- codes
@@ -274,8 +280,20 @@ def media_of(db: Session, report_id: int, kind: str | None = None) -> list[Repor
     return list(db.exec(query.order_by(ReportMedia.id)))
 
 
-def history_of(db: Session, report_id: int) -> list[ReportEvent]:
-    return list(db.exec(select(ReportEvent).where(ReportEvent.report_id == report_id).order_by(ReportEvent.id)))
+def history_of(db: Session, report_id: int, *, internal: bool = True) -> list[ReportEvent]:
+    """A report's events, oldest first; `internal=False` leaves out staff's own notes (a resident's view)."""
+    query = select(ReportEvent).where(ReportEvent.report_id == report_id)
+    if not internal:
+        query = query.where(ReportEvent.internal.is_(False))
+    return list(db.exec(query.order_by(ReportEvent.id)))
+
+
+def shown_photo(media: ReportMedia) -> str:
+    """The file to show of a photo outside staff's own views (viewers, Open311, a resident offered
+    the report as a similar one): "" when hidden, else its blurred copy when it has one."""
+    if media.hidden:
+        return ""
+    return media.blurred_path or media.path
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -567,7 +585,7 @@ def report_dict(db: Session, report: Report, *, with_history: bool = True) -> di
         data["merged_into"] = target.code if target else None
     if with_history:
         data["history"] = [{"at": _iso(e.at), "kind": e.kind, "from": e.from_status, "to": e.to_status,
-                            "note": e.note} for e in history_of(db, report.id)]
+                            "note": e.note} for e in history_of(db, report.id) if not e.internal]
     return data
 
 
@@ -588,7 +606,7 @@ def erase_resident(db: Session, resident_id: int) -> Erased:
     for report in list_for_resident(db, resident_id):
         erased.words |= {report.description, report.address} - {""}
         for media in media_of(db, report.id):
-            erased.files.add(media.path)
+            erased.files |= {media.path, media.blurred_path} - {""}
             db.delete(media)
         report.resident_id = None
         report.description = ""

@@ -113,6 +113,8 @@ def test_a_merge_from_the_chat_and_from_the_cli_leaves_the_same_rows(make_app, t
     boss.text(duplicate)
     boss.tap("merge")
     boss.text(code)
+    assert boss.keys() == ["yes", "cancel"]      # the same lamp, a few metres apart: asked, no warning
+    boss.tap("yes")
     out = _katilim(cli_app.settings.database_url, "merge", duplicate, code).stdout
     assert out == f"{duplicate} merged into {code}\n"
     chat_notes, chat_audit = _rows(chat_app, "report.merged")

@@ -16,8 +16,10 @@ import pytest
 from sqlmodel import select
 
 from conversations.domain import reports as reports_domain
+from conversations.i18n import t_in
 from conversations.messages import Inbound, Kind, Media
 from conversations.permissions import Actor
+from storage import panel
 from storage import reports as rp
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import upgrade
@@ -125,10 +127,13 @@ def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir �
     return chat.last
 
 
-def _staff_at_reports(app, address: str = "boss") -> Chat:
+def _staff_at_reports(app, address: str = "boss", departments=()) -> Chat:
     """A staff member on the console, onboarded in Turkish, at /raporlar."""
     with transaction(app.db) as db:
-        db.add(Staff(console=address))
+        staff = Staff(console=address)
+        db.add(staff)
+        db.flush()
+        panel.set_departments(db, staff.id, departments)
     staff = Chat(app, address)
     staff.onboard("tr")
     staff.text("/raporlar")
@@ -370,7 +375,7 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     _file(john, category="rubbish", where=(38.3900, 27.1900))
     john.tap("confirm")
     second = CODE.search(john.said).group(0)
-    boss = _staff_at_reports(app)
+    boss = _staff_at_reports(app, departments=["temizlik_isleri"])
     boss.tap("cat")
     boss.tap("c:waste")
     assert "Çöp ve temizlik" in boss.said
@@ -379,11 +384,37 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     boss.text(second)                            # open by typed code
     boss.tap("merge")
     boss.text(first)
-    assert first in boss.said
+    # asked first; ~1.4 km apart: a warning, and only "merge anyway" merges (issue 14, item 18)
+    with transaction(app.db) as db:
+        metres = int(rp.haversine_m(38.3900, 27.1900, *PIN))
+    assert boss.state() == "staffreport.merge_confirm" and boss.keys() == ["force", "cancel"]
+    assert boss.said == "\n".join([
+        t_in("tr", "staffreport.merge_confirm", code=second, into=first, category="Çöp ve temizlik"),
+        t_in("tr", "staffreport.merge_far", metres=metres, limit=300)])
+    with transaction(app.db) as db:
+        assert rp.get_by_code(db, second).status == "new"
+    boss.tap("force")
+    assert first in boss.said and boss.state() == "staffreport.view"
     with transaction(app.db) as db:
         merged = rp.get_by_code(db, second)
         assert merged.status == "merged" and rp.get_by_code(db, first).supporters == 1
     assert "merged into" in _outbox(app, john.resident_id())[-1].payload["text"]
+    # undone: a report of its own again, the follow the merge made is gone
+    assert "unmerge" in boss.keys()
+    boss.tap("unmerge")
+    assert t_in("tr", "staffreport.unmerged", code=second, status="Yeni") in boss.said
+    with transaction(app.db) as db:
+        assert rp.get_by_code(db, second).status == "new" and rp.get_by_code(db, first).supporters == 0
+    assert _outbox(app, john.resident_id())[-1].payload["text"] == t_in("en", "report.notify.unmerged", code=second)
+    # the history in words: who did what, never an internal id (issue 14, item 21)
+    assert "• " in boss.said and "resident:" not in boss.said and "staff:" not in boss.said
+    assert "Bildirim alındı · Bildirim sahibi" in boss.said
+    assert f"{first} ile birleştirildi" in boss.said and f"Birleştirme geri alındı ({first})" in boss.said
+    boss.text(second)                            # merged again, then the target rejected
+    boss.tap("merge")
+    boss.text(first)
+    boss.tap("force")
+    boss.text(first)
     boss.tap("to:rejected")
     boss.text("Özel mülk")
     with transaction(app.db) as db:

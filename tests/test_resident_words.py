@@ -404,7 +404,7 @@ def test_the_resident_is_told_the_usual_response_time(make_app, lang, typed, exp
     assert chat.last[0].text == translator(lang)("report.saved", code=code, command=command) + "\n" + expected
 
 
-def test_migration_0019_adds_and_drops_the_supporter_columns(db_url):
+def test_migration_0020_adds_and_drops_the_supporter_columns(db_url):
     from alembic import command
     from sqlalchemy import inspect
 
@@ -415,7 +415,7 @@ def test_migration_0019_adds_and_drops_the_supporter_columns(db_url):
     upgrade(engine)
     assert "event_id" in {c["name"] for c in inspect(engine).get_columns("report_media")}
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    command.downgrade(cfg, "0018_report_list_order")
+    command.downgrade(cfg, "0019_report_page")
     assert "event_id" not in {c["name"] for c in inspect(engine).get_columns("report_media")}
     command.upgrade(cfg, "heads")
     assert "event_id" in {c["name"] for c in inspect(engine).get_columns("report_media")}

@@ -105,7 +105,8 @@ def merge(db: Session, actor: Actor, code: str, into_code: str, *, catalog=None,
     """Merge a duplicate into another report; its people follow the target and are told its code."""
     report, into = rp.require(db, code), rp.require(db, into_code)
     for changed in (report, into):  # both change: the target gains the duplicate's people
-        authorise(db, actor, "report.change", changed.code, department=department_of(changed))
+        authorise(db, actor, "report.change", changed.code, department=department_of(changed),
+                  assignee_id=changed.assignee_id)
     told = rp.to_be_told(db, report)
     report = rp.merge(db, report.code, into_code, actor.who, now=now)
     target = rp.get_report(db, report.merged_into_id)

@@ -61,7 +61,7 @@ NAV = (
     (N_("panel.nav.dashboard"), "/panel/", False),
     (N_("panel.nav.reports"), "/panel/reports", False),
     (N_("panel.nav.map"), "/panel/map", False),
-    (N_("panel.nav.new"), "/panel/new", False),
+    (N_("panel.nav.new"), "/panel/reports/new", False),
     (N_("panel.nav.account"), "/panel/account", False),
     (N_("panel.nav.staff"), "/panel/staff", True),
     (N_("panel.nav.apikeys"), "/panel/apikeys", True),
@@ -82,6 +82,17 @@ NOTICES = {
     "bulk_done": N_("panel.notice.bulk_done"),
     "bulk_partial": N_("panel.notice.bulk_partial"),
     "bulk_none": N_("panel.notice.bulk_none"),
+    # the report page (handlers/panel/report_page.py)
+    "filed": N_("panel.notice.filed"),
+    "status_changed": N_("panel.notice.status_changed"),
+    "note_saved": N_("panel.notice.note_saved"),
+    "question_sent": N_("panel.notice.question_sent"),
+    "assigned": N_("panel.notice.assigned"),
+    "merged": N_("panel.notice.merged"),
+    "unmerged": N_("panel.notice.unmerged"),
+    "photo_changed": N_("panel.notice.photo_changed"),
+    "pin_moved": N_("panel.notice.pin_moved"),
+    "category_changed": N_("panel.notice.category_changed"),
 }
 
 _env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
@@ -239,6 +250,10 @@ def redirect(path: str, notice: str = "") -> RedirectResponse:
     return RedirectResponse(path + (f"?notice={notice}" if notice else ""), status_code=303)
 
 
+OWN_HEADERS = (b"cache-control", b"content-security-policy", b"x-content-type-options", b"x-frame-options",
+               b"referrer-policy", b"cross-origin-opener-policy")  # set here once (a stored file brings its own)
+
+
 class SecurityHeaders:
     """ASGI middleware: the console's headers on every response under /panel."""
 
@@ -252,7 +267,7 @@ class SecurityHeaders:
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in (b"cache-control", b"content-security-policy")]
+                           if k.lower() not in OWN_HEADERS]
                 headers += [(b"content-security-policy", self.csp), (b"x-content-type-options", b"nosniff"),
                             (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
                             (b"referrer-policy", b"same-origin"),

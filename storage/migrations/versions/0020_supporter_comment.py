@@ -4,16 +4,16 @@
 * `report_media.event_id`: the supporter's comment a photo came with (NULL for the reporter's own
   photos), so that erasing the supporter deletes their photos from the followed report.
 
-Revision ID: 0019_supporter_comment
-Revises: 0018_report_list_order
+Revision ID: 0020_supporter_comment
+Revises: 0019_report_page
 Create Date: 2026-12-02
 """
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = '0019_supporter_comment'
-down_revision = '0018_report_list_order'
+revision = '0020_supporter_comment'
+down_revision = '0019_report_page'
 branch_labels = None
 depends_on = None
 
