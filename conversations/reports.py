@@ -1,4 +1,4 @@
-"""Problem reports, the resident's side (issue 4): /bildir files a report, /raporlarim lists them.
+"""Problem reports, the resident's side (issue 4): /bildir files a report, /bildirimlerim (alias /raporlarim) lists them.
 
 /bildir → consent "reports" → category → location (a pin, whose mahalle the resident confirms in one
 tap, or mahalle + street/landmark) → (an open report of the same category nearby? it is shown, with
@@ -44,7 +44,8 @@ DEFAULT_PER_HOUR = 5
 CODE_RE = re.compile(r"\b([A-Z]{2,6}-\d{4}-\d{6})\b")
 # The command names a resident types, per language (Telegram menu names must be Latin).
 REPORT_COMMAND = {"tr": "bildir", "en": "report", "ar": "report"}
-MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
+# one word for one thing: the menu says "📋 Bildirimlerim", so does the command (/raporlarim stays an alias)
+MINE_COMMAND = {"tr": "bildirimlerim", "en": "myreports", "ar": "myreports"}
 
 router = Router("reports")
 router.menu_item(10, "report", N_("report.menu"), "cmd:report")
@@ -672,8 +673,8 @@ def _follow(ctx: Ctx, report: rp.Report) -> None:
         ctx.say(ctx.t("report.already_following", code=report.code))
 
 
-# ---------------------------------------------------------------- /raporlarim
-@router.command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
+# ---------------------------------------------------------------- /bildirimlerim (/raporlarim)
+@router.command("myreports", "bildirimlerim", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
 def cmd_myreports(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
@@ -767,9 +768,17 @@ def detail_text(ctx: Ctx, report: rp.Report, *, with_description: bool) -> str:
 
 
 def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) -> list[Choice]:
+    """The page's buttons; a resolved report offers what its notification did, for as long as it
+    applies: reopen it (within REOPEN_WINDOW) and, for the reporter who has not yet, rate it."""
     choices = []
     if not mine and not following and report.status in rp.OPEN_STATUSES:
         choices.append(Choice("follow", ctx.t("report.detail_follow")))
+    if report.status == "resolved" and (mine or following):
+        if mine and not report.rating:
+            choices.append(Choice("rate", ctx.t("report.detail_rate")))
+        resolved_at = aware(report.resolved_at or report.updated_at)
+        if ctx.now - resolved_at <= rp.REOPEN_WINDOW:
+            choices.append(Choice("reopen", ctx.t("report.detail_reopen")))
     return choices + [Choice("list", ctx.t("report.back_to_list")), Choice("menu", ctx.t("report.to_menu"))]
 
 
@@ -784,6 +793,12 @@ def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
         report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
         if report is not None:
             _follow(ctx, report)
+        return Go("report.detail", keep=True)
+    if msg.choice == "rate":
+        return Go("report.rate", {"code": ctx.data.get("code", "")})
+    if msg.choice == "reopen":  # as the notification's "no, it goes on" button does
+        on_resolved_answer(ctx, Inbound(channel=msg.channel, address=msg.address, kind=Kind.CHOICE,
+                                        choice=f"{notify.RESOLVED_PREFIX}:no:{ctx.data.get('code', '')}"))
         return Go("report.detail", keep=True)
     if msg.choice == "list":
         return Go("report.mine", {"_page": ctx.data.get("_page", 0)})

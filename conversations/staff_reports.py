@@ -57,7 +57,11 @@ def _query_args(ctx: Ctx) -> dict:
     return args
 
 
-@router.command("reports", "raporlar", "reports")
+router.menu_item(102, "staff_reports", N_("menu.staff_reports"), "cmd:reports", staff=True)
+
+
+@router.command("reports", "raporlar", "reports", menu={"tr": "raporlar", "en": "reports", "ar": "reports"},
+                description=N_("command.staff_reports"), staff=True)
 def cmd_reports(ctx: Ctx, text: str) -> Transition:
     found = CODE_RE.search((text or "").upper())
     if found:

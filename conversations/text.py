@@ -74,6 +74,46 @@ def match_mahalle(typed: str, neighbourhoods, *, with_keys: bool = False) -> lis
     return match_options(strip_mahalle(typed), options)
 
 
+def key_for(typed: str, keys) -> str | None:
+    """The key staff meant when they typed one of a catalog's keys (an event type, a category, a
+    pool, a department, a status), Turkish-aware: "atölye" → "atolye", "Odak Grup" → "odak_grup",
+    "ÇEVRE" → "cevre"; None when no key matches."""
+    q = fold(typed).replace(" ", "_")
+    return next((key for key in keys if fold(key).replace(" ", "_") == q), None) if q else None
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of two neighbours between two strings
+    (optimal string alignment): "repot" → "report" 1, "yardmi" → "yardim" 1."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def closest(typed: str, names: list[str]) -> str | None:
+    """The one name nearest to what was typed, folded Turkish-aware ("/yardım" → "yardim"), when it
+    is near enough to be a slip (one edit in a short word, two in a longer one); None when there is
+    none or two are as near."""
+    q = fold(typed)
+    if not q:
+        return None
+    scored = sorted((edit_distance(q, fold(name)), name) for name in dict.fromkeys(names))
+    if not scored:
+        return None
+    best, name = scored[0]
+    limit = 1 if len(q) <= 4 else 2
+    if best > limit or (len(scored) > 1 and scored[1][0] == best and fold(scored[1][1]) != fold(name)):
+        return None
+    return name
+
+
 _RECORD_ID = re.compile(r"[0-9]{1,18}")
 
 

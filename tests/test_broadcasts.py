@@ -137,7 +137,7 @@ def population(db) -> dict[str, Resident]:
         "anonymised": add_resident(db, mahalle="kozagac", anonymised=True),
         "no_identity": add_resident(db, channels=()),
         "unreachable": add_resident(db, unreachable=True),
-        "console_only": add_resident(db, channels=("console",)),
+        "console_only": add_resident(db, channels=("console",)),                          # in (the terminal)
         "never_asked": add_resident(db, consents=()),
         "two_channels": add_resident(db, locale="ar", mahalle="adatepe", channels=("telegram", "whatsapp")),  # in
         "odd_locale": add_resident(db, locale="de"),                                       # in (reads Turkish)
@@ -174,14 +174,14 @@ def test_audience_counting(make_app, db_url):
     app = make_app(database_url=db_url)
     with transaction(app.db) as db:
         population(db)
-        assert bc.count_recipients(db, {}) == 5
-        assert bc.count_by_language(db, {}) == {"tr": 3, "en": 1, "ar": 1}
+        assert bc.count_recipients(db, {}) == 6
+        assert bc.count_by_language(db, {}) == {"tr": 4, "en": 1, "ar": 1}
         assert bc.count_recipients(db, {"mahalles": ["kozagac"]}) == 2
         assert bc.count_recipients(db, {"mahalles": ["kozagac", "adatepe"]}) == 4
         assert bc.count_recipients(db, {"language": "en"}) == 1
-        assert bc.count_recipients(db, {"language": "tr"}) == 3
+        assert bc.count_recipients(db, {"language": "tr"}) == 4
         assert bc.count_recipients(db, {"mahalles": ["kozagac", "adatepe"], "language": "ar"}) == 1
-        assert bc.count_recipients(db, {"mahalles": [], "language": None}) == 5
+        assert bc.count_recipients(db, {"mahalles": [], "language": None}) == 6
         with pytest.raises(bc.BroadcastError, match="unknown audience filter 'nonsense'"):
             bc.count_recipients(db, {"nonsense": ["parks"]})
         with pytest.raises(bc.BroadcastError):
@@ -211,13 +211,15 @@ def test_fan_out_rows_and_payload_languages(make_app, db_url):
             add_resident(db, consents=(False,))
     bid = new_broadcast(app, photo="/media/afis.jpg")
     assert bc.claim_due(app.db, "w1") == [bid]
-    assert dbc.fan_out(app.db, bid, "w1", chunk=3) == 5
+    assert dbc.fan_out(app.db, bid, "w1", chunk=3) == 6
     assert dbc.fan_out(app.db, bid, "w1", chunk=3) == 0            # done: nothing written twice
     assert bc.claim_due(app.db, "w2") == []
     rows = rows_of(app, bid)
     by_resident = {row.resident_id: row for row in rows}
-    assert len(rows) == len(by_resident) == 5
-    assert set(by_resident) == {r[k].id for k in ("tr", "en", "regranted", "two_channels", "odd_locale")}
+    assert len(rows) == len(by_resident) == 6
+    assert set(by_resident) == {r[k].id for k in ("tr", "en", "regranted", "console_only", "two_channels",
+                                                  "odd_locale")}
+    assert by_resident[r["console_only"].id].channel == "console"
     for row in rows:
         assert (row.kind, row.priority, row.status, row.attempts) == ("broadcast", outbox.PRIORITY_BROADCAST,
                                                                         "pending", 0)
@@ -231,7 +233,7 @@ def test_fan_out_rows_and_payload_languages(make_app, db_url):
     assert ar_row.channel == "whatsapp"            # the channel used last
     assert "Su kesintisi" in by_resident[r["odd_locale"].id].payload["text"]
     b = get(app, bid)
-    assert (b.status, b.total) == ("sending", 5) and b.fanout_done_at is not None
+    assert (b.status, b.total) == ("sending", 6) and b.fanout_done_at is not None
     assert audit_actions(app, bid) == ["broadcast.created", "broadcast.scheduled", "broadcast.started",
                                        "broadcast.queued"]
 
@@ -455,6 +457,7 @@ def test_stop_words_turn_announcements_off(make_app, word, lang):
     talk(app, "77", command="start")
     talk(app, "77", choice=f"lang:{lang}")
     talk(app, "77", choice="all")
+    talk(app, "77", choice="skip")      # the mahalle, later: at the menu
     assert announcements_on(app, "77")
     replies = talk(app, "77", text=word)
     assert replies[-1] == t_in(lang, "subscription.off")
@@ -468,16 +471,20 @@ def test_stop_words_turn_announcements_off(make_app, word, lang):
     assert announcements_on(app, "77")
 
 
-def test_abonelik_toggles(make_app):
+def test_abonelik_asks_before_changing_anything(make_app):
     app = make_app()
     talk(app, "78", command="start")
     talk(app, "78", choice="lang:tr")
     talk(app, "78", choice="all")
-    assert talk(app, "78", command="abonelik")[-1] == t_in("tr", "subscription.off")
-    assert not announcements_on(app, "78")
-    assert talk(app, "78", command="ABONELIK")[-1] == t_in("tr", "subscription.on")
+    assert talk(app, "78", command="abonelik")[-1] == t_in("tr", "subscription.status_on")   # asked, not changed
     assert announcements_on(app, "78")
-    assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.off")
+    assert talk(app, "78", choice="toggle")[-1] == t_in("tr", "subscription.off")
+    assert not announcements_on(app, "78")
+    assert talk(app, "78", command="ABONELIK")[-1] == t_in("tr", "subscription.status_off")  # still off
+    assert not announcements_on(app, "78")
+    assert talk(app, "78", choice="toggle")[-1] == t_in("tr", "subscription.on")
+    assert announcements_on(app, "78")
+    assert talk(app, "78", command="subscription")[-1] == t_in("tr", "subscription.status_on")
     assert talk(app, "78", choice="back")[-1] == t_in("tr", "menu.title")
     assert "abonelik" in app.registry.command_menu["tr"] and "subscription" in app.registry.command_menu["en"]
 
@@ -631,7 +638,8 @@ async def test_staff_schedules_lists_and_cancels(running, tg):
     await staff.tap(f"c:{b.id}")
     replies = await staff.tap("yes")
     assert replies[0].text == t_in("tr", "broadcast.cancelled", id=b.id, withdrawn="0", sent="0")
-    assert replies[-1].text == t_in("tr", "broadcast.none_active")
+    assert replies[-1].text.startswith(t_in("tr", "broadcast.list_all_title") + "\n#%d · " % b.id)
+    assert list(buttons(replies[-1])) == ["new", "back"]  # every announcement shown; a cancelled one has no button
     assert get(app, b.id).status == "cancelled"
     assert audit_actions(app, b.id) == ["broadcast.created", "broadcast.scheduled", "broadcast.cancelled"]
     await asyncio.sleep(0.5)

@@ -140,7 +140,7 @@ async def _scenario(app, tg, channel, dispatcher) -> None:
     assert "Yol ve kaldırım" in texts(calls) and "confirm" in buttons(calls)
     calls = await ayse.tap("confirm")
     code = CODE.search(texts(calls)).group(0)
-    assert calls[0].text == (t_in("tr", "report.saved", code=code, command="/raporlarim") + "\n"
+    assert calls[0].text == (t_in("tr", "report.saved", code=code, command="/bildirimlerim") + "\n"
                             + "⏱ Bu tür bildirimlere genellikle 5 iş günü içinde yanıt veriyoruz.")
     name, cleaned = stored_as(PHOTO)
     stored = app.settings.media_dir / name
