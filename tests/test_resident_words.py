@@ -400,7 +400,7 @@ def test_the_resident_is_told_the_usual_response_time(make_app, lang, typed, exp
     chat.tap("done")
     chat.tap("confirm")
     code = CODE.search(chat.said).group(0)
-    command = {"tr": "/raporlarim", "en": "/myreports", "ar": "/myreports"}[lang]
+    command = {"tr": "/bildirimlerim", "en": "/myreports", "ar": "/myreports"}[lang]
     assert chat.last[0].text == translator(lang)("report.saved", code=code, command=command) + "\n" + expected
 
 
