@@ -77,11 +77,11 @@ def _local(dt: datetime | None, tz: str) -> str:
 def _mahalle_key(catalog, value: str | None) -> str | None:
     if not value:
         return None
-    from conversations.text import match_options
+    from conversations.text import match_mahalle
 
     if catalog.neighbourhood(value):
         return value
-    found = match_options(value, [(n.key, [n.name, n.key]) for n in catalog.neighbourhoods])
+    found = match_mahalle(value, catalog.neighbourhoods, with_keys=True)
     return found[0] if len(found) == 1 else value
 
 

@@ -28,7 +28,7 @@ from conversations.messages import Choice, Inbound, Kind
 from conversations.permissions import Refused
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition, media_refusal
-from conversations.text import match_options, truncate
+from conversations.text import match_options, strip_mahalle, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox
@@ -190,7 +190,7 @@ def on_mahalles(ctx: Ctx, msg: Inbound) -> Transition:
     parts = [p.strip() for p in msg.text.replace(";", ",").replace("،", ",").split(",") if p.strip()]
     missing, candidates = [], []
     for part in parts:
-        found = match_options(part, options)
+        found = match_options(strip_mahalle(part), options)
         if len(found) == 1:
             if found[0] not in chosen:
                 chosen.append(found[0])

@@ -12,7 +12,7 @@ from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Attachment, Choice, Inbound, Kind
 from conversations.registry import COMMAND_PREFIX, Router
 from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, command_names, run_command
-from conversations.text import match_options
+from conversations.text import match_mahalle, match_options
 from storage import attachments, inbox, outbox
 from storage.audit import export_audit
 from storage.residents import export_core, identities_of
@@ -307,10 +307,11 @@ def on_mahalle_pick(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.choice == "skip":
             return _after_mahalle(ctx)
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
-    if not found:
+    if not found:  # the whole list again: "not found" is never followed by "we found several"
+        ctx.data.pop("candidates", None)
         return Invalid("mahalle.not_found")
     ctx.data["candidates"] = found
     ctx.data["_page"] = 0

@@ -78,6 +78,7 @@ class State:
     staff_only: bool = False
     router: str = ""
     number_answer: bool = False    # a typed number is the answer (a capacity), never "the Nth button"
+    long_text: bool = False        # a text over MAX_TEXT_LENGTH reaches the handler, which trims it
 
 
 def _no_input(ctx: "Ctx", msg: Inbound) -> Transition:
@@ -136,16 +137,18 @@ class Router:
 
     # -- the conversation
     def state(self, name: str, *, accepts: Iterable[Kind] = TEXT_AND_CHOICE, choice_only: bool = False,
-              needs_onboarding: bool = True, staff_only: bool = False, number_answer: bool = False):
+              needs_onboarding: bool = True, staff_only: bool = False, number_answer: bool = False,
+              long_text: bool = False):
         """Declare a state: decorate its prompt `(ctx) -> None`; attach the input handler
         `(ctx, msg) -> Go | Stay | Invalid` with `@prompt.on_input`. `choice_only`: any other kind
         of input is answered "please choose" without reaching the handler. `number_answer`: the
         state asks for a number, so a typed "1" reaches the handler as text instead of choosing the
-        first button."""
+        first button. `long_text`: a text longer than the engine's limit is not refused whole but
+        given to the handler, which trims it to what it keeps and says so (a report's description)."""
 
         def deco(enter: Prompt) -> Prompt:
             entry = State(name, frozenset(accepts), enter, _no_input, choice_only, needs_onboarding, staff_only,
-                          self.name, number_answer)
+                          self.name, number_answer, long_text)
             if name in self.states:
                 self.problems.append(f"state {name!r} declared twice in router {self.name!r}")
             self.states[name] = entry

@@ -178,7 +178,16 @@ class Ctx:
         return format_when(dt, self.lang, self.config.timezone)
 
     # -- replies
+    def _reply_keyboard(self, kw: dict[str, Any]) -> None:
+        """A question with a one-tap location button (a reply keyboard on Telegram) is remembered;
+        the next message that asks for none takes the button away (`remove_keyboard`)."""
+        if kw.get("request_location"):
+            self.data["_reply_keyboard"] = True
+        elif self.data.pop("_reply_keyboard", False):
+            kw.setdefault("remove_keyboard", True)
+
     def say(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
+        self._reply_keyboard(kw)
         out = Outbound(text=text, choices=list(choices or []), **kw)
         self.replies.append(out)
         if choices:
@@ -188,6 +197,7 @@ class Ctx:
     def ask(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
         """A question: its choices are what numbers and typed words resolve to."""
         self.data["_choices"] = [[c.key, c.label] for c in (choices or [])]
+        self._reply_keyboard(kw)
         out = Outbound(text=text, choices=list(choices or []), **kw)
         self.replies.append(out)
         return out
@@ -418,7 +428,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
         if not msg.text:
             apply(ctx, Invalid("engine.empty"), current)
             return StepResult(ctx.state, ctx.data, ctx.replies)
-        if len(msg.text) > ctx.config.max_text_length:
+        if len(msg.text) > ctx.config.max_text_length and not current.long_text:
             ctx.say(ctx.t("engine.too_long", limit=ctx.config.max_text_length))
             current.enter(ctx)
             return StepResult(ctx.state, ctx.data, ctx.replies)

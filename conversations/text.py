@@ -14,7 +14,8 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
     """Keys of the options whose names match what was typed, best first.
 
     ``options`` is a list of (key, [names...]). An exact folded match wins alone; otherwise names
-    starting with the text, then names containing it, then names whose words all start with the
+    starting with the text, then names with a word starting with it ("kaldirim" → "Yol ve
+    kaldırım", but "tree" is not "Street lighting"), then names whose words all start with the
     typed words ("vali rahmi" → "Vali Rahmi Bey").
     """
     q = fold(typed)
@@ -31,7 +32,7 @@ def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]
                 break
             if rank > 1 and f.startswith(q):
                 rank = 1
-            elif rank > 2 and (q in f or (words[0].startswith(first) and _words_match(q_words, words))):
+            elif rank > 2 and ((" " + q) in (" " + f) or (words[0].startswith(first) and _words_match(q_words, words))):
                 rank = 2
         if rank < 3:
             (exact, prefix, contains)[rank].append(key)
@@ -48,6 +49,29 @@ def _folded(names: tuple[str, ...]) -> tuple[tuple[str, list[str]], ...]:
 
 def _words_match(q_words: list[str], words: list[str]) -> bool:
     return len(q_words) <= len(words) and all(w.startswith(q) for q, w in zip(q_words, words))
+
+
+# The words that say "mahalle" around a mahalle's name, as people type them ("Yıldız Mahallesi",
+# "yildiz mah.", "kozağaç mh", "Mah. Yıldız"), folded; and the English and Arabic ones.
+MAHALLE_WORDS = frozenset(fold(w) for w in (
+    "mahalle", "mahallesi", "mahallesinde", "mahallesindeyim", "mahallemiz", "mahallem", "mah", "mahl", "mh",
+    "mhl", "mahal", "neighbourhood", "neighborhood", "quarter", "حي", "محلة"))
+
+
+def strip_mahalle(typed: str) -> str:
+    """What was typed, folded, without the words that say "mahalle" (the whole text when it is
+    nothing else: someone looking for a mahalle named so)."""
+    words = fold(typed).split()
+    kept = [w for w in words if w not in MAHALLE_WORDS]
+    return " ".join(kept or words)
+
+
+def match_mahalle(typed: str, neighbourhoods, *, with_keys: bool = False) -> list[str]:
+    """Keys of the catalog's mahalles matching what was typed, as `match_options` finds them, the
+    words "Mahallesi", "mah.", "mh." and the like left out: every place a mahalle is typed
+    (onboarding, a report's location, staff filters, broadcasts, the CLI) matches the same way."""
+    options = [(n.key, [n.name, n.key] if with_keys else [n.name]) for n in neighbourhoods]
+    return match_options(strip_mahalle(typed), options)
 
 
 def key_for(typed: str, keys) -> str | None:

@@ -23,7 +23,7 @@ from conversations.pools import calls_of, invitations_of, join_pool, leave_pool,
 from conversations.registry import Router
 from conversations.reminders import offsets_of
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition
-from conversations.text import match_options, record_id, truncate
+from conversations.text import match_mahalle, record_id, truncate
 from conversations.when import example_time, span_text
 from storage.participation import AVAILABILITY
 
@@ -251,10 +251,11 @@ def on_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.choice == "skip":
             return Go("volunteer.confirm", {"mahalle": None, "candidates": None}, keep=True)
         return Go("volunteer.confirm", {"mahalle": msg.choice[2:], "candidates": None}, keep=True)
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return Go("volunteer.confirm", {"mahalle": found[0], "candidates": None}, keep=True)
     if not found:
+        ctx.data.pop("candidates", None)
         return Invalid("mahalle.not_found")
     return Go("volunteer.mahalle", {"candidates": found, "_page": 0}, keep=True)
 

@@ -1,7 +1,7 @@
 """The terminal channel: `katilim chat [--as NAME]`, the same engine and database as Telegram.
 
 Choices are shown numbered and answered by number or text. A few console verbs stand in for what a
-phone sends: `/konum 38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
+phone sends: `/konum 38.39 27.17` or just `38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
 note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves. The file of `/foto` and `/ses` is read
 like a channel's download (`ConsoleChannel.read_file`) and goes through the same judging and
 cleaning into MEDIA_DIR as any other channel's (bot/app.py): a missing or non-image file is
@@ -28,6 +28,9 @@ from handlers.kit import parse_command
 
 CHANNEL = "console"
 QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
+# A latitude and a longitude typed as a terminal user copies them from a map: decimal points, a
+# space or a comma between them.
+COORDINATES = re.compile(r"(-?\d{1,2}\.\d+)(?:\s*[,;]\s*|\s+)(-?\d{1,3}\.\d+)")
 
 
 class ConsoleSender:
@@ -139,6 +142,11 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
         return Inbound(kind=Kind.COMMAND, command=verb, text=command.text, **base)
+    pin = COORDINATES.fullmatch(stripped)
+    if pin:  # "38.39 27.17" or "38.39, 27.17" typed: a location, as /konum 38.39 27.17
+        lat, lon = float(pin.group(1)), float(pin.group(2))
+        if -90 <= lat <= 90 and -180 <= lon <= 180:
+            return Inbound(kind=Kind.LOCATION, latitude=lat, longitude=lon, **base)
     return Inbound(kind=Kind.TEXT, text=text, **base)
 
 

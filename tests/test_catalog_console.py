@@ -174,14 +174,14 @@ def test_typing_a_synonym_finds_the_category(make_app):
         ayse.text("/bildir")
         assert ayse.state == "report.category"
         ayse.text(word)
-        assert ayse.state == "report.describe", word
+        assert ayse.state == "report.location", word
         assert _category(ayse) == state_key, word
         ayse.text("/iptal")
     john = Chat(app, "john-synonym")
     john.onboard(lang="en", mahalle="kozagac")
     john.text("/report")
     john.text("stray dog")
-    assert john.state == "report.describe" and _category(john) == "animals"
+    assert john.state == "report.location" and _category(john) == "animals"
 
 
 def _category(chat: Chat) -> str:

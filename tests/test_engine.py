@@ -237,6 +237,8 @@ def test_every_state_reprompts_unusable_input(shared_app, residents, state_name)
         for case in UNUSABLE:
             if case.kind not in (Kind.TEXT, Kind.COMMAND, Kind.CHOICE) and case.kind in accepts:
                 continue  # usable here
+            if case.label == "5000 characters" and STATES[state_name].long_text:
+                continue  # trimmed with a note, never refused whole (a description: test_resident_words)
             fields = {k: (list(v) if isinstance(v, list) else v) for k, v in case.fields.items()}
             replies = chat.send(case.kind, **fields)
             where = f"{state_name} [{lang}] ← {case.label}"

@@ -48,7 +48,8 @@ DRAFT = "Taslakta kalan açıklama Zeytinlik"
 SKILLS = "Arıcılık ve gönüllü ilk yardım"
 COMMENT = "Panel çok verimliydi, Ayşegül teşekkür eder"
 QUEUED = "Kuyrukta bekleyen mesajım Karabağlar"
-OWN, SHARED, DRAFT_PHOTO, STRAY = jpeg(11), jpeg(12), jpeg(13), jpeg(14)
+SUPPORT = "Ayşegül burada düştü, lamba hâlâ yanmıyor Gülyalı"
+OWN, SHARED, DRAFT_PHOTO, STRAY, SUPPORT_PHOTO = jpeg(11), jpeg(12), jpeg(13), jpeg(14), jpeg(15)
 OURS = ("conversations", "storage", "bot", "handlers", "katilim")
 
 
@@ -96,10 +97,11 @@ async def live_a_life(h, tg) -> Life:
         await h.say(answer, MEHMET, profile_name="Mehmet Öztürkoğlu")
     await h.say("/bildir", MEHMET)
     await h.say("2", MEHMET)                                   # lighting
+    await h.say("", MEHMET, Latitude="38.3886", Longitude="27.1753", MessageType="location")
+    await h.say("1", MEHMET)                                   # the pin's mahalle: yes
     url = h.twilio.add_media(SHARED, "image/jpeg")
     await h.say("Sokak lambası yanmıyor Mehmetçik", MEHMET, NumMedia="1", MediaUrl0=url,
                 MediaContentType0="image/jpeg", MessageType="image")
-    await h.say("", MEHMET, Latitude="38.3886", Longitude="27.1753", MessageType="location")
     await h.say("1", MEHMET)                                   # photos: done
     sent = await h.say("1", MEHMET)                            # confirm
     life.other_code = CODE.search(sent[0].body).group(0)
@@ -118,12 +120,12 @@ async def live_a_life(h, tg) -> Life:
     calls = await ayse.say("/etkinlikekle")
     assert t_in("tr", "staff.refused") in texts(calls)
 
-    # a report: category, description, mahalle + street, two photos, confirm
+    # a report: category, mahalle + street, description, two photos, confirm
     await ayse.say("/bildir")
     await ayse.tap("c:road")
-    await ayse.say(DESCRIPTION)
     await ayse.say("Kozağaç")
     await ayse.say(STREET)
+    await ayse.say(DESCRIPTION)
     await ayse.photo(OWN)
     await ayse.photo(SHARED)
     await ayse.tap("done")
@@ -141,6 +143,8 @@ async def live_a_life(h, tg) -> Life:
     # a draft with a photo, abandoned; a photo where none is asked for
     await ayse.say("/bildir")
     await ayse.tap("c:water")
+    await ayse.say("Kozağaç")
+    await ayse.say(STREET)
     await ayse.say(DRAFT)
     await ayse.photo(DRAFT_PHOTO)
     with Session(app.db) as db:
@@ -149,10 +153,23 @@ async def live_a_life(h, tg) -> Life:
     await ayse.say("/iptal")
     await ayse.photo(STRAY)
 
-    # follows Mehmet's report
-    await ayse.say(f"/raporlarim {life.other_code}")
-    calls = await ayse.tap("follow")
+    # starts a report of the same lamp, is shown Mehmet's, follows it and adds a photo and a comment
+    await ayse.say("/bildir")
+    await ayse.tap("c:lighting")
+    await ayse.pin(38.38865, 27.17535)
+    calls = await ayse.tap("yes")
+    assert f"f:{life.other_code}" in str([c.params.get("reply_markup") for c in calls])
+    calls = await ayse.tap(f"f:{life.other_code}")
     assert t_in("tr", "report.followed", code=life.other_code) in texts(calls)
+    await ayse.photo(SUPPORT_PHOTO)
+    calls = await ayse.say(SUPPORT)
+    assert t_in("tr", "report.support_saved", code=life.other_code) in texts(calls)
+    with Session(app.db) as db:
+        other = rp.get_by_code(db, life.other_code)
+        added = [m for m in rp.media_of(db, other.id) if m.event_id is not None]
+        assert len(added) == 1 and [e.note for e in rp.history_of(db, other.id)
+                                    if e.kind == "supporter_comment"] == [SUPPORT]
+        life.own_files.add(Path(added[0].path).name)
 
     # a volunteer pool with free-text skills, and a call she accepts
     await ayse.say("/gonullu")
@@ -212,7 +229,7 @@ async def live_a_life(h, tg) -> Life:
 
     life.own_files |= {f"{hashlib.sha256(b).hexdigest()}" for b in (OWN, DRAFT_PHOTO, STRAY)}
     life.needles = [NAME_TG, "Yıldırımtepe", "5551112233", "555 111 22 33", str(TG_AYSE), DESCRIPTION,
-                    "Çınarlıdere", STREET, DRAFT, SKILLS, COMMENT, QUEUED, *sorted(life.own_files)]
+                    "Çınarlıdere", STREET, DRAFT, SKILLS, COMMENT, QUEUED, SUPPORT, *sorted(life.own_files)]
     return life
 
 
@@ -231,6 +248,9 @@ def erased_check(h, life: Life, figure, what: str) -> None:
         assert (report.category, report.status, report.mahalle) == ("road", "resolved", "kozagac")
         assert report.description == "" and report.address == "" and rp.media_of(db, report.id) == []
         assert db.get(Resident, life.resident_id).anonymised_at is not None
+        other = rp.get_by_code(db, life.other_code)            # what she added to Mehmet's report went
+        assert [m.event_id for m in rp.media_of(db, other.id)] == [None]
+        assert [e.note for e in rp.history_of(db, other.id) if e.kind == "supporter_comment"] == [""]
 
 
 async def test_erasure_leaves_nothing_that_identifies_the_resident(wa, tg, db_url, figure, caplog):

@@ -140,13 +140,15 @@ async def test_public_open311_shows_nothing_identifying_a_resident(make_app, tg,
 
 
 async def _file_report(tg, channel) -> str:
-    """/bildir through Telegram: category, description, exact pin, the photo with EXIF, confirm."""
+    """/bildir through Telegram: category, exact pin (its mahalle confirmed), description, the photo
+    with EXIF, confirm."""
     ayse = TelegramChat(tg, channel, RESIDENT, "tr")
     await ayse.onboard()
     await ayse.say("/bildir")
     await ayse.tap("c:road")
-    await ayse.say(DESCRIPTION)
     await ayse.pin(*PIN)
+    await ayse.tap("yes")
+    await ayse.say(DESCRIPTION)
     calls = await ayse.photo(photo_with_exif())
     assert "1/3" in texts(calls)
     calls = await ayse.tap("done")

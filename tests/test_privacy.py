@@ -31,8 +31,9 @@ PIN = (38.38500, 27.17500)
 def file_report(person: Person, description: str = "Kaldırım taşları sökülmüş, yürünmüyor") -> str:
     person.send("/bildir")
     person.tap("c:road")
-    person.send(description)
     person.location(*PIN)
+    person.tap("yes")                      # the pin's mahalle
+    person.send(description)
     person.tap("done")
     person.tap("confirm")
     code = CODE_RE.search(person.texts())

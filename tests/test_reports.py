@@ -48,11 +48,18 @@ def _outbox(app, resident_id: int, kind: str = "notification") -> list[OutboxMes
 
 
 def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir çukur var.", where=PIN,
-          photos: list[Path] = ()) -> list:
+          photos: list[Path] = (), anyway: bool = False) -> list:
+    """To the summary; a similar report nearby stops it there (`anyway`: "a different problem")."""
     chat.text("/bildir")
     chat.text(category)
-    chat.text(description)
     chat.pin(*where)
+    if chat.state == "report.pin":               # "it looks like <mahalle>: right?" one tap
+        chat.tap("yes")
+    if chat.state == "report.duplicate":         # a similar report nearby: the caller decides
+        if not anyway:
+            return chat.last
+        chat.tap("file")
+    chat.text(description)
     for p in photos:
         chat.photo(p)
     if len(photos) < rp_max():
@@ -88,14 +95,16 @@ def test_resident_flow_console(make_app, db_url, photo_file):
     assert ayse.state == "report.category"
     assert "c:road" in ayse.keys()
     ayse.text("kaldirim")                       # Turkish-aware: "Yol ve kaldırım"
+    assert ayse.state == "report.location"    # where first: similar reports before the resident writes
+    assert "m:kozagac" in ayse.keys()          # "my mahalle" shortcut
+    ayse.pin(*PIN)
+    assert ayse.state == "report.pin" and ayse.keys() == ["yes", "list"]
+    ayse.tap("yes")                            # "it looks like Dumlupınar: right?" in one tap
     assert ayse.state == "report.describe"
     ayse.send(Kind.STICKER)                    # a sticker is re-prompted
     assert ayse.state == "report.describe" and "Çıkartma" in ayse.said
     ayse.text("Ç" * 1500)                      # trimmed with a note
-    assert "1000" in ayse.said and ayse.state == "report.location"
-    assert "m:kozagac" in ayse.keys()          # "my mahalle" shortcut
-    ayse.pin(*PIN)
-    assert ayse.state == "report.photos"
+    assert "1000" in ayse.said and ayse.state == "report.photos"
     ayse.photo(photo_file)
     assert "1/3" in ayse.said
     ayse.tap("done")
@@ -112,7 +121,7 @@ def test_resident_flow_console(make_app, db_url, photo_file):
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert report.category == "lighting" and report.status == "new"
-        assert len(report.description) == 1000 and report.latitude == PIN[0]
+        assert len(report.description) == 1000 and report.latitude == PIN[0] and report.mahalle == "dumlupinar"
         assert [m.path for m in rp.media_of(db, report.id)] == [str(photo_file)]
         assert [e.kind for e in rp.history_of(db, report.id)] == ["created"]
     # my reports: the list, a detail by button, a detail by typed code
@@ -135,15 +144,15 @@ def test_voice_mahalle_photos_limit_and_english(make_app, photo_file, tmp_path):
     john.onboard(lang="en")
     john.text("/report")
     john.text("rubbish")                       # English category name
+    assert john.state == "report.location"
+    john.text("vali rahmi")                    # typed mahalle, Turkish-aware
+    assert john.state == "report.street"
+    john.text("In front of the primary school")
     assert john.state == "report.describe"
     voice = tmp_path / "voice.ogg"
     voice.write_bytes(b"OggS fake voice")
     john.voice(voice)
-    assert john.state == "report.location" and "voice" in john.said.lower()
-    john.text("vali rahmi")                    # typed mahalle, Turkish-aware
-    assert john.state == "report.street"
-    john.text("In front of the primary school")
-    assert john.state == "report.photos"
+    assert john.state == "report.photos" and "voice" in john.said.lower()
     for _ in range(3):
         john.photo(photo_file)
     assert john.state == "report.summary"    # the third photo moves on
@@ -186,12 +195,13 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     code = CODE.search(ayse.said).group(0)
     # John reports the same pothole 38 m away: he is shown Ayşe's report, with its photo
     _file(john, category="roads", description="Big hole in the pavement", where=NEAR)
-    john.tap("confirm")
-    assert john.state == "report.duplicate"
+    assert john.state == "report.duplicate"   # shown before he writes anything
     assert any(o.photo_path == str(photo_file) for o in john.last)
     assert code in john.said and "m away" in john.said
     john.tap(f"f:{code}")
-    assert john.state == "menu" and "You now follow" in john.said
+    assert john.state == "report.support" and "You now follow" in john.said
+    john.tap("done")                            # nothing to add
+    assert john.state == "menu"
     with transaction(app.db) as db:
         assert rp.count_reports(db) == 1
         assert rp.get_by_code(db, code).supporters == 1
@@ -389,8 +399,9 @@ def test_export_and_erase(make_app, photo_file, tmp_path):
     voice.write_bytes(b"OggS")
     ayse.text("/bildir")
     ayse.text("yol")
-    ayse.voice(voice)
     ayse.pin(*PIN)
+    ayse.tap("yes")
+    ayse.voice(voice)
     ayse.tap("done")
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)
