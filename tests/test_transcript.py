@@ -42,21 +42,24 @@ async def test_a_resident_day_on_the_terminal(make_app, sqlite_url, tmp_path):
     shows(await ayse.type("1"),                                   # ✅ Hepsine izin ver
           tr("onboarding.thanks", purposes="Sorun bildirimleri, Gönüllülük, Hatırlatmalar, Duyurular"),
           tr("mahalle.prompt"))
-    # i14-resident teaches the mahalle step "yildiz mah."; until it is on main she types "Yıldız"
-    # (the lead switches this line to "yildiz mah." when that lands).
-    shows(await ayse.type("Yıldız"),
+    shows(await ayse.type("yildiz mah."),                         # the mahalle as Turks write it
           tr("mahalle.saved", mahalle="Yıldız"), tr("menu.title"))
 
-    # -- a pothole on her street
+    # -- a pothole on her street: what kind, where (her pin's mahalle confirmed in one tap), what
     shows(await ayse.type("/bildir"), "  1 · Yol ve kaldırım")
-    shows(await ayse.type("1"), "🏷 Yol ve kaldırım")
-    await ayse.type("Kaldırımdaki çukur yüzünden yaşlılar düşüyor, lütfen onarın.")
-    await ayse.type("/konum 38.3885 27.1750")
+    shows(await ayse.type("1"), "📍 Sorun nerede?", "  1 · 📍 Mahallem: Yıldız")
+    shows(await ayse.type("/konum 38.3729 27.1797"),
+          "📍 Konumu aldık: Yıldız Mahallesinde görünüyor. Doğru mu?", "  1 · ✅ Evet, Yıldız")
+    shows(await ayse.type("1"), "🏷 Yol ve kaldırım")              # ✅ Evet, Yıldız
+    shows(await ayse.type("Kaldırımdaki çukur yüzünden yaşlılar düşüyor, lütfen onarın."),
+          "  1 · Fotoğrafsız devam")
     shows(await ayse.type("1"),                                   # 📷 Fotoğrafsız devam
-          "📝 Açıklama: Kaldırımdaki çukur yüzünden yaşlılar düşüyor, lütfen onarın.", "  1 · ✅ Gönder")
+          "📝 Açıklama: Kaldırımdaki çukur yüzünden yaşlılar düşüyor, lütfen onarın.",
+          "📍 Konum: haritada işaretlenen nokta (38.37290, 27.17970) · Yıldız Mahallesi", "  1 · ✅ Gönder")
     code = "BCA-2026-000001"
     shows(await ayse.type("1"),                                   # ✅ Gönder
-          f"✅ Bildiriminiz alındı. Takip kodunuz: {code}", "/bildirimlerim", tr("menu.title"))
+          f"✅ Bildiriminiz alındı. Takip kodunuz: {code}", "/bildirimlerim",
+          "⏱ Bu tür bildirimlere genellikle 5 iş günü içinde yanıt veriyoruz.", tr("menu.title"))
 
     # -- the clerk marks it resolved; the news reaches her chat; she says yes and rates it
     clerk(sqlite_url, tmp_path, "reports", "set-status", code, "resolved", "--note", "Kaldırım onarıldı.")
