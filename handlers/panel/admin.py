@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import date, timezone
 from typing import Any, Callable
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from zoneinfo import ZoneInfo
 
 from conversations import apikey_admin, audit_log
 from conversations.i18n import N_, translator
