@@ -114,7 +114,7 @@ async def _clock_guard(scheduler: AsyncIOScheduler, intervals: dict[str, float])
         await asyncio.sleep(CLOCK_GUARD_INTERVAL)
         try:
             moved = clamp_next_runs(scheduler, intervals)
-        except Exception:  # noqa: BLE001  (the scheduler shutting down...)
+        except Exception:
             log.exception("scheduler clock guard failed")
             continue
         if moved:
@@ -156,7 +156,7 @@ def inbox(app) -> Job:
             log.warning("handling %s message %s accepted before a restart", msg.channel, msg.external_id)
             try:
                 await app.handle(msg, inbox_id=row_id)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("inbox message %s not handled; will retry", row_id)
 
     return Job("inbox", 15, run)

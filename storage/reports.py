@@ -27,11 +27,11 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
+from storage.attachments import Erased, stored_name
 from storage.audit import audit
 from storage.consents import current_consents_many
-from storage.fold import fold
-from storage.attachments import Erased, stored_name
 from storage.db import aware, utcnow
+from storage.fold import fold
 from storage.models import ChannelIdentity, Resident, Staff
 
 log = logging.getLogger(__name__)

@@ -466,7 +466,7 @@ def test_tracking_codes_unique_under_concurrency(backend, sqlite_url, request):
                 with transaction(engine) as db:
                     codes.append(rp.create_report(db, prefix="BCA", resident_id=None, category="road",
                                                   description="race").code)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - the thread collects any error for the test to assert on
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
