@@ -118,7 +118,7 @@ def test_one_summary_a_day_per_staff_member_in_their_language(make_app, db_url):
         AR_LINE.format(waste, "النفايات والنظافة", "Adatepe", "الاثنين 23 نوفمبر 2026، 17:30"),
         AR_LINE.format(animals, "الحيوانات الشاردة", "Adatepe", "الثلاثاء 24 نوفمبر 2026، 08:30"),
         AR_LINE.format(lighting, "إنارة الشوارع", "Adatepe", "الأربعاء 25 نوفمبر 2026، 17:30"),
-        "جميعها في المحادثة: /reports ← ⏰ المتأخرة",
+        "جميعها في المحادثة: \u200e/reports ← ⏰ المتأخرة",
         f"في لوحة الموظفين: {BASE}/panel/reports?overdue=1"])
     assert summaries(app) == {("telegram", "1001"): [ali_text], ("whatsapp", "whatsapp:+905551112233"): [cem_text],
                               ("console", "ben"): [ben_text], ("console", "dana"): [dana_text]}
