@@ -8,9 +8,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.engine import make_url
@@ -18,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from bot.catalog import Catalog, load_catalog
 from bot.settings import Settings
+from conversations.i18n import LANGUAGES, t_in
 from conversations.messages import Inbound, Kind
 from conversations.proactive import answer_by_number
 from conversations.registry import Registry, RegistryError
@@ -161,6 +163,19 @@ class App:
         self.senders[channel.name] = paced(self, channel.sender)
 
 
+def reader_locale(environ: dict[str, str] | None = None) -> str:
+    """The language of the person at this terminal, for what `katilim` itself prints before any
+    resident has chosen one (no channel configured, the chat's greeting): the system locale
+    (LC_ALL, LC_MESSAGES, LANG) when it is one of ours, else English, the README's."""
+    environ = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(name, "")
+        if value:
+            lang = value.split(".")[0].split("_")[0].lower()
+            return lang if lang in LANGUAGES else "en"
+    return "en"
+
+
 def make_worker_id(role: str = "run") -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{role}"
 
@@ -240,8 +255,10 @@ def add_configured_channels(app: App) -> None:
         spec.add(app)
 
 
-async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, channels: bool = True) -> None:
-    """`katilim run`: channels, the HTTP server and the scheduler, until SIGINT/SIGTERM."""
+async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, channels: bool = True,
+                      until: Callable[[], Awaitable[Any]] | None = None) -> None:
+    """`katilim run`: channels, the HTTP server and the scheduler, until SIGINT/SIGTERM, or until
+    `until()` returns (`make run`: the terminal chat, run beside them in the same process)."""
     from bot.http import serve_http
     from bot.scheduler import start_scheduler
 
@@ -261,11 +278,25 @@ async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, ch
                 started.append(channel)
                 log.info("channel %s started", channel.name)
         if http:
-            server = await serve_http(app)
+            try:
+                server = await serve_http(app)
+            except (OSError, RuntimeError, SystemExit) as exc:
+                if until is None:
+                    raise
+                # the port is taken: the terminal chat still runs, without the staff console
+                print(t_in(reader_locale(), "console.http_off", host=app.settings.http_host,
+                           port=app.settings.http_port, reason=str(exc)), file=sys.stderr)
         if scheduler:
             sched = start_scheduler(app)
         log.info("katilim running (worker %s)", app.worker_id)
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        waits = {stopped} | ({asyncio.create_task(until())} if until is not None else set())
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()
     finally:
         log.info("stopping")
         if sched is not None:

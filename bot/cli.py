@@ -12,6 +12,7 @@ from typing import Iterable
 from bot.app import StartupError
 from bot.catalog import CatalogError
 from bot.settings import Settings, SettingsError, load_settings
+from conversations.text import key_for
 from handlers.kit import ChannelSetupError
 
 
@@ -53,6 +54,23 @@ def main(argv: list[str] | None = None, features: Iterable | None = None) -> int
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def catalog_key(keys: Iterable[str]):
+    """An argparse `type` for an option taking one of these keys, typed Turkish-aware
+    (`--type atölye` is `atolye`): anything else stays as typed, for `choices` to refuse."""
+    keys = tuple(keys)
+
+    def convert(typed: str) -> str:
+        return key_for(typed, keys) or typed
+
+    return convert
+
+
+def keys_in(typed: Iterable[str] | None, keys: Iterable[str]) -> list[str] | None:
+    """Typed catalog keys (repeated options) as the catalog spells them; unknown ones unchanged."""
+    keys = tuple(keys)
+    return None if typed is None else [key_for(t, keys) or t for t in typed]
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:

@@ -27,7 +27,7 @@ from bot.settings import Settings
 from conversations.domain import broadcasts as domain
 from conversations.i18n import LANGUAGES, format_when
 from conversations.permissions import Actor
-from conversations.text import fold, match_options
+from conversations.text import fold, match_options, strip_mahalle
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import media as media_store
@@ -87,8 +87,8 @@ def resolve_mahalles(catalog, names: list[str]) -> list[str]:
     options = [(n.key, [n.name]) for n in catalog.neighbourhoods]
     keys = []
     for name in names:
-        found = match_options(name, options)
-        exact = [k for k in found if fold(catalog.neighbourhood(k).name) == fold(name)]
+        found = match_options(strip_mahalle(name), options)
+        exact = [k for k in found if fold(catalog.neighbourhood(k).name) == strip_mahalle(name)]
         if len(exact) == 1 or len(found) == 1:
             key = exact[0] if exact else found[0]
         elif not found:

@@ -7,12 +7,12 @@ import sys
 
 from sqlmodel import select
 
-from bot.app import add_configured_channels, build_app, open_db, run_forever
+from bot.app import add_configured_channels, build_app, open_db, reader_locale, run_forever
 from bot.catalog import load_catalog
-from bot.cli import operator_name
+from bot.cli import keys_in, operator_name
 from bot.settings import Settings
 from conversations import staff_admin
-from conversations.i18n import t_in
+from conversations.i18n import N_, t_in
 from conversations.permissions import ROLES, Actor
 from storage import panel
 from storage.audit import audit
@@ -62,13 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_run(settings: Settings, args) -> int:
+    """Every configured channel, the HTTP server (health, Open311, /panel) and the scheduler
+    (reminders, scheduled announcements, the outbox). With no channel configured they still run,
+    and it says which channels are off; with --or-chat (make run) the terminal chat runs beside
+    them in the same process."""
     app = build_app(settings, features=args.features)
     add_configured_channels(app)
     if not app.channels:
-        print(t_in(settings.default_locale, "console.no_channel"), file=sys.stderr)
+        lang = reader_locale()
+        key = N_("console.no_channel_chat") if args.or_chat else N_("console.no_channel")
+        url = f"http://{settings.http_host}:{settings.http_port}" + ("/panel" if args.or_chat else "")
+        print(t_in(lang, key, url=url), file=sys.stderr)
         if args.or_chat:
-            return await _chat(app, None, http=True)
-        return 1
+            return await _chat(app, None, serve=True)
     await run_forever(app)
     return 0
 
@@ -77,30 +83,22 @@ async def cmd_chat(settings: Settings, args) -> int:
     return await _chat(build_app(settings, features=args.features, role="chat"), args.name)
 
 
-async def _chat(app, name: str | None, *, http: bool = False) -> int:
-    """The terminal chat; with `http` (make run: no channel configured) the HTTP server too, so
-    the staff console answers at http://HTTP_HOST:HTTP_PORT/panel beside the chat."""
+async def _chat(app, name: str | None, *, serve: bool = False) -> int:
+    """The terminal chat; with `serve` (make run: no channel configured) inside `katilim run`:
+    the HTTP server (the staff console at http://HTTP_HOST:HTTP_PORT/panel) and the scheduler
+    (reminders, scheduled announcements, the outbox of the other channels) run beside it."""
     from handlers.console import ConsoleChannel
 
     address = (name or getpass.getuser() or "resident")[:64]
     channel = ConsoleChannel(app, address)
     app.add_channel(channel)
-    server = None
-    if http:
-        from bot.http import serve_http
-
-        try:
-            server = await serve_http(app)
-        except (OSError, RuntimeError, SystemExit) as exc:  # the port is taken: the chat still runs
-            print(f"katilim: the HTTP server did not start on {app.settings.http_host}:{app.settings.http_port} "
-                  f"({exc}); the staff console is off", file=sys.stderr)
-    print(t_in(app.settings.default_locale, "console.intro", name=address), file=sys.stderr)
+    print(t_in(reader_locale(), "console.intro", name=address), file=sys.stderr)
+    if serve:
+        await run_forever(app, until=channel.run)
+        return 0
     try:
         await channel.run()
     finally:
-        if server is not None:
-            server.should_exit = True
-            await server.wait_closed()
         app.db.dispose()
     return 0
 
@@ -130,7 +128,8 @@ def cmd_staff_add(settings: Settings, args) -> int:
                                               whatsapp=args.whatsapp, console=args.console)
             staff = staff_admin.save_staff(
                 db, Actor.cli(operator_name()), staff_id=existing.id if existing else None, name=args.name,
-                role=args.role or (None if existing else "staff"), departments=args.department,
+                role=args.role or (None if existing else "staff"),
+                departments=keys_in(args.department, [d.key for d in catalog.departments]),
                 telegram=str(args.telegram) if args.telegram else None, whatsapp=args.whatsapp,
                 console=args.console, known_departments={d.key for d in catalog.departments})
             departments = panel.departments_of(db, staff.id)

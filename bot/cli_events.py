@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from bot.app import open_db
 from bot.catalog import load_catalog
-from bot.cli import counted, operator_name
+from bot.cli import catalog_key, counted, operator_name
 from bot.settings import Settings
 from conversations import attendance, reminders
 from conversations.domain import events as event_ops
@@ -77,7 +77,7 @@ def _options(p: argparse.ArgumentParser, *, new: bool) -> None:
     p.add_argument("--description", help="description in Turkish")
     p.add_argument("--description-en", help="description in English")
     p.add_argument("--description-ar", help="description in Arabic")
-    p.add_argument("--type", choices=EVENT_TYPES, default="other" if new else None)
+    p.add_argument("--type", choices=EVENT_TYPES, type=catalog_key(EVENT_TYPES), default="other" if new else None)
     p.add_argument("--start", required=new, help='start, local time: "2026-11-28 14:00"')
     p.add_argument("--end", required=new, help='end, local time: "2026-11-28 16:00" or "16:00" (the same day)')
     p.add_argument("--place", default="" if new else None, help="address or hall")

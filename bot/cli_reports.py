@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 
 from bot.app import open_db
 from bot.catalog import load_catalog
-from bot.cli import counted, operator_name
+from bot.cli import catalog_key, counted, operator_name
+from conversations.text import key_for
 from bot.settings import Settings
 from conversations.domain import reports as domain
 from conversations.i18n import t_in
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rsub = p.add_subparsers(dest="reports_command", required=True)
 
     a = rsub.add_parser("list", help="list reports, newest first")
-    a.add_argument("--status", choices=list(rp.STATUSES) + ["open"])
+    a.add_argument("--status", choices=list(rp.STATUSES) + ["open"], type=catalog_key([*rp.STATUSES, "open"]))
     a.add_argument("--category", help="category key (see the catalog)")
     a.add_argument("--mahalle", help="mahalle key or name")
     a.add_argument("--limit", type=int, default=100)
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = rsub.add_parser("set-status", help="change a report's status (notifies the reporter and followers)")
     a.add_argument("code")
-    a.add_argument("status", choices=[s for s in rp.STATUSES if s != "merged"])
+    a.add_argument("status", choices=[s for s in rp.STATUSES if s != "merged"], type=catalog_key(rp.STATUSES))
     a.add_argument("--note", default="",
                    help="a note sent to the residents and shown in the public Open311 feed (the reason when rejecting)")
     a.set_defaults(func=cmd_set_status)
@@ -76,18 +77,19 @@ def _local(dt: datetime | None, tz: str) -> str:
 def _mahalle_key(catalog, value: str | None) -> str | None:
     if not value:
         return None
-    from conversations.text import match_options
+    from conversations.text import match_mahalle
 
     if catalog.neighbourhood(value):
         return value
-    found = match_options(value, [(n.key, [n.name, n.key]) for n in catalog.neighbourhoods])
+    found = match_mahalle(value, catalog.neighbourhoods, with_keys=True)
     return found[0] if len(found) == 1 else value
 
 
 def cmd_list(settings: Settings, args) -> int:
     catalog = load_catalog(settings.katilim_catalog)
     tz = _tz(settings, catalog)
-    kwargs = {"category": args.category, "mahalle": _mahalle_key(catalog, args.mahalle), "limit": args.limit}
+    category = key_for(args.category, [c.key for c in catalog.categories]) if args.category else None
+    kwargs = {"category": category or args.category, "mahalle": _mahalle_key(catalog, args.mahalle), "limit": args.limit}
     if args.status == "open":
         kwargs["statuses"] = rp.OPEN_STATUSES
     else:

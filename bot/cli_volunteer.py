@@ -13,7 +13,8 @@ from sqlmodel import select
 
 from bot.app import open_db
 from bot.catalog import load_catalog
-from bot.cli import counted, operator_name
+from bot.cli import counted, keys_in, operator_name
+from conversations.text import key_for
 from bot.settings import Settings
 from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in
@@ -78,6 +79,7 @@ def _show(call: VolunteerCall, tz: str) -> str:
 
 def cmd_call(settings: Settings, args) -> int:
     engine, catalog, tz = _context(settings)
+    args.pool = keys_in(args.pool, [p.key for p in catalog.pools])
     unknown = [p for p in args.pool if catalog.pool(p) is None]
     if unknown:
         return _fail(f"unknown pool {unknown[0]!r} (known: {', '.join(p.key for p in catalog.pools)})")
@@ -149,7 +151,8 @@ def cmd_members(settings: Settings, args) -> int:
     with transaction(engine) as db:
         query = select(PoolMembership).order_by(PoolMembership.pool, PoolMembership.joined_at)
         if args.pool:
-            query = query.where(PoolMembership.pool == args.pool)
+            query = query.where(PoolMembership.pool == (key_for(args.pool, [p.key for p in catalog.pools])
+                                                       or args.pool))
         rows = list(db.exec(query))
         print(f"{'pool':<12} {'resident':>8}  {'availability':<26} {'mahalle':<16} skills")
         for m in rows:

@@ -34,6 +34,7 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine as DbEngine
 
+from bot.flood import LOCAL_CHANNELS
 from bot.outcomes import Delivery, Outcome, Row, record
 from bot.pacing import LATE_TOLERANCE, PacedSender, Pacing, send_paced, unpaced
 from bot.scheduler import Job
@@ -420,8 +421,10 @@ class _ChannelRunner:
 def outbox_job(app) -> Job:
     """`katilim run`: the dispatcher runs beside the channels; on SQLite, when another dispatcher
     is live, this process handles conversations only and takes over when the other one is gone."""
-    dispatcher = Dispatcher(app, dict(app.senders), app.worker_id, app.settings, role="run",
-                            retry_when_refused=True)
+    # The terminal prints its own resident's rows as they fall due (handlers/console.py); the
+    # rows of other terminal residents wait for their next `katilim chat`.
+    senders = {name: sender for name, sender in app.senders.items() if name not in LOCAL_CHANNELS}
+    dispatcher = Dispatcher(app, senders, app.worker_id, app.settings, role="run", retry_when_refused=True)
 
     async def run() -> None:
         if not dispatcher.started:

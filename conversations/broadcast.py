@@ -3,8 +3,9 @@
 Staff: /duyuru writes an announcement (Turkish text, optional English and Arabic texts, optional
 photo), picks the audience (everyone, mahalles typed Turkish-aware, a language), sees the recipient
 count and the message exactly as residents will see it in each language, then sends it now or at
-a typed time ("25.11.2026 18:00", "yarın 09:00", "18:00"). /duyurular lists their scheduled and
-running broadcasts with a cancel button. Every state is staff_only: the engine refuses (and
+a typed time ("25.11.2026 18:00", "yarın 09:00", "18:00"). /duyurular lists every announcement
+(the CLI's and the staff console's too), newest first, with a cancel button on those still to go
+out that this staff member may cancel. Every state is staff_only: the engine refuses (and
 audits) a non-staff account. Nothing is written until the staff member confirms; the fan-out and
 the summary are the scheduler's "broadcasts" job (conversations/domain/broadcasts.py, bot/broadcasts.py);
 sending and cancelling are the domain operations the CLI calls too.
@@ -27,7 +28,7 @@ from conversations.messages import Choice, Inbound, Kind
 from conversations.permissions import Refused
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition, media_refusal
-from conversations.text import match_options, truncate
+from conversations.text import match_options, strip_mahalle, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox
@@ -56,12 +57,20 @@ def _is_admin(ctx: Ctx) -> bool:
     return staff is not None and staff.role == "admin"
 
 
+LIST_LIMIT = 10  # announcements /duyurular shows (the staff console and `katilim broadcast list` show more)
+
+
 def _n(ctx: Ctx, n: int) -> str:
     return notify.number(n, ctx.lang)
 
 
 # ---------------------------------------------------------------- /duyuru: the texts
-@router.command("broadcast", "duyuru", "announce")
+router.menu_item(100, "staff_broadcast", N_("menu.staff_broadcast"), "cmd:broadcast", staff=True)
+router.menu_item(101, "staff_broadcasts", N_("menu.staff_broadcasts"), "cmd:broadcasts", staff=True)
+
+
+@router.command("broadcast", "duyuru", "announce", menu={"tr": "duyuru", "en": "announce", "ar": "announce"},
+                description=N_("command.staff_broadcast"), staff=True)
 def cmd_broadcast(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.text", {"texts": {}, "audience": {}})
 
@@ -181,7 +190,7 @@ def on_mahalles(ctx: Ctx, msg: Inbound) -> Transition:
     parts = [p.strip() for p in msg.text.replace(";", ",").replace("،", ",").split(",") if p.strip()]
     missing, candidates = [], []
     for part in parts:
-        found = match_options(part, options)
+        found = match_options(strip_mahalle(part), options)
         if len(found) == 1:
             if found[0] not in chosen:
                 chosen.append(found[0])
@@ -287,26 +296,32 @@ def on_when(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- /duyurular: list and cancel
-@router.command("broadcasts", "duyurular", "broadcasts")
+@router.command("broadcasts", "duyurular", "broadcasts", menu={"tr": "duyurular", "en": "broadcasts", "ar": "broadcasts"},
+                description=N_("command.staff_broadcasts"), staff=True)
 def cmd_broadcasts(ctx: Ctx, text: str) -> Transition:
     return Go("broadcast.list")
 
 
 @router.state("broadcast.list", accepts={Kind.CHOICE}, **STAFF)
 def broadcast_list(ctx: Ctx) -> None:
-    rows = bc.active_for(ctx.db, None if _is_admin(ctx) else _actor(ctx))
+    """Every announcement, newest first (the CLI's and the console's too), with a cancel button
+    for those still to go out that this staff member may cancel (their own; an admin, any)."""
+    rows = bc.recent(ctx.db, LIST_LIMIT)
     if not rows:
-        ctx.ask(ctx.t("broadcast.none_active"), [Choice("new", ctx.t("broadcast.new")),
-                                                Choice("back", ctx.t("common.back"))])
+        ctx.ask(ctx.t("broadcast.none_yet"), [Choice("new", ctx.t("broadcast.new")),
+                                             Choice("back", ctx.t("common.back"))])
         return
-    lines = [ctx.t("broadcast.list_title")]
+    lines = [ctx.t("broadcast.list_all_title")]
     choices = []
+    admin, actor = _is_admin(ctx), _actor(ctx)
     for b in rows:
         p = bc.progress(ctx.db, b)
         when_text = ctx.when(b.scheduled_at) if b.scheduled_at else "—"
         lines.append(ctx.t("broadcast.list_line", id=b.id, status=ctx.t(STATUS_NAMES[b.status]), when=when_text,
                            sent=_n(ctx, p.sent), total=_n(ctx, p.total), text=truncate(b.texts.get("tr", ""), 60)))
-        choices.append(Choice(f"c:{b.id}", ctx.t("broadcast.cancel_button", id=b.id)))
+        if b.status in bc.ACTIVE and (admin or b.created_by == actor):
+            choices.append(Choice(f"c:{b.id}", ctx.t("broadcast.cancel_button", id=b.id)))
+    choices.append(Choice("new", ctx.t("broadcast.new")))
     choices.append(Choice("back", ctx.t("common.back")))
     ctx.ask("\n".join(lines), choices)
 
@@ -363,6 +378,11 @@ def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
     changed = ctx.consented(PURPOSE)
     if changed:
         ctx.record_consent(PURPOSE, False)
+    if ctx.state not in (IDLE, "subscription"):
+        # in the middle of something (a report's draft): announcements off, the draft kept, the
+        # question they were at asked again
+        ctx.say(ctx.t(N_("subscription.off_midway") if changed else N_("subscription.status_off")))
+        return Go(ctx.state, keep=True)
     return Go("subscription", {"changed": changed})
 
 
@@ -370,10 +390,10 @@ def cmd_unsubscribe(ctx: Ctx, text: str) -> Transition:
                 menu={"tr": "abonelik", "en": "subscription", "ar": "subscription"},
                 description=N_("subscription.command"))
 def cmd_subscription(ctx: Ctx, text: str) -> Transition:
+    """Where announcements stand, with one button to change that: nothing changes unasked."""
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
-    ctx.record_consent(PURPOSE, not ctx.consented(PURPOSE))
-    return Go("subscription", {"changed": True})
+    return Go("subscription")
 
 
 @router.state("subscription", accepts={Kind.CHOICE})

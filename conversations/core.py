@@ -11,8 +11,8 @@ from sqlmodel import Session
 from conversations.i18n import LANGUAGES, N_, t_in
 from conversations.messages import Attachment, Choice, Inbound, Kind
 from conversations.registry import COMMAND_PREFIX, Router
-from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, run_command
-from conversations.text import match_options
+from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, command_names, run_command
+from conversations.text import match_mahalle, match_options
 from storage import attachments, inbox, outbox
 from storage.audit import export_audit
 from storage.residents import export_core, identities_of
@@ -82,9 +82,11 @@ def cmd_menu(ctx: Ctx, text: str) -> Transition:
 @router.command("help", "yardim", "help", menu=_menu("yardim", "help"), description=N_("command.help"))
 def cmd_help(ctx: Ctx, text: str) -> Transition:
     registry = ctx.registry
-    names = registry.command_menu.get(ctx.lang, registry.command_menu["en"])
     lines = [ctx.t("help.intro", municipality=ctx.catalog.municipality.name.get(ctx.lang))]
-    for name in names:
+    staff = set(registry.staff_menu.get(ctx.lang, ()))
+    for name in command_names(ctx):
+        if name in staff and name == registry.staff_menu[ctx.lang][0]:
+            lines.append(ctx.t("help.staff"))   # a staff member's own commands, after everyone's
         key = registry.description(name)
         if key:
             lines.append(f"/{name} — {ctx.t(key)}")
@@ -97,9 +99,11 @@ def cmd_help(ctx: Ctx, text: str) -> Transition:
 
 @router.command("cancel", "iptal", "cancel", menu=_menu("iptal", "cancel"), description=N_("command.cancel"))
 def cmd_cancel(ctx: Ctx, text: str) -> Transition:
-    if ctx.resident.onboarded_at is None:
+    current = ctx.registry.states.get(ctx.state)
+    if ctx.resident.onboarded_at is None and not (current is not None and current.staff_only):
+        # onboarding goes on where it was (a consent question is asked again, not the language)
         ctx.say(ctx.t("cancel.onboarding"))
-        return Go("onboarding.language", keep=True)
+        return Go(ctx.state if ctx.state.startswith("onboarding.") else "onboarding.language", keep=True)
     ctx.say(ctx.t("cancel.nothing") if ctx.state == IDLE else ctx.t("cancel.done"))
     return Go(IDLE)
 
@@ -144,14 +148,21 @@ def onboarding_language(ctx: Ctx) -> None:
     ctx.ask(text, _language_choices(ctx))
 
 
+def typed_language(text: str) -> str | None:
+    """The language a typed name means, in any of our languages ("ingilizce", "English", "arapça",
+    "العربية", "en"): each catalog's words.language lists what names its language; None if unsure."""
+    found = match_options(text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang,
+                                                   *(w.strip() for w in t_in(lang, "words.language").split(","))])
+                                 for lang in LANGUAGES])
+    return found[0] if len(found) == 1 else None
+
+
 @onboarding_language.on_input
 def on_onboarding_language(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
-        found = match_options(msg.text, [(f"lang:{lang}", [t_in(lang, "language.name"), lang])
-                                         for lang in LANGUAGES])
-        if len(found) != 1:
+        msg.choice = typed_language(msg.text)
+        if msg.choice is None:
             return Invalid("engine.choose")
-        msg.choice = found[0]
     ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     return Go("onboarding.notice", keep=True)
 
@@ -230,7 +241,8 @@ router.menu_item(90, "help", N_("menu.help"), "cmd:help")
 
 @router.state(IDLE)
 def menu(ctx: Ctx) -> None:
-    ctx.ask(ctx.t("menu.title"), [Choice(item.key, ctx.t(item.label)) for item in ctx.registry.menu_items], columns=2)
+    items = [item for item in ctx.registry.menu_items if not item.staff or ctx.shows_staff]
+    ctx.ask(ctx.t("menu.title"), [Choice(item.key, ctx.t(item.label)) for item in items], columns=2)
 
 
 @menu.on_input
@@ -248,13 +260,17 @@ def on_menu(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- language
-@router.state("language.pick", choice_only=True)
+@router.state("language.pick", accepts={Kind.TEXT, Kind.CHOICE})
 def language_pick(ctx: Ctx) -> None:
     ctx.ask(ctx.t("language.prompt"), _language_choices(ctx))
 
 
 @language_pick.on_input
 def on_language_pick(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.kind == Kind.TEXT:
+        msg.choice = typed_language(msg.text)
+        if msg.choice is None:
+            return Invalid("engine.choose")
     ctx.update_resident(locale=msg.choice.removeprefix("lang:"))
     ctx.say(ctx.t("language.changed"))
     return Go(IDLE)
@@ -291,10 +307,11 @@ def on_mahalle_pick(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.choice == "skip":
             return _after_mahalle(ctx)
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
-    if not found:
+    if not found:  # the whole list again: "not found" is never followed by "we found several"
+        ctx.data.pop("candidates", None)
         return Invalid("mahalle.not_found")
     ctx.data["candidates"] = found
     ctx.data["_page"] = 0

@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
+from sqlmodel import select
 
 from conversations import attendance, calendar_files, reminders
 from conversations.core import require_consent, yes_no
@@ -38,10 +39,11 @@ from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import record_id, truncate
 from conversations.when import example_time, span_text
 from storage.db import aware
-from storage.participation import EVENT_TYPES, Event
+from storage.participation import EVENT_TYPES, Event, Rsvp
 
 router = Router("events")
 router.menu_item(30, "events", N_("event.menu"), "event.list")
+router.menu_item(103, "staff_addevent", N_("menu.staff_addevent"), "cmd:addevent", staff=True)
 LANG_FIELDS = [("title", "tr"), ("title", "en"), ("title", "ar"),
                ("description", "tr"), ("description", "en"), ("description", "ar")]
 FIELD_PROMPTS = {("title", "tr"): N_("event.add.title_tr"), ("title", "en"): N_("event.add.title_en"),
@@ -98,7 +100,8 @@ def cmd_events(ctx: Ctx, text: str) -> Transition:
     return Go("event.list")
 
 
-@router.command("addevent", "etkinlikekle", "addevent", description=N_("event.add.command"))
+@router.command("addevent", "etkinlikekle", "addevent", menu={"tr": "etkinlikekle", "en": "addevent", "ar": "addevent"},
+                description=N_("event.add.command"), staff=True)
 def cmd_add_event(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("event.add_text", {"i": 0, "title": {}, "description": {}})
@@ -130,15 +133,21 @@ def event_list(ctx: Ctx) -> None:
     if not events:
         ctx.ask(ctx.t("event.list.empty"), [Choice("menu", ctx.t("common.back"))])
         return
-    items = [Choice(f"e:{e.id}", f"{truncate(e.title_in(ctx.lang), 24)} · {_short_when(ctx, e.starts_at)}")
-             for e in events]
+    # the events one is registered for are marked (✓ going, ⏳ on the waiting list)
+    marks = {r.event_id: "✓ " if r.status == "going" else "⏳ " for r in ctx.db.exec(
+        select(Rsvp).where(Rsvp.resident_id == ctx.resident.id, Rsvp.event_id.in_([e.id for e in events]),
+                           Rsvp.status.in_(("going", "waitlist"))))}
+    items = [Choice(f"e:{e.id}", marks.get(e.id, "") + f"{truncate(e.title_in(ctx.lang), 24)} · "
+                    f"{_short_when(ctx, e.starts_at)}") for e in events]
     page = ctx.data.get("_page", 0)
     choices = ctx.paged(items, page, [Choice("menu", ctx.t("common.back"))])
     page = ctx.data["_page"]
     shown = events[page * 8:(page + 1) * 8]
     lines = [ctx.t("event.list.title")]
     for e in shown:
-        lines.append(f"• {e.title_in(ctx.lang)} — {ctx.when(e.starts_at)}")
+        lines.append(f"• {marks.get(e.id, '')}{e.title_in(ctx.lang)} — {ctx.when(e.starts_at)}")
+    if marks:
+        lines.append(ctx.t("event.list.marks"))
     ctx.ask("\n".join(lines), choices)
 
 

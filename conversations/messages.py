@@ -86,7 +86,7 @@ class Attachment:
 
 
 _OPTIONAL_FIELDS = ("columns", "photo_path", "latitude", "longitude", "venue_title", "remove_keyboard",
-                   "request_contact")
+                   "request_contact", "request_location", "location_hint")
 
 
 @dataclass
@@ -102,6 +102,10 @@ class Outbound:
     remove_keyboard: bool = False
     request_contact: str = ""       # a "share my phone number" button with this label (Telegram);
                                     # channels without one show the text only
+    request_location: str = ""      # a one-tap "send my location" button with this label (Telegram's
+                                    # request_location); channels without one add `location_hint`
+    location_hint: str = ""         # how to share a location pin where there is no such button
+                                    # (WhatsApp: 📎 → Location); ignored where the button is shown
     link_preview: bool = True       # False: the channel shows no preview of the links in the text
                                     # (Telegram would fetch a one-time sign-in link to preview it)
     forget: list[dict[str, str]] | None = None  # the goodbye after an erasure: the files ({"name",

@@ -8,6 +8,7 @@ attempt is audited, as for every staff command. `katilim staff login-link ID` pr
 link, through the same function."""
 from __future__ import annotations
 
+from conversations.i18n import N_
 from conversations.registry import Router
 from conversations.step import Ctx, Stay, Transition, refuse_staff
 from storage import panel
@@ -38,7 +39,11 @@ def issue_login_link(db, settings, staff, *, via: str, actor: str) -> str:
     return base_url(settings) + LOGIN_PATH + token
 
 
-@router.command("panel", "panel", "konsol", "console")
+router.menu_item(105, "staff_panel", N_("menu.staff_panel"), "cmd:panel", staff=True)
+
+
+@router.command("panel", "panel", "konsol", "console", menu={"tr": "panel", "en": "panel", "ar": "panel"},
+                description=N_("command.staff_panel"), staff=True)
 def cmd_panel(ctx: Ctx, text: str) -> Transition:
     staff = staff_for(ctx.db, ctx.channel, ctx.identity.address)
     if staff is None:

@@ -32,6 +32,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "report.reopen": ("resident", "system"),  # "not solved" under a resolved report's notification
     "report.rate": ("resident", "system"),
     "report.follow": ("resident",),
+    "report.support": ("resident",),  # a follower's comment and photos, for staff
     "broadcast.send": ("admin", "staff"),  # create, schedule
     "broadcast.cancel": ("admin", "staff"),  # a staff member cancels only their own
     "account.own": ("admin", "staff", "viewer"),  # one's own language, second factor, sessions

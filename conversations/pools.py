@@ -228,3 +228,12 @@ def calls_of(db: Session, resident_id: int, now: datetime) -> list[tuple[CallRes
                         .where(CallResponse.resident_id == resident_id, or_(duty, reserve),
                                VolunteerCall.ends_at > now)
                         .order_by(VolunteerCall.starts_at)))
+
+
+def invitations_of(db: Session, resident_id: int, now: datetime) -> list[VolunteerCall]:
+    """The open calls a volunteer was invited to and has not taken (or declined) yet, not started."""
+    return list(db.exec(select(VolunteerCall).join(CallResponse, VolunteerCall.id == CallResponse.call_id)
+                        .where(CallResponse.resident_id == resident_id,
+                               CallResponse.status.in_(("invited", "declined")),
+                               VolunteerCall.status == "open", VolunteerCall.starts_at > now)
+                        .order_by(VolunteerCall.starts_at)))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -78,6 +78,7 @@ class State:
     staff_only: bool = False
     router: str = ""
     number_answer: bool = False    # a typed number is the answer (a capacity), never "the Nth button"
+    long_text: bool = False        # a text over MAX_TEXT_LENGTH reaches the handler, which trims it
 
 
 def _no_input(ctx: "Ctx", msg: Inbound) -> Transition:
@@ -92,6 +93,7 @@ class CommandDef:
     menu: Mapping[str, str]         # language → the spelling shown in the command menu and /yardim
     description: str | None         # the catalog key describing it there
     router: str = ""
+    staff: bool = False             # a staff command: in /yardim and the main menu of staff only
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class MenuItem:
     label: str                      # catalog key
     target: str                     # a state, or "cmd:NAME"
     router: str = ""
+    staff: bool = False             # shown to staff only
 
 
 class Router:
@@ -134,16 +137,18 @@ class Router:
 
     # -- the conversation
     def state(self, name: str, *, accepts: Iterable[Kind] = TEXT_AND_CHOICE, choice_only: bool = False,
-              needs_onboarding: bool = True, staff_only: bool = False, number_answer: bool = False):
+              needs_onboarding: bool = True, staff_only: bool = False, number_answer: bool = False,
+              long_text: bool = False):
         """Declare a state: decorate its prompt `(ctx) -> None`; attach the input handler
         `(ctx, msg) -> Go | Stay | Invalid` with `@prompt.on_input`. `choice_only`: any other kind
         of input is answered "please choose" without reaching the handler. `number_answer`: the
         state asks for a number, so a typed "1" reaches the handler as text instead of choosing the
-        first button."""
+        first button. `long_text`: a text longer than the engine's limit is not refused whole but
+        given to the handler, which trims it to what it keeps and says so (a report's description)."""
 
         def deco(enter: Prompt) -> Prompt:
             entry = State(name, frozenset(accepts), enter, _no_input, choice_only, needs_onboarding, staff_only,
-                          self.name, number_answer)
+                          self.name, number_answer, long_text)
             if name in self.states:
                 self.problems.append(f"state {name!r} declared twice in router {self.name!r}")
             self.states[name] = entry
@@ -160,22 +165,24 @@ class Router:
         return deco
 
     def command(self, name: str, *spellings: str, menu: Mapping[str, str] | None = None,
-                description: str | None = None):
+                description: str | None = None, staff: bool = False):
         """Declare a global command `(ctx, text) -> Transition`: `name` is its canonical action,
         `spellings` what residents type ("/bildir"), `menu` the spelling per language shown in the
-        command menu and /yardim (with `description`, a catalog key)."""
+        command menu and /yardim (with `description`, a catalog key). A `staff` command is listed
+        in the /yardim of staff only (Registry.staff_menu), never in the residents' command menu."""
 
         def deco(fn: Command) -> Command:
             self.commands.append(CommandDef(name, fn, tuple(dict.fromkeys(spellings)), dict(menu or {}),
-                                            description, self.name))
+                                            description, self.name, staff))
             self._note(fn)
             return fn
 
         return deco
 
-    def menu_item(self, order: int, key: str, label: str, target: str) -> None:
-        """A main-menu button (sorted by `order`) leading to a state, or to a command ("cmd:NAME")."""
-        self.menu_items.append(MenuItem(order, key, label, target, self.name))
+    def menu_item(self, order: int, key: str, label: str, target: str, *, staff: bool = False) -> None:
+        """A main-menu button (sorted by `order`) leading to a state, or to a command ("cmd:NAME");
+        `staff`: shown to staff only."""
+        self.menu_items.append(MenuItem(order, key, label, target, self.name, staff))
 
     def global_choice(self, prefix: str):
         """Buttons on proactive messages must work whatever state the resident is in: a choice key
@@ -272,6 +279,7 @@ class Registry:
     withdrawals: Mapping[str, tuple[ConsentHook, ...]]
     grants: Mapping[str, tuple[ConsentHook, ...]]
     idle_texts: tuple[Handler, ...] = ()
+    staff_menu: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # language → staff commands shown
 
     @classmethod
     def build(cls, routers: Iterable[Router]) -> "Registry":
@@ -284,6 +292,7 @@ class Registry:
         commands: dict[str, CommandDef] = {}
         spellings: dict[str, str] = {}
         menu: dict[str, list[str]] = {lang: [] for lang in LANGUAGES}
+        staff_menu: dict[str, list[str]] = {lang: [] for lang in LANGUAGES}
         words: dict[str, str] = {}
         items: dict[str, MenuItem] = {}
         global_choices: dict[str, Handler] = {}
@@ -320,7 +329,7 @@ class Registry:
                         problems.append(f"command {cmd.name!r} (router {router.name!r}) shows {shown!r} in the "
                                         f"{lang} menu, which is not one of its spellings")
                     else:
-                        menu[lang].append(shown)
+                        (staff_menu if cmd.staff else menu)[lang].append(shown)
             for item in router.menu_items:
                 if claim("menu item", item.key, by):
                     items[item.key] = item
@@ -362,6 +371,7 @@ class Registry:
         return cls(
             routers=routers, states=_frozen(states), commands=_frozen(commands), spellings=_frozen(spellings),
             command_menu=_frozen({lang: tuple(names) for lang, names in menu.items()}), word_commands=_frozen(words),
+            staff_menu=_frozen({lang: tuple(names) for lang, names in staff_menu.items()}),
             menu_items=tuple(sorted(items.values(), key=lambda i: (i.order, i.key))),
             global_choices=_frozen(global_choices), start_payloads=_frozen(payloads),
             exporters=tuple(e for r in routers for e in r.exporters),

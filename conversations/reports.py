@@ -1,8 +1,10 @@
-"""Problem reports, the resident's side (issue 4): /bildir files a report, /raporlarim lists them.
+"""Problem reports, the resident's side (issue 4): /bildir files a report, /bildirimlerim (alias /raporlarim) lists them.
 
-/bildir → consent "reports" → category → description (text or a voice note) → location (a pin, or
-mahalle + street/landmark) → up to 3 photos → summary with edit buttons → (an open report of the
-same category nearby? follow it instead, or file anyway) → the tracking code.
+/bildir → consent "reports" → category → location (a pin, whose mahalle the resident confirms in one
+tap, or mahalle + street/landmark) → (an open report of the same category nearby? it is shown, with
+its description and photo, before the resident writes anything: follow it, adding what they want
+staff to know as a supporter's comment, or go on) → description (text or a voice note) → up to 3
+photos → summary with edit buttons → the tracking code, and the category's usual response time.
 
 Status changes reach the reporter and the followers through the outbox (storage/reports.py); on
 "resolved" they are asked whether it is solved, with buttons that work from any state
@@ -11,22 +13,26 @@ Status changes reach the reporter and the followers through the outbox (storage/
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, select
 
-from conversations import notify
+from conversations import geo, notify
 from conversations.core import require_consent
 from conversations.domain import reports as domain
 from conversations.domain import triage
-from conversations.i18n import N_
+from conversations.i18n import LANGUAGES, N_, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.permissions import Actor
 from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition, media_refusal
-from conversations.text import match_options, truncate
+from conversations.text import fold, match_mahalle, match_options, truncate
 from storage import reports as rp
+from storage.attachments import stored_name
 from storage.db import aware
 
 MAX_PHOTOS = 3
@@ -38,18 +44,57 @@ DEFAULT_PER_HOUR = 5
 CODE_RE = re.compile(r"\b([A-Z]{2,6}-\d{4}-\d{6})\b")
 # The command names a resident types, per language (Telegram menu names must be Latin).
 REPORT_COMMAND = {"tr": "bildir", "en": "report", "ar": "report"}
-MINE_COMMAND = {"tr": "raporlarim", "en": "myreports", "ar": "myreports"}
+# one word for one thing: the menu says "📋 Bildirimlerim", so does the command (/raporlarim stays an alias)
+MINE_COMMAND = {"tr": "bildirimlerim", "en": "myreports", "ar": "myreports"}
 
 router = Router("reports")
 router.menu_item(10, "report", N_("report.menu"), "cmd:report")
 router.menu_item(15, "myreports", N_("report.menu_mine"), "cmd:myreports")
-router.exporter(rp.export_resident)
+
+
+def _supporter_comments(db: Session, resident_id: int) -> list[rp.ReportEvent]:
+    """What the resident added to reports they followed (report_event "supporter_comment")."""
+    return list(db.exec(select(rp.ReportEvent).where(rp.ReportEvent.actor == f"resident:{resident_id}",
+                                                     rp.ReportEvent.kind == "supporter_comment")
+                        .order_by(rp.ReportEvent.id)))
+
+
+@router.exporter
+def export_reports(db: Session, resident_id: int) -> dict[str, Any]:
+    """Their reports, the reports they follow, and what they added to those as a supporter."""
+    data = rp.export_resident(db, resident_id)
+    comments = []
+    for event in _supporter_comments(db, resident_id):
+        report = rp.get_report(db, event.report_id)
+        photos = db.exec(select(rp.ReportMedia).where(rp.ReportMedia.event_id == event.id)).all()
+        comments.append({"code": report.code if report else None, "at": aware(event.at).isoformat(),
+                         "text": event.note, "photos": [stored_name(m.path) or Path(m.path).name for m in photos]})
+    data["supporter_comments"] = comments
+    return data
 
 
 @router.eraser
 def erase_reports(db: Session, resident_id: int, config: EngineConfig):
-    """Their reports stay, anonymised; their follows, notes and files go (storage.reports)."""
-    return rp.erase_resident(db, resident_id)
+    """Their reports stay, anonymised; their follows, notes and files go (storage.reports), and
+    so do the photos they added to reports they followed (their comments' texts go with the notes)."""
+    photos = []
+    events = [e.id for e in _supporter_comments(db, resident_id)]
+    if events:
+        photos = db.exec(select(rp.ReportMedia).where(rp.ReportMedia.event_id.in_(events))).all()
+    erased = rp.erase_resident(db, resident_id)
+    for media in photos:
+        erased.files.add(media.path)
+        db.delete(media)
+    db.flush()
+    return erased
+
+
+@router.merger
+def merge_report_actors(db: Session, gone_id: int, keep_id: int, config: EngineConfig) -> None:
+    """Two residents become one (conversations/linking.py): what the gone one wrote in reports'
+    histories (supporter comments, reopening notes) is the kept one's, for their export and erasure."""
+    db.exec(update(rp.ReportEvent).where(rp.ReportEvent.actor == f"resident:{gone_id}")
+            .values(actor=f"resident:{keep_id}"))
 
 
 @router.on_withdrawal("reports")
@@ -153,10 +198,13 @@ def on_report_category(ctx: Ctx, msg: Inbound) -> Transition:
         return Invalid("report.category_unknown")
     ctx.data.pop("candidates", None)
     ctx.data["category"] = key
-    return _after(ctx, "report.describe")
+    if ctx.data.get("edit"):  # another category may have a similar report at the same place
+        ctx.data.pop("dups_checked", None)
+        return _located(ctx)
+    return _after(ctx, "report.location")
 
 
-@router.state("report.describe", accepts={Kind.TEXT, Kind.VOICE, Kind.PHOTO, Kind.STICKER})
+@router.state("report.describe", accepts={Kind.TEXT, Kind.VOICE, Kind.PHOTO, Kind.STICKER}, long_text=True)
 def report_describe(ctx: Ctx) -> None:
     ctx.ask(ctx.t("report.describe_prompt", category=category_name(ctx, ctx.data.get("category", ""))))
 
@@ -171,7 +219,7 @@ def on_report_describe(ctx: Ctx, msg: Inbound) -> Transition:
             return Stay()
         ctx.data["voice"] = {**media, "content_type": media["content_type"] or "audio/ogg"}
         ctx.say(ctx.t("report.voice_saved"))
-        return _after(ctx, "report.location")
+        return _after(ctx, "report.photos")
     if msg.kind == Kind.PHOTO:
         media = _media_ok(ctx, msg)
         if media is None:
@@ -187,15 +235,25 @@ def on_report_describe(ctx: Ctx, msg: Inbound) -> Transition:
     return _describe_text(ctx, msg.text)
 
 
-def _describe_text(ctx: Ctx, text: str) -> Transition:
+def usable_text(ctx: Ctx, text: str) -> str | None:
+    """A description as kept: None when it says too little (fewer than MIN_DESCRIPTION letters or
+    digits: "ok", "👍👍👍", "!!!"), trimmed to MAX_DESCRIPTION with a note when it is longer
+    (never refused whole)."""
     text = text.strip()
-    if len(text) < MIN_DESCRIPTION:
-        return Invalid("report.describe_short")
+    if sum(1 for c in text if unicodedata.category(c)[0] in "LN") < MIN_DESCRIPTION:
+        return None
     if len(text) > MAX_DESCRIPTION:
         text = truncate(text, MAX_DESCRIPTION)
         ctx.say(ctx.t("report.describe_trimmed", limit=MAX_DESCRIPTION))
-    ctx.data["description"] = text
-    return _after(ctx, "report.location")
+    return text
+
+
+def _describe_text(ctx: Ctx, text: str) -> Transition:
+    kept = usable_text(ctx, text)
+    if kept is None:
+        return Invalid("report.describe_short")
+    ctx.data["description"] = kept
+    return _after(ctx, "report.photos")
 
 
 @router.state("report.location", accepts={Kind.LOCATION, Kind.TEXT, Kind.CHOICE})
@@ -205,23 +263,36 @@ def report_location(ctx: Ctx) -> None:
         choices.append(Choice(f"m:{ctx.resident.mahalle}",
                               ctx.t("report.location_mine", mahalle=mahalle_name(ctx, ctx.resident.mahalle))))
     choices.append(Choice("list", ctx.t("report.location_list")))
-    ctx.ask(ctx.t("report.location_prompt"), choices)
+    ctx.data.pop("pin_keep", None)
+    ctx.ask(ctx.t("report.location_prompt"), choices, **_location_request(ctx))
+
+
+def _location_request(ctx: Ctx) -> dict[str, str]:
+    """A one-tap "📍 Konumumu gönder" button where the channel has one (Telegram), and how to
+    share a location where it has none (WhatsApp)."""
+    return {"request_location": ctx.t("report.send_location"), "location_hint": ctx.t("report.location_hint")}
+
+
+def _pin_ok(msg: Inbound) -> bool:
+    return msg.latitude is not None and msg.longitude is not None and -90 <= msg.latitude <= 90 \
+        and -180 <= msg.longitude <= 180
 
 
 @report_location.on_input
 def on_report_location(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:
-        if msg.latitude is None or msg.longitude is None or not (-90 <= msg.latitude <= 90) \
-                or not (-180 <= msg.longitude <= 180):
+        if not _pin_ok(msg):
             return Invalid("report.location_bad")
-        ctx.data.update(lat=msg.latitude, lon=msg.longitude, mahalle=None, street="")
-        ctx.say(ctx.t("report.location_saved"))
-        return _after(ctx, "report.photos")
+        return _pin(ctx, msg.latitude, msg.longitude)
     if msg.kind == Kind.CHOICE:
         if msg.choice == "list":
             return Go("report.mahalle", {"_page": 0}, keep=True)
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    return _typed_mahalle(ctx, msg.text)
+
+
+def _typed_mahalle(ctx: Ctx, text: str) -> Transition:
+    found = match_mahalle(text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
     if not found:
@@ -229,10 +300,64 @@ def on_report_location(ctx: Ctx, msg: Inbound) -> Transition:
     return Go("report.mahalle", {"candidates": found, "_page": 0}, keep=True)
 
 
+def _pin(ctx: Ctx, lat: float, lon: float) -> Transition:
+    """A pin: far outside the district, a polite question; else its mahalle (the polygon holding
+    it, else the nearest centre: conversations/geo.py), for the resident to confirm in one tap."""
+    ctx.data.update(lat=lat, lon=lon, mahalle=None, street="")
+    point = (lat, lon)
+    if geo.where_in_district(point, ctx.catalog.municipality.boundary) == geo.Where.OUTSIDE:
+        return Go("report.pin", {"pin_outside": True, "pin_mahalle": None}, keep=True)
+    key = geo.mahalle_of(point, ctx.catalog.neighbourhoods)
+    if key is None:
+        ctx.say(ctx.t("report.location_saved"))
+        return _located(ctx)
+    return Go("report.pin", {"pin_outside": False, "pin_mahalle": key}, keep=True)
+
+
+@router.state("report.pin", accepts={Kind.LOCATION, Kind.TEXT, Kind.CHOICE})
+def report_pin(ctx: Ctx) -> None:
+    if ctx.data.get("pin_outside"):
+        ctx.ask(ctx.t("report.pin_outside", municipality=ctx.catalog.municipality.name.get(ctx.lang)),
+                [Choice("keep", ctx.t("report.pin_keep")), Choice("list", ctx.t("report.location_list"))],
+                **_location_request(ctx))
+        return
+    name = mahalle_name(ctx, ctx.data.get("pin_mahalle"))
+    ctx.ask(ctx.t("report.pin_mahalle", mahalle=name),
+            [Choice("yes", ctx.t("report.pin_yes", mahalle=name)), Choice("list", ctx.t("report.pin_other"))])
+
+
+@report_pin.on_input
+def on_report_pin(ctx: Ctx, msg: Inbound) -> Transition:
+    outside = ctx.data.get("pin_outside")
+    if msg.kind == Kind.LOCATION:
+        if not _pin_ok(msg):
+            return Invalid("report.location_bad")
+        return _pin(ctx, msg.latitude, msg.longitude)
+    if outside:
+        if msg.kind == Kind.CHOICE and msg.choice == "keep":  # "yes, there": the pin stays, no mahalle
+            return _pin_confirmed(ctx, None)
+        ctx.data.update(lat=None, lon=None)  # not in the district: the mahalle named now is the place
+    else:
+        if msg.kind == Kind.CHOICE and msg.choice == "yes":
+            return _pin_confirmed(ctx, ctx.data.get("pin_mahalle"))
+        ctx.data["pin_keep"] = True  # another mahalle, named now, is the pin's; the pin stays
+    if msg.kind == Kind.TEXT:
+        return _typed_mahalle(ctx, msg.text)
+    return Go("report.mahalle", {"_page": 0}, keep=True)
+
+
+def _pin_confirmed(ctx: Ctx, key: str | None) -> Transition:
+    ctx.data.pop("pin_keep", None)
+    ctx.data["mahalle"] = key
+    return _located(ctx)
+
+
 def _set_mahalle(ctx: Ctx, key: str) -> Transition:
     if ctx.catalog.neighbourhood(key) is None:
         return Invalid("report.mahalle_unknown")
     ctx.data.pop("candidates", None)
+    if ctx.data.get("pin_keep") and ctx.data.get("lat") is not None:  # the mahalle of a pin given
+        return _pin_confirmed(ctx, key)
     ctx.data.update(lat=None, lon=None, mahalle=key)
     return Go("report.street", keep=True)
 
@@ -249,10 +374,11 @@ def report_mahalle(ctx: Ctx) -> None:
 def on_report_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.CHOICE:
         return _set_mahalle(ctx, msg.choice.removeprefix("m:"))
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return _set_mahalle(ctx, found[0])
     if not found:
+        ctx.data.pop("candidates", None)
         return Invalid("report.mahalle_unknown")
     ctx.data.update(candidates=found, _page=0)
     return Go("report.mahalle", keep=True)
@@ -268,24 +394,54 @@ def on_report_street(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.LOCATION:  # a pin is even better: keep the mahalle, ask nothing more
         ctx.data.update(lat=msg.latitude, lon=msg.longitude)
         ctx.say(ctx.t("report.location_saved"))
-        return _after(ctx, "report.photos")
+        return _located(ctx)
     street = msg.text.strip()
     if len(street) < 3:
         return Invalid("report.street_short")
     ctx.data["street"] = truncate(street, 200)
-    return _after(ctx, "report.photos")
+    return _located(ctx)
+
+
+def _located(ctx: Ctx) -> Transition:
+    """Category and place known: is the same problem already reported nearby? Shown now, before
+    the resident writes anything; else on to the description (or back to the summary)."""
+    d = ctx.data
+    if not d.get("category") or ctx.catalog.category(d["category"]) is None:
+        return Go("report.category", keep=True)
+    d["dups_checked"] = True
+    dups = rp.find_nearby_open(ctx.db, d["category"], d.get("lat"), d.get("lon"), d.get("mahalle"),
+                               within_m=NEARBY_METRES, days=NEARBY_DAYS, now=ctx.now,
+                               exclude_resident=ctx.resident.id)
+    if dups:
+        return Go("report.duplicate", {"dups": [r.code for r in dups], "dups_shown": False}, keep=True)
+    return _after(ctx, "report.describe")
 
 
 @router.state("report.photos", accepts={Kind.PHOTO, Kind.CHOICE, Kind.TEXT})
 def report_photos(ctx: Ctx) -> None:
     n = len(ctx.data.get("photos") or [])
-    done = N_("report.photos_done") if n else N_("report.photos_skip")
-    ctx.ask(ctx.t("report.photos_prompt", max=MAX_PHOTOS, n=n), [Choice("done", ctx.t(done))])
+    if n:
+        _ask_more_photos(ctx, n)
+        return
+    ctx.ask(ctx.t("report.photos_prompt", max=MAX_PHOTOS), [Choice("done", ctx.t("report.photos_skip"))])
+
+
+def _ask_more_photos(ctx: Ctx, n: int) -> None:
+    """After a photo: how many are in, how many more may come, and "✅ Devam" (never "without photo")."""
+    left = MAX_PHOTOS - n
+    ctx.ask(ctx.t("report.photo_saved", n=n, max=MAX_PHOTOS) + "\n" + ctx.t.n("report.photos_more", left, left=left),
+            [Choice("done", ctx.t("report.photos_done"))])
+
+
+def says_done(ctx: Ctx, text: str) -> bool:
+    """"tamam", "devam", "bitti", "done", "تم"...: the resident has no more photos to add."""
+    typed = fold(text)
+    return any(typed == fold(w) for lang in LANGUAGES for w in re.split("[,،]", translator(lang)("report.done_words")))
 
 
 @report_photos.on_input
 def on_report_photos(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.kind == Kind.CHOICE:
+    if msg.kind == Kind.CHOICE or (msg.kind == Kind.TEXT and says_done(ctx, msg.text)):
         ctx.data.pop("edit", None)
         return Go("report.summary", keep=True)
     if msg.kind == Kind.TEXT:
@@ -303,10 +459,11 @@ def _add_photo(ctx: Ctx, msg: Inbound, then: str) -> Transition:
         return Stay()
     photos.append({**media, "content_type": media["content_type"] or "image/jpeg"})
     ctx.data["photos"] = photos
-    ctx.say(ctx.t("report.photo_saved", n=len(photos), max=MAX_PHOTOS))
     if len(photos) >= MAX_PHOTOS or then == "report.summary":
+        ctx.say(ctx.t("report.photo_saved", n=len(photos), max=MAX_PHOTOS))
         ctx.data.pop("edit", None)
         return Go("report.summary", keep=True)
+    _ask_more_photos(ctx, len(photos))
     return Stay()
 
 
@@ -346,20 +503,17 @@ def on_report_summary(ctx: Ctx, msg: Inbound) -> Transition:
             ctx.data.pop("voice", None)
             return Go("report.describe", keep=True)
         if part == "location":
-            ctx.data.update(lat=None, lon=None, mahalle=None, street="")
+            ctx.data.update(lat=None, lon=None, mahalle=None, street="", dups_checked=False)
             return Go("report.location", keep=True)
         ctx.data["photos"] = []
         return Go("report.photos", keep=True)
-    # confirm: first, is the same problem already reported nearby?
+    # confirm (similar reports nearby were shown when the place was given)
     missing = _missing_part(ctx)
     if missing:
         return Go(missing, keep=True)
-    d = ctx.data
-    dups = rp.find_nearby_open(ctx.db, d["category"], d.get("lat"), d.get("lon"), d.get("mahalle"),
-                               within_m=NEARBY_METRES, days=NEARBY_DAYS, now=ctx.now,
-                               exclude_resident=ctx.resident.id)
-    if dups:
-        return Go("report.duplicate", {"dups": [r.code for r in dups]}, keep=True)
+    if not ctx.data.get("dups_checked"):  # a draft from before the check moved: check now
+        ctx.data["edit"] = True
+        return _located(ctx)
     return file_report(ctx)
 
 
@@ -391,8 +545,29 @@ def file_report(ctx: Ctx) -> Transition:
                          latitude=d.get("lat"), longitude=d.get("lon"), mahalle=d.get("mahalle"),
                          address=d.get("street", ""), media=media, channel=ctx.channel, catalog=ctx.catalog,
                          now=ctx.now)
-    ctx.say(ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports")))
+    saved = ctx.t("report.saved", code=report.code, command="/" + MINE_COMMAND.get(ctx.lang, "myreports"))
+    usual = usual_response_time(ctx, d["category"])
+    ctx.say(saved + ("\n" + usual if usual else ""))
     return Go(IDLE)
+
+
+def usual_response_time(ctx: Ctx, category_key: str) -> str:
+    """"⏱ We usually answer this kind of report within 3 working days", from the category's
+    `sla_hours`: working days when they count working hours (conversations/worktime.py: a working
+    day is the catalog's hours of one day), else calendar days or hours; "" without a target."""
+    category = ctx.catalog.category(category_key)
+    if category is None or not category.sla_hours:
+        return ""
+    hours = category.sla_hours
+    per_day = 24.0 if category.sla_calendar else ctx.catalog.municipality.working_hours.hours_per_day
+    days = hours / per_day if per_day else 0
+    if category.sla_calendar:
+        key, count = (N_("report.usual_days"), days) if hours >= 48 and days.is_integer() else \
+            (N_("report.usual_hours"), hours)
+    else:
+        key, count = (N_("report.usual_workdays"), days) if days.is_integer() else (N_("report.usual_workhours"), hours)
+    count = int(count) if float(count).is_integer() else round(count, 1)
+    return ctx.t.n(key, count, n=count)
 
 
 @router.state("report.duplicate", choice_only=True)
@@ -417,24 +592,77 @@ def _duplicate_text(ctx: Ctx, report: rp.Report) -> str:
     if d.get("lat") is not None and report.latitude is not None:
         metres = rp.haversine_m(d["lat"], d["lon"], report.latitude, report.longitude)
         distance = ctx.t("report.duplicate_distance", meters=int(round(metres)))
-    return ctx.t("report.duplicate_item", code=report.code, category=category_name(ctx, report.category),
+    text = ctx.t("report.duplicate_item", code=report.code, category=category_name(ctx, report.category),
                  status=status_name(ctx, report.status), when=ctx.when(report.created_at),
                  location=location_text(ctx, None, None, report.mahalle, report.address), distance=distance,
                  supporters=report.supporters)
+    if report.description and not report.erased_at:
+        text += "\n" + ctx.t("report.detail_description", description=truncate(report.description, 300))
+    return text
 
 
 @report_duplicate.on_input
 def on_report_duplicate(ctx: Ctx, msg: Inbound) -> Transition:
-    if msg.choice == "file":
-        return file_report(ctx)
-    if msg.choice == "back":
-        ctx.data.pop("dups_shown", None)
-        return Go("report.summary", keep=True)
+    if msg.choice == "file":  # not the same problem: on with the resident's own report
+        return _after(ctx, "report.describe")
+    if msg.choice == "back":  # another place
+        ctx.data.update(lat=None, lon=None, mahalle=None, street="", dups_checked=False, dups_shown=False)
+        return Go("report.location", keep=True)
     code = msg.choice.removeprefix("f:")
     report = rp.get_by_code(ctx.db, code)
     if report is None:
         return Invalid("engine.stale_choice")
     _follow(ctx, report)
+    d = ctx.data
+    if d.get("description") or d.get("photos"):  # written already (a place changed from the summary)
+        add_supporter_comment(ctx, report, d.get("description") or "", d.get("photos") or [])
+        ctx.say(ctx.t("report.support_saved", code=report.code))
+        return Go(IDLE)
+    return Go("report.support", {"code": report.code, "photos": []})
+
+
+def add_supporter_comment(ctx: Ctx, report: rp.Report, text: str, photos: list[dict[str, Any]]) -> None:
+    """What a follower wrote and sent goes to staff with the followed report (domain.support)."""
+    domain.support(ctx.db, Actor.resident(ctx.resident.id), report, text, photos[:MAX_PHOTOS], now=ctx.now)
+
+
+@router.state("report.support", accepts={Kind.TEXT, Kind.PHOTO, Kind.CHOICE}, long_text=True)
+def report_support(ctx: Ctx) -> None:
+    n = len(ctx.data.get("photos") or [])
+    done = N_("report.support_done") if n else N_("report.support_skip")
+    ctx.ask(ctx.t("report.support_prompt", code=ctx.data.get("code", "")), [Choice("done", ctx.t(done))])
+
+
+@report_support.on_input
+def on_report_support(ctx: Ctx, msg: Inbound) -> Transition:
+    """After following: what the resident would have written goes to staff with the report."""
+    report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
+    if report is None:
+        return Go(IDLE)
+    photos = list(ctx.data.get("photos") or [])
+    if msg.kind == Kind.PHOTO:
+        media = _media_ok(ctx, msg)
+        if media is None:
+            return Stay()
+        if len(photos) < MAX_PHOTOS:
+            photos.append({**media, "content_type": media["content_type"] or "image/jpeg"})
+        ctx.data["photos"] = photos
+        if not (msg.text or "").strip():
+            ctx.ask(ctx.t("report.photo_saved", n=len(photos), max=MAX_PHOTOS) + "\n" + ctx.t("report.support_more"),
+                    [Choice("done", ctx.t("report.support_done"))])
+            return Stay()
+    text = ""
+    if msg.kind in (Kind.TEXT, Kind.PHOTO) and (msg.text or "").strip():
+        if msg.kind == Kind.TEXT and says_done(ctx, msg.text):
+            text = ""
+        else:
+            kept = usable_text(ctx, msg.text)
+            if kept is None:
+                return Invalid("report.describe_short")
+            text = kept
+    if text or photos:
+        add_supporter_comment(ctx, report, text, photos)
+        ctx.say(ctx.t("report.support_saved", code=report.code))
     return Go(IDLE)
 
 
@@ -445,8 +673,8 @@ def _follow(ctx: Ctx, report: rp.Report) -> None:
         ctx.say(ctx.t("report.already_following", code=report.code))
 
 
-# ---------------------------------------------------------------- /raporlarim
-@router.command("myreports", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
+# ---------------------------------------------------------------- /bildirimlerim (/raporlarim)
+@router.command("myreports", "bildirimlerim", "raporlarim", "myreports", menu=MINE_COMMAND, description=N_("report.command_mine"))
 def cmd_myreports(ctx: Ctx, text: str) -> Transition:
     if ctx.resident.onboarded_at is None:
         return Go("onboarding.language", keep=True)
@@ -540,9 +768,17 @@ def detail_text(ctx: Ctx, report: rp.Report, *, with_description: bool) -> str:
 
 
 def _detail_choices(ctx: Ctx, report: rp.Report, mine: bool, following: bool) -> list[Choice]:
+    """The page's buttons; a resolved report offers what its notification did, for as long as it
+    applies: reopen it (within REOPEN_WINDOW) and, for the reporter who has not yet, rate it."""
     choices = []
     if not mine and not following and report.status in rp.OPEN_STATUSES:
         choices.append(Choice("follow", ctx.t("report.detail_follow")))
+    if report.status == "resolved" and (mine or following):
+        if mine and not report.rating:
+            choices.append(Choice("rate", ctx.t("report.detail_rate")))
+        resolved_at = aware(report.resolved_at or report.updated_at)
+        if ctx.now - resolved_at <= rp.REOPEN_WINDOW:
+            choices.append(Choice("reopen", ctx.t("report.detail_reopen")))
     return choices + [Choice("list", ctx.t("report.back_to_list")), Choice("menu", ctx.t("report.to_menu"))]
 
 
@@ -557,6 +793,12 @@ def on_report_detail(ctx: Ctx, msg: Inbound) -> Transition:
         report = rp.get_by_code(ctx.db, ctx.data.get("code", ""))
         if report is not None:
             _follow(ctx, report)
+        return Go("report.detail", keep=True)
+    if msg.choice == "rate":
+        return Go("report.rate", {"code": ctx.data.get("code", "")})
+    if msg.choice == "reopen":  # as the notification's "no, it goes on" button does
+        on_resolved_answer(ctx, Inbound(channel=msg.channel, address=msg.address, kind=Kind.CHOICE,
+                                        choice=f"{notify.RESOLVED_PREFIX}:no:{ctx.data.get('code', '')}"))
         return Go("report.detail", keep=True)
     if msg.choice == "list":
         return Go("report.mine", {"_page": ctx.data.get("_page", 0)})

@@ -15,7 +15,7 @@ from conversations.permissions import Refused
 from conversations.registry import Router
 from conversations.reports import CODE_RE, category_name, location_text, mahalle_name, status_name
 from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
-from conversations.text import match_options, truncate
+from conversations.text import match_mahalle, match_options, truncate
 from storage import reports as rp
 from storage.models import Staff
 from storage.report_list import is_overdue
@@ -61,7 +61,11 @@ def _query_args(ctx: Ctx) -> dict:
     return args
 
 
-@router.command("reports", "raporlar", "reports")
+router.menu_item(102, "staff_reports", N_("menu.staff_reports"), "cmd:reports", staff=True)
+
+
+@router.command("reports", "raporlar", "reports", menu={"tr": "raporlar", "en": "reports", "ar": "reports"},
+                description=N_("command.staff_reports"), staff=True)
 def cmd_reports(ctx: Ctx, text: str) -> Transition:
     found = CODE_RE.search((text or "").upper())
     if found:
@@ -127,7 +131,7 @@ def staff_category(ctx: Ctx) -> None:
 @staff_category.on_input
 def on_staff_category(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
-        found = match_options(msg.text, [(c.key, c.name.all_forms() + [c.key]) for c in ctx.catalog.categories])
+        found = match_options(msg.text, [(c.key, c.words()) for c in ctx.catalog.categories])
         if len(found) != 1:
             return Invalid("report.category_unknown")
         key = found[0]
@@ -147,7 +151,7 @@ def staff_mahalle(ctx: Ctx) -> None:
 @staff_mahalle.on_input
 def on_staff_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
-        found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+        found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
         if len(found) != 1:
             return Invalid("report.mahalle_unknown")
         key = found[0]

@@ -23,7 +23,7 @@ from conversations import notify
 from conversations.i18n import LANGUAGES, N_, Translator, format_when, translator
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.permissions import Actor
-from conversations.text import clean_text, fold, match_options
+from conversations.text import clean_text, closest, fold, key_for, match_options
 from storage import media as media_store
 from storage.audit import audit
 from storage.consents import current_consents, record_consent
@@ -31,7 +31,7 @@ from storage.db import aware
 from storage.models import ChannelIdentity, Resident
 from storage.panel import departments_of
 from storage.residents import update_resident
-from storage.staff import is_chat_staff, staff_for
+from storage.staff import chat_staff_on, is_chat_staff, staff_for
 
 if TYPE_CHECKING:
     from conversations.registry import Registry, State
@@ -124,6 +124,7 @@ class Ctx:
         self._conn = conn if conn is not None else session.connection()
         self._writes = writes     # the runtime's; None: whoever built this context owns the transaction
         self._consents: dict[str, bool] | None = None
+        self._shows_staff: bool | None = None
 
     @property
     def registry(self) -> "Registry":
@@ -177,7 +178,16 @@ class Ctx:
         return format_when(dt, self.lang, self.config.timezone)
 
     # -- replies
+    def _reply_keyboard(self, kw: dict[str, Any]) -> None:
+        """A question with a one-tap location button (a reply keyboard on Telegram) is remembered;
+        the next message that asks for none takes the button away (`remove_keyboard`)."""
+        if kw.get("request_location"):
+            self.data["_reply_keyboard"] = True
+        elif self.data.pop("_reply_keyboard", False):
+            kw.setdefault("remove_keyboard", True)
+
     def say(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
+        self._reply_keyboard(kw)
         out = Outbound(text=text, choices=list(choices or []), **kw)
         self.replies.append(out)
         if choices:
@@ -187,6 +197,7 @@ class Ctx:
     def ask(self, text: str, choices: list[Choice] | None = None, **kw) -> Outbound:
         """A question: its choices are what numbers and typed words resolve to."""
         self.data["_choices"] = [[c.key, c.label] for c in (choices or [])]
+        self._reply_keyboard(kw)
         out = Outbound(text=text, choices=list(choices or []), **kw)
         self.replies.append(out)
         return out
@@ -238,6 +249,14 @@ class Ctx:
                                       tz=self.config.timezone)
 
     @property
+    def shows_staff(self) -> bool:
+        """Whether this is a staff member who uses the chat's staff screens (their commands in
+        /yardim and the menu), read on the step's connection: no ORM session for a menu."""
+        if self._shows_staff is None:
+            self._shows_staff = chat_staff_on(self._conn, self.channel, self.identity.address)
+        return self._shows_staff
+
+    @property
     def is_staff(self) -> bool:
         return is_chat_staff(self.db, self.channel, self.identity.address)
 
@@ -266,9 +285,10 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- the step
-def resolve_choice(ctx: Ctx, msg: Inbound, *, numbers_are_answers: bool = False) -> Inbound:
+def resolve_choice(ctx: Ctx, msg: Inbound, *, numbers_are_answers: bool = False, by_key: bool = False) -> Inbound:
     """A typed number or a typed option name becomes the choice it names (a typed number stays
-    text where the state asks for a number)."""
+    text where the state asks for a number); with `by_key` (a staff screen) a typed catalog key
+    too, Turkish-aware ("atölye" picks "t:atolye")."""
     choices = ctx.data.get("_choices") or []
     if msg.kind != Kind.TEXT or not choices:
         return msg
@@ -285,6 +305,11 @@ def resolve_choice(ctx: Ctx, msg: Inbound, *, numbers_are_answers: bool = False)
     exact = [k for k, label in choices if fold(label) == typed]
     if exact:
         return _as_choice(msg, exact[0])
+    if by_key:
+        keyed = {k.rsplit(":", 1)[-1]: k for k, _ in choices}
+        key = key_for(text, keyed)
+        if key is not None:
+            return _as_choice(msg, keyed[key])
     if len(found) == 1 and len(typed) >= 3:
         return _as_choice(msg, found[0])
     return msg
@@ -303,9 +328,31 @@ def command_of(ctx: Ctx, msg: Inbound) -> str | None:
     if msg.kind == Kind.TEXT and len(msg.text) <= 40:
         typed = fold(msg.text)
         for key, action in ctx.registry.word_commands.items():
-            if typed in _command_words(key):
+            if typed in typed_words(key):
                 return action
     return None
+
+
+def command_names(ctx: Ctx) -> list[str]:
+    """The commands as /yardim names them in the resident's language (a staff member's too)."""
+    registry = ctx.registry
+    names = list(registry.command_menu.get(ctx.lang, registry.command_menu["en"]))
+    if registry.staff_menu.get(ctx.lang) and ctx.shows_staff:
+        names += registry.staff_menu[ctx.lang]
+    return names
+
+
+def did_you_mean(ctx: Ctx, typed: str) -> str | None:
+    """The command a mistyped one was probably meant to be ("/yardm" → "yardim"), among the
+    spellings of the resident's language (Turkish-aware: "/İPTL" → "iptal"), or None."""
+    shown = command_names(ctx)
+    canonical = {ctx.registry.canonical(name) for name in shown}
+    spellings = [s for s, name in ctx.registry.spellings.items() if name in canonical]
+    near = closest(typed, shown) or closest(typed, spellings)
+    if near is None:
+        return None
+    name = ctx.registry.canonical(near)
+    return next((s for s in shown if ctx.registry.canonical(s) == name), near)
 
 
 def run_command(ctx: Ctx, name: str, text: str = "") -> Transition:
@@ -314,8 +361,9 @@ def run_command(ctx: Ctx, name: str, text: str = "") -> Transition:
 
 
 @lru_cache(maxsize=128)
-def _command_words(key: str) -> frozenset[str]:
-    """The typed words of a word command in every language, folded (catalog: "iptal, vazgeç")."""
+def typed_words(key: str) -> frozenset[str]:
+    """The typed words a catalog key lists, in every language, folded (catalog: "iptal, vazgeç");
+    a word command's, or the yes/no words answering a proactive question."""
     return frozenset(fold(w) for lang in LANGUAGES for w in translator(lang)(key).split(",") if w.strip())
 
 
@@ -380,14 +428,19 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
         if not msg.text:
             apply(ctx, Invalid("engine.empty"), current)
             return StepResult(ctx.state, ctx.data, ctx.replies)
-        if len(msg.text) > ctx.config.max_text_length:
+        if len(msg.text) > ctx.config.max_text_length and not current.long_text:
             ctx.say(ctx.t("engine.too_long", limit=ctx.config.max_text_length))
             current.enter(ctx)
             return StepResult(ctx.state, ctx.data, ctx.replies)
     action = command_of(ctx, msg)
     if action is not None:
         if action == "?":
-            ctx.say(ctx.t("engine.unknown_command", command="/" + msg.command[:32]))
+            near = did_you_mean(ctx, msg.command)
+            typed = "/" + msg.command[:32]
+            if near:
+                ctx.say(ctx.t("engine.did_you_mean", command=typed, near="/" + near))
+            else:
+                ctx.say(ctx.t("engine.unknown_command", command=typed))
             current.enter(ctx)
         else:
             apply(ctx, run_command(ctx, action, msg.text), current)
@@ -395,7 +448,7 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
     if not _onboarded_for(current, ctx.resident.onboarded_at):
         apply(ctx, run_command(ctx, "start"), current)
         return StepResult(ctx.state, ctx.data, ctx.replies)
-    msg = resolve_choice(ctx, msg, numbers_are_answers=current.number_answer)
+    msg = resolve_choice(ctx, msg, numbers_are_answers=current.number_answer, by_key=current.staff_only)
     if current.staff_only and not ctx.is_staff:
         refuse_staff(ctx, ctx.state)
         ctx.data = {}
@@ -426,8 +479,10 @@ def step(ctx: Ctx, msg: Inbound) -> StepResult:
 
 
 def _onboarded_for(current: "State", onboarded_at: datetime | None) -> bool:
-    """The resident may use this state (one that needs onboarding sends them to /start first)."""
-    return onboarded_at is not None or not current.needs_onboarding
+    """The resident may use this state (one that needs onboarding sends them to /start first).
+    A staff screen needs no onboarding: a staff member who never went through it works all the
+    same (whoever else reaches one is refused by the staff check)."""
+    return onboarded_at is not None or not current.needs_onboarding or current.staff_only
 
 
 def expired(state: str, updated_at: datetime | None, now: datetime, expiry: timedelta) -> bool:

@@ -19,16 +19,17 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.participation import AVAILABILITY_KEYS, CALL_PREFIX, ParticipationError, read_count, read_time
 from conversations.participation_data import withdraw_volunteering
 from conversations.permissions import Refused
-from conversations.pools import calls_of, join_pool, leave_pool, membership, memberships_of, respond_to_call
+from conversations.pools import calls_of, invitations_of, join_pool, leave_pool, membership, memberships_of, respond_to_call
 from conversations.registry import Router
 from conversations.reminders import offsets_of
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition
-from conversations.text import match_options, record_id, truncate
+from conversations.text import match_mahalle, record_id, truncate
 from conversations.when import example_time, span_text
 from storage.participation import AVAILABILITY
 
 router = Router("volunteering")
 router.menu_item(35, "volunteer", N_("volunteer.menu"), "cmd:volunteer")
+router.menu_item(104, "staff_volunteercall", N_("menu.staff_volunteercall"), "cmd:volunteercall", staff=True)
 
 
 @router.on_withdrawal("volunteering")
@@ -82,7 +83,8 @@ def home(ctx: Ctx) -> None:
         choices.append(Choice(f"p:{pool.key}", mark + pool.name.get(ctx.lang)))
     if not ctx.catalog.pools:
         lines.append(ctx.t("volunteer.no_pools"))
-    choices += [Choice("mine", ctx.t("volunteer.my_calls")), Choice("menu", ctx.t("common.back"))]
+    choices += [Choice("open", ctx.t("volunteer.open_calls")), Choice("mine", ctx.t("volunteer.my_calls")),
+                Choice("menu", ctx.t("common.back"))]
     ctx.ask("\n".join(lines), choices)
 
 
@@ -92,7 +94,39 @@ def on_home(ctx: Ctx, msg: Inbound) -> Transition:
         return Go(IDLE)
     if msg.choice == "mine":
         return Go("volunteer.mine")
+    if msg.choice == "open":
+        return Go("volunteer.open")
     return Go("volunteer.pool", {"pool": msg.choice[2:]})
+
+
+@router.state("volunteer.open", choice_only=True)
+def open_calls(ctx: Ctx) -> None:
+    """The calls they were invited to and may still take: a call's message is never the only way."""
+    def line(call) -> tuple[str, Choice]:
+        when = span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
+        return (ctx.t("volunteer.open_line", what=call.what, when=when, place=call.place,
+                      free=max(0, call.capacity - call.accepted), capacity=call.capacity),
+                Choice(f"{CALL_PREFIX}:{call.id}:y", ctx.t("volunteer.open_take", what=truncate(call.what, 24))))
+
+    _calls_page(ctx, [line(call) for call in invitations_of(ctx.db, ctx.resident.id, ctx.now)],
+                N_("volunteer.open_empty"), N_("volunteer.open_title"))
+
+
+def _calls_page(ctx: Ctx, rows: list[tuple[str, Choice]], empty: str, title: str) -> None:
+    """A list of calls, a line and a button each, and back (or `empty` when there is none)."""
+    if not rows:
+        ctx.ask(ctx.t(empty), [Choice("back", ctx.t("common.back"))])
+        return
+    ctx.ask("\n".join([ctx.t(title), *(text for text, _ in rows)]),
+            [choice for _, choice in rows] + [Choice("back", ctx.t("common.back"))])
+
+
+@open_calls.on_input
+def on_open_calls(ctx: Ctx, msg: Inbound) -> Transition:
+    if msg.choice == "back":
+        return Go("volunteer.home")
+    call_button(ctx, msg)       # as the call's own "I'll come" button
+    return Go("volunteer.mine")
 
 
 @router.state("volunteer.pool", choice_only=True)
@@ -217,10 +251,11 @@ def on_mahalle(ctx: Ctx, msg: Inbound) -> Transition:
         if msg.choice == "skip":
             return Go("volunteer.confirm", {"mahalle": None, "candidates": None}, keep=True)
         return Go("volunteer.confirm", {"mahalle": msg.choice[2:], "candidates": None}, keep=True)
-    found = match_options(msg.text, [(n.key, [n.name]) for n in ctx.catalog.neighbourhoods])
+    found = match_mahalle(msg.text, ctx.catalog.neighbourhoods)
     if len(found) == 1:
         return Go("volunteer.confirm", {"mahalle": found[0], "candidates": None}, keep=True)
     if not found:
+        ctx.data.pop("candidates", None)
         return Invalid("mahalle.not_found")
     return Go("volunteer.mahalle", {"candidates": found, "_page": 0}, keep=True)
 
@@ -268,20 +303,15 @@ def on_leave(ctx: Ctx, msg: Inbound) -> Transition:
 # ---------------------------------------------------------------- my duties
 @router.state("volunteer.mine", choice_only=True)
 def mine(ctx: Ctx) -> None:
-    rows = calls_of(ctx.db, ctx.resident.id, ctx.now)
-    if not rows:
-        ctx.ask(ctx.t("volunteer.mine_empty"), [Choice("back", ctx.t("common.back"))])
-        return
-    lines = [ctx.t("volunteer.mine_title")]
-    choices = []
-    for response, call in rows:
+    def line(response, call) -> tuple[str, Choice]:
         when = span_text(call.starts_at, call.ends_at, ctx.lang, _tz(ctx))
         status = (ctx.t("volunteer.status.accepted") if response.status == "accepted"
                   else ctx.t("volunteer.status.reserve", position=response.position))
-        lines.append(f"• {call.what} — {when}, {call.place} ({status})")
-        choices.append(Choice(f"c:{call.id}", ctx.t("volunteer.cancel_duty", what=truncate(call.what, 24))))
-    choices.append(Choice("back", ctx.t("common.back")))
-    ctx.ask("\n".join(lines), choices)
+        return (f"• {call.what} — {when}, {call.place} ({status})",
+                Choice(f"c:{call.id}", ctx.t("volunteer.cancel_duty", what=truncate(call.what, 24))))
+
+    _calls_page(ctx, [line(response, call) for response, call in calls_of(ctx.db, ctx.resident.id, ctx.now)],
+                N_("volunteer.mine_empty"), N_("volunteer.mine_title"))
 
 
 @mine.on_input
@@ -310,7 +340,8 @@ def call_button(ctx: Ctx, msg: Inbound) -> Transition:
 
 
 # ---------------------------------------------------------------- staff: a call for volunteers
-@router.command("volunteercall", "gonullucagri", "volunteercall", description=N_("volunteer.call_new.command"))
+@router.command("volunteercall", "gonullucagri", "volunteercall", description=N_("volunteer.call_new.command"),
+                menu={"tr": "gonullucagri", "en": "volunteercall", "ar": "volunteercall"}, staff=True)
 def cmd_volunteer_call(ctx: Ctx, text: str) -> Transition:
     # a staff-only state: the engine refuses anyone else and audits the attempt
     return Go("volunteer.call_pools", {"pools": []})

@@ -1,7 +1,7 @@
 """The terminal channel: `katilim chat [--as NAME]`, the same engine and database as Telegram.
 
 Choices are shown numbered and answered by number or text. A few console verbs stand in for what a
-phone sends: `/konum 38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
+phone sends: `/konum 38.39 27.17` or just `38.39 27.17` (a location pin), `/foto PATH` (a photo), `/ses PATH` (a voice
 note), `/cikartma` (a sticker); `/cikis` or Ctrl-D leaves. The file of `/foto` and `/ses` is read
 like a channel's download (`ConsoleChannel.read_file`) and goes through the same judging and
 cleaning into MEDIA_DIR as any other channel's (bot/app.py): a missing or non-image file is
@@ -10,29 +10,43 @@ refused in the resident's language, and the user's own path is never stored.
 from __future__ import annotations
 
 import asyncio
+import glob
 import hashlib
 import re
 import sys
+import tempfile
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TextIO
 
 from conversations.messages import Inbound, Kind, Media, Outbound
+from conversations.step import IDLE
 from handlers import kit
 from handlers.delivery import ChannelLimits, send_replies
 from handlers.kit import parse_command
 
 CHANNEL = "console"
 QUIT = {"/cikis", "/çıkış", "/quit", "/exit"}
+# A latitude and a longitude typed as a terminal user copies them from a map: decimal points, a
+# space or a comma between them.
+COORDINATES = re.compile(r"(-?\d{1,2}\.\d+)(?:\s*[,;]\s*|\s+)(-?\d{1,3}\.\d+)")
 
 
 class ConsoleSender:
+    """Prints a terminal resident's messages. The files the bot sends them (their data export, an
+    event's .ics) are written under FILES_DIR/<resident id>/ (ConsoleChannel: MEDIA_DIR/console),
+    one folder per resident, never in the current directory."""
+
     channel = CHANNEL
     gates_on_wire = False
 
-    def __init__(self, out: TextIO | None = None, files_dir: Path | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, files_dir: Path | None = None,
+                 resident_of: Callable[[str], int | None] | None = None) -> None:
         self.out = out or sys.stdout
-        self.files_dir = files_dir or Path.cwd()
+        self.files_dir = files_dir or Path(tempfile.gettempdir()) / "katilim-console"
+        self.resident_of = resident_of
+        self.residents: dict[str, int] = {}   # address → resident id, as first looked up
         self.sent = 0
 
     def limits(self, settings) -> ChannelLimits:
@@ -45,8 +59,19 @@ class ConsoleSender:
     async def close(self) -> None:
         """Nothing to close."""
 
+    async def folder(self, address: str) -> Path:
+        """FILES_DIR/<resident id>/ of this address (made on first use, readable by its owner only)."""
+        if address not in self.residents and self.resident_of is not None:
+            resident_id = await asyncio.to_thread(self.resident_of, address)
+            if resident_id is not None:
+                self.residents[address] = resident_id
+        folder = self.files_dir / str(self.residents.get(address, "unknown"))
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
+
     async def send(self, address: str, out: Outbound, *, kind: str = "reply") -> str:
-        self.out.write(render(out, self.files_dir) + "\n")
+        folder = await self.folder(address) if out.document is not None else self.files_dir
+        self.out.write(render(out, folder) + "\n")
         self.out.flush()
         if out.forget:
             forget(out.forget, self.files_dir)
@@ -56,17 +81,20 @@ class ConsoleSender:
 
 def forget(files: list[dict[str, str]], files_dir: Path) -> int:
     """The goodbye after an erasure: the files this terminal wrote for the resident (their data
-    export) are deleted, each only if it still holds the bytes written (never another file of the
-    same name)."""
+    export, calendar files) under FILES_DIR/<resident id>/ are deleted, each only if it still
+    holds the bytes written (never another file of the same name)."""
     removed = 0
     for item in files:
-        path = files_dir / Path(item.get("name", "")).name
-        try:
-            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == item.get("sha256"):
-                path.unlink()
-                removed += 1
-        except OSError:
+        name = Path(item.get("name", "")).name
+        if not name:
             continue
+        for path in files_dir.glob(f"*/{glob.escape(name)}"):
+            try:
+                if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == item.get("sha256"):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
     return removed
 
 
@@ -114,6 +142,11 @@ def parse_line(address: str, line: str, *, counter: int = 0) -> Inbound | None:
         if verb in ("cikartma", "sticker"):
             return Inbound(kind=Kind.STICKER, **base)
         return Inbound(kind=Kind.COMMAND, command=verb, text=command.text, **base)
+    pin = COORDINATES.fullmatch(stripped)
+    if pin:  # "38.39 27.17" or "38.39, 27.17" typed: a location, as /konum 38.39 27.17
+        lat, lon = float(pin.group(1)), float(pin.group(2))
+        if -90 <= lat <= 90 and -180 <= lon <= 180:
+            return Inbound(kind=Kind.LOCATION, latitude=lat, longitude=lon, **base)
     return Inbound(kind=Kind.TEXT, text=text, **base)
 
 
@@ -121,14 +154,16 @@ class ConsoleChannel:
     """Reads lines from stdin and hands them to the app; replies are printed by ConsoleSender."""
 
     name = CHANNEL
-    numbers_answer_proactive = False  # issue 14 turns it on: the terminal numbers its choices too
+    # Choices are numbered lists here too: a typed number (or yes/no) right after a proactive
+    # question answers it (conversations/proactive.py), as on WhatsApp.
+    numbers_answer_proactive = True
 
     def __init__(self, app, address: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
                  prompt: str = "› ") -> None:
         self.app = app
         self.address = address
         self.stdin = stdin or sys.stdin
-        self.sender = ConsoleSender(stdout or sys.stdout)
+        self.sender = ConsoleSender(stdout or sys.stdout, app.settings.media_dir / CHANNEL, self.resident_of)
         self.prompt = prompt
         app.media_fetchers[CHANNEL] = self.read_file
 
@@ -148,6 +183,17 @@ class ConsoleChannel:
     def mount(self, http_app) -> None:
         return None
 
+    def resident_of(self, address: str) -> int | None:
+        """The resident this terminal name belongs to (None before their first message)."""
+        from sqlmodel import select
+
+        from storage.db import transaction
+        from storage.models import ChannelIdentity
+
+        with transaction(self.app.db) as db:
+            return db.exec(select(ChannelIdentity.resident_id).where(
+                ChannelIdentity.channel == CHANNEL, ChannelIdentity.address == address)).first()
+
     def _readline(self) -> str:
         if self.stdin.isatty():
             try:
@@ -156,11 +202,50 @@ class ConsoleChannel:
                 return ""
         return self.stdin.readline()
 
+    async def _read(self) -> str:
+        """The next line, read in a daemon thread: a chat stopped from outside (SIGTERM, Ctrl-C in
+        `make run`) never waits for one more line before the process can exit."""
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:
+            try:
+                got = self._readline()
+            except Exception as exc:  # noqa: BLE001  (a closed stdin)
+                loop.call_soon_threadsafe(lambda: line.done() or line.set_exception(exc))
+                return
+            loop.call_soon_threadsafe(lambda: line.done() or line.set_result(got))
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
+        return await line
+
+    def _midway(self) -> bool:
+        """This terminal's resident is in the middle of something (a report's draft...)."""
+        from storage.db import transaction
+        from storage.models import ConversationSession
+
+        resident_id = self.resident_of(self.address)
+        if resident_id is None:
+            return False
+        with transaction(self.app.db) as db:
+            session = db.get(ConversationSession, resident_id)
+            return session is not None and session.state != IDLE
+
+    async def greet(self) -> None:
+        """What the bot says before the first line is typed, as /start does: the language question
+        to a newcomer, a welcome back and the menu to someone it knows; never a bare prompt. One
+        in the middle of something finds it where they left it (their next line goes on with it)."""
+        if await asyncio.to_thread(self._midway):
+            return
+        await kit.handle(self.app, Inbound(kind=Kind.COMMAND, command="start", text="/start", channel=CHANNEL,
+                                           address=self.address, display_name=self.address))
+
     async def run(self, on_idle: Callable[[], object] | None = None) -> None:
         proactive = asyncio.create_task(self._print_proactive())
         try:
+            await self.greet()
             while True:
-                line = await asyncio.to_thread(self._readline)
+                line = await self._read()
                 if line == "":
                     break
                 if not line.strip():

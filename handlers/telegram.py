@@ -324,19 +324,23 @@ class TelegramSender:
         rows, long_lines = keyboard_rows(out.choices, out.columns)
         text = "\n".join([out.text, "", *long_lines]) if long_lines and out.text else "\n".join([out.text, *long_lines])
         markup: Any = None
-        if out.request_contact:  # Telegram asks before sharing the resident's own number
-            # A reply keyboard cannot carry inline buttons: choices become buttons that type their
-            # label, which the engine resolves to the choice like any typed label.
-            markup = ReplyKeyboardMarkup([[KeyboardButton(out.request_contact, request_contact=True)]]
-                                         + [[KeyboardButton(c.label) for c in row] for row in rows],
+        inline_after = None
+        if out.request_contact or out.request_location:
+            # Telegram asks before sharing the resident's own number or position. A reply keyboard
+            # cannot carry inline buttons: choices become buttons that type their label, which the
+            # engine resolves to the choice like any typed label.
+            button = (KeyboardButton(out.request_contact, request_contact=True) if out.request_contact
+                      else KeyboardButton(out.request_location, request_location=True))
+            markup = ReplyKeyboardMarkup([[button]] + [[KeyboardButton(c.label) for c in row] for row in rows],
                                          resize_keyboard=True, one_time_keyboard=True)
+        elif rows and out.remove_keyboard and not (out.photo_path or out.document is not None):
+            # The step that showed a reply keyboard is done, and this message has inline buttons: a
+            # message carries one kind of markup, so it goes with ReplyKeyboardRemove and gets its
+            # inline buttons by editMessageReplyMarkup (which takes inline keyboards only).
+            markup = ReplyKeyboardRemove()
+            inline_after = inline_markup(out.choices, rows)
         elif rows:
-            numbers: dict[str, int] = {}
-            for n, c in enumerate(out.choices, 1):
-                numbers.setdefault(c.key, n)
-            markup = InlineKeyboardMarkup([
-                [InlineKeyboardButton(c.label, callback_data=callback_data(c.key, numbers[c.key])) for c in row]
-                for row in rows])
+            markup = inline_markup(out.choices, rows)
         elif out.remove_keyboard:
             markup = ReplyKeyboardRemove()
         last = ""
@@ -365,7 +369,10 @@ class TelegramSender:
             else:
                 sent = await self.bot.send_location(chat, out.latitude, out.longitude, reply_markup=markup)
             return str(sent.message_id)
-        return await self._texts(chat, split_message(text), markup, preview=out.link_preview)
+        last = await self._texts(chat, split_message(text), markup, preview=out.link_preview)
+        if inline_after is not None:
+            await self.bot.edit_message_reply_markup(chat, int(last), reply_markup=inline_after)
+        return last
 
     async def _texts(self, chat, pieces: list[str], markup, *, preview: bool = True) -> str:
         last = ""
@@ -375,6 +382,16 @@ class TelegramSender:
                                                link_preview_options=options)
             last = str(sent.message_id)
         return last
+
+
+def inline_markup(choices, rows) -> InlineKeyboardMarkup:
+    """Inline buttons for the rows of choices; each button's callback carries the choice's number."""
+    numbers: dict[str, int] = {}
+    for n, c in enumerate(choices, 1):
+        numbers.setdefault(c.key, n)
+    return InlineKeyboardMarkup([
+        [InlineKeyboardButton(c.label, callback_data=callback_data(c.key, numbers[c.key])) for c in row]
+        for row in rows])
 
 
 def _caption_split(text: str) -> tuple[str, list[str]]:

@@ -167,6 +167,13 @@ def render(out: Outbound) -> str:
         parts.append(out.text)
     if out.latitude is not None and out.longitude is not None and out.venue_title:
         parts.append(f"📍 {out.venue_title}")
+    if out.request_location and out.location_hint:
+        # No button asks for a location here: Twilio's content types for WhatsApp can send a pin
+        # (twilio/location) but none requests one, and a plain message has no buttons at all
+        # (https://www.twilio.com/docs/content/content-types-overview; Meta's own Cloud API has an
+        # interactive location_request_message, which Twilio does not offer). So the message says
+        # how to share a location with WhatsApp's attachment menu.
+        parts.append(out.location_hint)
     if out.choices:
         parts.append("\n".join(f"{i} · {choice.label}" for i, choice in enumerate(out.choices, 1)))
     return "\n\n".join(parts)

@@ -6,7 +6,8 @@ Each audience key is a named filter in AUDIENCE_FILTERS (an SQL condition on the
 later features register theirs ("pools", "events") with `@audience_filter`.
 
 Recipients: residents whose latest "announcements" consent is a grant, not anonymised, with a
-reachable identity (the channel they used last). Fan-out is streamed: a few
+reachable identity (the channel they used last; the terminal too: its rows wait for the
+resident's next `katilim chat`, and count as delivered for the broadcast's progress). Fan-out is streamed: a few
 `INSERT INTO outbox (...) SELECT ... FROM resident ...` statements per chunk of resident ids (one
 per language, since texts differ), each chunk its own short transaction, so memory stays flat
 and conversations are never blocked for long. Progress is kept on the broadcast row
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Protocol
 
-from sqlalchemy import Integer, String, and_, case, exists, false, func, insert, literal, or_, select, true
+from sqlalchemy import Integer, String, case, exists, false, func, insert, literal, or_, select, true
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -46,8 +47,6 @@ LANGUAGES = ("tr", "en", "ar")
 PURPOSE = "announcements"
 STATUSES = ("draft", "scheduled", "sending", "done", "cancelled")
 ACTIVE = ("draft", "scheduled", "sending")
-# Channels no dispatcher delivers to (the terminal chat): never a broadcast recipient.
-UNBROADCAST_CHANNELS = ["console"]
 CHUNK = 50_000                      # resident ids per fan-out transaction
 FANOUT_LEASE = timedelta(minutes=2)
 PROGRESS_EVERY = timedelta(seconds=30)
@@ -140,14 +139,14 @@ def _consented() -> ColumnElement[bool]:
 
 
 def _reachable():
-    return and_(CI.c.unreachable == false(), CI.c.channel.not_in(UNBROADCAST_CHANNELS))
+    return CI.c.unreachable == false()
 
 
 def _best_identity_id():
     """The identity used last (and still reachable) of the resident in the outer query."""
     ci = CI.alias("ci_best")
     return (select(ci.c.id)
-            .where(ci.c.resident_id == R.c.id, ci.c.unreachable == false(), ci.c.channel.not_in(UNBROADCAST_CHANNELS))
+            .where(ci.c.resident_id == R.c.id, ci.c.unreachable == false())
             .order_by(ci.c.last_inbound_at.desc().nulls_last(), ci.c.id.desc())
             .limit(1).correlate(R).scalar_subquery())
 
@@ -270,6 +269,12 @@ def progress(db: Session, b: Broadcast) -> Progress:
     counts = broadcast_progress(db, b.id)
     return Progress(status=b.status, total=max(b.total, counts.total), sent=counts.sent, failed=counts.failed,
                     waiting=counts.waiting, cancelled=counts.cancelled, fanned_out=b.fanout_done_at is not None)
+
+
+def recent(db: Session, limit: int = 10) -> list[Broadcast]:
+    """Every announcement, whoever made it (the chat, the CLI, the staff console) and whatever its
+    status, newest first."""
+    return list(db.exec(select(Broadcast).order_by(Broadcast.id.desc()).limit(limit)).scalars())
 
 
 def active_for(db: Session, created_by: str | None) -> list[Broadcast]:

@@ -205,6 +205,9 @@ def release_rows(db: Session, ids: list[int]) -> None:
 # (a row that really went out is recorded as sent, whoever holds it now).
 
 WAITING_STATUSES = ("pending", "sending")
+# Channels no dispatcher delivers to: the terminal prints its resident's rows when they next chat
+# (handlers/console.py). For a broadcast such a row is delivered once written (to the mailbox).
+MAILBOX_CHANNELS = ("console",)
 FAILED_STATUSES = ("failed", "unsendable")
 
 
@@ -451,9 +454,9 @@ class BroadcastProgress:
 def broadcast_progress(db: Session, broadcast_id: int) -> BroadcastProgress:
     """A broadcast's rows counted by status, for progress reports (one grouped query)."""
     progress = BroadcastProgress()
-    for status, count in db.exec(select(OutboxMessage.status, func.count()).where(
-            OutboxMessage.broadcast_id == broadcast_id).group_by(OutboxMessage.status)):
-        if status == "sent":
+    for status, channel, count in db.exec(select(OutboxMessage.status, OutboxMessage.channel, func.count()).where(
+            OutboxMessage.broadcast_id == broadcast_id).group_by(OutboxMessage.status, OutboxMessage.channel)):
+        if status == "sent" or (channel in MAILBOX_CHANNELS and status in WAITING_STATUSES):
             progress.sent += count
         elif status in FAILED_STATUSES:
             progress.failed += count

@@ -130,6 +130,8 @@ class ReportMedia(SQLModel, table=True):
     # is served as its blurred copy (a path in the media store) to viewers and publicly
     hidden: bool = Field(default=False)
     blurred_path: str = Field(default="", max_length=500)
+    # the supporter's comment (report_event) a photo came with; None for the reporter's own
+    event_id: Optional[int] = Field(default=None, foreign_key="report_event.id", index=True)
 
 
 class ReportFollower(SQLModel, table=True):
@@ -151,7 +153,8 @@ class ReportEvent(SQLModel, table=True):
     report_id: int = Field(foreign_key="report.id", index=True)
     at: datetime = Field(default_factory=utcnow)
     actor: str = Field(max_length=64)
-    kind: str = Field(default="status", max_length=16)  # created, status, merged, reopened, rated, followed
+    kind: str = Field(default="status", max_length=32)  # created, status, merged, reopened, rated, followed,
+    # supporter_comment (what a follower wrote and sent, for staff)
     from_status: str = Field(default="", max_length=16)
     to_status: str = Field(default="", max_length=16)
     note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support.telegram import tg  # noqa: F401  (the fake Telegram Bot API server, a fixture for every test)
+
 PG_URL = os.environ.get("KATILIM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 _pg_state: dict[str, object] = {}
 

@@ -11,7 +11,7 @@ from bot.catalog import TEMPLATE_STATUSES, CatalogError, load_catalog
 from bot.settings import SAMPLE_CATALOG
 from conversations import geo
 from conversations.text import fold, match_options
-from tests.test_reports import Chat
+from tests.support.chat import Chat
 from tests.test_storage import SAMPLE, _broken, assert_catalog_error
 
 ROAD_SYNONYMS = SAMPLE[SAMPLE.index('key = "road"'):].split("synonyms.en", 1)[0].split("synonyms.tr = ", 1)[1]
@@ -169,19 +169,19 @@ def test_the_buca_sample_places_its_mahalles_except_7_eylul():
 def test_typing_a_synonym_finds_the_category(make_app):
     app = make_app()
     ayse = Chat(app, "ayse-synonym")
-    ayse.onboard("tr", "kozagac")
+    ayse.onboard(lang="tr", mahalle="kozagac")
     for word, state_key in (("köpek", "animals"), ("lamba", "lighting"), ("çukur", "road"), ("cop", "waste")):
         ayse.text("/bildir")
-        assert ayse.state() == "report.category"
+        assert ayse.state == "report.category"
         ayse.text(word)
-        assert ayse.state() == "report.describe", word
+        assert ayse.state == "report.location", word
         assert _category(ayse) == state_key, word
         ayse.text("/iptal")
     john = Chat(app, "john-synonym")
-    john.onboard("en", "kozagac")
+    john.onboard(lang="en", mahalle="kozagac")
     john.text("/report")
     john.text("stray dog")
-    assert john.state() == "report.describe" and _category(john) == "animals"
+    assert john.state == "report.location" and _category(john) == "animals"
 
 
 def _category(chat: Chat) -> str:

@@ -2,6 +2,7 @@
 and the staff commands."""
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from tests import conftest
 tr, en = translator("tr"), translator("en")
 
 
-def katilim(tmp_path: Path, *args: str, stdin: str = "", db: Path | None = None) -> subprocess.CompletedProcess:
+def katilim(tmp_path: Path, *args: str, stdin: str = "", db: Path | None = None,
+            lang: str = "tr_TR.UTF-8", **env: str) -> subprocess.CompletedProcess:
     env = conftest.test_env(DATABASE_URL=f"sqlite:///{db or tmp_path / 'katilim.db'}",
-                            MEDIA_DIR=str(tmp_path / "media"))
+                            MEDIA_DIR=str(tmp_path / "media"), LANG=lang, LC_ALL="", LC_MESSAGES="",
+                            HTTP_PORT="0", **env)
     return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin, env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
 
@@ -30,8 +33,7 @@ def in_order(output: str, *texts: str) -> None:
 
 
 def test_chat_session(tmp_path):
-    lines = [
-        "merhaba",
+    lines = [                   # the chat opens with the language question (no bare prompt)
         "1",                    # 1 · Türkçe
         "tek tek",              # typed: "Tek tek seçeyim"
         "evet",                 # reports: yes (typed)
@@ -49,7 +51,9 @@ def test_chat_session(tmp_path):
     ]
     done = katilim(tmp_path, "chat", "--as", "ayse", stdin="\n".join(lines) + "\n")
     assert done.returncode == 0, done.stderr
-    written = (tmp_path / "katilim-verilerim.json").read_text(encoding="utf-8")
+    export = tmp_path / "media" / "console" / "1" / "katilim-verilerim.json"   # the resident's own folder
+    written = export.read_text(encoding="utf-8")
+    assert not (tmp_path / "katilim-verilerim.json").exists()          # never in the current directory
     # the same resident comes back and deletes their data (the export written above goes too)
     erased = katilim(tmp_path, "chat", "--as", "ayse", stdin="/verilerimisil\n1\n")
     assert erased.returncode == 0, erased.stderr
@@ -74,30 +78,43 @@ def test_chat_session(tmp_path):
              en("data.delete_question"), en("data.deleted"))
     assert out.count("📎 ") == 1
     exported = json.loads(written)
-    assert f"📎 {tmp_path / 'katilim-verilerim.json'}" in out
+    assert f"📎 {export}" in out
     assert exported["resident"]["name"] == "ayse" and exported["resident"]["mahalle"] == "kozagac"
     assert exported["resident"]["language"] == "tr"
     assert exported["channels"][0]["channel"] == "console" and exported["channels"][0]["address"] == "ayse"
     assert [(c["purpose"], c["granted"]) for c in exported["consents"]] == [
         ("reports", True), ("volunteering", False), ("reminders", True), ("announcements", True)]
     assert exported["municipality"] == "Buca Belediyesi"
-    assert not (tmp_path / "katilim-verilerim.json").exists()   # erasure removed the export it wrote
+    assert not export.exists()   # erasure removed the export it wrote
 
 
 def test_chat_after_deletion_starts_afresh_and_quits(tmp_path):
-    first = katilim(tmp_path, "chat", "--as", "ali", stdin="merhaba\n/verilerimisil\n1\n")
+    first = katilim(tmp_path, "chat", "--as", "ali", stdin="/verilerimisil\n1\n")
     assert first.returncode == 0, first.stderr
     assert tr("data.deleted") in first.stdout
-    again = katilim(tmp_path, "chat", "--as", "ali", stdin="merhaba\n/cikis\nthis line is never read\n")
+    again = katilim(tmp_path, "chat", "--as", "ali", stdin="/cikis\nthis line is never read\n")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count(tr("onboarding.choose_language")) == 1
+    assert again.stdout.count(tr("onboarding.choose_language")) == 1   # the greeting, before any line
 
 
 def test_run_without_a_channel_opens_the_chat(tmp_path):
-    done = katilim(tmp_path, "run", "--or-chat", stdin="merhaba\n")
+    done = katilim(tmp_path, "run", "--or-chat", stdin="")
     assert done.returncode == 0, done.stderr
-    assert tr("console.no_channel") in done.stderr
+    assert tr("console.no_channel_chat", url="http://127.0.0.1:0/panel") in done.stderr
+    assert "katilim chat" not in done.stderr + done.stdout     # never told to open what they are in
     assert tr("onboarding.choose_language") in done.stdout
+
+
+def test_the_first_messages_speak_the_readers_language(tmp_path):
+    """No channel configured and the chat's greeting: in the system locale when it is one of ours,
+    else in English (the README's); the bot's own first question stays in every language."""
+    for lang, t in (("C.UTF-8", en), ("en_GB.UTF-8", en), ("de_DE.UTF-8", en), ("tr_TR.UTF-8", tr),
+                    ("ar_EG.UTF-8", translator("ar"))):
+        done = katilim(tmp_path, "run", "--or-chat", stdin="", lang=lang)
+        assert done.returncode == 0, done.stderr
+        login = getpass.getuser()
+        assert done.stderr.splitlines()[:2] == [t("console.no_channel_chat", url="http://127.0.0.1:0/panel"),
+                                                t("console.intro", name=login)], (lang, done.stderr)
 
 
 def test_staff_commands(tmp_path):
@@ -120,3 +137,18 @@ def test_staff_commands(tmp_path):
 def test_staff_add_needs_an_identity(tmp_path):
     done = katilim(tmp_path, "staff", "add", "--role", "admin")
     assert done.returncode == 2 and "--telegram" in done.stderr
+
+
+def test_staff_add_console_keeps_the_name(tmp_path):
+    """README's synopsis: `katilim staff add --console NAME`; the name given once stays when the
+    member is changed later, and a member added without one is named after the terminal name."""
+    first = katilim(tmp_path, "staff", "add", "--console", "ayse", "--name", "Ayşe Yılmaz")
+    assert first.returncode == 0, first.stderr
+    again = katilim(tmp_path, "staff", "add", "--console", "ayse", "--role", "admin")
+    assert again.stdout.strip() == ("staff 1 saved: name=Ayşe Yılmaz telegram=- whatsapp=- console=ayse role=admin "
+                                    "departments=-"), again.stderr
+    plain = katilim(tmp_path, "staff", "add", "--console", "mehmet")
+    assert plain.stdout.strip() == ("staff 2 saved: name=mehmet telegram=- whatsapp=- console=mehmet role=staff "
+                                    "departments=-"), plain.stderr
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "katilim staff add (--telegram ID | --whatsapp +90... | --console NAME)" in readme

@@ -35,12 +35,6 @@ FIRST_CHAT = 700_000
 
 
 # ---------------------------------------------------------------- helpers
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
 def tg_settings(tg: FakeTelegramServer, **extra) -> dict:
     return dict(telegram_bot_token=tg.token, telegram_api_url=tg.root, **extra)
 
@@ -188,7 +182,7 @@ def test_reserve_slots_is_shared_gcra(make_app, db_url):
         assert 1.5 < outbox.channel_paused_for(db, "telegram") <= 2
     assert reserve(3).paused_for > 1.5
 
-    seed(app.db, [1, 2, 3, 4, 5], channel="console", broadcast_id=7)
+    seed(app.db, [1, 2, 3, 4, 5], channel="whatsapp", broadcast_id=7)
     with transaction(app.db) as db:
         ids = [r.id for r in db.exec(select(OutboxMessage).where(OutboxMessage.broadcast_id == 7)
                                      .order_by(OutboxMessage.id))]
@@ -196,6 +190,11 @@ def test_reserve_slots_is_shared_gcra(make_app, db_url):
         db.exec(update(OutboxMessage).where(OutboxMessage.id == ids[2]).values(status="unsendable"))
         progress = outbox.broadcast_progress(db, 7)
     assert (progress.sent, progress.failed, progress.waiting, progress.total, progress.done) == (2, 1, 2, 5, False)
+    # a terminal's rows wait for its resident's next chat: delivered to the mailbox, they hold nothing open
+    seed(app.db, [1, 2, 3], channel="console", broadcast_id=8)
+    with transaction(app.db) as db:
+        progress = outbox.broadcast_progress(db, 8)
+    assert (progress.sent, progress.failed, progress.waiting, progress.total, progress.done) == (3, 0, 0, 3, True)
 
 
 # ---------------------------------------------------------------- the rules
@@ -427,23 +426,29 @@ async def test_direct_replies_count_toward_the_pace(make_app, tg):
 
 
 async def test_outbox_job_runs_inside_katilim_run(make_app):
-    """`katilim run` wiring: the scheduler has the "outbox" job, which dispatches."""
+    """`katilim run` wiring: the scheduler has the "outbox" job, which dispatches; never the
+    terminal's rows (a running chat prints its own resident's: handlers/console.py)."""
     from bot.scheduler import start_scheduler, stop_jobs
-    from handlers.console import ConsoleSender
+    from handlers.console import ConsoleChannel, ConsoleSender
 
     class Channel:
-        name = "console"
+        name = "whatsapp"
 
         def __init__(self):
             self.sender = ConsoleSender(out=open(os.devnull, "w"))
+            self.sender.channel = "whatsapp"
 
     app = make_app()
     app.add_channel(Channel())
-    seed(app.db, [1, 2, 3], channel="console")
+    app.add_channel(ConsoleChannel(app, "ayse", stdin=open(os.devnull), stdout=open(os.devnull, "w")))
+    seed(app.db, [1, 2, 3], channel="whatsapp")
+    seed(app.db, [4], channel="console")
     scheduler = start_scheduler(app)
     try:
         assert scheduler.get_job("outbox") is not None
         await wait_until(lambda: statuses(app.db).get("sent") == 3, 10, "job delivered")
+        await asyncio.sleep(0.5)
+        assert statuses(app.db) == {"sent": 3, "pending": 1}
     finally:
         scheduler.shutdown(wait=False)
         await stop_jobs(app)

@@ -36,11 +36,13 @@ def _two_apps(make_app, tmp_path: Path):
         ayse.tap("confirm")
         code = CODE.search(ayse.said).group(0)
         if name == "chat":
-            _file(john, description="The street lamp is off", category="lighting")
-            john.tap("confirm")
+            _file(john, description="The street lamp is off", category="lighting")   # stops at hers
             john.tap(f"f:{code}")
             assert john.said == (f"👍 You now follow {code} and count as its supporter. We'll tell you when its "
-                                 "status changes. Thank you!\nWhat would you like to do?")
+                                 "status changes. Thank you!\nIf you like, describe what you see in a few words "
+                                 f"or send a photo: we add it to report {code} for our staff.")
+            john.tap("done")                                    # nothing to add
+            assert john.state() == "menu"
         else:
             with transaction(app.db) as db:
                 assert domain.follow(db, Actor.resident(john.resident_id()), code)
@@ -101,10 +103,8 @@ def test_a_status_change_from_the_chat_and_from_the_cli_leaves_the_same_rows(mak
 def test_a_merge_from_the_chat_and_from_the_cli_leaves_the_same_rows(make_app, tmp_path):
     worlds = _two_apps(make_app, tmp_path)
     for _, _, _, john in worlds:  # a second report, of the same lamp, to merge into the first
-        _file(john, description="Lamp is off", category="lighting")
+        _file(john, description="Lamp is off", category="lighting", anyway=True)   # hers is shown: a new one
         john.tap("confirm")
-        if "file" in john.keys():             # the nearby report is shown first: file a new one anyway
-            john.tap("file")
     (chat_app, code, _, john), (cli_app, _, _, _) = worlds
     with transaction(chat_app.db) as db:
         duplicate = rp.list_reports(db, limit=1)[0].code

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, inspect, text
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, select
@@ -36,6 +35,7 @@ from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, Broadcast, ConversationSession, OutboxMessage, Resident, Staff
 from tests.participation_support import Person, local_time
 from tests.privacy_support import dump, jpeg, strings_in
+from tests.support.telegram import TelegramChat
 from tests.test_whatsapp import AYSE, MEHMET, numbered, twilio, wa  # noqa: F401  (fixtures)
 
 CODE = re.compile(r"[A-Z]{2,5}-\d{4}-\d{6}")
@@ -48,40 +48,14 @@ DRAFT = "Taslakta kalan açıklama Zeytinlik"
 SKILLS = "Arıcılık ve gönüllü ilk yardım"
 COMMENT = "Panel çok verimliydi, Ayşegül teşekkür eder"
 QUEUED = "Kuyrukta bekleyen mesajım Karabağlar"
-OWN, SHARED, DRAFT_PHOTO, STRAY = jpeg(11), jpeg(12), jpeg(13), jpeg(14)
+SUPPORT = "Ayşegül burada düştü, lamba hâlâ yanmıyor Gülyalı"
+OWN, SHARED, DRAFT_PHOTO, STRAY, SUPPORT_PHOTO = jpeg(11), jpeg(12), jpeg(13), jpeg(14), jpeg(15)
 OURS = ("conversations", "storage", "bot", "handlers", "katilim")
 
 
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
-
-
-class TG:
-    def __init__(self, tg, channel, chat_id: int, first_name: str) -> None:
-        self.tg, self.channel, self.id, self.first_name = tg, channel, chat_id, first_name
-        tg._user(chat_id, first_name, "tr")
-
-    async def _after(self, push) -> list:
-        before = len(self.tg.sent_messages(self.id))
-        uid = push()["update_id"]
-        await self.tg.async_wait_for(lambda s: uid in self.channel.completed, timeout=15)
-        return [c for c in self.tg.sent_messages(self.id)[before:] if c.method != "editMessageText"]
-
-    async def say(self, text: str) -> list:
-        return await self._after(lambda: self.tg.push_text(self.id, text, first_name=self.first_name))
-
-    async def tap(self, data: str) -> list:
-        return await self._after(lambda: self.tg.push_callback(self.id, data))
-
-    async def photo(self, content: bytes) -> list:
-        return await self._after(lambda: self.tg.push_photo(self.id, content))
-
-    async def contact(self, phone: str) -> list:
-        return await self._after(lambda: self.tg.push_contact(self.id, phone))
+def TG(tg, channel, chat_id: int, first_name: str) -> TelegramChat:
+    """kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)"""
+    return TelegramChat(tg, channel, chat_id, first_name=first_name, timeout=15)
 
 
 def texts(calls) -> str:
@@ -109,7 +83,7 @@ async def live_a_life(h, tg) -> Life:
     app = h.app
     life = Life()
     telegram = app.channels["telegram"]
-    boss = TG(tg, telegram, BOSS, "Zabıta")
+    boss = TelegramChat(tg, telegram, BOSS, first_name="Zabıta", timeout=15)
     with transaction(app.db) as db:
         db.add(Staff(telegram_id=str(BOSS), name="Zabıta Ekibi"))
     await boss.say("/start")
@@ -123,10 +97,11 @@ async def live_a_life(h, tg) -> Life:
         await h.say(answer, MEHMET, profile_name="Mehmet Öztürkoğlu")
     await h.say("/bildir", MEHMET)
     await h.say("2", MEHMET)                                   # lighting
+    await h.say("", MEHMET, Latitude="38.3886", Longitude="27.1753", MessageType="location")
+    await h.say("1", MEHMET)                                   # the pin's mahalle: yes
     url = h.twilio.add_media(SHARED, "image/jpeg")
     await h.say("Sokak lambası yanmıyor Mehmetçik", MEHMET, NumMedia="1", MediaUrl0=url,
                 MediaContentType0="image/jpeg", MessageType="image")
-    await h.say("", MEHMET, Latitude="38.3886", Longitude="27.1753", MessageType="location")
     await h.say("1", MEHMET)                                   # photos: done
     sent = await h.say("1", MEHMET)                            # confirm
     life.other_code = CODE.search(sent[0].body).group(0)
@@ -135,7 +110,7 @@ async def live_a_life(h, tg) -> Life:
     await h.say("Merhaba", AYSE, profile_name=NAME_WA)
     for answer in ("1", "1", "1"):
         await h.say(answer, AYSE, profile_name=NAME_WA)
-    ayse = TG(tg, telegram, TG_AYSE, NAME_TG)
+    ayse = TelegramChat(tg, telegram, TG_AYSE, first_name=NAME_TG, timeout=15)
     await ayse.say("/bagla")
     await ayse.say("00000 00000")  # a wrong code (codes are 10 digits)
     calls = await ayse.contact("+90 555 111 22 33")
@@ -145,12 +120,12 @@ async def live_a_life(h, tg) -> Life:
     calls = await ayse.say("/etkinlikekle")
     assert t_in("tr", "staff.refused") in texts(calls)
 
-    # a report: category, description, mahalle + street, two photos, confirm
+    # a report: category, mahalle + street, description, two photos, confirm
     await ayse.say("/bildir")
     await ayse.tap("c:road")
-    await ayse.say(DESCRIPTION)
     await ayse.say("Kozağaç")
     await ayse.say(STREET)
+    await ayse.say(DESCRIPTION)
     await ayse.photo(OWN)
     await ayse.photo(SHARED)
     await ayse.tap("done")
@@ -168,6 +143,8 @@ async def live_a_life(h, tg) -> Life:
     # a draft with a photo, abandoned; a photo where none is asked for
     await ayse.say("/bildir")
     await ayse.tap("c:water")
+    await ayse.say("Kozağaç")
+    await ayse.say(STREET)
     await ayse.say(DRAFT)
     await ayse.photo(DRAFT_PHOTO)
     with Session(app.db) as db:
@@ -176,10 +153,23 @@ async def live_a_life(h, tg) -> Life:
     await ayse.say("/iptal")
     await ayse.photo(STRAY)
 
-    # follows Mehmet's report
-    await ayse.say(f"/raporlarim {life.other_code}")
-    calls = await ayse.tap("follow")
+    # starts a report of the same lamp, is shown Mehmet's, follows it and adds a photo and a comment
+    await ayse.say("/bildir")
+    await ayse.tap("c:lighting")
+    await ayse.pin(38.38865, 27.17535)
+    calls = await ayse.tap("yes")
+    assert f"f:{life.other_code}" in str([c.params.get("reply_markup") for c in calls])
+    calls = await ayse.tap(f"f:{life.other_code}")
     assert t_in("tr", "report.followed", code=life.other_code) in texts(calls)
+    await ayse.photo(SUPPORT_PHOTO)
+    calls = await ayse.say(SUPPORT)
+    assert t_in("tr", "report.support_saved", code=life.other_code) in texts(calls)
+    with Session(app.db) as db:
+        other = rp.get_by_code(db, life.other_code)
+        added = [m for m in rp.media_of(db, other.id) if m.event_id is not None]
+        assert len(added) == 1 and [e.note for e in rp.history_of(db, other.id)
+                                    if e.kind == "supporter_comment"] == [SUPPORT]
+        life.own_files.add(Path(added[0].path).name)
 
     # a volunteer pool with free-text skills, and a call she accepts
     await ayse.say("/gonullu")
@@ -239,7 +229,7 @@ async def live_a_life(h, tg) -> Life:
 
     life.own_files |= {f"{hashlib.sha256(b).hexdigest()}" for b in (OWN, DRAFT_PHOTO, STRAY)}
     life.needles = [NAME_TG, "Yıldırımtepe", "5551112233", "555 111 22 33", str(TG_AYSE), DESCRIPTION,
-                    "Çınarlıdere", STREET, DRAFT, SKILLS, COMMENT, QUEUED, *sorted(life.own_files)]
+                    "Çınarlıdere", STREET, DRAFT, SKILLS, COMMENT, QUEUED, SUPPORT, *sorted(life.own_files)]
     return life
 
 
@@ -258,6 +248,9 @@ def erased_check(h, life: Life, figure, what: str) -> None:
         assert (report.category, report.status, report.mahalle) == ("road", "resolved", "kozagac")
         assert report.description == "" and report.address == "" and rp.media_of(db, report.id) == []
         assert db.get(Resident, life.resident_id).anonymised_at is not None
+        other = rp.get_by_code(db, life.other_code)            # what she added to Mehmet's report went
+        assert [m.event_id for m in rp.media_of(db, other.id)] == [None]
+        assert [e.note for e in rp.history_of(db, other.id) if e.kind == "supporter_comment"] == [""]
 
 
 async def test_erasure_leaves_nothing_that_identifies_the_resident(wa, tg, db_url, figure, caplog):
@@ -293,7 +286,7 @@ async def test_a_goodbye_that_cannot_be_delivered_leaves_no_address(wa, tg, figu
     dispatcher gives it up and the housekeeping job deletes it: no row keeps the address."""
     h = await wa(telegram_bot_token=tg.token, telegram_api_url=tg.root,
                  flood_messages=1000)
-    chat = TG(tg, h.app.channels["telegram"], 8200000001, "Bloklu")
+    chat = TelegramChat(tg, h.app.channels["telegram"], 8200000001, first_name="Bloklu", timeout=15)
     await chat.say("/start")
     await chat.tap("lang:tr")
     await chat.tap("all")
@@ -350,7 +343,7 @@ async def test_the_export_holds_everything_and_no_server_path(wa, tg, db_url):
     h = await wa(database_url=db_url, telegram_bot_token=tg.token, telegram_api_url=tg.root,
                  flood_messages=1000)
     life = await live_a_life(h, tg)
-    ayse = TG(tg, h.app.channels["telegram"], TG_AYSE, NAME_TG)
+    ayse = TelegramChat(tg, h.app.channels["telegram"], TG_AYSE, first_name=NAME_TG, timeout=15)
     await ayse.say("/bagla")   # a live code on WhatsApp too
     await h.say("/bagla", AYSE, profile_name=NAME_WA)
     with Session(h.app.db) as db:

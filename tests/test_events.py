@@ -112,7 +112,8 @@ def test_waitlist_and_automatic_promotion_with_a_message(make_app):
     berk.send(f"/start ev_{event.id}")
     assert t_in("en", "event.places_full") in berk.texts() and "rsvp" in berk.keys()
     berk.tap("rsvp")
-    assert berk.texts().startswith(t_in("en", "event.waitlisted", title="Climate Panel", position=1))
+    assert berk.texts() == "\n".join([t_in("en", "event.waitlisted", title="Climate Panel", position=1),
+                                  t_in("en", "event.status.waitlist", position=1)])
     assert rsvps(app, event.id) == {ali.resident_id: ("going", None), berk.resident_id: ("waitlist", 1)}
 
     ali.tap("cancel")
@@ -120,7 +121,9 @@ def test_waitlist_and_automatic_promotion_with_a_message(make_app):
     assert t_in("tr", "event.rsvp_cancelled") in ali.texts()
     assert rsvps(app, event.id)[berk.resident_id] == ("going", None)
     (promoted,) = berk.notifications()
-    assert promoted.text.startswith("Good news! A place opened for Climate Panel")
+    assert promoted.text == ("Good news! A place opened for Climate Panel and you are now registered: Saturday 30 "
+                             "November 2030, 14:00–16:00, 📍 Buca Kent Konseyi, Salon A. "
+                             "Your calendar file is attached.")
     assert promoted.document.content_type == "text/calendar"
     assert [c.key for c in promoted.choices] == [f"ev:{event.id}:c"]
     # the promoted resident can give the place back from the notice, whatever they are doing
@@ -169,13 +172,18 @@ def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app,
     assert moved.returncode == 0, moved.stderr
     assert "2 residents told" in moved.stdout
     (tr_notice,) = ali.notifications()
-    assert tr_notice.text.startswith("📢 İklim Paneli değişti")
+    assert tr_notice.text == ("📢 İklim Paneli değişti. Yeni bilgiler: 2 Aralık 2030 Pazartesi 10:00–12:00, "
+                              "📍 Buca Belediyesi Meclis Salonu.")
     assert "2 Aralık 2030 Pazartesi 10:00–12:00" in tr_notice.text and "Meclis Salonu" in tr_notice.text
     assert "SEQUENCE:1" in tr_notice.document.data and "DTSTART:20301202T070000Z" in tr_notice.document.data
     en_notice, promoted = berk.notifications()
-    assert en_notice.text.startswith("📢 Climate Panel has changed") and "Monday" in en_notice.text
+    assert en_notice.text == ("📢 Climate Panel has changed. Now: Monday 2 December 2030, 10:00–12:00, "
+                              "📍 Buca Belediyesi Meclis Salonu.")
     assert en_notice.document is None  # still waiting when told: no calendar file
-    assert promoted.text.startswith("Good news!") and "DTSTART:20301202T070000Z" in promoted.document.data
+    assert promoted.text == ("Good news! A place opened for Climate Panel and you are now registered: Monday 2 "
+                             "December 2030, 10:00–12:00, 📍 Buca Belediyesi Meclis Salonu. "
+                             "Your calendar file is attached.")
+    assert "DTSTART:20301202T070000Z" in promoted.document.data
     assert rsvps(app, event.id)[berk.resident_id] == ("going", None)  # the larger capacity promoted berk
     with Session(app.db) as db:
         after = {r.resident_id: r for r in db.exec(select(Reminder).where(Reminder.offset_seconds == 7200))}
@@ -188,8 +196,10 @@ def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app,
 
     cancelled = katilim(tmp_path, app, "events", "cancel", str(event.id))
     assert cancelled.returncode == 0 and "2 residents told" in cancelled.stdout
-    assert ali.notifications()[-1].text.startswith("❌ İklim Paneli")
-    assert berk.notifications()[-1].text.startswith("❌ Climate Panel")
+    assert ali.notifications()[-1].text == ("❌ İklim Paneli (2 Aralık 2030 Pazartesi 10:00–12:00) iptal edildi. "
+                                            "Üzgünüz; diğer etkinlikler için /etkinlikler yazabilirsiniz.")
+    assert berk.notifications()[-1].text == ("❌ Climate Panel (Monday 2 December 2030, 10:00–12:00) is cancelled. We "
+                                             "are sorry; type /events to see other events.")
     with Session(app.db) as db:
         assert {r.status for r in db.exec(select(Reminder))} == {"dropped"}
 
@@ -214,7 +224,7 @@ def test_staff_add_and_edit_an_event_on_the_chat(make_app):
     app = make_app(telegram_bot_username="buca_katilim_bot")
     resident = Person(app, "resident").onboard()
     resident.send("/etkinlikekle")
-    assert resident.texts().startswith(t_in("tr", "staff.refused"))
+    assert resident.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")]
     staff = make_staff(app, Person(app, "memur").onboard())
     staff.send("/etkinlikekle")
     assert staff.keys() == []  # the Turkish title cannot be skipped
@@ -341,15 +351,15 @@ def test_check_in_link_records_attendance(make_app):
     ali.send(f"/start ev_{now_event.id}")
     ali.tap("rsvp")
     ali.send(f"/start ci_{later.checkin_token}")
-    assert ali.texts().startswith(t_in("tr", "event.checkin.not_now", title="İklim Paneli"))
+    assert ali.messages() == [t_in("tr", "event.checkin.not_now", title="İklim Paneli"), t_in("tr", "menu.title")]
     ali.send("/start ci_nonsense")
     assert t_in("tr", "event.checkin.invalid") in ali.texts()
     ali.send(f"/start ci_{now_event.checkin_token}")
-    assert ali.texts().startswith(t_in("tr", "event.checkin.done", title="İklim Paneli"))
+    assert ali.messages() == [t_in("tr", "event.checkin.done", title="İklim Paneli"), t_in("tr", "menu.title")]
     ali.send(f"/start ci_{now_event.checkin_token}")
-    assert ali.texts().startswith(t_in("tr", "event.checkin.already", title="İklim Paneli"))
+    assert ali.messages() == [t_in("tr", "event.checkin.already", title="İklim Paneli"), t_in("tr", "menu.title")]
     walk_in.send(f"/start ci_{now_event.checkin_token}")  # full on paper, but there: counted
-    assert walk_in.texts().startswith(t_in("tr", "event.checkin.done", title="İklim Paneli"))
+    assert walk_in.messages() == [t_in("tr", "event.checkin.done", title="İklim Paneli"), t_in("tr", "menu.title")]
     with Session(app.db) as db:
         rows = db.exec(select(Rsvp).where(Rsvp.event_id == now_event.id)).all()
         assert [(r.status, r.checked_in_at is not None) for r in rows] == [("going", True), ("going", True)]
@@ -405,7 +415,9 @@ def test_erasing_a_resident_frees_the_place_and_keeps_anonymous_ratings(make_app
         (feedback,) = db.exec(select(EventFeedback)).all()
         assert (feedback.resident_id, feedback.rating, feedback.comment) == (None, 5, "")
     assert list(rsvps(app, event.id).values()) == [("going", None)]
-    assert berk.notifications()[-1].text.startswith("Müjde!")
+    assert berk.notifications()[-1].text == ("Müjde! İklim Paneli için yer açıldı ve kaydınızı yaptık: 30 Kasım 2030 "
+                                             "Cumartesi 14:00–16:00, 📍 Buca Kent Konseyi, Salon A. "
+                                             "Takvim dosyanız ekte.")
 
 
 def test_merging_two_residents_keeps_one_place(make_app):

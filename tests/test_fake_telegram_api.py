@@ -26,12 +26,6 @@ CHAT = 4242
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 
 
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
-
-
 def make_bot(server: FakeTelegramServer, token: str | None = None, **request_kwargs) -> Bot:
     request = HTTPXRequest(**request_kwargs) if request_kwargs else None
     return Bot(token or server.token, base_url=f"{server.root}/bot",

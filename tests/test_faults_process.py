@@ -41,7 +41,7 @@ from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.test_broadcasts import add_resident
 from tests.test_dispatcher import settled, wait_until
-from tests.test_faults import replies, running, say, tg  # noqa: F401  (fixtures)
+from tests.test_faults import replies, running, say  # noqa: F401  (fixtures)
 from tests.test_run_process import katilim
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")

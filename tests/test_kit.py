@@ -37,7 +37,7 @@ from storage import outbox
 from storage.db import DB_RETRY, transaction
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer, signature
-from tests.test_faults import replies, tg  # noqa: F401  (fixture)
+from tests.test_faults import replies  # noqa: F401  (fixture)
 from tests.test_faults_process import DOWNTIME, cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
@@ -345,8 +345,8 @@ async def test_a_locked_sqlite_is_met_the_same_way_on_every_channel(three_channe
 # ---------------------------------------------------------------- a number answering a proactive message
 async def test_a_number_answers_a_proactive_message_where_the_channel_says_so(make_app, db_url):
     """The rule is the conversation's, the same on any channel (conversations/proactive.py); a
-    channel turns it on with one line (`numbers_answer_proactive`): WhatsApp does, the terminal
-    does not yet."""
+    channel turns it on with one line (`numbers_answer_proactive`): WhatsApp and the terminal do.
+    A typed yes or no word in any language answers it as well."""
     app = make_app(database_url=db_url)
     terminal = ConsoleChannel(app, "ayse", stdin=io.StringIO(), stdout=io.StringIO())
     app.add_channel(terminal)
@@ -372,15 +372,20 @@ async def test_a_number_answers_a_proactive_message_where_the_channel_says_so(ma
     assert read("whatsapp", AYSE, " 2 ").choice == "rs:no:BCA-2026-000001"
     assert read("console", "ayse", "1").choice == "rs:yes:BCA-2026-000001"   # channel-agnostic
     assert read("console", "ayse", "3").kind == Kind.TEXT                    # no such choice
-    assert read("console", "ayse", "evet").kind == Kind.TEXT                 # words are the engine's
+    assert read("console", "ayse", "Evet").choice == "rs:yes:BCA-2026-000001"  # a yes word, any language
+    assert read("console", "ayse", "HAYIR").choice == "rs:no:BCA-2026-000001"
+    assert read("whatsapp", AYSE, "no").choice == "rs:no:BCA-2026-000001"
+    assert read("console", "ayse", "نعم").choice == "rs:yes:BCA-2026-000001"
+    assert read("console", "ayse", "evet ama").kind == Kind.TEXT             # other words are the engine's
     assert read("console", "mehmet", "1").kind == Kind.TEXT                  # the latest message decides
     assert read("telegram", "42", "1").kind == Kind.TEXT                     # nothing sent there
 
-    typed = Inbound(channel="console", address="ayse", kind=Kind.TEXT, text="1")
-    await app.handle(typed)
-    assert typed.kind == Kind.TEXT  # the terminal has not turned it on
-    sent("console", "ayse", question)  # (the step's reply became the latest message: asked again)
-    terminal.numbers_answer_proactive = True  # the one line a channel needs
+    assert terminal.numbers_answer_proactive  # the one line a channel needs
     typed = Inbound(channel="console", address="ayse", kind=Kind.TEXT, text="1")
     await app.handle(typed)
     assert (typed.kind, typed.choice) == (Kind.CHOICE, "rs:yes:BCA-2026-000001")
+    terminal.numbers_answer_proactive = False  # a channel without it: the number is the engine's
+    sent("console", "ayse", question)  # (the step's reply became the latest message: asked again)
+    typed = Inbound(channel="console", address="ayse", kind=Kind.TEXT, text="1")
+    await app.handle(typed)
+    assert typed.kind == Kind.TEXT

@@ -14,7 +14,6 @@ import re
 from xml.etree import ElementTree as ET
 
 import httpx
-import pytest
 from fastapi import routing
 from PIL import Image
 from sqlmodel import select
@@ -25,8 +24,8 @@ from storage import apikeys
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import AuditLog
-from tests.fakes.telegram_api import FakeTelegramServer
-from tests.test_reports_telegram import CODE, Chat, buttons, texts
+from tests.support.telegram import TelegramChat
+from tests.test_reports_telegram import CODE, buttons, texts
 
 RESIDENT = 7201
 DESCRIPTION = "Ben Ayşe Yılmaz, tel 0555 111 22 33. Evimin önündeki kaldırım çöktü."
@@ -48,12 +47,6 @@ def photo_with_exif() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (64, 48), (120, 90, 60)).save(out, "JPEG", exif=exif.tobytes())
     return out.getvalue()
-
-
-@pytest.fixture
-def tg():
-    with FakeTelegramServer() as server:
-        yield server
 
 
 def readable(response: httpx.Response) -> str:
@@ -147,13 +140,15 @@ async def test_public_open311_shows_nothing_identifying_a_resident(make_app, tg,
 
 
 async def _file_report(tg, channel) -> str:
-    """/bildir through Telegram: category, description, exact pin, the photo with EXIF, confirm."""
-    ayse = Chat(tg, channel, RESIDENT, "tr")
+    """/bildir through Telegram: category, exact pin (its mahalle confirmed), description, the photo
+    with EXIF, confirm."""
+    ayse = TelegramChat(tg, channel, RESIDENT, "tr")
     await ayse.onboard()
     await ayse.say("/bildir")
     await ayse.tap("c:road")
-    await ayse.say(DESCRIPTION)
     await ayse.pin(*PIN)
+    await ayse.tap("yes")
+    await ayse.say(DESCRIPTION)
     calls = await ayse.photo(photo_with_exif())
     assert "1/3" in texts(calls)
     calls = await ayse.tap("done")

@@ -21,14 +21,13 @@ from sqlmodel import select
 
 from bot.http import create_http_app
 from conversations.i18n import t_in
-from conversations.messages import Inbound, Kind
-from conversations.panel_link import issue_login_link
 from handlers.panel.web import PUBLIC_ROUTES
 from storage import panel
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, OutboxMessage, Staff
 from tests.conftest import test_env as subprocess_env
+from tests.support.chat import Chat
 from tests.test_whatsapp import twilio, wa  # noqa: F401  (fixtures: the fake Twilio API, the running app)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,9 +329,7 @@ async def test_secure_cookie_with_an_https_public_url(make_app, db_url):
 
 # ---------------------------------------------------------------- the bot's /panel and the CLI
 def _chat(app, address: str, command: str = "panel") -> list:
-    handled = app.engine.handle(Inbound(channel="console", address=address, kind=Kind.COMMAND, command=command,
-                                        text=f"/{command}"))
-    return [out for _, out in handled.replies]
+    return Chat(app, address).command(command)
 
 
 async def test_the_panel_command_sends_staff_a_link_and_refuses_others(console):
@@ -340,7 +337,7 @@ async def test_the_panel_command_sends_staff_a_link_and_refuses_others(console):
     replies = _chat(console, "ayse")
     assert len(replies) == 1 and replies[0].link_preview is False
     path = LINK.search(replies[0].text).group(1)
-    assert replies[0].text.startswith(t_in("tr", "staff.panel_link", minutes=10, url="").split(":")[0])
+    assert replies[0].text == t_in("tr", "staff.panel_link", minutes=10, url=f"{BASE}{path}")
     with transaction(console.db) as db:
         row = db.exec(select(OutboxMessage).where(OutboxMessage.address == "ayse")).one()
         assert row.payload["link_preview"] is False and path in row.payload["text"]

@@ -41,9 +41,10 @@ def test_a_report_from_telegram_triaged_in_the_console(running, page):  # noqa: 
         after(tg, lambda step=step: tg.push_callback(RESIDENT, step))
     after(tg, lambda: tg.push_text(RESIDENT, "/report", language_code="en"))
     after(tg, lambda: tg.push_callback(RESIDENT, "c:road"))
+    after(tg, lambda: tg.push_location(RESIDENT, *PIN))
+    after(tg, lambda: tg.push_callback(RESIDENT, "yes"))          # the pin's mahalle, in one tap
     after(tg, lambda: tg.push_text(RESIDENT, "A deep pothole in front of number 12, cars swerve around it.",
                                    language_code="en"))
-    after(tg, lambda: tg.push_location(RESIDENT, *PIN))
     said = after(tg, lambda: tg.push_photo(RESIDENT, plain_jpeg(320, 240, (70, 70, 60))))
     assert any("1/3" in s for s in said), said
     after(tg, lambda: tg.push_callback(RESIDENT, "done"))

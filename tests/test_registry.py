@@ -18,7 +18,8 @@ from conversations.registry import Registry, RegistryError, Router
 from conversations.step import Go, Stay
 from storage.models import CONSENT_PURPOSES
 from tests import conftest
-from tests.test_engine import Chat, T, onboard
+from tests.support.chat import Chat
+from tests.test_engine import T
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bot", "conversations", "handlers", "storage")
@@ -214,8 +215,8 @@ def test_two_apps_with_different_features_have_different_states(make_app):
     assert "report.category" not in core_only.registry.states
     assert set(core_only.registry.states) < set(everything.registry.states)
     # the same database, the same resident: /bildir is a command of one application only
-    chat = Chat(core_only, "en", address="both")
-    onboard(chat)
+    chat = Chat(core_only, "both", lang="en")
+    chat.onboard(first="merhaba")
     replies = chat.cmd("report")
     assert replies[0].text == T("en", "engine.unknown_command", command="/report")
     assert [c.key for c in chat.cmd("menu")[-1].choices] == ["mahalle", "privacy", "language", "help"]

@@ -20,12 +20,14 @@ from conversations.domain import events as event_ops
 from conversations.i18n import t_in
 from conversations.permissions import Actor
 from conversations.reminders import send_due_reminders
+from conversations.when import span_text
 from storage.db import aware, transaction, utcnow
 from storage.models import OutboxMessage
 from storage.participation import Event, Reminder
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.participation_support import Person
+from tests.support.texts import consent_needed
 
 TZ = "Europe/Istanbul"
 
@@ -62,7 +64,7 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
     assert t_in("tr", "event.reminders_off_hint") in ayse.texts() and "remind" in ayse.keys()
     assert reminders(app) == []
     ayse.tap("remind")
-    assert ayse.texts().startswith(t_in("tr", "consent.needed").split("{")[0])
+    assert ayse.texts() == consent_needed(app, "tr", "reminders")
     ayse.tap("yes")
     assert t_in("tr", "event.reminders_enabled") in ayse.texts() and "remind" not in ayse.keys()
     rows = reminders(app)
@@ -127,7 +129,8 @@ def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(m
     assert (again.sent, again.dropped) == (0, 0)
     sent = reminder_rows(app)
     assert sorted(r.resident_id for r in sent) == sorted(ids[1:])
-    assert sent[0].payload["text"].startswith("⏰ Hatırlatma: Kompost Atölyesi")
+    assert sent[0].payload["text"] == t_in("tr", "reminder.event", title="Kompost Atölyesi", place="Buca Kent Konseyi",
+                                           when=span_text(event.starts_at, event.ends_at, "tr", TZ))
     assert {(r.resident_id, r.status, r.note) for r in reminders(app)} == {
         (ids[0], "dropped", "missed"), (ids[1], "sent", ""), (ids[2], "sent", "")}
 

@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from conversations.domain import reports as reports_domain
 from conversations.i18n import t_in
-from conversations.messages import Inbound, Kind, Media
+from conversations.messages import Kind
 from conversations.permissions import Actor
 from storage import panel
 from storage import reports as rp
@@ -25,73 +25,13 @@ from storage.db import make_engine, transaction, utcnow
 from storage.migrate import upgrade
 from storage.models import AuditLog, OutboxMessage, Resident, Staff
 from tests.conftest import test_env as katilim_env
+from tests.support.chat import Chat
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = re.compile(r"BCA-\d{4}-\d{6}")
 PIN = (38.38500, 27.17500)         # in Buca
 NEAR = (38.38530, 27.17520)        # ~38 m away
 BUCA = {"lat": (38.30, 38.45), "lon": (27.10, 27.32)}
-
-
-class Chat:
-    """One resident on the console channel, driven through Engine.handle."""
-
-    def __init__(self, app, address: str):
-        self.app, self.address, self.last = app, address, []
-
-    def send(self, kind: Kind, **kw) -> list:
-        handled = self.app.engine.handle(Inbound(channel="console", address=self.address, kind=kind, **kw))
-        self.last = [out for _, out in handled.replies]
-        return self.last
-
-    def text(self, text: str):
-        if text.startswith("/"):
-            return self.send(Kind.COMMAND, command=text[1:].split()[0], text=text)
-        return self.send(Kind.TEXT, text=text)
-
-    def tap(self, key: str):
-        return self.send(Kind.CHOICE, choice=key)
-
-    def pin(self, lat: float, lon: float):
-        return self.send(Kind.LOCATION, latitude=lat, longitude=lon)
-
-    def photo(self, path: Path):
-        return self.send(Kind.PHOTO, media=[Media(ref=str(path), content_type="image/jpeg",
-                                                   size=path.stat().st_size)])
-
-    def voice(self, path: Path):
-        return self.send(Kind.VOICE, media=[Media(ref=str(path), content_type="audio/ogg", size=path.stat().st_size)])
-
-    @property
-    def said(self) -> str:
-        return "\n".join(o.text for o in self.last)
-
-    def keys(self) -> list[str]:
-        return [c.key for o in self.last for c in o.choices]
-
-    def onboard(self, lang: str = "tr", mahalle: str | None = None):
-        self.text("/start")
-        self.tap(f"lang:{lang}")
-        self.tap("all")
-        if mahalle:
-            self.text(mahalle)
-        else:
-            self.tap("skip")
-        assert self.state() == "menu"
-
-    def state(self) -> str:
-        from storage.models import ConversationSession
-        from storage.residents import identity_for
-
-        with transaction(self.app.db) as db:
-            _, resident = identity_for(db, "console", self.address)
-            return db.get(ConversationSession, resident.id).state
-
-    def resident_id(self) -> int:
-        from storage.residents import identity_for
-
-        with transaction(self.app.db) as db:
-            return identity_for(db, "console", self.address)[1].id
 
 
 @pytest.fixture
@@ -108,11 +48,18 @@ def _outbox(app, resident_id: int, kind: str = "notification") -> list[OutboxMes
 
 
 def _file(chat: Chat, *, category="yol", description="Kaldırımda büyük bir çukur var.", where=PIN,
-          photos: list[Path] = ()) -> list:
+          photos: list[Path] = (), anyway: bool = False) -> list:
+    """To the summary; a similar report nearby stops it there (`anyway`: "a different problem")."""
     chat.text("/bildir")
     chat.text(category)
-    chat.text(description)
     chat.pin(*where)
+    if chat.state == "report.pin":               # "it looks like <mahalle>: right?" one tap
+        chat.tap("yes")
+    if chat.state == "report.duplicate":         # a similar report nearby: the caller decides
+        if not anyway:
+            return chat.last
+        chat.tap("file")
+    chat.text(description)
     for p in photos:
         chat.photo(p)
     if len(photos) < rp_max():
@@ -128,7 +75,7 @@ def _staff_at_reports(app, address: str = "boss", departments=()) -> Chat:
         db.flush()
         panel.set_departments(db, staff.id, departments)
     staff = Chat(app, address)
-    staff.onboard("tr")
+    staff.onboard(lang="tr")
     staff.text("/raporlar")
     return staff
 
@@ -143,72 +90,74 @@ def rp_max() -> int:
 def test_resident_flow_console(make_app, db_url, photo_file):
     app = make_app(database_url=db_url)
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr", "kozagac")
+    ayse.onboard(lang="tr", mahalle="kozagac")
     ayse.text("/bildir")
-    assert ayse.state() == "report.category"
+    assert ayse.state == "report.category"
     assert "c:road" in ayse.keys()
     ayse.text("kaldirim")                       # Turkish-aware: "Yol ve kaldırım"
-    assert ayse.state() == "report.describe"
-    ayse.send(Kind.STICKER)                    # a sticker is re-prompted
-    assert ayse.state() == "report.describe" and "Çıkartma" in ayse.said
-    ayse.text("Ç" * 1500)                      # trimmed with a note
-    assert "1000" in ayse.said and ayse.state() == "report.location"
+    assert ayse.state == "report.location"    # where first: similar reports before the resident writes
     assert "m:kozagac" in ayse.keys()          # "my mahalle" shortcut
     ayse.pin(*PIN)
-    assert ayse.state() == "report.photos"
+    assert ayse.state == "report.pin" and ayse.keys() == ["yes", "list"]
+    ayse.tap("yes")                            # "it looks like Dumlupınar: right?" in one tap
+    assert ayse.state == "report.describe"
+    ayse.send(Kind.STICKER)                    # a sticker is re-prompted
+    assert ayse.state == "report.describe" and "Çıkartma" in ayse.said
+    ayse.text("Ç" * 1500)                      # trimmed with a note
+    assert "1000" in ayse.said and ayse.state == "report.photos"
     ayse.photo(photo_file)
     assert "1/3" in ayse.said
     ayse.tap("done")
-    assert ayse.state() == "report.summary"
+    assert ayse.state == "report.summary"
     assert "Yol ve kaldırım" in ayse.said and "38.38500" in ayse.said
     # edit the category from the summary, come back to the summary
     ayse.tap("e:category")
     ayse.tap("c:lighting")
-    assert ayse.state() == "report.summary" and "Sokak aydınlatması" in ayse.said
+    assert ayse.state == "report.summary" and "Sokak aydınlatması" in ayse.said
     ayse.tap("confirm")
-    assert ayse.state() == "menu"
+    assert ayse.state == "menu"
     code = CODE.search(ayse.said).group(0)
     assert code.startswith(f"BCA-{utcnow().year}-") and len(code) == len("BCA-2026-000001")
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert report.category == "lighting" and report.status == "new"
-        assert len(report.description) == 1000 and report.latitude == PIN[0]
+        assert len(report.description) == 1000 and report.latitude == PIN[0] and report.mahalle == "dumlupinar"
         assert [m.path for m in rp.media_of(db, report.id)] == [str(photo_file)]
         assert [e.kind for e in rp.history_of(db, report.id)] == ["created"]
     # my reports: the list, a detail by button, a detail by typed code
     ayse.text("/raporlarim")
-    assert ayse.state() == "report.mine" and f"r:{code}" in ayse.keys()
+    assert ayse.state == "report.mine" and f"r:{code}" in ayse.keys()
     ayse.tap(f"r:{code}")
-    assert ayse.state() == "report.detail"
+    assert ayse.state == "report.detail"
     assert any(o.photo_path == str(photo_file) for o in ayse.last)
     assert "Yeni" in ayse.said and code in ayse.said
     ayse.tap("list")
     ayse.text(code.lower())
-    assert ayse.state() == "report.detail" and code in ayse.said
+    assert ayse.state == "report.detail" and code in ayse.said
     ayse.text(f"/raporlarim {code}")
-    assert ayse.state() == "report.detail"
+    assert ayse.state == "report.detail"
 
 
 def test_voice_mahalle_photos_limit_and_english(make_app, photo_file, tmp_path):
     app = make_app()
     john = Chat(app, "john")
-    john.onboard("en")
+    john.onboard(lang="en")
     john.text("/report")
     john.text("rubbish")                       # English category name
-    assert john.state() == "report.describe"
+    assert john.state == "report.location"
+    john.text("vali rahmi")                    # typed mahalle, Turkish-aware
+    assert john.state == "report.street"
+    john.text("In front of the primary school")
+    assert john.state == "report.describe"
     voice = tmp_path / "voice.ogg"
     voice.write_bytes(b"OggS fake voice")
     john.voice(voice)
-    assert john.state() == "report.location" and "voice" in john.said.lower()
-    john.text("vali rahmi")                    # typed mahalle, Turkish-aware
-    assert john.state() == "report.street"
-    john.text("In front of the primary school")
-    assert john.state() == "report.photos"
+    assert john.state == "report.photos" and "voice" in john.said.lower()
     for _ in range(3):
         john.photo(photo_file)
-    assert john.state() == "report.summary"    # the third photo moves on
+    assert john.state == "report.summary"    # the third photo moves on
     john.photo(photo_file)                     # a fourth is refused politely
-    assert "at most 3" in john.said and john.state() == "report.summary"
+    assert "at most 3" in john.said and john.state == "report.summary"
     assert "Vali Rahmi Bey" in john.said and "voice" in john.said
     john.tap("confirm")
     code = CODE.search(john.said).group(0)
@@ -228,9 +177,9 @@ def test_consent_is_asked_just_in_time(make_app):
     ali.tap("lang:tr")
     ali.tap("none")                             # no consent at onboarding
     ali.text("/bildir")
-    assert ali.state() == "consent.ask"
+    assert ali.state == "consent.ask"
     ali.tap("yes")
-    assert ali.state() == "report.category"
+    assert ali.state == "report.category"
     ali.text("/iptal")
     with transaction(app.db) as db:
         assert rp.count_reports(db) == 0
@@ -239,19 +188,20 @@ def test_consent_is_asked_just_in_time(make_app):
 def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_url, photo_file):
     app = make_app(database_url=db_url)
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     _file(ayse, photos=[photo_file])
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)
     # John reports the same pothole 38 m away: he is shown Ayşe's report, with its photo
     _file(john, category="roads", description="Big hole in the pavement", where=NEAR)
-    john.tap("confirm")
-    assert john.state() == "report.duplicate"
+    assert john.state == "report.duplicate"   # shown before he writes anything
     assert any(o.photo_path == str(photo_file) for o in john.last)
     assert code in john.said and "m away" in john.said
     john.tap(f"f:{code}")
-    assert john.state() == "menu" and "You now follow" in john.said
+    assert john.state == "report.support" and "You now follow" in john.said
+    john.tap("done")                            # nothing to add
+    assert john.state == "menu"
     with transaction(app.db) as db:
         assert rp.count_reports(db) == 1
         assert rp.get_by_code(db, code).supporters == 1
@@ -259,9 +209,9 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     with transaction(app.db) as db:
         db.add(Staff(console="boss", telegram_id="900"))
     boss = Chat(app, "boss")
-    boss.onboard("tr")
+    boss.onboard(lang="tr")
     boss.text("/raporlar")
-    assert boss.state() == "staffreport.home"
+    assert boss.state == "staffreport.home"
     boss.tap("st:new")
     assert f"r:{code}" in boss.keys()
     boss.tap(f"r:{code}")
@@ -269,8 +219,8 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     assert any(o.latitude == PIN[0] and o.longitude == PIN[1] for o in boss.last)
     boss.tap("to:in_progress")
     boss.text("Ekip yarın sabah gelecek")
-    assert "2" in boss.said and boss.state() == "staffreport.view"
-    a_id, j_id = ayse.resident_id(), john.resident_id()
+    assert "2" in boss.said and boss.state == "staffreport.view"
+    a_id, j_id = ayse.resident_id, john.resident_id
     a_msgs, j_msgs = _outbox(app, a_id), _outbox(app, j_id)
     assert "üzerinde çalışılıyor" in a_msgs[-1].payload["text"] and "Ekip yarın" in a_msgs[-1].payload["text"]
     assert "is being worked on" in j_msgs[-1].payload["text"]
@@ -281,9 +231,9 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     assert [c["key"] for c in a_last["choices"]] == [f"rs:yes:{code}", f"rs:no:{code}"]
     # Ayşe is in the middle of something else: "no" still works, reopens, tells staff
     ayse.text("/bildir")
-    assert ayse.state() == "report.category"
+    assert ayse.state == "report.category"
     ayse.tap(f"rs:no:{code}")
-    assert "yeniden açtık" in ayse.said and ayse.state() == "report.category"
+    assert "yeniden açtık" in ayse.said and ayse.state == "report.category"
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert report.status == "in_progress" and report.reopened_count == 1
@@ -295,20 +245,20 @@ def test_duplicate_follow_status_notifications_reopen_and_rating(make_app, db_ur
     with transaction(app.db) as db:
         reports_domain.change_status(db, Actor(who="staff:1", role="admin"), code, "resolved")
     john.tap(f"rs:yes:{code}")
-    assert john.state() == "report.rate"
+    assert john.state == "report.rate"
     john.text("4")
-    assert john.state() == "menu" and "4/5" in john.said
+    assert john.state == "menu" and "4/5" in john.said
     # Ayşe answers while elsewhere: the rating buttons come with the answer
     ayse.text("/raporlarim")
     ayse.tap(f"rs:yes:{code}")
-    assert ayse.state() == "report.mine" and f"rr:5:{code}" in ayse.keys()
+    assert ayse.state == "report.mine" and f"rr:5:{code}" in ayse.keys()
     ayse.tap(f"rr:5:{code}")
-    assert "5/5" in ayse.said and ayse.state() == "report.mine"
+    assert "5/5" in ayse.said and ayse.state == "report.mine"
     with transaction(app.db) as db:
         assert rp.get_by_code(db, code).rating == 5    # the reporter's rating is the report's
     # a resident who has nothing to do with the report cannot answer for it
     eve = Chat(app, "eve")
-    eve.onboard("tr")
+    eve.onboard(lang="tr")
     eve.tap(f"rs:no:{code}")
     assert "size ait değil" in eve.said
     # after 14 days a "no" is answered with a polite note
@@ -328,7 +278,7 @@ def test_staff_are_told_who_hears_of_a_status_change(make_app):
     app = make_app()
     ayse, john, eve = Chat(app, "ayse"), Chat(app, "john"), Chat(app, "eve")
     for resident in (ayse, john, eve):
-        resident.onboard("tr")
+        resident.onboard(lang="tr")
     _file(ayse)
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)
@@ -341,7 +291,7 @@ def test_staff_are_told_who_hears_of_a_status_change(make_app):
         return boss.said
 
     assert f"✔ {code}: İşlemde. Bildirim sahibine haber veriliyor." in move("in_progress")
-    john_id, eve_id = john.resident_id(), eve.resident_id()
+    john_id, eve_id = john.resident_id, eve.resident_id
     with transaction(app.db) as db:
         rp.follow(db, code, john_id)
         rp.follow(db, code, eve_id)
@@ -357,8 +307,8 @@ def test_staff_are_told_who_hears_of_a_status_change(make_app):
 def test_staff_reject_merge_and_filters(make_app, photo_file):
     app = make_app()
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     _file(ayse, category="cop", where=PIN)
     ayse.tap("confirm")
     first = CODE.search(ayse.said).group(0)
@@ -377,25 +327,25 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     # asked first; ~1.4 km apart: a warning, and only "merge anyway" merges (issue 14, item 18)
     with transaction(app.db) as db:
         metres = int(rp.haversine_m(38.3900, 27.1900, *PIN))
-    assert boss.state() == "staffreport.merge_confirm" and boss.keys() == ["force", "cancel"]
+    assert boss.state == "staffreport.merge_confirm" and boss.keys() == ["force", "cancel"]
     assert boss.said == "\n".join([
         t_in("tr", "staffreport.merge_confirm", code=second, into=first, category="Çöp ve temizlik"),
         t_in("tr", "staffreport.merge_far", metres=metres, limit=300)])
     with transaction(app.db) as db:
         assert rp.get_by_code(db, second).status == "new"
     boss.tap("force")
-    assert first in boss.said and boss.state() == "staffreport.view"
+    assert first in boss.said and boss.state == "staffreport.view"
     with transaction(app.db) as db:
         merged = rp.get_by_code(db, second)
         assert merged.status == "merged" and rp.get_by_code(db, first).supporters == 1
-    assert "merged into" in _outbox(app, john.resident_id())[-1].payload["text"]
+    assert "merged into" in _outbox(app, john.resident_id)[-1].payload["text"]
     # undone: a report of its own again, the follow the merge made is gone
     assert "unmerge" in boss.keys()
     boss.tap("unmerge")
     assert t_in("tr", "staffreport.unmerged", code=second, status="Yeni") in boss.said
     with transaction(app.db) as db:
         assert rp.get_by_code(db, second).status == "new" and rp.get_by_code(db, first).supporters == 0
-    assert _outbox(app, john.resident_id())[-1].payload["text"] == t_in("en", "report.notify.unmerged", code=second)
+    assert _outbox(app, john.resident_id)[-1].payload["text"] == t_in("en", "report.notify.unmerged", code=second)
     # the history in words: who did what, never an internal id (issue 14, item 21)
     assert "• " in boss.said and "resident:" not in boss.said and "staff:" not in boss.said
     assert "Bildirim alındı · Bildirim sahibi" in boss.said
@@ -409,8 +359,8 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     boss.text("Özel mülk")
     with transaction(app.db) as db:
         assert rp.get_by_code(db, first).reject_reason == "Özel mülk"
-    assert "Gerekçe: Özel mülk" in _outbox(app, ayse.resident_id())[-1].payload["text"]
-    assert "Reason: Özel mülk" in _outbox(app, john.resident_id())[-1].payload["text"]
+    assert "Gerekçe: Özel mülk" in _outbox(app, ayse.resident_id)[-1].payload["text"]
+    assert "Reason: Özel mülk" in _outbox(app, john.resident_id)[-1].payload["text"]
 
 
 def test_staff_view_shows_department_assignee_due_and_an_overdue_filter(make_app, db_url):
@@ -464,11 +414,11 @@ def test_staff_view_shows_department_assignee_due_and_an_overdue_filter(make_app
 def test_non_staff_is_refused_and_audited(make_app):
     app = make_app()
     eve = Chat(app, "eve")
-    eve.onboard("tr")
+    eve.onboard(lang="tr")
     eve.text("/raporlar")
-    assert eve.state() == "menu" and "yalnızca belediye personeli" in eve.said
+    assert eve.state == "menu" and "yalnızca belediye personeli" in eve.said
     assert "staffreport" not in " ".join(eve.keys())
-    eve_id = eve.resident_id()
+    eve_id = eve.resident_id
     with transaction(app.db) as db:
         rows = db.exec(select(AuditLog).where(AuditLog.action == "staff.refused")).all()
         assert rows and rows[-1].actor == f"resident:{eve_id}"   # pseudonymous, never the address
@@ -477,13 +427,13 @@ def test_non_staff_is_refused_and_audited(make_app):
 def test_rate_limit_per_hour(make_app):
     app = make_app(reports_per_hour=2)
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     for i in range(2):
         _file(ayse, where=(38.38 + i / 100, 27.17))
         ayse.tap("confirm")
         assert CODE.search(ayse.said)
     ayse.text("/bildir")
-    assert ayse.state() == "menu" and "en fazla 2 bildirim" in ayse.said
+    assert ayse.state == "menu" and "en fazla 2 bildirim" in ayse.said
     with transaction(app.db) as db:
         assert rp.count_reports(db) == 2
 
@@ -491,26 +441,27 @@ def test_rate_limit_per_hour(make_app):
 def test_export_and_erase(make_app, photo_file, tmp_path):
     app = make_app()
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     voice = tmp_path / "v.ogg"
     voice.write_bytes(b"OggS")
     ayse.text("/bildir")
     ayse.text("yol")
-    ayse.voice(voice)
     ayse.pin(*PIN)
+    ayse.tap("yes")
+    ayse.voice(voice)
     ayse.tap("done")
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)
     with transaction(app.db) as db:
-        rp.follow(db, code, john.resident_id())
+        rp.follow(db, code, john.resident_id)
     john.text("/verilerim")
     exported = json.loads(next(o for o in john.last if o.document).document.data)
     assert exported["followed_reports"] == [{"code": code, "status": "new"}]
     ayse.text("/verilerim")
     exported = json.loads(next(o for o in ayse.last if o.document).document.data)
     assert exported["reports"][0]["code"] == code
-    a_id = ayse.resident_id()
+    a_id = ayse.resident_id
     ayse.text("/verilerimisil")
     ayse.tap("yes")
     john.text("/verilerimisil")
@@ -592,7 +543,7 @@ def test_cli_list_show_set_status_export(make_app, sqlite_url, tmp_path):
     db_url = sqlite_url
     app = make_app(database_url=db_url)
     ayse = Chat(app, "ayse")
-    ayse.onboard("en")
+    ayse.onboard(lang="en")
     _file(ayse, description="Lamp is off at night", category="lighting")
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)
@@ -614,7 +565,7 @@ def test_cli_list_show_set_status_export(make_app, sqlite_url, tmp_path):
         event = rp.history_of(db, report.id)[-1]
         assert event.actor.startswith("cli:") and event.note == "Lamba değişti"
         assert db.exec(select(AuditLog).where(AuditLog.action == "report.status")).first().actor.startswith("cli:")
-    note = _outbox(app, ayse.resident_id())[-1].payload
+    note = _outbox(app, ayse.resident_id)[-1].payload
     assert "resolved" in note["text"] and "Lamba değişti" in note["text"]
     assert f"rs:no:{code}" in [c["key"] for c in note["choices"]]
     assert _katilim(db_url, "set-status", code, "rejected", check=False).returncode == 2
@@ -627,7 +578,7 @@ def test_cli_list_show_set_status_export(make_app, sqlite_url, tmp_path):
     assert rows[0]["status"] == "resolved" and float(rows[0]["latitude"]) == PIN[0]
     assert rows[1]["mahalle"] == "kozagac" and rows[1]["latitude"] == ""
     text = csv_file.read_text(encoding="utf-8")
-    assert "ayse" not in text and "Lamp is off" not in text and str(ayse.resident_id()) not in rows[0].values()
+    assert "ayse" not in text and "Lamp is off" not in text and str(ayse.resident_id) not in rows[0].values()
     # GeoJSON
     geo = json.loads(_katilim(db_url, "export", "--format", "geojson").stdout)
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2

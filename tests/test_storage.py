@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from bot.catalog import CatalogError, load_catalog
 from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
 from bot.features import FEATURES, Feature
+from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.notify import notify_residents
 from conversations.registry import Router
@@ -32,7 +33,7 @@ from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, current, upgrade
 from storage.models import OutboxMessage, Resident
 from tests import conftest
-from tests.test_engine import Chat, onboard
+from tests.support.chat import Chat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -234,7 +235,7 @@ def counter_state():
 def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, counter_state):
     app = make_app(database_url=db_url, features=FEATURES + (Feature("test", routers=(COUNTER,)),))
     chat = Chat(app)
-    onboard(chat)
+    chat.onboard(first="merhaba")
     chat.choose("privacy")
     chat.set_session(counter_state, {"_choices": [["add", "add"]]})
     version = chat.session.version
@@ -264,7 +265,7 @@ def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, count
 def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
     app = make_app(database_url=db_url)
     chat = Chat(app)
-    onboard(chat)
+    chat.onboard(first="merhaba")
     chat.choose("privacy")
     version = chat.session.version
     barrier = threading.Barrier(2)
@@ -293,7 +294,7 @@ def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
 def test_consent_history_keeps_its_order(make_app, db_url):
     app = make_app(database_url=db_url)
     chat = Chat(app)
-    onboard(chat, [True, False, True, True])
+    chat.onboard([True, False, True, True], first="merhaba")
     chat.choose("privacy")
     for key in ("p:reports", "p:volunteering", "p:reports", "p:announcements"):
         chat.choose(key)
@@ -408,7 +409,8 @@ def test_notifications_for_many_residents_are_rows_the_dispatcher_reads_back(db_
             assert sorted((r.address, r.kind, r.status, r.attempts, r.resident_id) for r in rows) == [
                 ("900", "reminder", "sending", 1, ids[0]), ("901", "reminder", "sending", 1, ids[1])]
             payloads = {r.address: r.payload for r in rows}
-            assert payloads["900"]["text"].startswith("tr: Kozağaç «") and payloads["901"]["text"].startswith("ar: ")
+            assert payloads["900"]["text"] == f"tr: Kozağaç «{t_in('tr', 'common.back')}»"
+            assert payloads["901"]["text"] == f"ar: Kozağaç «{t_in('ar', 'common.back')}»"
             assert payloads["900"]["choices"][0]["key"] == "ev:1:c"
             for r in rows:
                 assert r.available_at.utcoffset() == timedelta(0) and abs(r.available_at - before) < timedelta(seconds=5)

@@ -23,6 +23,7 @@ from storage.models import AuditLog, Staff
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
 from tests.participation_support import Person, local_time, make_staff
+from tests.support.texts import consent_needed
 
 SATURDAY_10 = "2030-11-30 10:00"     # Saturday morning, Istanbul
 IST = ZoneInfo("Europe/Istanbul")
@@ -69,7 +70,7 @@ def test_join_update_and_leave_a_pool_needs_consent(make_app):
     app = make_app()
     ayse = Person(app, "ayse").onboard(consent="none")
     ayse.send("/gonullu")
-    assert ayse.texts().startswith(t_in("tr", "consent.needed").split("{")[0])
+    assert ayse.texts() == consent_needed(app, "tr", "volunteering")
     ayse.tap("yes")
     assert "p:environment" in ayse.keys() and "Sürdürülebilir Kalkınma Amaçları (SKA): 11, 13, 15" in ayse.texts()
 
@@ -230,7 +231,7 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     join(vol, "disaster", ["weekends"])
     resident = Person(app, "someone").onboard()
     resident.send("/gonullucagri")
-    assert resident.texts().startswith(t_in("tr", "staff.refused"))
+    assert resident.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")]
 
     staff = make_staff(app, Person(app, "memur").onboard())
     staff.send("/gonullucagri")
@@ -247,7 +248,8 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     staff.send("5")
     assert "30 Kasım 2030 Cumartesi 10:00–12:30" in staff.texts()
     staff.tap("send")
-    assert staff.texts().startswith(translator("tr").n("volunteer.call_new.sent", 1, id=1, invited=1))
+    assert staff.messages() == [translator("tr").n("volunteer.call_new.sent", 1, id=1, invited=1),
+                                t_in("tr", "menu.title")]
     assert "Toplanma alanı tatbikatı" in vol.notifications()[0].text
 
 
@@ -272,7 +274,8 @@ def test_cli_sends_a_call_and_lists_responses(make_app, tmp_path):
     assert listed.returncode == 0 and "accepted" in listed.stdout
     cancelled = katilim("cancel-call", str(call_id))
     assert cancelled.returncode == 0 and f"call {call_id} cancelled; 1 volunteer told" in cancelled.stdout
-    assert vol.notifications()[-1].text.startswith("❌")
+    assert vol.notifications()[-1].text == ("❌ «Etüt desteği» (27 Kasım 2030 Çarşamba 10:00–12:00) gönüllü çağrısı "
+                                           "iptal edildi. Gösterdiğiniz ilgi için teşekkürler!")
 
 
 def test_export_and_erase(make_app):

@@ -47,6 +47,7 @@ from storage.models import (
 )
 from tests.fakes.twilio_api import FakeTwilioServer, signature
 from tests.media_support import plain_jpeg, stored_as
+from tests.support.chat import Chat
 
 AYSE = "whatsapp:+905551112233"
 MEHMET = "whatsapp:+905554445566"
@@ -236,18 +237,31 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
     sent = await h.say("/bildir")
     categories = numbered(sent[-1].body)
     assert categories and categories[0][1] == h.app.catalog.categories[0].name.get("tr")
-    await h.say("1")
+    sent = await h.say("1")
+    # where first: no location button on WhatsApp, so the question says how to send one
+    assert sent[-1].body == "\n\n".join([t_in("tr", "report.location_prompt"), t_in("tr", "report.location_hint"),
+                                          "1 · " + t_in("tr", "report.location_mine", mahalle="29 Ekim") + "\n2 · "
+                                          + t_in("tr", "report.location_list")])
+    sent = await h.say("", Latitude="41.01", Longitude="28.97", MessageType="location")   # Istanbul
+    assert sent[-1].body == "\n\n".join([t_in("tr", "report.pin_outside", municipality="Buca Belediyesi"),
+                                          t_in("tr", "report.location_hint"),
+                                          "1 · " + t_in("tr", "report.pin_keep") + "\n2 · "
+                                          + t_in("tr", "report.location_list")])
+    assert not any(t_in("tr", "report.location_saved") in m.body for m in sent)
+    sent = await h.say("", Latitude="38.3886", Longitude="27.1753", MessageType="location")
+    assert sent[-1].body == "\n\n".join([t_in("tr", "report.pin_mahalle", mahalle="Yaylacık"),
+                                          "1 · " + t_in("tr", "report.pin_yes", mahalle="Yaylacık") + "\n2 · "
+                                          + t_in("tr", "report.pin_other")])
+    await h.say("1")                                     # "✅ Evet, Yaylacık": one answer
     photo_url = h.twilio.add_media(JPEG, "image/jpeg")
     sent = await h.say("Kaldırımda büyük bir çukur var", NumMedia="1", MediaUrl0=photo_url,
                        MediaContentType0="image/jpeg", MessageType="image")
-    assert any(t_in("tr", "report.location_prompt") in m.body for m in sent)
     name, cleaned = stored_as(JPEG)
     stored = h.app.settings.media_dir / name
     assert name == f"{hashlib.sha256(cleaned).hexdigest()}.jpg"    # the hash of the cleaned bytes
     assert stored.read_bytes() == cleaned
     assert (h.twilio.media_requests[-1][1]) == 200
-    sent = await h.say("", Latitude="38.3886", Longitude="27.1753", MessageType="location")
-    assert numbered(sent[-1].body)                       # photos: "done"
+    assert numbered(sent[-1].body) == [("1", t_in("tr", "report.photos_done"))]   # "✅ Devam", not "without photo"
     sent = await h.say("1")
     summary = sent[-1].body
     assert numbered(summary)[0][1] == t_in("tr", "report.confirm")
@@ -257,6 +271,7 @@ async def test_report_with_photo_location_and_a_proactive_question(wa):
     with h.db() as db:
         report = rp.get_by_code(db, code)
         assert report.resident_id == ayse_id and report.latitude == pytest.approx(38.3886)
+        assert report.mahalle == "yaylacik"
         assert [m.path for m in rp.media_of(db, report.id)] == [str(stored)]
 
     # staff resolve it: the notification (proactive, through the dispatcher) asks "was it solved?"
@@ -407,6 +422,8 @@ async def test_media_over_the_limit_or_not_from_twilio_is_not_downloaded(wa):
     await h.onboard()
     await h.say("/bildir")
     await h.say("1")
+    await h.say("Kozağaç")                               # where first, then the description step
+    await h.say("Okulun önünde")
     big = h.twilio.add_media(b"\xff\xd8" + b"0" * 5000, "image/jpeg")
     sent = await h.say("", NumMedia="1", MediaUrl0=big, MediaContentType0="image/jpeg")
     assert any(t_in("tr", "report.media_failed") in m.body for m in sent)
@@ -591,14 +608,6 @@ def test_whatsapp_needs_a_public_url(make_app):
 
 
 # ---------------------------------------------------------------- one resident, two channels
-@pytest.fixture
-def tg():
-    from tests.fakes.telegram_api import FakeTelegramServer
-
-    with FakeTelegramServer() as server:
-        yield server
-
-
 async def _telegram_say(tg, channel, chat_id: int, push) -> list:
     before = len(tg.sent_messages(chat_id))
     update = push()
@@ -697,13 +706,7 @@ CODE_IN_TEXT = re.compile(r"\b(\d{5} \d{5})\b")
 
 def console_say(app, who: str, text: str) -> list[str]:
     """A terminal resident's message handled by `app`'s engine; the texts of the replies."""
-    from conversations.messages import Inbound
-
-    if text.startswith("/"):
-        msg = Inbound(channel="console", address=who, kind=Kind.COMMAND, command=text[1:], text=text)
-    else:
-        msg = Inbound(channel="console", address=who, kind=Kind.TEXT, text=text)
-    return [out.text for _, out in app.engine.handle(msg).replies]
+    return [out.text for out in Chat(app, who).say(text)]
 
 
 def wrong_codes(*live: str):

@@ -131,6 +131,25 @@ def rate(db: Session, actor: Actor, code: str, rating: int, *, now: datetime | N
     return rp.rate(db, code, actor.resident_id, rating, now=now)
 
 
+def support(db: Session, actor: Actor, report: rp.Report, text: str, photos: Iterable[dict[str, Any]], *,
+            now: datetime | None = None) -> rp.ReportEvent:
+    """What a follower wrote and sent, kept on the followed report for staff: a report_event of
+    kind "supporter_comment" by the resident (so erasure empties it) and the photos (dicts: path,
+    content_type, size), attached to the report and linked to that event (so erasure deletes them)."""
+    authorise(db, actor, "report.support", report.code)
+    now = now or utcnow()
+    event = rp.ReportEvent(report_id=report.id, at=now, actor=actor.who, kind="supporter_comment", note=text)
+    db.add(event)
+    db.flush()
+    photos = list(photos)
+    for photo in photos:
+        db.add(rp.ReportMedia(report_id=report.id, path=str(photo["path"])[:500],
+                              content_type=(photo.get("content_type") or "image/jpeg")[:64], size=photo.get("size"),
+                              kind="photo", created_at=now, event_id=event.id))
+    audit(db, actor.who, "report.supporter_comment", report.code, photos=len(photos))
+    return event
+
+
 def follow(db: Session, actor: Actor, report: rp.Report | str, *, now: datetime | None = None) -> bool:
     """Follow (support) someone else's report; False when the resident reports or follows it already."""
     report = report if isinstance(report, rp.Report) else rp.require(db, report)

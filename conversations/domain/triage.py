@@ -489,7 +489,8 @@ EVENT_KEYS = {"created": N_("report.history.created"), "followed": N_("report.hi
               "reopened": N_("report.history.reopened"), "rated": N_("report.history.rated"),
               "note": N_("report.history.note"), "question": N_("report.history.question"),
               "answer": N_("report.history.answer"), "moved": N_("report.history.moved"),
-              "unmerged": N_("report.history.unmerged"), "photo": N_("report.history.photo")}
+              "unmerged": N_("report.history.unmerged"), "photo": N_("report.history.photo"),
+              "supporter_comment": N_("report.history.supporter_comment")}
 PHOTO_KEYS = {"hide": N_("report.history.photo_hide"), "show": N_("report.history.photo_show"),
               "blur": N_("report.history.photo_blur"), "unblur": N_("report.history.photo_unblur")}
 
@@ -544,7 +545,7 @@ def event_text(t, event: rp.ReportEvent, report: rp.Report, catalog, staff_names
 
 def shows_note(event: rp.ReportEvent) -> bool:
     """Whether an event's note is words to show (not a code, key or value the text already says)."""
-    return event.kind in ("status", "note", "question", "answer", "reopened") and bool(event.note)
+    return event.kind in ("status", "note", "question", "answer", "reopened", "supporter_comment") and bool(event.note)
 
 
 def staff_names_for(db: Session, events) -> dict[int, str]:
