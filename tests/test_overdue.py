@@ -19,7 +19,7 @@ from storage import panel
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import OutboxMessage, Staff
-from tests.test_reports import Chat
+from tests.support.chat import Chat
 
 TZ = ZoneInfo("Europe/Istanbul")
 BASE = "https://katilim.example.org"
@@ -86,8 +86,8 @@ def test_one_summary_a_day_per_staff_member_in_their_language(make_app, db_url):
     staff(app, role="viewer", telegram_id="1003")                       # reads only, in the console
     staff(app, departments=["fen_isleri"], telegram_id="1004", active=False)
     staff(app, departments=["fen_isleri"], name="no chat address")
-    Chat(app, "ben").onboard("en")                     # Ben uses the bot in English, Dana in Arabic
-    Chat(app, "dana").onboard("ar")
+    Chat(app, "ben").onboard(lang="en")                     # Ben uses the bot in English, Dana in Arabic
+    Chat(app, "dana").onboard(lang="ar")
     with transaction(app.db) as db:                    # plus what is assigned to him elsewhere
         triage.assign(db, Actor.cli("cli:test"), animals, assignee_id=ben, catalog=app.catalog, now=local(23, 10))
 
@@ -124,7 +124,7 @@ def test_one_summary_a_day_per_staff_member_in_their_language(make_app, db_url):
                               ("console", "ben"): [ben_text], ("console", "dana"): [dana_text]}
     with transaction(app.db) as db:                # the resident record they use the bot as
         rows = {row.address: row.resident_id for row in db.exec(select(OutboxMessage))}
-    assert rows["1001"] is None and rows["ben"] == Chat(app, "ben").resident_id()
+    assert rows["1001"] is None and rows["ben"] == Chat(app, "ben").resident_id
 
     # later the same day (another worker, a restart): nothing more, even with a new overdue report
     more = [filed(app, "waste", 25) for _ in range(11)]          # due Wed 25 Nov 17:30: overdue

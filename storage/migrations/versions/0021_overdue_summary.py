@@ -4,16 +4,16 @@
   summary's outbox row (or when there was nothing to tell), so that the "overdue_summary" job
   tells each staff member at most once a day, whatever the number of workers and restarts.
 
-Revision ID: 0020_overdue_summary
-Revises: 0019_report_page
+Revision ID: 0021_overdue_summary
+Revises: 0020_supporter_comment
 Create Date: 2026-12-02
 """
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = '0020_overdue_summary'
-down_revision = '0019_report_page'
+revision = '0021_overdue_summary'
+down_revision = '0020_supporter_comment'
 branch_labels = None
 depends_on = None
 
