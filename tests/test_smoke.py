@@ -1,7 +1,7 @@
 """Smoke: the application as `katilim run` builds it (migrations applied, every feature wired), on
 SQLite and PostgreSQL, carries a resident from first contact to a filed report, and what it says
 and stores along the way is what the catalog and the rules say."""
-from conversations.i18n import t_in
+from conversations.i18n import t_in, translator
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import CONSENT_PURPOSES
@@ -28,9 +28,12 @@ def test_a_resident_onboards_and_files_a_report(make_app, db_url):
     ayse.say("/bildir")
     assert ayse.state == "report.category"
     ayse.tap("c:road")
+    assert ayse.state == "report.location"
+    ayse.location(38.38500, 27.17500)                 # in Buca: its mahalle, confirmed in one tap
+    assert ayse.state == "report.pin"
+    ayse.tap("yes")
     assert ayse.state == "report.describe"
     ayse.say("Kaldırımda büyük bir çukur var.")
-    ayse.location(38.38500, 27.17500)                 # in Buca
     assert ayse.state == "report.photos"
     ayse.tap("done")
     assert ayse.state == "report.summary"
@@ -42,5 +45,6 @@ def test_a_resident_onboards_and_files_a_report(make_app, db_url):
         assert (report.category, report.status, report.description) == ("road", "new",
                                                                         "Kaldırımda büyük bir çukur var.")
         assert (report.latitude, report.longitude) == (38.385, 27.175)
-    assert [out.text for out in ayse.last] == [t_in("tr", "report.saved", code=report.code, command="/raporlarim"),
-                                              t_in("tr", "menu.title")]
+    saved = t_in("tr", "report.saved", code=report.code, command="/bildirimlerim")
+    usual = translator("tr").n("report.usual_workdays", 5)  # the road category's 40 working hours
+    assert [out.text for out in ayse.last] == [f"{saved}\n{usual}", t_in("tr", "menu.title")]
