@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
@@ -30,6 +30,19 @@ class Job:
     stop: Callable[..., Awaitable[None]] | None = None
 
 
+def scan_job(app, name: str, seconds: float, scan: Callable[[Any], Any], *, failed: str) -> Job:
+    """A job whose run is `scan(app)` in a thread (a database scan that commits its own work); a
+    failure is logged with `failed` and the next run tries again (nothing of it was committed)."""
+
+    async def run(app=app) -> None:
+        try:
+            await asyncio.to_thread(scan, app)
+        except Exception:  # logged; the next run tries again
+            log.exception(failed)
+
+    return Job(name, seconds, run)
+
+
 def housekeeping(app) -> Job:
     async def run(app=app) -> None:
         def purge():
@@ -39,6 +52,7 @@ def housekeeping(app) -> Job:
                 goodbyes = outbox.purge_erased(db)
                 swept = attachments.sweep(db, app.settings.media_dir)
                 ended = panel.purge(db)  # the staff console's sessions and sign-in links ended a week ago
+                panel.purge_summaries(db)  # the overdue summaries' days, after KEEP_SUMMARIES
             if ended:
                 log.info("housekeeping: %d ended console sessions and sign-in links deleted", ended)
             if purged:
