@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/katilim run --or-chat
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -149,7 +149,7 @@ def run(quick: bool) -> list[Result]:
             except LookupError as exc:
                 results.append(Result(f"console, {backend}", f"not measured: {exc}", "—", TARGET, None))
                 continue
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a failing scenario is a row of the table, not the end of the run
                 results.append(Result(f"console, {backend}", f"failed: {type(exc).__name__}: {exc}"[:200], "—",
                                       TARGET, None))
                 continue

@@ -306,7 +306,7 @@ async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, ch
         for channel in reversed(started):
             try:
                 await channel.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("channel %s did not stop cleanly", channel.name)
         if server is not None:
             server.should_exit = True

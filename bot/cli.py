@@ -81,7 +81,7 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
 def operator_name() -> str:
     try:
         return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001
+    except (OSError, KeyError, ImportError):  # no login name (a container with no passwd entry)
         return "cli:unknown"
 
 

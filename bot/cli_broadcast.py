@@ -79,7 +79,7 @@ def _read(path: Path | None, what: str) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(_fail(f"cannot read the {what} {path}: {exc}"))
+        raise SystemExit(_fail(f"cannot read the {what} {path}: {exc}")) from None
 
 
 def resolve_mahalles(catalog, names: list[str]) -> list[str]:

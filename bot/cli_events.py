@@ -271,7 +271,7 @@ def cmd_feedback(settings: Settings, args) -> int:
     with transaction(engine) as db:
         event = _event(db, args.id)
         summary = attendance.feedback_summary(db, event.id)
-        attended = len(list(db.exec(select(Rsvp).where(Rsvp.event_id == event.id, Rsvp.checked_in_at != None))))  # noqa: E711
+        attended = len(list(db.exec(select(Rsvp).where(Rsvp.event_id == event.id, Rsvp.checked_in_at.is_not(None)))))
         print(_show(event, tz))
         average = f"{summary.average:.2f}" if summary.average is not None else "-"
         print(f"ratings: {summary.count}, average {average} (checked in: {attended + event.anonymous_checkins})")

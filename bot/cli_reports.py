@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import catalog_key, counted, operator_name
-from conversations.text import key_for
 from bot.settings import Settings
 from conversations.domain import reports as domain
 from conversations.i18n import t_in
 from conversations.permissions import Actor
+from conversations.text import key_for
 from storage import reports as rp
 from storage.db import aware, transaction
 
@@ -119,7 +119,7 @@ def cmd_show(settings: Settings, args) -> int:
         print(f"category:    {report.category}" + (f" ({cat.name.get('tr')})" if cat else ""))
         print(f"mahalle:     {hood.name if hood else report.mahalle or '-'}")
         print(f"address:     {report.address or '-'}")
-        print(f"location:    " + (f"{report.latitude:.6f}, {report.longitude:.6f}" if report.latitude is not None else "-"))
+        print("location:    " + (f"{report.latitude:.6f}, {report.longitude:.6f}" if report.latitude is not None else "-"))
         print(f"created:     {_local(report.created_at, tz)}")
         print(f"updated:     {_local(report.updated_at, tz)}")
         print(f"resolved:    {_local(report.resolved_at, tz)}")

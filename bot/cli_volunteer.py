@@ -14,12 +14,12 @@ from sqlmodel import select
 from bot.app import open_db
 from bot.catalog import load_catalog
 from bot.cli import counted, keys_in, operator_name
-from conversations.text import key_for
 from bot.settings import Settings
 from conversations.domain import volunteering as call_ops
 from conversations.i18n import t_in
 from conversations.participation import ParticipationError, read_time
 from conversations.permissions import Actor
+from conversations.text import key_for
 from conversations.when import span_text
 from storage.db import transaction, utcnow
 from storage.models import Resident

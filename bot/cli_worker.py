@@ -61,5 +61,5 @@ async def _close_senders(app) -> None:
     for sender in app.senders.values():
         try:
             await asyncio.wait_for(unpaced(sender).close(), timeout=5)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("sender of %s not closed cleanly", sender.channel, exc_info=True)

@@ -123,7 +123,7 @@ class Dispatcher:
             released = await asyncio.to_thread(self.heartbeat.unregister)
             if released:
                 log.info("outbox: gave back %d claimed rows at stop", released)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("outbox: could not give back claimed rows at stop (their leases will run out)")
         if self.dispatching:
             log.info("outbox dispatcher %s stopped", self.worker_id)
@@ -168,7 +168,7 @@ class Dispatcher:
                         self._tasks[channel] = asyncio.create_task(self.runners[channel].run())
                 for runner in self.runners.values():
                     runner.report()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("outbox heartbeat failed")
 
 
@@ -217,7 +217,7 @@ class _ChannelRunner:
                         continue
                 elif self.tasks:
                     wait = SETTLE_AFTER
-            except Exception:  # noqa: BLE001  (database briefly unavailable...): try again soon
+            except Exception:
                 log.exception("outbox %s: round failed", self.channel)
                 wait = max(poll, 1.0)
             try:
@@ -233,11 +233,11 @@ class _ChannelRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2)
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 await self._settle(force=True)
                 return
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("outbox %s: could not record outcomes at stop", self.channel)
                 await asyncio.sleep(0.5)
 
@@ -336,7 +336,7 @@ class _ChannelRunner:
                 outcome = await self._send_at(row, at)
         except asyncio.CancelledError:
             outcome = Outcome(row, Delivery.DEFERRED, "stopped")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("outbox %s: sending row %s failed unexpectedly", self.channel, row.id)
             outcome = Outcome(row, SendFailure.RETRYABLE, f"{type(exc).__name__}: {exc}")
         self.outcomes.append(outcome)
@@ -370,7 +370,7 @@ class _ChannelRunner:
             return Outcome(row, Delivery.GONE, self.blocked[row.address][1])
         try:
             out = Outbound.from_dict(row.payload)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a payload unreadable for any reason is that row's permanent failure
             return Outcome(row, SendFailure.PERMANENT, f"unreadable payload: {type(exc).__name__}: {exc}")
         timeout = lease * 0.8  # an answer must come before the claim's lease runs out
         try:  # the guard's few ms come after the lateness rule: a send held there bunches with nothing

@@ -24,6 +24,7 @@ from bot import (
     cli_worker,
     dispatcher,
     participation_jobs,
+    report_jobs,
     scheduler,
 )
 from conversations import (
@@ -86,7 +87,8 @@ FEATURES: tuple[Feature, ...] = (
             jobs=(scheduler.housekeeping, scheduler.inbox, dispatcher.outbox_job),
             cli=(cli_core.register, cli_worker.register)),
     Feature("linking", routers=(linking.router,)),
-    Feature("reports", routers=(reports.router, staff_reports.router), cli=(cli_reports.register,)),
+    Feature("reports", routers=(reports.router, staff_reports.router), jobs=(report_jobs.overdue_summary_job,),
+            cli=(cli_reports.register,)),
     Feature("open311", http=(open311_routes,), cli=(cli_apikey.register,)),
     Feature("broadcasts", routers=(broadcast.router,), jobs=(broadcast_jobs.broadcasts_job,),
             cli=(cli_broadcast.register,)),

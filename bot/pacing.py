@@ -224,7 +224,7 @@ class PacedSender:
         try:
             with transaction(self.db) as db:
                 outbox.pause_channel(db, self.channel, max(seconds, 0.5))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record the pause of %s", self.channel)
 
 

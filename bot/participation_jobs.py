@@ -9,10 +9,9 @@ Both read the database only: nothing is kept in the scheduler, so a restart lose
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from bot.scheduler import Job
+from bot.scheduler import Job, scan_job
 from conversations import attendance, reminders
 from storage.db import retrying, transaction, utcnow
 
@@ -52,20 +51,9 @@ def ask_feedback(app) -> int:
 
 
 def reminders_job(app) -> Job:
-    async def run(app=app) -> None:
-        try:
-            await asyncio.to_thread(scan_reminders, app)
-        except Exception:  # logged; the next scan tries again (nothing was committed)
-            log.exception("reminder scan failed")
-
-    return Job("reminders", app.settings.reminder_scan_interval, run)
+    return scan_job(app, "reminders", app.settings.reminder_scan_interval, scan_reminders,
+                    failed="reminder scan failed")
 
 
 def feedback_job(app) -> Job:
-    async def run(app=app) -> None:
-        try:
-            await asyncio.to_thread(ask_feedback, app)
-        except Exception:  # logged; the next run asks again (nothing was committed)
-            log.exception("feedback requests failed")
-
-    return Job("feedback", FEEDBACK_INTERVAL, run)
+    return scan_job(app, "feedback", FEEDBACK_INTERVAL, ask_feedback, failed="feedback requests failed")

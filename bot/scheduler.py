@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
@@ -30,6 +30,19 @@ class Job:
     stop: Callable[..., Awaitable[None]] | None = None
 
 
+def scan_job(app, name: str, seconds: float, scan: Callable[[Any], Any], *, failed: str) -> Job:
+    """A job whose run is `scan(app)` in a thread (a database scan that commits its own work); a
+    failure is logged with `failed` and the next run tries again (nothing of it was committed)."""
+
+    async def run(app=app) -> None:
+        try:
+            await asyncio.to_thread(scan, app)
+        except Exception:  # logged; the next run tries again
+            log.exception(failed)
+
+    return Job(name, seconds, run)
+
+
 def housekeeping(app) -> Job:
     async def run(app=app) -> None:
         def purge():
@@ -39,6 +52,7 @@ def housekeeping(app) -> Job:
                 goodbyes = outbox.purge_erased(db)
                 swept = attachments.sweep(db, app.settings.media_dir)
                 ended = panel.purge(db)  # the staff console's sessions and sign-in links ended a week ago
+                panel.purge_summaries(db)  # the overdue summaries' days, after KEEP_SUMMARIES
             if ended:
                 log.info("housekeeping: %d ended console sessions and sign-in links deleted", ended)
             if purged:
@@ -114,7 +128,7 @@ async def _clock_guard(scheduler: AsyncIOScheduler, intervals: dict[str, float])
         await asyncio.sleep(CLOCK_GUARD_INTERVAL)
         try:
             moved = clamp_next_runs(scheduler, intervals)
-        except Exception:  # noqa: BLE001  (the scheduler shutting down...)
+        except Exception:
             log.exception("scheduler clock guard failed")
             continue
         if moved:
@@ -156,7 +170,7 @@ def inbox(app) -> Job:
             log.warning("handling %s message %s accepted before a restart", msg.channel, msg.external_id)
             try:
                 await app.handle(msg, inbox_id=row_id)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("inbox message %s not handled; will retry", row_id)
 
     return Job("inbox", 15, run)

@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     # reachable tile server the map still shows its pins, clusters and filters.
     panel_tile_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
     panel_tile_attribution: str = "© OpenStreetMap contributors"
+    # The daily overdue summary (conversations/overdue.py, the "overdue_summary" job): from this
+    # local hour (0-23, the municipality's time zone) each staff member gets one message a day
+    # listing the overdue reports of their departments.
+    overdue_summary_hour: int = Field(default=8, ge=0, le=23)
 
     @field_validator("panel_tile_url")
     @classmethod

@@ -184,9 +184,9 @@ def request_feedback(db: Session, now: datetime, *, tz: str, window: timedelta =
     asked = 0
     for event in db.exec(select(Event).where(Event.status == "active", Event.ends_at <= now,
                                              Event.ends_at > now - window,
-                                             Event.feedback_requested_at == None)  # noqa: E711
+                                             Event.feedback_requested_at.is_(None))
                          .order_by(Event.ends_at).limit(50)).all():
-        claimed = db.exec(update(Event).where(Event.id == event.id, Event.feedback_requested_at == None)  # noqa: E711
+        claimed = db.exec(update(Event).where(Event.id == event.id, Event.feedback_requested_at.is_(None))
                           .values(feedback_requested_at=now).execution_options(synchronize_session=False))
         if not claimed.rowcount:
             continue

@@ -32,8 +32,8 @@ from conversations.text import match_options, strip_mahalle, truncate
 from conversations.when import WhenError, parse_when
 from storage import broadcasts as bc
 from storage import outbox
-from storage.staff import staff_for
 from storage.models import Broadcast
+from storage.staff import staff_for
 
 PURPOSE = bc.PURPOSE
 STAFF = dict(needs_onboarding=False, staff_only=True)

@@ -14,10 +14,10 @@ from conversations.registry import COMMAND_PREFIX, Router
 from conversations.step import IDLE, Ctx, Go, Invalid, Stay, Transition, command_names, run_command
 from conversations.text import match_mahalle, match_options
 from storage import attachments, inbox, outbox
-from storage.audit import export_audit
-from storage.residents import export_core, identities_of
 from storage.attachments import Erased, names_in, stored_name
+from storage.audit import export_audit
 from storage.models import CONSENT_PURPOSES
+from storage.residents import export_core, identities_of
 
 if TYPE_CHECKING:
     from conversations.step import EngineConfig
@@ -410,7 +410,8 @@ def send_export(ctx: Ctx) -> None:
                                          json.dumps(data, ensure_ascii=False, indent=2, default=str)))
 
 
-@router.state("data.delete_confirm", needs_onboarding=False, choice_only=True)  # the notice offers /verilerimisil during onboarding
+# the notice offers /verilerimisil during onboarding
+@router.state("data.delete_confirm", needs_onboarding=False, choice_only=True)
 def delete_confirm(ctx: Ctx) -> None:
     ctx.ask(ctx.t("data.delete_question"), [Choice(YES, ctx.t("data.delete_yes")), Choice(NO, ctx.t("common.no"))])
 

@@ -64,12 +64,17 @@ class Translator:
         return separator.join(items)
 
 
+def _one_or_other(n: int) -> int:
+    """The plural form of a catalog without a Plural-Forms header: one, or other."""
+    return int(n != 1)
+
+
 @lru_cache(maxsize=8)
 def translator(lang: str) -> Translator:
     if lang not in LANGUAGES:
         lang = "tr"
     merged: dict = {}
-    plural = lambda n: int(n != 1)  # noqa: E731
+    plural = _one_or_other
     directory = LOCALES_DIR / lang / "LC_MESSAGES"
     for mo in sorted(directory.glob("*.mo")):
         with mo.open("rb") as fh:

@@ -25,8 +25,8 @@ from conversations.registry import Router
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Transition
 from storage import linking
 from storage.audit import audit
-from storage.residents import identities_of
 from storage.models import AuditLog, ChannelIdentity
+from storage.residents import identities_of
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _link(ctx: Ctx, other_id: int, phone: str) -> Transition:
                 resident.phone = phone
                 ctx.db.add(resident)
                 ctx.db.flush()
-    except Exception:  # noqa: BLE001  (a feature's rows could not follow: nothing was changed)
+    except Exception:
         log.exception("resident %s could not be merged into %s", other_id, ctx.resident.id)
         ctx.say(ctx.t("link.failed"), remove_keyboard=True)
         return _after(ctx)

@@ -119,6 +119,28 @@ def report_reopened(db: Session, report: rp.Report) -> int:
                                                       count=report.reopened_count)))
 
 
+# ---------------------------------------------------------------- the daily overdue summary (staff)
+def mahalle_name(catalog, key: str | None) -> str:
+    hood = catalog.neighbourhood(key) if catalog is not None and key else None
+    return hood.name if hood else (key or "—")
+
+
+def overdue_summary(t: Translator, lang: str, total: int, shown: list[rp.Report], *, catalog=None,
+                    tz: str = "Europe/Istanbul", console_url: str = "") -> Outbound:
+    """A staff member's daily summary: how many of their reports are overdue, the longest overdue
+    (code · category · mahalle · since when), and where to see them all: the chat's /raporlar
+    and, when the console has a public address, its list filtered on overdue."""
+    lines = [t.n("staffreport.overdue_summary", total)]
+    lines += [t("staffreport.overdue_line", code=r.code, category=category_name(catalog, r.category, lang),
+                mahalle=mahalle_name(catalog, r.mahalle), since=format_when(r.due_at, lang, tz)) for r in shown]
+    if total > len(shown):
+        lines.append(t.n("staffreport.overdue_more", total - len(shown)))
+    lines.append(t("staffreport.overdue_hint", button=t("staffreport.overdue")))
+    if console_url:
+        lines.append(t("staffreport.overdue_console", url=console_url))
+    return Outbound(text="\n".join(lines), link_preview=False)
+
+
 # ---------------------------------------------------------------- broadcasts
 def number(n: int, lang: str) -> str:
     return format_decimal(n, locale=lang)

@@ -28,7 +28,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine as DbEngine, NestedTransaction
+from sqlalchemy.engine import Connection, NestedTransaction
+from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
@@ -47,12 +48,12 @@ from conversations.step import (
     takes_attachment,
 )
 from storage import attachments, outbox
-from storage.residents import identity_for, resident_update, update_resident
-from storage.staff import is_chat_staff
 from storage.attachments import Erased
 from storage.db import aware, utcnow
 from storage.fastsql import Prepared, detached, run_all
 from storage.models import ChannelIdentity, ConversationSession, ProcessedInbound, Resident
+from storage.residents import identity_for, resident_update, update_resident
+from storage.staff import is_chat_staff
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class Engine:
                 del self._held[threading.get_ident()]
         try:
             conn.close()
-        except Exception:  # noqa: BLE001  (already broken: the pool discards it)
+        except Exception:
             log.debug("closing a failed step's connection", exc_info=True)
 
     def release(self) -> None:
@@ -198,7 +199,7 @@ class Engine:
         for conn in held:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("releasing a held connection", exc_info=True)
 
     def _handle(self, conn: Connection, msg: Inbound) -> Handled:

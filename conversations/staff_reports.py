@@ -17,6 +17,8 @@ from conversations.reports import CODE_RE, category_name, location_text, mahalle
 from conversations.step import PAGE_SIZE, Ctx, Go, Invalid, Stay, Transition
 from conversations.text import match_mahalle, match_options, truncate
 from storage import reports as rp
+from storage.models import Staff
+from storage.report_list import is_overdue
 
 router = Router("staff_reports")
 TARGETS = {"seen": N_("staffreport.to_seen"), "in_progress": N_("staffreport.to_in_progress"),
@@ -36,7 +38,7 @@ def _set_filter(ctx: Ctx, **values) -> None:
 
 def _filter_text(ctx: Ctx) -> str:
     f = _filter(ctx)
-    parts = []
+    parts = [ctx.t("staffreport.overdue")] if f.get("overdue") else []
     if f.get("status"):
         parts.append(ctx.t("staffreport.all_open") if f["status"] == "open" else status_name(ctx, f["status"]))
     if f.get("category"):
@@ -50,6 +52,8 @@ def _query_args(ctx: Ctx) -> dict:
     f = _filter(ctx)
     status = f.get("status")
     args = {"category": f.get("category"), "mahalle": f.get("mahalle")}
+    if f.get("overdue"):
+        args["overdue_at"] = ctx.now
     if status == "open":
         args["statuses"] = rp.OPEN_STATUSES
     elif status and status != "all":
@@ -86,13 +90,15 @@ def staff_home(ctx: Ctx) -> None:
     f = _filter(ctx)
     scope = {"category": f.get("category"), "mahalle": f.get("mahalle")}
     counts = {s: rp.count_reports(ctx.db, status=s, **scope) for s in rp.STATUSES}
+    late = rp.count_reports(ctx.db, overdue_at=ctx.now, **scope)
     choices = [Choice(f"st:{s}", f"{status_name(ctx, s)} ({counts[s]})") for s in rp.OPEN_STATUSES]
     choices += [Choice("st:open", f"{ctx.t('staffreport.all_open')} ({sum(counts[s] for s in rp.OPEN_STATUSES)})"),
                 Choice("st:resolved", f"{status_name(ctx, 'resolved')} ({counts['resolved']})"),
                 Choice("st:rejected", f"{status_name(ctx, 'rejected')} ({counts['rejected']})"),
                 Choice("st:all", ctx.t("staffreport.all")),
+                Choice("od", f"{ctx.t('staffreport.overdue')} ({late})"),
                 Choice("cat", ctx.t("staffreport.by_category")), Choice("mah", ctx.t("staffreport.by_mahalle"))]
-    if f.get("category") or f.get("mahalle"):
+    if f.get("category") or f.get("mahalle") or f.get("overdue"):
         choices.append(Choice("clear", ctx.t("staffreport.clear")))
     ctx.ask(ctx.t("staffreport.home", filter=_filter_text(ctx), new=counts["new"], seen=counts["seen"],
                   in_progress=counts["in_progress"]), choices, columns=2)
@@ -103,13 +109,16 @@ def on_staff_home(ctx: Ctx, msg: Inbound) -> Transition:
     if msg.kind == Kind.TEXT:
         return _open_code(ctx, msg.text) or Invalid("staffreport.home_hint")
     if msg.choice.startswith("st:"):
-        _set_filter(ctx, status=msg.choice[3:])
+        _set_filter(ctx, status=msg.choice[3:], overdue=None)
+        return Go("staffreport.list", {"_page": 0}, keep=True)
+    if msg.choice == "od":   # open and past their due time (any status filter is replaced)
+        _set_filter(ctx, status=None, overdue=1)
         return Go("staffreport.list", {"_page": 0}, keep=True)
     if msg.choice == "cat":
         return Go("staffreport.category", keep=True)
     if msg.choice == "mah":
         return Go("staffreport.mahalle", {"_page": 0}, keep=True)
-    _set_filter(ctx, category=None, mahalle=None)
+    _set_filter(ctx, category=None, mahalle=None, overdue=None)
     return Go("staffreport.home", keep=True)
 
 
@@ -162,7 +171,8 @@ def staff_list(ctx: Ctx) -> None:
     page = max(0, min(ctx.data.get("_page", 0), pages - 1))
     ctx.data["_page"] = page
     rows = rp.list_reports(ctx.db, limit=PAGE_SIZE, offset=page * PAGE_SIZE, **args)
-    choices = [Choice(f"r:{r.code}", f"{r.code} · {category_name(ctx, r.category)} · {status_name(ctx, r.status)}"
+    choices = [Choice(f"r:{r.code}", ("⏰ " if is_overdue(r, ctx.now) else "")
+                      + f"{r.code} · {category_name(ctx, r.category)} · {status_name(ctx, r.status)}"
                       + (f" · {mahalle_name(ctx, r.mahalle)}" if r.mahalle else "")) for r in rows]
     if page > 0:
         choices.append(Choice("page:prev", ctx.t("engine.page_prev")))
@@ -214,6 +224,7 @@ def staff_text(ctx: Ctx, report: rp.Report) -> str:
                    created=ctx.when(report.created_at), updated=ctx.when(report.updated_at),
                    supporters=report.supporters, reopened=report.reopened_count,
                    rating=report.rating if report.rating else "—")]
+    lines += triage_lines(ctx, report)
     if report.reject_reason:
         lines.append(ctx.t("report.notify.reason", reason=report.reject_reason))
     if report.merged_into_id:
@@ -227,6 +238,25 @@ def staff_text(ctx: Ctx, report: rp.Report) -> str:
         note = f" — {truncate(event.note, 160)}" if triage.shows_note(event) else ""
         lines.append(f"• {ctx.when(event.at)} · {what} · {triage.actor_name(ctx.t, event.actor, report, names)}{note}")
     return "\n".join(lines)
+
+
+def triage_lines(ctx: Ctx, report: rp.Report) -> list[str]:
+    """Whose it is and by when: the department, the assignee, the due time of an open report
+    (marked when it has passed)."""
+    dep = ctx.catalog.department(report.department) if report.department else None
+    department = dep.name.get(ctx.lang) if dep else report.department or ctx.t("staffreport.no_department")
+    lines = [ctx.t("staffreport.view_department", department=department)]
+    if report.assignee_id is not None:
+        assignee = ctx.db.get(Staff, report.assignee_id)
+        name = triage.actor_name(ctx.t, f"staff:{report.assignee_id}", report,
+                                 {report.assignee_id: assignee.name if assignee else ""})
+    else:
+        name = ctx.t("staffreport.nobody")
+    lines.append(ctx.t("staffreport.view_assignee", assignee=name))
+    if report.due_at is not None and report.status in rp.OPEN_STATUSES:
+        key = N_("staffreport.view_overdue") if is_overdue(report, ctx.now) else N_("staffreport.view_due")
+        lines.append(ctx.t(key, due=ctx.when(report.due_at)))
+    return lines
 
 
 def _view_choices(ctx: Ctx, report: rp.Report) -> list[Choice]:

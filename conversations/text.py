@@ -7,7 +7,7 @@ from functools import lru_cache
 
 # The one folding of words (Turkish casing, diacritics, Arabic marks) is storage/fold.py's: what
 # matching compares here is what the reports' search index stores. Re-exported for the callers.
-from storage.fold import fold, tr_lower  # noqa: F401
+from storage.fold import fold, tr_lower  # noqa: F401 - re-exported: conversations fold through this module
 
 
 def match_options(typed: str, options: list[tuple[str, list[str]]]) -> list[str]:

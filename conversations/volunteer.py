@@ -19,7 +19,15 @@ from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.participation import AVAILABILITY_KEYS, CALL_PREFIX, ParticipationError, read_count, read_time
 from conversations.participation_data import withdraw_volunteering
 from conversations.permissions import Refused
-from conversations.pools import calls_of, invitations_of, join_pool, leave_pool, membership, memberships_of, respond_to_call
+from conversations.pools import (
+    calls_of,
+    invitations_of,
+    join_pool,
+    leave_pool,
+    membership,
+    memberships_of,
+    respond_to_call,
+)
 from conversations.registry import Router
 from conversations.reminders import offsets_of
 from conversations.step import IDLE, Ctx, EngineConfig, Go, Invalid, Stay, Transition

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
+
 from storage.db import aware
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -211,8 +211,9 @@ class ConsoleChannel:
         def read() -> None:
             try:
                 got = self._readline()
-            except Exception as exc:  # noqa: BLE001  (a closed stdin)
-                loop.call_soon_threadsafe(lambda: line.done() or line.set_exception(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever ends the read (a closed stdin) reaches the waiting chat
+                error = exc  # `exc` is unbound once the except clause ends, before the callback runs
+                loop.call_soon_threadsafe(lambda: line.done() or line.set_exception(error))
                 return
             loop.call_soon_threadsafe(lambda: line.done() or line.set_result(got))
 

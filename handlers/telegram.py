@@ -3,7 +3,8 @@
 Every update becomes an `Inbound` (conversations/messages.py) and goes to `App.handle`, which runs
 the step in one database transaction and sends the replies through `TelegramSender`. Our state is
 in the database, so the Application has no persistence; the outbox paces sending, so it has no
-rate limiter (its Bot's requests wait for the outbox's guard on the wire: `GatedRequest`). `external_id` is the update id: a re-delivered update is ignored by the engine.
+rate limiter (its Bot's requests wait for the outbox's guard on the wire: `GatedRequest`).
+`external_id` is the update id: a re-delivered update is ignored by the engine.
 
     TELEGRAM_BOT_TOKEN      set: the channel is on
     TELEGRAM_API_URL        the Bot API root (a self-hosted server, or tests' fake server)
@@ -549,7 +550,7 @@ class TelegramChannel:
             try:
                 data = json.loads(body)
                 update = Update.de_json(data, self.application.bot)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a malformed update, whatever breaks on it, is a 400
                 return Response(status_code=400)
             if update is None:
                 return Response(status_code=400)

@@ -13,8 +13,10 @@ Outbound (`WhatsAppSender`, handlers.delivery.Sender): Twilio's REST client (`TW
 a thread. Choices become a numbered list ("1 · Yol ve kaldırım"), answered by number or by the
 option's words (the engine resolves both); a number typed after a proactive message with choices
 answers that message (`numbers_answer_proactive`: conversations/proactive.py). Bodies over 1600
-characters are split on word boundaries. Documents and photos go as media from a signed link that expires (`GET /whatsapp/files/{token}/{name}` under
-PUBLIC_BASE_URL), served by handlers.files.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to `POST /whatsapp/twilio/status`, recorded on the
+characters are split on word boundaries. Documents and photos go as media from a signed link
+that expires (`GET /whatsapp/files/{token}/{name}` under PUBLIC_BASE_URL), served by
+handlers.files.stored_file (type from the bytes, nosniff, no caching). Twilio reports delivery to
+`POST /whatsapp/twilio/status`, recorded on the
 outbox row (delivery_status, delivery_error) found by the MessageSid the sender returned.
 
 WhatsApp's 24-hour customer-service window: a resident who wrote in the last 24 hours gets free
@@ -338,7 +340,7 @@ class WhatsAppSender:
             raise
         except MediaTooLarge as exc:
             raise SendError(SendFailure.PERMANENT, str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001  (Twilio, network, a file gone)
+        except Exception as exc:
             if isinstance(exc, FileNotFoundError):
                 raise SendError(SendFailure.PERMANENT, f"file to send is gone: {exc}") from exc
             raise send_error(exc) from exc
@@ -505,7 +507,7 @@ class WhatsAppChannel:
         async with self._locks.hold(inbound.address):
             try:
                 await kit.handle(self.app, inbound, inbox_id=inbox_id)
-            except Exception:  # noqa: BLE001  (logged; Twilio already has its answer, the inbox keeps it)
+            except Exception:
                 log.exception("WhatsApp message %s not handled", inbound.external_id)
 
     async def status_webhook(self, request: Request) -> Response:

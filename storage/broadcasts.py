@@ -54,7 +54,7 @@ PROGRESS_EVERY = timedelta(seconds=30)
 R = Resident.__table__
 CI = ChannelIdentity.__table__
 CR = ConsentRecord.__table__
-O = OutboxMessage.__table__
+OUT = OutboxMessage.__table__
 B = Broadcast.__table__
 
 
@@ -230,7 +230,7 @@ def cancel(db: Session, broadcast_id: int, actor: str, *, compose: Composer,
                         .values(status="cancelled", cancelled_by=actor[:64], finished_at=now))
     if (result.rowcount or 0) != 1:
         return None
-    withdrawn = db.exec(sa_update(O).where(O.c.broadcast_id == broadcast_id, O.c.status == "pending")
+    withdrawn = db.exec(sa_update(OUT).where(OUT.c.broadcast_id == broadcast_id, OUT.c.status == "pending")
                            .values(status="cancelled")).rowcount or 0
     b = db.get(Broadcast, broadcast_id)
     db.refresh(b)
@@ -337,7 +337,7 @@ def fan_out(db_engine: DbEngine, broadcast_id: int, worker_id: str, *, compose: 
                 db.add(b)
                 audit(db, b.created_by, "broadcast.queued", f"broadcast:{b.id}", total=b.total)
                 if b.scheduled_at and b.scheduled_at - b.created_at > timedelta(minutes=1):
-                    _notify_staff(db, b, lambda lang: compose.notice("started", lang, id=b.id, total=b.total))
+                    _notify_staff(db, b, lambda lang, b=b: compose.notice("started", lang, id=b.id, total=b.total))
                 return written
             lo, hi = b.fanout_cursor, min(b.fanout_cursor + chunk, max_id)
             n = _insert_chunk(db, b, lo, hi, now, compose)
@@ -367,11 +367,11 @@ def _insert_chunk(db: Session, b: Broadcast, lo: int, hi: int, now: datetime, co
                   .where(R.c.id > lo, R.c.id <= hi, language_bucket(lang), *conditions).subquery("picked"))
         query = (select(CI.c.channel, CI.c.address, picked.c.rid,
                         literal("broadcast", String), literal(PRIORITY_BROADCAST, Integer),
-                        literal(payload, O.c.payload.type), literal("pending", String), literal(0, Integer),
-                        literal(now, O.c.available_at.type), literal("", String), literal("", String),
-                        literal("", String), literal(b.id, Integer), literal(now, O.c.created_at.type))
+                        literal(payload, OUT.c.payload.type), literal("pending", String), literal(0, Integer),
+                        literal(now, OUT.c.available_at.type), literal("", String), literal("", String),
+                        literal("", String), literal(b.id, Integer), literal(now, OUT.c.created_at.type))
                  .select_from(picked.join(CI, CI.c.id == picked.c.iid)))
-        statement = insert(O).from_select(columns, query).execution_options(preserve_rowcount=True)
+        statement = insert(OUT).from_select(columns, query).execution_options(preserve_rowcount=True)
         total += max(0, db.connection().execute(statement).rowcount or 0)
     return total
 
@@ -397,7 +397,7 @@ def check_running(db_engine: DbEngine, compose: Composer, now: datetime | None =
                 db.refresh(b)
                 audit(db, b.created_by, "broadcast.finished", f"broadcast:{b.id}", sent=p.sent,
                            failed=p.failed, cancelled=p.cancelled, total=p.total)
-                _notify_staff(db, b, lambda lang: compose.notice("done", lang, id=b.id, sent=p.sent, failed=p.failed,
+                _notify_staff(db, b, lambda lang, b=b, p=p: compose.notice("done", lang, id=b.id, sent=p.sent, failed=p.failed,
                                                                  total=p.total, when=now))
                 finished.append(b.id)
                 continue
@@ -407,7 +407,7 @@ def check_running(db_engine: DbEngine, compose: Composer, now: datetime | None =
                 won = db.exec(sa_update(B).where(B.c.id == b.id, B.c.progress_pct < decile)
                                  .values(progress_pct=decile, progress_at=now)).rowcount
                 if won == 1:
-                    _notify_staff(db, b, lambda lang: compose.notice(
+                    _notify_staff(db, b, lambda lang, b=b, p=p, decile=decile: compose.notice(
                         "progress", lang, id=b.id, percent=decile, sent=p.sent, failed=p.failed, waiting=p.waiting,
                         total=p.total))
     return finished

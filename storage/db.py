@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable, Iterator, TypeVar
 
 from sqlalchemy import any_, bindparam, create_engine, event
-from sqlalchemy.types import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.types import ARRAY
 from sqlmodel import Session
 
 from storage.fastsql import begin_immediate

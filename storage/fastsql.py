@@ -3,7 +3,8 @@ connection (inside its transaction).
 
 SQLAlchemy's execution machinery (compiled-cache lookup, execution context, result wrapping)
 costs some 60 µs a statement, more than SQLite takes to run one; a conversation step runs four or
-five of these (bench/inbound.py measures the whole step). `Prepared` compiles a Core statement once per dialect and keeps SQLAlchemy's own bind
+five of these (bench/inbound.py measures the whole step). `Prepared` compiles a Core statement
+once per dialect and keeps SQLAlchemy's own bind
 processors, so values are stored exactly as the ORM stores them (UTCDateTime, JSON); errors come
 out as SQLAlchemy's exceptions (`sqlalchemy.exc.OperationalError` for a locked or restarted
 database), and a connection the server dropped is invalidated as SQLAlchemy would.

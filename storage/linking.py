@@ -17,7 +17,8 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Optional
 
-from sqlalchemy import Column, Table, and_, delete, exists, select as sa_select, update
+from sqlalchemy import Column, Table, and_, delete, exists, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel
 
 from storage.audit import audit

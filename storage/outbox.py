@@ -1,7 +1,8 @@
 """The outbox: every message that leaves is a row first, committed with the change that caused
-it, then delivered by a dispatcher (bot/dispatcher.py, through each channel's sender: handlers/delivery.py). Claims use leases, so a crashed worker's
-rows are picked up again after `lease` passes; on PostgreSQL claims use FOR UPDATE SKIP LOCKED so
-several workers share one outbox."""
+it, then delivered by a dispatcher (bot/dispatcher.py, through each channel's sender:
+handlers/delivery.py). Claims use leases, so a crashed worker's rows are picked up again after
+`lease` passes; on PostgreSQL claims use FOR UPDATE SKIP LOCKED so several workers share one
+outbox."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, or_, text, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, false, func, insert, or_, text, true, update
 from sqlmodel import Session, select
 
 from storage.db import is_postgres, json_text, one_of, utcnow
@@ -92,7 +93,7 @@ _INSERT_REPLY = Prepared(insert(_O).values(
 def reachable_identity(db: Session, resident_id: int) -> ChannelIdentity | None:
     """The channel the resident used last and can still be reached on."""
     return db.exec(select(ChannelIdentity)
-                   .where(ChannelIdentity.resident_id == resident_id, ChannelIdentity.unreachable == False)  # noqa: E712
+                   .where(ChannelIdentity.resident_id == resident_id, ChannelIdentity.unreachable == false())
                    .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())
                    ).first()
 
@@ -107,7 +108,7 @@ def reachable_many(db: Session, ids: Iterable[int]) -> dict[int, tuple[str, str,
     best: dict[int, tuple[str, str, str]] = {}
     for rid, channel, address in db.execute(
             select(ChannelIdentity.resident_id, ChannelIdentity.channel, ChannelIdentity.address)
-            .where(one_of(db, ChannelIdentity.resident_id, ids), ChannelIdentity.unreachable == False)  # noqa: E712
+            .where(one_of(db, ChannelIdentity.resident_id, ids), ChannelIdentity.unreachable == false())
             .order_by(ChannelIdentity.last_inbound_at.desc().nulls_last(), ChannelIdentity.id.desc())):
         if rid in locales:
             best.setdefault(rid, (channel, address, locales[rid]))
@@ -267,7 +268,7 @@ def unreachable_addresses(db: Session, channel: str, addresses: Iterable[str]) -
         return set()
     return set(db.exec(select(ChannelIdentity.address).where(
         ChannelIdentity.channel == channel, ChannelIdentity.address.in_(addresses),
-        ChannelIdentity.unreachable == True)))  # noqa: E712
+        ChannelIdentity.unreachable == true())))
 
 
 def mark_unreachable(db: Session, channel: str, address: str, reason: str) -> int:
@@ -400,7 +401,7 @@ def pause_channel(db: Session, channel: str, seconds: float) -> datetime:
     seconds = min(max(seconds, 0.0), MAX_PAUSE)
     until = utcnow() + timedelta(seconds=seconds)
     db.exec(update(ChannelRate).where(ChannelRate.channel == channel,
-                                      or_(ChannelRate.paused_until == None,  # noqa: E711
+                                      or_(ChannelRate.paused_until.is_(None),
                                           ChannelRate.paused_until < until))
             .values(paused_until=until, pause_seconds=seconds))
     return until

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Optional
 
 from sqlalchemy import update
@@ -62,6 +62,19 @@ class PanelSession(SQLModel, table=True):
     ip: str = Field(default="", max_length=64)
 
 
+class OverdueSummary(SQLModel, table=True):
+    """A staff member's daily overdue summary (issue 15): one row per local day, written by the
+    "overdue_summary" job in the transaction that queues the message (or that found nothing to
+    tell), so that each staff member hears at most once a day, whatever the number of workers and
+    restarts. `overdue`: how many reports the summary counted (0: nothing was sent)."""
+
+    __tablename__ = "overdue_summary"
+    staff_id: int = Field(foreign_key="staff.id", primary_key=True, ondelete="CASCADE")
+    day: date = Field(primary_key=True)       # the municipality's local date
+    overdue: int = Field(default=0)
+    made_at: datetime = Field(default_factory=utcnow)
+
+
 def token_hash(plain: str) -> str:
     return hashlib.sha256(plain.encode("utf-8")).hexdigest()
 
@@ -85,6 +98,36 @@ def set_departments(db: Session, staff_id: int, departments) -> None:
     for department in sorted(set(departments)):
         db.add(StaffDepartment(staff_id=staff_id, department=department))
     db.flush()
+
+
+# ---------------------------------------------------------------- the daily overdue summary
+# Summary days are kept this long (what was counted when), then deleted by housekeeping.
+KEEP_SUMMARIES = timedelta(days=60)
+
+
+def summarised_on(db: Session, day: date) -> set[int]:
+    """The staff members whose summary of `day` is already made."""
+    return set(db.exec(select(OverdueSummary.staff_id).where(OverdueSummary.day == day)))
+
+
+def claim_summary(db: Session, staff_id: int, day: date, overdue: int, *, now: datetime | None = None) -> bool:
+    """Record `day`'s summary for a staff member; False when it was already made (another worker,
+    an earlier run). INSERT .. ON CONFLICT DO NOTHING: a concurrent claim of the same day waits for
+    this transaction and then finds the row."""
+    if db.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = OverdueSummary.__table__
+    stmt = (insert(table).values(staff_id=staff_id, day=day, overdue=overdue, made_at=now or utcnow())
+            .on_conflict_do_nothing().returning(table.c.staff_id))   # RETURNING: rowcount is -1 on psycopg here
+    return db.execute(stmt).first() is not None
+
+
+def purge_summaries(db: Session, *, now: datetime | None = None) -> int:
+    """Delete the summary days older than KEEP_SUMMARIES."""
+    cutoff = ((now or utcnow()) - KEEP_SUMMARIES).date()
+    return db.exec(delete(OverdueSummary).where(OverdueSummary.day < cutoff)).rowcount or 0
 
 
 # ---------------------------------------------------------------- sign-in links

@@ -176,7 +176,7 @@ def lock_call(db: Session, call_id: int) -> VolunteerCall | None:
 def take_event_place(db: Session, event_id: int) -> bool:
     """Take one place if one is free: one conditional UPDATE; True when this transaction got it."""
     result = db.exec(update(Event).where(Event.id == event_id, Event.status == "active",
-                                         (Event.capacity == None) | (Event.going < Event.capacity))  # noqa: E711
+                                         Event.capacity.is_(None) | (Event.going < Event.capacity))
                      .values(going=Event.going + 1).execution_options(synchronize_session=False))
     return (result.rowcount or 0) == 1
 

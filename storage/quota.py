@@ -23,7 +23,6 @@ from sqlmodel import Field, Session, SQLModel
 from storage.db import is_postgres
 from storage.fastsql import Prepared, connection_of, run_all
 
-
 CLOCK_SLACK = 60.0  # seconds; far more than a statement waits for a row lock
 
 

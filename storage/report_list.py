@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func
+from sqlalchemy import and_, func, or_
 from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
 from storage.db import aware, utcnow
-from storage.reports import OPEN_STATUSES, STATUSES, Report, search_condition
+from storage.reports import OPEN_STATUSES, STATUSES, Report, overdue_condition, search_condition
 
 CODE = re.compile(r"^\s*([A-Za-z]{1,8}-\d{4}-\d{6})\s*$")
 # assignee filter: a staff id, "me" (resolved by the caller to an id), "none" (nobody), "" (any)
@@ -79,11 +79,6 @@ def conditions(filters: Filters, *, now: datetime | None = None) -> list:
         code = CODE.match(text)
         found += [Report.code == code.group(1).upper()] if code else search_condition(text)
     return found
-
-
-def overdue_condition(now: datetime) -> list:
-    """Open and past its due time."""
-    return [Report.status.in_(OPEN_STATUSES), Report.due_at.is_not(None), Report.due_at < now]
 
 
 def is_overdue(report: Report, now: datetime) -> bool:
@@ -222,5 +217,21 @@ def dashboard(db: Session, *, today_start: datetime, window_start: datetime, dep
     return Dashboard(by_status, overdue, new_today, seconds)
 
 
+# ---------------------------------------------------------------- the daily overdue summary
+def overdue_of(db: Session, now: datetime, *, departments: Iterable[str] = (), staff_id: int | None = None,
+               limit: int = 10) -> tuple[int, list[Report]]:
+    """How many reports are overdue at `now`, and the `limit` longest overdue: of `departments` or
+    assigned to `staff_id` (every department when none is given)."""
+    where = overdue_condition(now)
+    departments = sorted(set(departments))
+    if departments:
+        mine = Report.department.in_(departments)
+        where.append(or_(mine, Report.assignee_id == staff_id) if staff_id is not None else mine)
+    total = db.exec(select(func.count()).select_from(Report).where(*where)).one()
+    rows = list(db.exec(select(Report).where(*where).order_by(Report.due_at, Report.id).limit(limit))) if total else []
+    return total, rows
+
+
 __all__ = ["Filters", "conditions", "page", "iterate", "map_points", "changed_since", "latest_change",
-           "codes_matching", "dashboard", "is_overdue", "NOBODY", "SORTS", "MAP_LIMIT"]
+           "codes_matching", "dashboard", "is_overdue", "overdue_of", "overdue_condition", "NOBODY", "SORTS",
+           "MAP_LIMIT"]

@@ -27,11 +27,11 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
+from storage.attachments import Erased, stored_name
 from storage.audit import audit
 from storage.consents import current_consents_many
-from storage.fold import fold
-from storage.attachments import Erased, stored_name
 from storage.db import aware, utcnow
+from storage.fold import fold
 from storage.models import ChannelIdentity, Resident, Staff
 
 log = logging.getLogger(__name__)
@@ -348,8 +348,16 @@ def count_for_resident_since(db: Session, resident_id: int, since: datetime) -> 
                    .where(Report.resident_id == resident_id, Report.created_at >= since)).one()
 
 
+def overdue_condition(now: datetime) -> list:
+    """Open and past its due time (the console's list and dashboard, the chat's filter, the daily
+    summary: one meaning of "overdue")."""
+    return [Report.status.in_(OPEN_STATUSES), Report.due_at.is_not(None), Report.due_at < now]
+
+
 def _filtered(query, status: str | None, category: str | None, mahalle: str | None, since: datetime | None,
-              statuses: Iterable[str] | None = None):
+              statuses: Iterable[str] | None = None, overdue_at: datetime | None = None):
+    if overdue_at is not None:
+        query = query.where(*overdue_condition(overdue_at))
     if status:
         query = query.where(Report.status == status)
     if statuses:
@@ -365,9 +373,12 @@ def _filtered(query, status: str | None, category: str | None, mahalle: str | No
 
 def list_reports(db: Session, *, status: str | None = None, category: str | None = None,
                  mahalle: str | None = None, since: datetime | None = None, limit: int | None = None,
-                 offset: int = 0, newest_first: bool = True, statuses: Iterable[str] | None = None) -> list[Report]:
+                 offset: int = 0, newest_first: bool = True, statuses: Iterable[str] | None = None,
+                 overdue_at: datetime | None = None) -> list[Report]:
+    """Reports filtered (`overdue_at`: only those open and past their due time at that instant)."""
     order = (Report.created_at.desc(), Report.id.desc()) if newest_first else (Report.created_at, Report.id)
-    query = _filtered(select(Report), status, category, mahalle, since, statuses).order_by(*order).offset(offset)
+    query = _filtered(select(Report), status, category, mahalle, since, statuses,
+                      overdue_at).order_by(*order).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return list(db.exec(query))
@@ -375,9 +386,9 @@ def list_reports(db: Session, *, status: str | None = None, category: str | None
 
 def count_reports(db: Session, *, status: str | None = None, category: str | None = None,
                   mahalle: str | None = None, since: datetime | None = None,
-                  statuses: Iterable[str] | None = None) -> int:
+                  statuses: Iterable[str] | None = None, overdue_at: datetime | None = None) -> int:
     return db.exec(_filtered(select(func.count()).select_from(Report), status, category, mahalle, since,
-                             statuses)).one()
+                             statuses, overdue_at)).one()
 
 
 # ---------------------------------------------------------------- followers

@@ -28,7 +28,7 @@ def postgres_available() -> tuple[bool, str]:
                 conn.execute(text("SELECT 1"))
             engine.dispose()
             _pg_state.update(ok=True, why="")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure to connect means no PostgreSQL; its name is the skip reason
             _pg_state.update(ok=False, why=f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
     return bool(_pg_state["ok"]), str(_pg_state["why"])
 

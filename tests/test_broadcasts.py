@@ -291,7 +291,7 @@ def test_scheduled_broadcast_fires_at_its_time_exactly_once(make_app, db_url):
         while not stop.is_set():
             try:
                 dbc.tick(engine, name)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the thread collects any error for the test to assert on
                 errors.append(exc)
             time.sleep(0.05)
 

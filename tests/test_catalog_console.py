@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import time
+
 import pytest
 
 from bot.catalog import TEMPLATE_STATUSES, CatalogError, load_catalog

@@ -5,12 +5,13 @@ import subprocess
 import sys
 import time
 
+from sqlmodel import select
+
 from conversations.i18n import translator
 from conversations.messages import Outbound
 from conversations.notify import notify_resident
 from storage.db import make_engine, transaction
 from storage.models import ChannelIdentity
-from sqlmodel import select
 from tests import conftest
 
 tr = translator("tr")

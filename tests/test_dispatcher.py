@@ -19,10 +19,10 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot.app import add_configured_channels
-from handlers.delivery import ChannelLimits, SendError, SendFailure
 from bot.dispatcher import Dispatcher
 from bot.pacing import ChatBuckets, PacedSender, paced_rate
 from conversations.messages import Inbound, Kind, Outbound
+from handlers.delivery import ChannelLimits, SendError, SendFailure
 from storage import outbox
 from storage.db import transaction, utcnow
 from storage.models import ChannelIdentity, ChannelRate, OutboxMessage, Resident, WorkerHeartbeat

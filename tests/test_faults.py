@@ -36,9 +36,9 @@ from bot.flood import DROP, NOTICE, PASS, FloodGuard
 from bot.http import create_http_app, serve_http
 from bot.scheduler import start_scheduler, stop_jobs
 from bot.settings import SettingsError
-from conversations.step import Ctx, step
 from conversations.i18n import LANGUAGES, t_in, translator
 from conversations.messages import Inbound, Kind
+from conversations.step import Ctx, step
 from handlers.telegram import MAX_WEBHOOK_BYTES, webhook_secret
 from storage.db import transaction, utcnow
 from storage.inbox import InboundQueue

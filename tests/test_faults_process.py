@@ -34,8 +34,14 @@ from conversations.i18n import t_in
 from storage import broadcasts as bc
 from storage import outbox
 from storage.db import transaction
-from storage.models import (ChannelIdentity, ConsentRecord, ConversationSession, OutboxMessage, ProcessedInbound,
-                            Resident)
+from storage.models import (
+    ChannelIdentity,
+    ConsentRecord,
+    ConversationSession,
+    OutboxMessage,
+    ProcessedInbound,
+    Resident,
+)
 from storage.participation import Reminder
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
@@ -361,7 +367,7 @@ def cluster():
     c = Cluster()
     try:
         c.start()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a throwaway cluster that cannot start, for any reason, is a skip with it
         c.stop()
         pytest.skip(f"could not start a throwaway PostgreSQL cluster: {exc}")
     yield c

@@ -23,13 +23,13 @@ from telegram.error import BadRequest
 from twilio.base.exceptions import TwilioRestException
 
 from bot.app import add_configured_channels
-from handlers.delivery import ChannelLimits, SendError, SendFailure
 from bot.http import serve_http
 from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.proactive import answer_by_number
 from handlers import console, telegram, whatsapp
 from handlers.console import ConsoleChannel
+from handlers.delivery import ChannelLimits, SendError, SendFailure
 from handlers.kit import AddressLocks, parse_command, split_text, utf16_len
 from handlers.telegram import TelegramSender
 from handlers.whatsapp import WhatsAppSender
@@ -37,7 +37,7 @@ from storage import outbox
 from storage.db import DB_RETRY, transaction
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer, signature
-from tests.test_faults import replies  # noqa: F401  (fixture)
+from tests.test_faults import replies
 from tests.test_faults_process import DOWNTIME, cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")

@@ -7,8 +7,8 @@ import io
 import re
 import string
 import tomllib
-from functools import lru_cache
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import pytest

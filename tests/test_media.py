@@ -255,7 +255,8 @@ async def test_uploads_over_telegram(telegram, figure):
 
 async def test_telegram_attachments_are_fetched_only_where_a_state_takes_them(telegram):
     app, tg, channel = telegram
-    gets = lambda: len(tg.calls_of("getFile"))  # noqa: E731
+    def gets() -> int:
+        return len(tg.calls_of("getFile"))
 
     newcomer = TgChat(tg, channel, 8201, "tr")             # a first message: onboarding comes first
     calls = await newcomer.photo(ms.exif_jpeg())

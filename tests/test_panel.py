@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import re
 import subprocess
-from contextlib import asynccontextmanager
 import sys
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pyotp
-from fastapi import routing
 import pytest
 from alembic import command
+from fastapi import routing
 from sqlalchemy import text
 from sqlmodel import select
 

@@ -85,7 +85,7 @@ def link_from_bot(tg, base: str) -> str:
     return found.group(0)
 
 
-def test_sign_in_from_the_bot_totp_and_sign_out(running, page):  # noqa: F811
+def test_sign_in_from_the_bot_totp_and_sign_out(running, page):
     tg, base, cli = running
     link = link_from_bot(tg, base)
     sent = tg.calls_of("sendMessage")[-1]
@@ -170,7 +170,7 @@ def test_sign_in_from_the_bot_totp_and_sign_out(running, page):  # noqa: F811
     screenshot(page, "panel-staff-phone")
 
 
-def test_the_console_sends_no_inline_script_and_refuses_a_page_without_its_token(running, page):  # noqa: F811
+def test_the_console_sends_no_inline_script_and_refuses_a_page_without_its_token(running, page):
     tg, base, cli = running
     page.goto(cli("staff", "login-link", "1").strip())
     page.get_by_role("button", name="Giriş yap").click()

@@ -32,7 +32,7 @@ def after(tg, push, *, quiet: float = 0.5, timeout: float = 20) -> list[str]:
     return [c.text or c.params.get("caption") or "" for c in tg.sent_messages(RESIDENT)[before:]]
 
 
-def test_a_report_from_telegram_triaged_in_the_console(running, page):  # noqa: F811
+def test_a_report_from_telegram_triaged_in_the_console(running, page):
     tg, base, cli = running
 
     # -- the resident, in English, files a report with a pin and a photo

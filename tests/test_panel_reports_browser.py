@@ -91,7 +91,7 @@ def sign_in(tab, base, cli) -> None:
     tab.wait_for_url(base + "/panel/")
 
 
-def test_list_filters_bulk_live_and_map(running, page):  # noqa: F811
+def test_list_filters_bulk_live_and_map(running, page):
     base, cli, codes, url = running
     sign_in(page, base, cli)
     assert page.get_by_role("heading", name="Pano", level=1).is_visible()

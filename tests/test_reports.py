@@ -363,6 +363,54 @@ def test_staff_reject_merge_and_filters(make_app, photo_file):
     assert "Reason: Özel mülk" in _outbox(app, john.resident_id)[-1].payload["text"]
 
 
+def test_staff_view_shows_department_assignee_due_and_an_overdue_filter(make_app, db_url):
+    """/raporlar (issue 15): the home offers the overdue reports (open, past their due time) with
+    their count; the list marks them; a report shows its department, assignee and due time, marked
+    when it has passed."""
+    from conversations.domain import triage
+    from conversations.i18n import format_when
+
+    app = make_app(database_url=db_url)
+    at = utcnow()
+    with transaction(app.db) as db:
+        def new(category, days_ago, mahalle="kozagac"):
+            return reports_domain.file(db, Actor.system(), prefix="BCA", category=category, description="Asfalt bozuk",
+                                       mahalle=mahalle, catalog=app.catalog, now=at - timedelta(days=days_ago)).code
+
+        late_road, late_bins, fresh, closed = new("road", 30), new("waste", 20), new("road", 0), new("waste", 25)
+        rp.set_status(db, closed, "resolved", "staff:0", now=at - timedelta(days=24))
+        ayse = Staff(name="Ayşe Yılmaz", console="ayse-staff")
+        db.add(ayse)
+        db.flush()
+        triage.assign(db, Actor.cli("cli:test"), late_road, assignee_id=ayse.id, catalog=app.catalog, now=at)
+        due = {code: rp.get_by_code(db, code).due_at for code in (late_road, fresh)}
+    boss = _staff_at_reports(app, departments=["fen_isleri"])
+    od = next(c for o in boss.last for c in o.choices if c.key == "od")
+    assert od.label == "⏰ Gecikenler (2)"
+    boss.tap("od")
+    assert boss.said == "2 bildirim (⏰ Gecikenler). Açmak için birini seçin."
+    assert [(c.key, c.label) for o in boss.last for c in o.choices] == [
+        (f"r:{late_bins}", f"⏰ {late_bins} · Çöp ve temizlik · Yeni · Kozağaç"),
+        (f"r:{late_road}", f"⏰ {late_road} · Yol ve kaldırım · Yeni · Kozağaç"),
+        ("filter", "🔎 Filtreyi değiştir")]
+
+    def head(code: str) -> list[str]:
+        boss.text(code)
+        lines = boss.said.splitlines()
+        return lines[6:lines.index(t_in("tr", "report.detail_history"))]
+
+    assert head(late_road) == ["🏢 Birim: Fen İşleri Müdürlüğü", "👤 Sorumlu: Ayşe Yılmaz",
+                               f"⏰ Hedef: {format_when(due[late_road], 'tr')} — süresi geçti"]
+    assert head(fresh) == ["🏢 Birim: Fen İşleri Müdürlüğü", "👤 Sorumlu: atanmadı",
+                           f"🎯 Hedef: {format_when(due[fresh], 'tr')}"]
+    assert head(closed) == ["🏢 Birim: Temizlik İşleri Müdürlüğü", "👤 Sorumlu: atanmadı"]   # closed: no target
+    boss.tap("back")                                 # the filter holds; "clear" takes it away
+    boss.tap("filter")
+    assert "clear" in boss.keys() and "Filtre: ⏰ Gecikenler" in boss.said.splitlines()
+    boss.tap("clear")
+    assert "clear" not in boss.keys() and "Filtre: yok" in boss.said.splitlines()
+
+
 def test_non_staff_is_refused_and_audited(make_app):
     app = make_app()
     eve = Chat(app, "eve")
@@ -466,7 +514,7 @@ def test_tracking_codes_unique_under_concurrency(backend, sqlite_url, request):
                 with transaction(engine) as db:
                     codes.append(rp.create_report(db, prefix="BCA", resident_id=None, category="road",
                                                   description="race").code)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - the thread collects any error for the test to assert on
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]

@@ -12,16 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-
 from sqlmodel import Session, create_engine, select
 
 from conversations.domain import events as event_ops
-from conversations.permissions import Actor
 from conversations.i18n import t_in
+from conversations.permissions import Actor
 from storage import broadcasts as bc
 from storage.db import make_engine, transaction, utcnow
-from storage.models import Broadcast
-from storage.models import ChannelIdentity
+from storage.models import Broadcast, ChannelIdentity
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
 

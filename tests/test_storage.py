@@ -19,8 +19,8 @@ from sqlalchemy.exc import StatementError
 from sqlmodel import Session, select
 
 from bot.catalog import CatalogError, load_catalog
-from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
 from bot.features import FEATURES, Feature
+from bot.settings import SAMPLE_CATALOG, SettingsError, load_settings
 from conversations.i18n import t_in
 from conversations.messages import Choice, Inbound, Kind, Outbound
 from conversations.notify import notify_residents
@@ -28,10 +28,10 @@ from conversations.registry import Router
 from conversations.step import Stay
 from storage import outbox
 from storage.consents import current_consents
-from storage.residents import identity_for
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import alembic_config, current, upgrade
 from storage.models import OutboxMessage, Resident
+from storage.residents import identity_for
 from tests import conftest
 from tests.support.chat import Chat
 
@@ -247,7 +247,7 @@ def test_two_concurrent_steps_for_one_resident_serialise(make_app, db_url, count
             barrier.wait(5)
             results.append(app.engine.handle(Inbound(channel="console", address=chat.address, kind=Kind.TEXT,
                                                      text=f"message {i}")))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the thread collects any error for the test to assert on
             errors.append(exc)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
@@ -275,7 +275,7 @@ def test_two_concurrent_consent_changes_are_both_kept(make_app, db_url):
         try:
             barrier.wait(5)
             app.engine.handle(Inbound(channel="console", address=chat.address, kind=Kind.CHOICE, choice=key))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the thread collects any error for the test to assert on
             errors.append(exc)
 
     threads = [threading.Thread(target=tap, args=(k,)) for k in ("p:reports", "p:volunteering")]

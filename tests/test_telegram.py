@@ -6,22 +6,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from functools import partial
 
 import httpx
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlmodel import Session, select
 from telegram import Bot, Update
 from telegram.request import HTTPXRequest
 
 from bot.app import add_configured_channels
-from handlers.delivery import SendError, SendFailure
 from bot.features import FEATURES, Feature, build_registry
 from bot.flood import FloodGuard
 from conversations.i18n import t_in
 from conversations.messages import Attachment, Choice, Kind, Outbound
 from conversations.registry import Router
 from conversations.step import Stay
+from handlers.delivery import SendError, SendFailure
+from handlers.kit import utf16_len
 from handlers.telegram import (
     BACKLOG,
     MediaTooLarge,
@@ -32,7 +36,6 @@ from handlers.telegram import (
     to_inbound,
     webhook_secret,
 )
-from handlers.kit import utf16_len
 from storage.models import ChannelIdentity, ConsentRecord, ConversationSession, ProcessedInbound, Resident
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.media_support import plain_jpeg
@@ -116,7 +119,7 @@ async def onboard(chat: Chat, consent: str = "all", lang: str = "tr") -> None:
 # ---------------------------------------------------------------- the conversation through Telegram
 async def test_onboarding_in_english_choosing_consents_one_by_one(started, tg, db_url):
     app, channel = await started(database_url=db_url)
-    en = lambda key, **kw: t_in("en", key, **kw)  # noqa: E731
+    en = partial(t_in, "en")
     chat = TelegramChat(tg, channel, 5001, language_code="en", first_name="Jane")
 
     first = await chat.say("/start")
@@ -167,7 +170,7 @@ async def test_onboarding_in_english_choosing_consents_one_by_one(started, tg, d
 @pytest.mark.parametrize("consent, typed", [("all", "KOZAĞAÇ"), ("none", None)])
 async def test_onboarding_all_or_none(started, tg, consent, typed):
     app, channel = await started()
-    tr = lambda key, **kw: t_in("tr", key, **kw)  # noqa: E731
+    tr = partial(t_in, "tr")
     chat = TelegramChat(tg, channel, 5002)
     first = await chat.say("/start")
     assert first[0].text.splitlines()[0] == tr("onboarding.choose_language")
@@ -188,7 +191,7 @@ async def test_onboarding_all_or_none(started, tg, consent, typed):
 
 async def test_cancel_mid_flow_keeps_nothing(started, tg):
     app, channel = await started()
-    tr = lambda key, **kw: t_in("tr", key, **kw)  # noqa: E731
+    tr = partial(t_in, "tr")
     chat = TelegramChat(tg, channel, 5003)
     await chat.say("/start")
     cancelled = await chat.say("/iptal")  # during onboarding: says so and asks the language again
@@ -248,7 +251,7 @@ async def test_mydata_export_document(started, tg):
 
 async def test_delete_my_data_with_confirmation(started, tg):
     app, channel = await started()
-    tr = lambda key, **kw: t_in("tr", key, **kw)  # noqa: E731
+    tr = partial(t_in, "tr")
     chat = TelegramChat(tg, channel, 5006)
     await onboard(chat)
     old = resident_of(app, 5006)
@@ -274,7 +277,7 @@ async def test_delete_my_data_with_confirmation(started, tg):
 
 async def test_unusable_input_is_reprompted_in_the_residents_language(started, tg):
     app, channel = await started()
-    en = lambda key, **kw: t_in("en", key, **kw)  # noqa: E731
+    en = partial(t_in, "en")
     chat = TelegramChat(tg, channel, 5007, language_code="en")
     await chat.say("/start")
     await chat.tap("lang:en")

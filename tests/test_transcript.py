@@ -17,7 +17,7 @@ from conversations.permissions import Actor
 from storage.db import transaction, utcnow
 from tests.conftest import test_env as katilim_env
 from tests.terminal import Terminal
-from tests.test_console import in_order as shows   # the screen shows these lines, in this order
+from tests.test_console import in_order as shows  # the screen shows these lines, in this order
 
 tr = translator("tr")
 

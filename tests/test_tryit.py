@@ -53,8 +53,9 @@ async def test_every_command_named_in_yardim_works_in_that_language(make_app):
 async def test_a_mistyped_command_gets_did_you_mean(make_app):
     app = make_app()
     term = await onboarded(app, "ayse")
-    for typed, meant in (("yardm", "yardim"), ("yardımm", "yardim"), ("IPTL", "iptal"), ("bldir", "bildir"), ("etkinlikler", None),
-                         ("verilerimm", "verilerim"), ("bildirmlerim", "bildirimlerim"), ("hlep", "yardim")):
+    for typed, meant in (("yardm", "yardim"), ("yardımm", "yardim"), ("IPTL", "iptal"), ("bldir", "bildir"),
+                         ("etkinlikler", None), ("verilerimm", "verilerim"), ("bildirmlerim", "bildirimlerim"),
+                         ("hlep", "yardim")):
         screen = await term.type("/" + typed)
         if meant is None:
             assert tr("engine.did_you_mean", command="/" + typed, near="/x").split("/x")[0] not in screen

@@ -658,7 +658,8 @@ async def test_linking_telegram_and_whatsapp_makes_one_resident(wa, tg):
     sent = await h.say("/bagla", MEHMET)
     code = re.search(r"\b(\d{5} \d{5})\b", sent[0].body).group(1)
     await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, "/bagla"))
-    calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, "00000 00000" if code != "00000 00000" else "11111 11111"))
+    wrong = "00000 00000" if code != "00000 00000" else "11111 11111"
+    calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, wrong))
     assert t_in("tr", "link.code_invalid") in [c.text for c in calls]
     calls = await _telegram_say(tg, telegram, 502, lambda: tg.push_text(502, code))
     assert t_in("tr", "link.done") in [c.text for c in calls]

@@ -14,10 +14,10 @@ from sqlmodel import Session
 from conversations import notify
 from conversations.attendance import attendees, new_checkin_token, promote_waitlist
 from conversations.calendar_files import ics_attachment
+from conversations.domain import authorise
 from conversations.i18n import N_, Translator
 from conversations.messages import Choice, Outbound
 from conversations.participation import EVENT_PREFIX, Ended, ParticipationError
-from conversations.domain import authorise
 from conversations.permissions import Actor
 from conversations.reminders import drop_reminders, schedule_reminders
 from conversations.when import span_text

@@ -11,10 +11,10 @@ from typing import Any
 from sqlmodel import Session, select
 
 from conversations import notify
+from conversations.domain import authorise
 from conversations.i18n import N_, Translator
 from conversations.messages import Outbound
 from conversations.participation import Ended, ParticipationError
-from conversations.domain import authorise
 from conversations.permissions import Actor
 from conversations.pools import call_params, invite_builder, matching_volunteers
 from conversations.reminders import drop_reminders

@@ -76,7 +76,8 @@ def filters_of(app, signed: Signed, params) -> tuple[rl.Filters, dict[str, str]]
     submitted form (`f` absent) a staff member's department filter is "mine"."""
     catalog = app.catalog
     tz = ZoneInfo(catalog.municipality.timezone or "Europe/Istanbul")
-    get = lambda name: str(params.get(name, "") or "").strip()[:200]  # noqa: E731
+    def get(name: str) -> str:
+        return str(params.get(name, "") or "").strip()[:200]
     values = {name: get(name) for name in ("status", "category", "mahalle", "department", "assignee", "from", "to",
                                            "q", "overdue")}
     if "f" not in params and "department" not in params and signed.staff.role == "staff" and signed.departments:

@@ -2,16 +2,16 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import storage.models  # noqa: F401  (registers the tables)
-import storage.participation  # noqa: F401  (volunteer pools, events, reminders)
-import storage.apikeys  # noqa: F401  (Open311 API keys)
-import storage.open311  # noqa: F401  (the reports Open311 clients created)
+import storage.apikeys
+import storage.attachments
+import storage.health
+import storage.inbox
+import storage.linking
+import storage.models
+import storage.open311
+import storage.panel
+import storage.participation
 import storage.reports  # noqa: F401  (problem reports)
-import storage.linking  # noqa: F401  (link codes: one resident, several channels)
-import storage.inbox  # noqa: F401  (inbound messages accepted before they are handled)
-import storage.health  # noqa: F401  (the row /health writes)
-import storage.attachments  # noqa: F401  (who sent which stored file)
-import storage.panel  # noqa: F401  (the staff console: departments, sign-in links, sessions)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -3,10 +3,10 @@ free 127.0.0.1 port, a context manager, and waiting for a condition on what the 
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import uvicorn
@@ -29,10 +29,10 @@ class LocalServer(ABC):
     def _uvicorn_options(self) -> dict[str, Any]:
         return {}
 
-    async def _on_loop(self) -> None:
+    async def _on_loop(self) -> None:  # noqa: B027 - a hook: doing nothing is the default
         """Runs in the server's loop before it serves (create loop-bound primitives here)."""
 
-    def _before_stop(self) -> None:
+    def _before_stop(self) -> None:  # noqa: B027 - a hook: doing nothing is the default
         """Called from the test's thread before the server is told to exit."""
 
     def dump(self) -> str:

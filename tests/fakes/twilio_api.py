@@ -36,7 +36,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

@@ -5,10 +5,9 @@ Revises: 0002
 Depends on: 0003 (open311_request points at report)
 Create Date: 2026-11-24
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0006'
 down_revision = '0002'

@@ -15,10 +15,9 @@ Create Date: 2026-12-02
 """
 import secrets
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0010_open311_privacy'
 down_revision = '0009'

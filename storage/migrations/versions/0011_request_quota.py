@@ -7,10 +7,9 @@ Revision ID: 0011_request_quota
 Revises: 0010_open311_privacy
 Create Date: 2026-12-02
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0011_request_quota'
 down_revision = '0010_open311_privacy'

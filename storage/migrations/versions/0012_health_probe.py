@@ -7,9 +7,9 @@ Revision ID: 0012
 Revises: 0009
 Create Date: 2026-12-02
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0012'
 down_revision = '0011_request_quota'

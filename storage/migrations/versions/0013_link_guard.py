@@ -10,9 +10,9 @@ Create Date: 2026-12-02
 """
 from datetime import datetime, timezone
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0013'
 down_revision = '0012'

@@ -12,9 +12,9 @@ Revision ID: 0015_erasure
 Revises: 0014
 Create Date: 2026-12-01
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0015_erasure'
 down_revision = '0014'

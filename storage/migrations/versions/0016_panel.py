@@ -12,9 +12,9 @@ Revision ID: 0016_panel
 Revises: 0015_erasure
 Create Date: 2026-12-02
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0016_panel'
 down_revision = '0015_erasure'

@@ -14,9 +14,9 @@ Revision ID: 0017_report_triage
 Revises: 0016_panel
 Create Date: 2026-12-02
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
+from alembic import op
 
 revision = '0017_report_triage'
 down_revision = '0016_panel'

@@ -4,10 +4,9 @@ Revision ID: b3_broadcast_fanout
 Revises: 0002
 Create Date: 2026-11-25
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = 'b3_broadcast_fanout'
 down_revision = '0002'
