@@ -1,6 +1,7 @@
 """`katilim apikey add NAME [--scope public|full] | list | revoke ID|NAME`: keys of the Open311 API's clients.
 
-The plain key is printed once, by `add`; only its SHA-256 is stored. Every action is audited.
+The plain key is printed once, by `add`; only its SHA-256 is stored. Every action is audited. The
+rules live in conversations/apikey_admin.py, which the console's /panel/apikeys page calls too.
 A key of scope "public" (the default) reads what anyone reads; "full" also reads the residents'
 descriptions, exact pins and photos, and each of its reads is audited (handlers/open311.py)."""
 from __future__ import annotations
@@ -11,8 +12,10 @@ import sys
 from bot.app import open_db
 from bot.cli import operator_name
 from bot.settings import Settings
+from conversations import apikey_admin
+from conversations.i18n import t_in
+from conversations.permissions import Actor
 from storage import apikeys
-from storage.audit import audit
 from storage.db import transaction
 
 
@@ -38,16 +41,22 @@ def _when(dt) -> str:
     return dt.strftime("%Y-%m-%d %H:%M") if dt else "-"
 
 
+def _actor() -> Actor:
+    return Actor.cli(operator_name())
+
+
+def _say_error(exc: apikey_admin.ApiKeyInputError) -> int:
+    print(f"katilim: {t_in('en', exc.key, **exc.params)}", file=sys.stderr)
+    return 1
+
+
 def cmd_add(settings: Settings, args) -> int:
     engine = _db(settings)
     try:
         with transaction(engine) as db:
-            key, plain = apikeys.create_key(db, args.name, scope=args.scope)
-            audit(db, operator_name(), "apikey.added", f"apikey:{key.id}", name=key.name, prefix=key.prefix,
-                       scope=key.scope)
-    except apikeys.ApiKeyError as exc:
-        print(f"katilim: {exc}", file=sys.stderr)
-        return 1
+            key, plain = apikey_admin.create(db, _actor(), args.name, args.scope)
+    except apikey_admin.ApiKeyInputError as exc:
+        return _say_error(exc)
     finally:
         engine.dispose()
     print(f"API key {key.id} ({key.name}, scope {key.scope}) created. It is shown only this once:")
@@ -58,8 +67,7 @@ def cmd_add(settings: Settings, args) -> int:
 def cmd_list(settings: Settings, args) -> int:
     engine = _db(settings)
     with transaction(engine) as db:
-        rows = apikeys.list_keys(db)
-        audit(db, operator_name(), "apikey.listed", "", count=len(rows))
+        rows = apikey_admin.list_keys(db, _actor())
     engine.dispose()
     print(f"{'id':>4}  {'name':<20} {'scope':<7} {'prefix':<13} {'created (UTC)':<17} {'last used (UTC)':<17} "
           "revoked (UTC)")
@@ -73,15 +81,13 @@ def cmd_revoke(settings: Settings, args) -> int:
     engine = _db(settings)
     try:
         with transaction(engine) as db:
-            key = apikeys.find_key(db, args.key)
-            if key is None:
-                print(f"katilim: no API key {args.key!r}", file=sys.stderr)
-                return 1
-            if not apikeys.revoke(db, key):
-                print(f"API key {key.id} ({key.name}) was already revoked")
-                return 0
-            audit(db, operator_name(), "apikey.revoked", f"apikey:{key.id}", name=key.name, prefix=key.prefix)
+            key, revoked = apikey_admin.revoke(db, _actor(), args.key)
+    except apikey_admin.ApiKeyInputError as exc:
+        return _say_error(exc)
     finally:
         engine.dispose()
+    if not revoked:
+        print(f"API key {key.id} ({key.name}) was already revoked")
+        return 0
     print(f"API key {key.id} ({key.name}) revoked")
     return 0

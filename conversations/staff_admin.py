@@ -16,6 +16,7 @@ from pyotp.exceptions import OTPVerificationError
 from sqlmodel import Session, func, select
 
 from conversations.i18n import N_
+from conversations.panel_link import issue_login_link
 from conversations.permissions import ROLES, Actor, Refused, check
 from storage import panel
 from storage.audit import audit
@@ -60,13 +61,15 @@ def find_staff(db: Session, *, telegram: str | None = None, whatsapp: str | None
 
 def save_staff(db: Session, actor: Actor, *, staff_id: int | None = None, name: str | None = None,
                role: str | None = None, departments=None, telegram: str | None = None, whatsapp: str | None = None,
-               console: str | None = None, known_departments=None) -> Staff:
+               console: str | None = None, known_departments=None, language: str | None = None) -> Staff:
     """Add a staff member, or change one (by id, else by one of their addresses). Fields left None
     stay as they are. A role change or new departments end the member's console sessions."""
     check(actor, "staff.manage")
     whatsapp = whatsapp.removeprefix("whatsapp:").replace(" ", "") if whatsapp else whatsapp
     if role is not None and role not in ROLES:
         raise StaffError(N_("panel.staff.bad_role"), role=role)
+    if language is not None and language not in PANEL_LOCALES:
+        raise StaffError(N_("panel.account.bad_language"))
     if departments is not None and known_departments is not None:
         for department in departments:
             if department not in known_departments:
@@ -101,6 +104,9 @@ def save_staff(db: Session, actor: Actor, *, staff_id: int | None = None, name: 
         changed.append("name")
     elif new and not staff.name:
         staff.name = console or ""
+    if language is not None and language != staff.panel_locale:
+        staff.panel_locale = language
+        changed.append("language")
     db.add(staff)
     db.flush()
     if departments is not None and sorted(set(departments)) != panel.departments_of(db, staff.id):
@@ -111,6 +117,18 @@ def save_staff(db: Session, actor: Actor, *, staff_id: int | None = None, name: 
     audit(db, actor.who, "staff.added" if new else "staff.changed", f"staff:{staff.id}", role=staff.role,
                departments=panel.departments_of(db, staff.id), changed=changed)
     return staff
+
+
+def issue_link(db: Session, actor: Actor, staff_id: int, settings) -> tuple[Staff, str]:
+    """An admin issues a one-time sign-in link for an active member (to hand over in person or by
+    their own channel): the same link as `/panel` in the bot and `katilim staff login-link ID`."""
+    check(actor, "staff.manage")
+    staff = db.get(Staff, staff_id)
+    if staff is None:
+        raise StaffError(N_("panel.staff.not_found"), id=staff_id)
+    if not staff.active:
+        raise StaffError(N_("panel.staff.link_inactive"))
+    return staff, issue_login_link(db, settings, staff, via="panel", actor=actor.who)
 
 
 def set_active(db: Session, actor: Actor, staff_id: int, active: bool) -> Staff:

@@ -87,7 +87,7 @@ def audits(app, action: str) -> list[AuditLog]:
 
 
 def fill(path: str) -> str:
-    return re.sub(r"\{sid(:int)?\}", "1", re.sub(r"\{token\}", "x" * 43, path))
+    return re.sub(r"\{\w+(:int)?\}", "1", re.sub(r"\{token\}", "x" * 43, path))
 
 
 # ---------------------------------------------------------------- no session, no access
@@ -99,6 +99,9 @@ async def test_every_panel_route_refuses_without_a_session(console):
               for method in sorted(route.methods or ()) if method != "HEAD"]
     guarded = [(m, p) for m, p in routes if (m, p) not in PUBLIC_ROUTES]
     assert len(guarded) >= 15 and {("GET", "/panel/staff"), ("POST", "/panel/staff/{sid}")} <= set(guarded)
+    assert {("GET", "/panel/apikeys"), ("POST", "/panel/apikeys"), ("GET", "/panel/apikeys/{kid}/revoke"),
+            ("POST", "/panel/apikeys/{kid}/revoke"), ("GET", "/panel/audit"), ("GET", "/panel/audit.csv"),
+            ("POST", "/panel/staff/{sid}/link")} <= set(guarded)
     assert set(routes) - set(guarded) == set(PUBLIC_ROUTES)
     before = _staff_rows(console)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app), base_url=BASE) as c:

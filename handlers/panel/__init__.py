@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi.staticfiles import StaticFiles
 
-from handlers.panel import report_page, reports, routes, web
+from handlers.panel import admin, report_page, reports, routes, web
 
 
 def mount(app, http_app) -> None:
@@ -16,6 +16,7 @@ def mount(app, http_app) -> None:
     http_app.state.katilim = app
     http_app.include_router(routes.router(app))         # first: /panel/login/totp before /panel/login/{token}
     http_app.include_router(report_page.router(app))
+    http_app.include_router(admin.router(app))         # API keys, the audit log
     http_app.include_router(routes.public_router(app))
     http_app.include_router(reports.router(app))       # the dashboard (/panel/), the list, the map
     http_app.add_exception_handler(web.Denied, routes.denied_handler(app))

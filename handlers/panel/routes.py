@@ -41,6 +41,7 @@ SIGNIN_REFUSALS = {"unknown": N_("panel.login.refused_unknown"), "used": N_("pan
 DEPARTMENTS_NONE = {"admin": N_("panel.staff.all_departments"), "staff": N_("panel.staff.no_departments"),
                     "viewer": N_("panel.staff.no_departments")}
 QR_LABEL = N_("panel.totp.qr_label")
+LANGUAGE_NAMES = (("tr", "Türkçe"), ("en", "English"))  # each in its own language
 CHANNEL_NAMES = {"telegram": "Telegram", "whatsapp": "WhatsApp", "console": N_("panel.staff.console")}
 
 
@@ -326,6 +327,18 @@ def router(app) -> APIRouter:
             return await _staff_error(request, signed, sid, exc)
         return redirect(f"/panel/staff/{sid}", "totp_reset")
 
+    @r.post("/staff/{sid}/link")
+    async def staff_link(request: Request, sid: int, signed: Signed = Depends(admin)):
+        try:
+            name, url = await _in_db(app, lambda db: (lambda s, u: (s.name, u))(
+                *staff_admin.issue_link(db, signed.actor, sid, settings)))
+        except Refused as refused:
+            return await _refused(request, signed, refused)
+        except staff_admin.StaffError as exc:
+            return await _staff_error(request, signed, sid, exc)
+        return render(request, "staff_link.html", signed=signed, sid=sid, name=name, url=url,
+                      minutes=int(panel.LOGIN_TTL.total_seconds() // 60))
+
     # -- helpers bound to this app
     async def _change(request, signed, fn, to: str, notice: str, *, on_error):
         """Run fn(db, staff) for the signed-in member; redirect with a notice, or re-render."""
@@ -349,6 +362,7 @@ def router(app) -> APIRouter:
         return render(request, "staff_edit.html", signed=signed, status=status, error=error, person=staff,
                       values=values, roles=[(r_, ROLE_NAMES[r_]) for r_ in ROLES],
                       departments=[(d.key, d.name.get(signed.lang)) for d in app.catalog.departments],
+                      languages=LANGUAGE_NAMES,
                       is_self=staff is not None and staff.id == signed.staff.id)
 
     async def _save(request, signed, sid, values):
@@ -358,7 +372,7 @@ def router(app) -> APIRouter:
             return staff_admin.save_staff(db, signed.actor, staff_id=sid, name=values["name"], role=values["role"],
                                           departments=values["departments"], telegram=values["telegram"] or None,
                                           whatsapp=values["whatsapp"] or None, console=values["console"] or None,
-                                          known_departments=known).id
+                                          known_departments=known, language=values["language"]).id
 
         try:
             saved = await _in_db(app, save)
@@ -393,12 +407,13 @@ def _staff_values(form) -> dict[str, Any]:
     return {"name": str(form.get("name", "")).strip(), "role": role if role in ROLES else "staff",
             "departments": [str(d) for d in form.getlist("departments")],
             "telegram": str(form.get("telegram", "")).strip(), "whatsapp": str(form.get("whatsapp", "")).strip(),
-            "console": str(form.get("console", "")).strip()}
+            "console": str(form.get("console", "")).strip(),
+            "language": language if (language := str(form.get("language", ""))) in staff_admin.PANEL_LOCALES else "tr"}
 
 
 def _values_of(staff: Staff, departments: list[str]) -> dict[str, Any]:
     return {"name": staff.name, "role": staff.role, "departments": departments, "telegram": staff.telegram_id or "",
-            "whatsapp": staff.whatsapp or "", "console": staff.console or ""}
+            "whatsapp": staff.whatsapp or "", "console": staff.console or "", "language": staff.panel_locale}
 
 
 def _department_names(app, keys, lang: str) -> list[str]:

@@ -56,7 +56,8 @@ def csp_for(settings) -> str:
     host = parts.netloc.replace("{s}", "*")      # a.tile…, b.tile…: any subdomain
     return CSP.replace("img-src 'self' data:", f"img-src 'self' data: {parts.scheme}://{host}")
 
-# Navigation: (label key, path, admin only). A page not built yet shows as plain text.
+# Navigation: (label key, path, admin only). A page not built yet shows as plain text; an admin-only
+# link shows only to admins.
 NAV = (
     (N_("panel.nav.dashboard"), "/panel/", False),
     (N_("panel.nav.reports"), "/panel/reports", False),
@@ -79,6 +80,8 @@ NOTICES = {
     "deactivated": N_("panel.notice.deactivated"),
     "activated": N_("panel.notice.activated"),
     "totp_reset": N_("panel.notice.totp_reset"),
+    "key_revoked": N_("panel.notice.key_revoked"),
+    "key_already_revoked": N_("panel.notice.key_already_revoked"),
     "bulk_done": N_("panel.notice.bulk_done"),
     "bulk_partial": N_("panel.notice.bulk_partial"),
     "bulk_none": N_("panel.notice.bulk_none"),
@@ -177,8 +180,10 @@ class Guard:
     """The dependency of every non-public /panel route. `pending` lists what a session still
     waiting for its second factor may reach ("totp": the code page, "enrol": the enrolment)."""
 
-    def __init__(self, app, *, pending: tuple[str, ...] = (), admin: bool = False) -> None:
-        self.app, self.pending_ok, self.admin = app, pending, admin
+    def __init__(self, app, *, pending: tuple[str, ...] = (), admin: bool = False, action: str = "") -> None:
+        # admin=True: the staff pages (staff.manage); action: the page's own permission
+        self.app, self.pending_ok = app, pending
+        self.action = action or ("staff.manage" if admin else "")
 
     async def __call__(self, request: Request) -> Signed:
         settings = self.app.settings
@@ -196,7 +201,7 @@ class Guard:
         if signed.pending and signed.pending not in self.pending_ok:
             raise Denied(N_("panel.refused.second_factor"), signed=signed,
                          to="/panel/login/totp" if signed.pending == "totp" else "/panel/account/totp")
-        if self.admin and not can(signed.actor, "staff.manage"):
+        if self.action and not can(signed.actor, self.action):
             raise Denied(N_("panel.refused.role"), signed=signed)
         return signed
 
