@@ -51,7 +51,7 @@ async def create_key(c: httpx.AsyncClient, name: str, scope: str = "public") -> 
 
 # ---------------------------------------------------------------- who may
 @pytest.mark.parametrize("role", ["staff", "viewer"])
-async def test_non_admins_get_403_on_every_admin_page_and_it_is_audited(console, role):  # noqa: F811
+async def test_non_admins_get_403_on_every_admin_page_and_it_is_audited(console, role):
     admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
     member = add_staff(console, name="Veli", console="veli", role=role, departments=["zabita"])
     with transaction(console.db) as db:
@@ -76,7 +76,7 @@ async def test_non_admins_get_403_on_every_admin_page_and_it_is_audited(console,
         assert 'href="/panel/apikeys"' in page and 'href="/panel/audit"' in page and 'href="/panel/staff"' in page
 
 
-async def test_every_admin_post_needs_its_csrf_token(console):  # noqa: F811
+async def test_every_admin_post_needs_its_csrf_token(console):
     admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
     with transaction(console.db) as db:
         key_id = apikeys.create_key(db, "crm")[0].id
@@ -91,7 +91,7 @@ async def test_every_admin_post_needs_its_csrf_token(console):  # noqa: F811
 
 
 # ---------------------------------------------------------------- API keys
-async def test_a_key_made_in_the_console_is_shown_once_works_and_once_revoked_is_refused(console):  # noqa: F811
+async def test_a_key_made_in_the_console_is_shown_once_works_and_once_revoked_is_refused(console):
     admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
     async with signed_in(console, admin) as c:
         created = await create_key(c, "crm", "full")
@@ -136,7 +136,7 @@ async def test_a_key_made_in_the_console_is_shown_once_works_and_once_revoked_is
         (f"staff:{admin}", "apikey.revoked", f"apikey:{stored.id}", {"name": "crm", "prefix": plain[:12]})]
 
 
-async def test_the_cli_and_the_console_write_the_same_audit_rows(console, db_url, tmp_path):  # noqa: F811
+async def test_the_cli_and_the_console_write_the_same_audit_rows(console, db_url, tmp_path):
     admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
     added = katilim(tmp_path, "apikey", "add", "crm", "--scope", "full", db_url=db_url)
     assert added.returncode == 0, added.stderr
@@ -171,7 +171,7 @@ def seed_log(app, admin: int) -> None:
                             "report.note", target=f"report:{i % 5}", details={"n": i}, at=base + timedelta(hours=i)))
 
 
-async def test_the_audit_log_filters_pages_and_exports_exactly_the_filtered_set(console):  # noqa: F811
+async def test_the_audit_log_filters_pages_and_exports_exactly_the_filtered_set(console):
     admin = add_staff(console, name="Ayşe Yılmaz", console="ayse", role="admin", telegram_id="5550001")
     seed_log(console, admin)
     async with signed_in(console, admin) as c:
@@ -211,7 +211,7 @@ async def test_the_audit_log_filters_pages_and_exports_exactly_the_filtered_set(
 
 
 # ---------------------------------------------------------------- the staff page
-async def test_an_admin_sets_a_member_s_language_and_issues_them_a_sign_in_link(console):  # noqa: F811
+async def test_an_admin_sets_a_member_s_language_and_issues_them_a_sign_in_link(console):
     admin = add_staff(console, name="Ayşe", console="ayse", role="admin")
     async with signed_in(console, admin) as c:
         page = await c.get("/panel/staff/new")

@@ -10,7 +10,7 @@ from tests.browser import browser, page, screenshot  # noqa: F401  (fixtures)
 from tests.test_panel_browser import running  # noqa: F401  (fixture: katilim run with an admin, staff 1)
 
 
-def test_an_admin_creates_and_revokes_a_key_and_reads_the_audit_log(running, page):  # noqa: F811
+def test_an_admin_creates_and_revokes_a_key_and_reads_the_audit_log(running, page):
     tg, base, cli = running
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     page.goto(cli("staff", "login-link", "1").strip())
