@@ -8,8 +8,6 @@ from conversations.when import parse_when
 from storage.db import utcnow
 from tests.support.chat import Chat
 
-Person = Chat  # kept for branches in flight; remove after merge (use tests.support.chat.Chat)
-
 
 def make_staff(app, person: Chat) -> Chat:
     return person.make_staff()

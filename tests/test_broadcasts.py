@@ -19,7 +19,6 @@ from sqlmodel import select
 
 from conversations.domain import broadcasts as dbc
 from conversations.i18n import format_when, t_in
-from conversations.messages import Kind
 from conversations.notify import BroadcastWords
 from conversations.permissions import Actor
 from conversations.when import WhenError, parse_when
@@ -433,13 +432,6 @@ def test_fan_out_of_50000_residents_is_streamed(make_app, figure):
 
 
 # ---------------------------------------------------------------- residents: DUR / STOP / abonelik
-def talk(app, address: str, *, text: str = "", command: str = "", choice: str = "") -> list[str]:
-    """kept for branches in flight; remove after merge (use tests.support.chat.Chat)"""
-    chat = driver.Chat(app, address, "telegram")
-    replies = chat.command(command) if command else chat.tap(choice) if choice else chat.inbound(Kind.TEXT, text=text)
-    return [out.text for out in replies]
-
-
 def announcements_on(app, address: str) -> bool:
     with transaction(app.db) as db:
         identity = db.exec(select(ChannelIdentity).where(ChannelIdentity.address == address)).first()
@@ -509,7 +501,6 @@ async def running(make_app, tg):
     await channel.stop()
 
 
-Chat = TelegramChat  # kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)
 
 
 def buttons(call) -> dict[str, str]:

@@ -16,8 +16,9 @@ from conversations.permissions import Actor, Refused, can
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import AuditLog, Broadcast, OutboxMessage, Staff
+from tests.support.chat import Chat
 from tests.test_broadcasts import add_resident, katilim
-from tests.test_reports import CODE, Chat, _file, _katilim, _staff_at_reports
+from tests.test_reports import CODE, _file, _katilim, _staff_at_reports
 
 OPERATOR = f"cli:{getpass.getuser()}"
 
@@ -30,8 +31,8 @@ def _two_apps(make_app, tmp_path: Path):
     for name in ("chat", "cli"):
         app = make_app(database_url=f"sqlite:///{tmp_path / (name + '.db')}")
         ayse, john = Chat(app, "ayse"), Chat(app, "john")
-        ayse.onboard("tr")
-        john.onboard("en")
+        ayse.onboard(lang="tr")
+        john.onboard(lang="en")
         _file(ayse, description="Sokak lambası yanmıyor", category="aydinlatma")
         ayse.tap("confirm")
         code = CODE.search(ayse.said).group(0)
@@ -42,10 +43,10 @@ def _two_apps(make_app, tmp_path: Path):
                                  "status changes. Thank you!\nIf you like, describe what you see in a few words "
                                  f"or send a photo: we add it to report {code} for our staff.")
             john.tap("done")                                    # nothing to add
-            assert john.state() == "menu"
+            assert john.state == "menu"
         else:
             with transaction(app.db) as db:
-                assert domain.follow(db, Actor.resident(john.resident_id()), code)
+                assert domain.follow(db, Actor.resident(john.resident_id), code)
         worlds.append((app, code, ayse, john))
     return worlds
 
@@ -81,7 +82,7 @@ def test_a_status_change_from_the_chat_and_from_the_cli_leaves_the_same_rows(mak
     chat_notes, chat_audit = _rows(chat_app, "report.status")
     cli_notes, cli_audit = _rows(cli_app, "report.status")
     assert chat_notes == cli_notes
-    ayse_id, john_id = ayse.resident_id(), john.resident_id()
+    ayse_id, john_id = ayse.resident_id, john.resident_id
     resolved = [{"key": f"rs:yes:{code}", "label": "👍 Evet, çözüldü"},
                 {"key": f"rs:no:{code}", "label": "👎 Hayır, sürüyor"}]
     assert chat_notes == [
@@ -119,7 +120,7 @@ def test_a_merge_from_the_chat_and_from_the_cli_leaves_the_same_rows(make_app, t
     assert out == f"{duplicate} merged into {code}\n"
     chat_notes, chat_audit = _rows(chat_app, "report.merged")
     cli_notes, cli_audit = _rows(cli_app, "report.merged")
-    assert chat_notes == cli_notes and chat_notes[-1][0] == john.resident_id()
+    assert chat_notes == cli_notes and chat_notes[-1][0] == john.resident_id
     assert f"{duplicate}" in chat_notes[-1][1]["text"] and code in chat_notes[-1][1]["text"]
     assert chat_audit == [("staff:1", duplicate, {"into": code})]
     assert cli_audit == [(OPERATOR, duplicate, {"into": code})]
@@ -141,14 +142,14 @@ def test_reopen_rate_and_follow_from_the_chat_are_the_domain_operations(make_app
                                  "bildireceğiz.")
         else:
             with transaction(app.db) as db:
-                assert domain.reopen(db, Actor.resident(ayse.resident_id()), code) == "reopened"
+                assert domain.reopen(db, Actor.resident(ayse.resident_id), code) == "reopened"
         with transaction(app.db) as db:
             domain.change_status(db, Actor.cli("cli:t"), code, "resolved")
         if i == 0:
             john.tap(f"rr:4:{code}")
         else:
             with transaction(app.db) as db:
-                domain.rate(db, Actor.resident(john.resident_id()), code, 4)
+                domain.rate(db, Actor.resident(john.resident_id), code, 4)
         with transaction(app.db) as db:
             staff_notes = [o.payload["text"] for o in db.exec(select(OutboxMessage).where(
                 OutboxMessage.address == "900"))]
@@ -176,7 +177,7 @@ def test_a_broadcast_cancelled_from_the_chat_and_from_the_cli_leaves_the_same_ro
             with transaction(app.db) as db:
                 db.add(Staff(console="boss", role="admin"))
             boss = Chat(app, "boss")
-            boss.onboard("tr")
+            boss.onboard(lang="tr")
             boss.text("/duyurular")
             boss.tap(f"c:{b.id}")
             boss.tap("yes")

@@ -33,8 +33,9 @@ from storage.db import make_engine, transaction, utcnow
 from storage.linking import resident_columns
 from storage.migrate import alembic_config, upgrade
 from storage.models import AuditLog, Broadcast, ConversationSession, OutboxMessage, Resident, Staff
-from tests.participation_support import Person, local_time
+from tests.participation_support import local_time
 from tests.privacy_support import dump, jpeg, strings_in
+from tests.support.chat import Chat
 from tests.support.telegram import TelegramChat
 from tests.test_whatsapp import AYSE, MEHMET, numbered, twilio, wa  # noqa: F401  (fixtures)
 
@@ -51,11 +52,6 @@ QUEUED = "Kuyrukta bekleyen mesajım Karabağlar"
 SUPPORT = "Ayşegül burada düştü, lamba hâlâ yanmıyor Gülyalı"
 OWN, SHARED, DRAFT_PHOTO, STRAY, SUPPORT_PHOTO = jpeg(11), jpeg(12), jpeg(13), jpeg(14), jpeg(15)
 OURS = ("conversations", "storage", "bot", "handlers", "katilim")
-
-
-def TG(tg, channel, chat_id: int, first_name: str) -> TelegramChat:
-    """kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)"""
-    return TelegramChat(tg, channel, chat_id, first_name=first_name, timeout=15)
 
 
 def texts(calls) -> str:
@@ -386,7 +382,7 @@ def test_housekeeping_deletes_stored_files_nothing_points_at(make_app, db_url, f
 
     app = make_app(database_url=db_url)
     media = app.settings.media_dir
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
 
     def stored(seed: int, age_days: float = 2) -> Path:
         from storage.media import store

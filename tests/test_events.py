@@ -23,7 +23,8 @@ from storage.models import AuditLog
 from storage.participation import Event, EventFeedback, Reminder, Rsvp
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.participation_support import Person, local_time, make_staff
+from tests.participation_support import local_time, make_staff
+from tests.support.chat import Chat
 
 START = "2030-11-30 14:00"  # a Saturday, Istanbul time
 IST = ZoneInfo("Europe/Istanbul")
@@ -62,7 +63,7 @@ def test_list_detail_rsvp_and_calendar_file(make_app):
     app = make_app()
     event = add_event(app, capacity=10)
     add_event(app, start="2030-12-01 18:30", title={"tr": "Kompost Atölyesi"}, type="atolye")
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
     ayse.send("/etkinlikler")
     assert "İklim Paneli — 30 Kasım 2030 Cumartesi 14:00" in ayse.texts()
     assert "Kompost Atölyesi — 1 Aralık 2030 Pazar 18:30" in ayse.texts()
@@ -106,7 +107,7 @@ def test_ics_escaping_and_folding():
 def test_waitlist_and_automatic_promotion_with_a_message(make_app):
     app = make_app()
     event = add_event(app, capacity=1)
-    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard(lang="en")
+    ali, berk = Chat(app, "ali").onboard(), Chat(app, "berk").onboard(lang="en")
     ali.send(f"/start ev_{event.id}")
     ali.tap("rsvp")
     berk.send(f"/start ev_{event.id}")
@@ -138,7 +139,7 @@ def test_waitlist_and_automatic_promotion_with_a_message(make_app):
 def test_last_place_race_exactly_one_is_going(make_app, db_url):
     app = make_app(database_url=db_url)
     event = add_event(app, capacity=1)
-    people = [Person(app, f"p{i}").onboard() for i in range(2)]
+    people = [Chat(app, f"p{i}").onboard() for i in range(2)]
     for p in people:
         p.send(f"/start ev_{event.id}")
     barrier = threading.Barrier(2)
@@ -160,7 +161,7 @@ def test_last_place_race_exactly_one_is_going(make_app, db_url):
 def test_edit_and_cancel_tell_attendees_and_waitlist_in_their_language(make_app, tmp_path):
     app = make_app()
     event = add_event(app, capacity=1)
-    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard(lang="en")
+    ali, berk = Chat(app, "ali").onboard(), Chat(app, "berk").onboard(lang="en")
     for p in (ali, berk):
         p.send(f"/start ev_{event.id}")
         p.tap("rsvp")
@@ -222,10 +223,10 @@ def test_cli_add_validates_and_lists(make_app, tmp_path):
 
 def test_staff_add_and_edit_an_event_on_the_chat(make_app):
     app = make_app(telegram_bot_username="buca_katilim_bot")
-    resident = Person(app, "resident").onboard()
+    resident = Chat(app, "resident").onboard()
     resident.send("/etkinlikekle")
     assert resident.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")]
-    staff = make_staff(app, Person(app, "memur").onboard())
+    staff = make_staff(app, Chat(app, "memur").onboard())
     staff.send("/etkinlikekle")
     assert staff.keys() == []  # the Turkish title cannot be skipped
     staff.send("Gençlik Atölyesi")
@@ -269,13 +270,13 @@ def test_staff_add_and_edit_an_event_on_the_chat(make_app):
 def test_deep_link_through_the_engine_for_new_and_known_residents(make_app):
     app = make_app()
     event = add_event(app)
-    newcomer = Person(app, "newcomer")
+    newcomer = Chat(app, "newcomer")
     newcomer.send(f"/start ev_{event.id}")
     newcomer.tap("lang:tr")
     newcomer.tap("all")
     newcomer.tap("skip")  # mahalle
     assert "İklim Paneli" in newcomer.texts() and "rsvp" in newcomer.keys()
-    known = Person(app, "known").onboard()
+    known = Chat(app, "known").onboard()
     known.send(f"/start ev_{event.id}")
     assert "İklim Paneli" in known.texts() and "rsvp" in known.keys()
     known.send("/start ev_999")
@@ -347,7 +348,7 @@ def test_check_in_link_records_attendance(make_app):
     app = make_app()
     later = add_event(app)
     now_event = add_event(app, start=utcnow() + timedelta(minutes=30), capacity=1)
-    ali, walk_in = Person(app, "ali").onboard(), Person(app, "walkin").onboard()
+    ali, walk_in = Chat(app, "ali").onboard(), Chat(app, "walkin").onboard()
     ali.send(f"/start ev_{now_event.id}")
     ali.tap("rsvp")
     ali.send(f"/start ci_{later.checkin_token}")
@@ -369,7 +370,7 @@ def test_check_in_link_records_attendance(make_app):
 def test_feedback_after_the_event(make_app, tmp_path):
     app = make_app()
     event = add_event(app, start=utcnow() + timedelta(minutes=1))
-    ali, berk, cem = (Person(app, n).onboard() for n in ("ali", "berk", "cem"))
+    ali, berk, cem = (Chat(app, n).onboard() for n in ("ali", "berk", "cem"))
     for p in (ali, berk):
         p.send(f"/start ev_{event.id}")
         p.tap("rsvp")
@@ -402,7 +403,7 @@ def test_feedback_after_the_event(make_app, tmp_path):
 def test_erasing_a_resident_frees_the_place_and_keeps_anonymous_ratings(make_app):
     app = make_app()
     event = add_event(app, capacity=1)
-    ali, berk = Person(app, "ali").onboard(), Person(app, "berk").onboard()
+    ali, berk = Chat(app, "ali").onboard(), Chat(app, "berk").onboard()
     for p in (ali, berk):
         p.send(f"/start ev_{event.id}")
         p.tap("rsvp")
@@ -425,7 +426,7 @@ def test_merging_two_residents_keeps_one_place(make_app):
 
     app = make_app()
     event = add_event(app, capacity=2)
-    phone, laptop, waiting = (Person(app, n).onboard() for n in ("phone", "laptop", "waiting"))
+    phone, laptop, waiting = (Chat(app, n).onboard() for n in ("phone", "laptop", "waiting"))
     for p in (phone, laptop, waiting):
         p.send(f"/start ev_{event.id}")
         p.tap("rsvp")
@@ -438,7 +439,7 @@ def test_merging_two_residents_keeps_one_place(make_app):
 
 
 # ---------------------------------------------------------------- /etkinlikekle: times and numbers (issue 14, item 17)
-def _to_the_start_step(staff: Person) -> None:
+def _to_the_start_step(staff: Chat) -> None:
     staff.send("/etkinlikekle")
     staff.send("Mahalle Buluşması")
     for _ in range(5):  # the other titles and descriptions
@@ -448,7 +449,7 @@ def _to_the_start_step(staff: Person) -> None:
 
 def test_add_event_shows_a_future_example_reads_tomorrow_and_one_place(make_app):
     app = make_app()
-    staff = make_staff(app, Person(app, "memur").onboard())
+    staff = make_staff(app, Chat(app, "memur").onboard())
     _to_the_start_step(staff)
     in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
     assert staff.texts() == f"Başlangıç tarihi ve saati (İstanbul saati)? Örneğin {in_two_days} 14:00 ya da yarın 18:00"
@@ -483,7 +484,7 @@ def test_add_event_shows_a_future_example_reads_tomorrow_and_one_place(make_app)
 
 def test_add_event_explains_a_date_it_cannot_read_in_english(make_app):
     app = make_app()
-    staff = make_staff(app, Person(app, "memur").onboard(lang="en"))
+    staff = make_staff(app, Chat(app, "memur").onboard(lang="en"))
     _to_the_start_step(staff)
     in_two_days = (utcnow().astimezone(IST) + timedelta(days=2)).strftime("%d.%m.%Y")
     prompt = f"Start date and time (Istanbul time)? For example {in_two_days} 14:00 or tomorrow 18:00"
@@ -535,7 +536,7 @@ def test_event_operations_refuse_a_viewer_and_a_resident_and_audit_it(make_app):
 def test_cancelling_an_event_tells_the_attendees_in_the_same_transaction(make_app):
     app = make_app()
     event = add_event(app)
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
     ayse.send(f"/start ev_{event.id}")
     ayse.tap("rsvp")
     staff = Actor(who="staff:1", role="staff", staff_id=1)

@@ -45,12 +45,9 @@ from storage.inbox import InboundQueue
 from storage.models import ChannelIdentity, OutboxMessage, ProcessedInbound, Resident, Staff
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.fakes.twilio_api import FakeTwilioServer
-from tests.support import telegram as _telegram
 from tests.support.texts import notice_summary
 from tests.test_dispatcher import close, delivered_per_chat, seed, settled, statuses, wait_until
 from tests.test_properties import signature
-
-tg = _telegram.tg  # kept for branches in flight; remove after merge (tests/conftest.py has the fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after.*")
 

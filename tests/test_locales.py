@@ -226,7 +226,7 @@ def test_every_mo_file_loads():
 def test_lists_in_a_message_take_the_language_separator(make_app):
     """The purposes in the onboarding thanks and the consents in /verilerim's summary: "، " in
     Arabic, ", " in Turkish and English."""
-    from tests.participation_support import Person
+    from tests.participation_support import Chat
 
     app = make_app()
     expected = {"tr": ("Teşekkürler! İzin verdiğiniz amaçlar: Sorun bildirimleri, Gönüllülük, Hatırlatmalar, Duyurular.",
@@ -236,7 +236,7 @@ def test_lists_in_a_message_take_the_language_separator(make_app):
                 "ar": ("شكرًا! الأغراض التي سمحت بها: بلاغات المشكلات، التطوع، التذكيرات، الإعلانات.",
                        "الأذونات الممنوحة: بلاغات المشكلات، التطوع، التذكيرات، الإعلانات\n")}
     for lang, (thanks, consents) in expected.items():
-        someone = Person(app, f"list-{lang}")
+        someone = Chat(app, f"list-{lang}")
         someone.send("/start")
         someone.tap(f"lang:{lang}")
         assert thanks in someone.texts(someone.tap("all"))
@@ -248,12 +248,12 @@ def test_lists_in_a_message_take_the_language_separator(make_app):
 def test_the_privacy_notice_names_the_processors_messages_travel_through(make_app):
     """Messages go through Telegram, or Meta (WhatsApp) and Twilio: the notice says so, in every
     language, instead of promising that nothing is shared with anyone."""
-    from tests.participation_support import Person
+    from tests.participation_support import Chat
 
     app = make_app()
     said = {}
     for lang in LANGUAGES:
-        someone = Person(app, f"notice-{lang}")
+        someone = Chat(app, f"notice-{lang}")
         someone.send("/start")
         said[lang] = someone.texts(someone.tap(f"lang:{lang}"))
     assert ("Mesajlarınız, kullandığınız kanala göre Telegram ya da Meta (WhatsApp) ve Twilio üzerinden iletilir; "

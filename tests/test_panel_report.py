@@ -21,8 +21,9 @@ from storage import reports as rp
 from storage.db import aware, transaction
 from storage.models import ChannelIdentity, ConsentRecord, OutboxMessage, Resident, Staff
 from tests.media_support import plain_jpeg
+from tests.support.chat import Chat
 from tests.test_panel import BASE, add_staff, audits, client, form_csrf, signed_in
-from tests.test_reports import CODE, PIN, Chat
+from tests.test_reports import CODE, PIN
 
 FAR = (38.39500, 27.19000)   # ~2 km from PIN
 
@@ -44,9 +45,9 @@ def file_report(app, chat: Chat, *, category="yol", where=PIN, photo=True,
     chat.text("/bildir")
     chat.text(category)
     chat.pin(*where)
-    if chat.state() == "report.pin":       # the pin's mahalle, in one tap
+    if chat.state == "report.pin":       # the pin's mahalle, in one tap
         chat.tap("yes")
-    if chat.state() == "report.duplicate":  # a similar report nearby: file anyway
+    if chat.state == "report.duplicate":  # a similar report nearby: file anyway
         chat.tap("file")
     chat.text(description)
     if photo:
@@ -91,11 +92,11 @@ def media_paths(html: str) -> list[str]:
 async def test_the_report_page_and_its_actions(console):
     app = console
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     code = file_report(app, ayse)
     with transaction(app.db) as db:
-        rp.follow(db, code, john.resident_id())
+        rp.follow(db, code, john.resident_id)
     staff = add_staff(app, name="Mehmet Usta", console="mehmet", departments=["fen_isleri"])
     path = f"/panel/reports/{code}"
     async with signed_in(app, staff) as c:
@@ -129,7 +130,7 @@ async def test_the_report_page_and_its_actions(console):
         assert report(app, code).status == "in_progress"
         [row] = [a for a in audits(app, "report.status") if a.target == code]
         assert row.actor == f"staff:{staff}" and row.details["to_status"] == "in_progress"
-        tr_msg, en_msg = outbox_of(app, ayse.resident_id())[-1], outbox_of(app, john.resident_id())[-1]
+        tr_msg, en_msg = outbox_of(app, ayse.resident_id)[-1], outbox_of(app, john.resident_id)[-1]
         assert tr_msg.payload["text"] == "\n".join([
             t_in("tr", "report.notify.in_progress", code=code, category="Yol ve kaldırım"),
             t_in("tr", "report.notify.note", note=t_tr)])
@@ -138,33 +139,33 @@ async def test_the_report_page_and_its_actions(console):
             t_in("en", "report.notify.note", note=en_text + " Thanks!")])
 
         # -- an internal note: in the history for staff, sent to nobody
-        before = len(outbox_of(app, ayse.resident_id()))
+        before = len(outbox_of(app, ayse.resident_id))
         done = await post(c, path, f"{path}/note", text="Asfalt ekibi perşembe gelecek.")
         assert done.status_code == 303
-        assert len(outbox_of(app, ayse.resident_id())) == before
+        assert len(outbox_of(app, ayse.resident_id)) == before
         note = history(app, code)[-1]
         assert note.kind == "note" and note.internal and note.actor == f"staff:{staff}"
         assert [a.actor for a in audits(app, "report.internal_note")] == [f"staff:{staff}"]
         page = await c.get(path)
         assert "Asfalt ekibi perşembe gelecek." in page.text and "İç not" in page.text
         with transaction(app.db) as db:
-            exported = rp.export_resident(db, ayse.resident_id())
+            exported = rp.export_resident(db, ayse.resident_id)
         assert "Asfalt ekibi" not in str(exported)                  # not in the resident's own data
 
         # -- a question to the reporter, answered in the chat at the menu
         done = await post(c, path, f"{path}/ask", question="Çukur tam olarak hangi binanın önünde?")
         assert done.status_code == 303
-        asked = outbox_of(app, ayse.resident_id())[-1]
+        asked = outbox_of(app, ayse.resident_id)[-1]
         assert asked.payload["text"] == t_in("tr", "report.question.asked", code=code,
                                              question="Çukur tam olarak hangi binanın önünde?")
         assert [c_["key"] for c_ in asked.payload["choices"]] == [f"rq:{code}"]
         assert [a.actor for a in audits(app, "report.question")] == [f"staff:{staff}"]
-        assert ayse.state() == "menu"
+        assert ayse.state == "menu"
         ayse.text("12 numaralı apartmanın önünde")
         assert ayse.said == t_in("tr", "report.question.thanks", code=code) + "\n" + t_in("tr", "menu.title")
         answer = history(app, code)[-1]
         assert answer.kind == "answer" and answer.note == "12 numaralı apartmanın önünde"
-        assert answer.actor == f"resident:{ayse.resident_id()}"
+        assert answer.actor == f"resident:{ayse.resident_id}"
         page = await c.get(path)
         assert "Soruya yanıt verildi" in page.text and "12 numaralı apartmanın önünde" in page.text
         ayse.text("merhaba")                                           # answered: the menu again
@@ -207,25 +208,25 @@ async def test_the_report_page_and_its_actions(console):
 async def test_a_status_change_from_the_console_is_the_chats(console):
     app = console
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     first = file_report(app, ayse, photo=False)
     second = file_report(app, ayse, category="lamba", where=FAR, photo=False, description="Sokak lambası yanmıyor.")
     with transaction(app.db) as db:
         db.add(Staff(console="boss", name="Ayşe Başkan"))
     boss = Chat(app, "boss")
-    boss.onboard("tr")
+    boss.onboard(lang="tr")
     boss.text(f"/raporlar {second}")
     boss.tap("to:in_progress")
     assert "Bu not yazdığınız gibi gönderilir" not in boss.said
     assert t_in("tr", "staffreport.note_languages", languages="Türkçe (1)") in boss.said
     boss.text("Ekip yarın sabah gelecek")
-    from_chat = outbox_of(app, ayse.resident_id())[-1]
+    from_chat = outbox_of(app, ayse.resident_id)[-1]
     admin = add_staff(app, name="Admin", console="admin", role="admin")
     async with signed_in(app, admin) as c:
         done = await post(c, f"/panel/reports/{first}", f"/panel/reports/{first}/status", status="in_progress",
                           note_tr="Ekip yarın sabah gelecek")
         assert done.status_code == 303
-    from_console = outbox_of(app, ayse.resident_id())[-1]
+    from_console = outbox_of(app, ayse.resident_id)[-1]
     assert from_console.id != from_chat.id
     same = {k: getattr(from_chat, k) for k in ("channel", "address", "kind", "priority", "status")}
     assert {k: getattr(from_console, k) for k in same} == same
@@ -238,8 +239,8 @@ async def test_a_status_change_from_the_console_is_the_chats(console):
 async def test_merge_needs_confirmation_an_override_when_far_and_can_be_undone(console):
     app = console
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     target = file_report(app, ayse, photo=False)
     source = file_report(app, john, category="roads", where=FAR, photo=False, description="A hole in the road")
     admin = add_staff(app, name="Admin", console="admin", role="admin")
@@ -258,7 +259,7 @@ async def test_merge_needs_confirmation_an_override_when_far_and_can_be_undone(c
         merged = report(app, source)
         assert merged.status == "merged" and report(app, target).supporters == 1
         assert [a.actor for a in audits(app, "report.merge_override")] == [f"staff:{admin}"]
-        told = outbox_of(app, john.resident_id())[-1]
+        told = outbox_of(app, john.resident_id)[-1]
         assert told.payload["text"].startswith(t_in("en", "report.notify.merged", code=source, into=target,
                                                     category="Roads and pavements").split("\n")[0])
         page = await c.get(path)
@@ -268,7 +269,7 @@ async def test_merge_needs_confirmation_an_override_when_far_and_can_be_undone(c
         back = report(app, source)
         assert back.status == "new" and back.merged_into_id is None and report(app, target).supporters == 0
         assert [a.actor for a in audits(app, "report.unmerged")] == [f"staff:{admin}"]
-        assert outbox_of(app, john.resident_id())[-1].payload["text"] == t_in("en", "report.notify.unmerged",
+        assert outbox_of(app, john.resident_id)[-1].payload["text"] == t_in("en", "report.notify.unmerged",
                                                                               code=source)
         page = await c.get(f"/panel/reports/{target}")
         assert f"{source} bu bildirimle birleştirildi" in page.text
@@ -279,7 +280,7 @@ async def test_merge_needs_confirmation_an_override_when_far_and_can_be_undone(c
 async def test_staff_of_another_department_and_viewers_change_nothing(console):
     app = console
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     code = file_report(app, ayse)                                     # a road: fen_isleri
     path = f"/panel/reports/{code}"
     police = add_staff(app, name="Zabıta", console="zabita", departments=["zabita"])
@@ -359,7 +360,7 @@ async def test_a_clerk_files_a_report_for_a_caller_with_their_whatsapp_number(co
 async def test_assign_to_a_department_or_a_person_and_change_the_category(console):
     app = console
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     code = file_report(app, ayse, photo=False)
     path = f"/panel/reports/{code}"
     works = add_staff(app, name="Mehmet Usta", console="mehmet", departments=["fen_isleri"])
@@ -406,18 +407,18 @@ async def test_assign_to_a_department_or_a_person_and_change_the_category(consol
 async def test_a_question_is_answered_with_its_button_from_anywhere_in_the_chat(console):
     app = console
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     code = file_report(app, ayse, photo=False)
     admin = add_staff(app, name="Admin", console="admin", role="admin")
     async with signed_in(app, admin) as c:
         done = await post(c, f"/panel/reports/{code}", f"/panel/reports/{code}/ask", question="Çukur ne kadar derin?")
         assert done.status_code == 303
     ayse.text("/raporlarim")                                 # busy elsewhere when the question comes
-    assert ayse.state() == "report.mine"
+    assert ayse.state == "report.mine"
     ayse.tap(f"rq:{code}")
-    assert ayse.state() == "report.answer" and ayse.said == t_in("tr", "report.question.prompt", code=code)
+    assert ayse.state == "report.answer" and ayse.said == t_in("tr", "report.question.prompt", code=code)
     ayse.text("Yaklaşık bir karış")
-    assert ayse.state() == "menu"
+    assert ayse.state == "menu"
     assert ayse.said == t_in("tr", "report.question.thanks", code=code) + "\n" + t_in("tr", "menu.title")
     assert [(e.kind, e.note) for e in history(app, code)][-2:] == [("question", "Çukur ne kadar derin?"),
                                                                    ("answer", "Yaklaşık bir karış")]
@@ -430,7 +431,7 @@ async def test_a_hidden_photo_leaves_open311_and_a_blurred_one_is_served_blurred
 
     app = console
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     code = file_report(app, ayse)
     full = new_key(app, "crm", scope="full")
     admin = add_staff(app, name="Admin", console="admin", role="admin")

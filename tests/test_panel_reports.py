@@ -21,8 +21,9 @@ from conversations.permissions import Actor
 from storage import reports as rp
 from storage.db import transaction, utcnow
 from storage.models import AuditLog, OutboxMessage
+from tests.support.chat import Chat
 from tests.test_panel import add_staff, audits, client, form_csrf, signed_in
-from tests.test_reports import CODE, Chat, _file
+from tests.test_reports import CODE, _file
 
 ROW = re.compile(r'<tr data-code="([A-Z]+-\d{4}-\d{6})"')
 UTC = timezone.utc
@@ -206,7 +207,7 @@ async def test_staff_see_their_departments_by_default_and_admins_everything(cons
 
 async def test_bulk_status_tells_the_resident_and_skips_another_department(console):
     ayse = Chat(console, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     _file(ayse)                          # "yol": fen_isleri
     ayse.tap("confirm")
     filed = CODE.search(ayse.said).group(0)

@@ -21,14 +21,15 @@ from storage import reports as rp
 from storage.db import transaction, utcnow
 from storage.models import AuditLog, ChannelIdentity, ConversationSession, OutboxMessage
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
-from tests.participation_support import Person, make_staff
+from tests.participation_support import make_staff
+from tests.support.chat import Chat
 from tests.support.texts import consent_needed
 from tests.test_volunteer import SATURDAY_10, join, new_call
 
 PIN = (38.38500, 27.17500)
 
 
-def file_report(person: Person, description: str = "Kaldırım taşları sökülmüş, yürünmüyor") -> str:
+def file_report(person: Chat, description: str = "Kaldırım taşları sökülmüş, yürünmüyor") -> str:
     person.send("/bildir")
     person.tap("c:road")
     person.location(*PIN)
@@ -41,7 +42,7 @@ def file_report(person: Person, description: str = "Kaldırım taşları sökül
     return code.group(1)
 
 
-def withdraw(person: Person, purpose: str) -> str:
+def withdraw(person: Chat, purpose: str) -> str:
     person.send("/menu")
     person.tap("privacy")
     person.tap(f"p:{purpose}")
@@ -59,7 +60,7 @@ def outbox_for(app, resident_id: int, **where) -> list[OutboxMessage]:
 # ---------------------------------------------------------------- consent withdrawal, per purpose
 def test_withdrawing_reports_stops_the_news_of_reports(make_app, db_url):
     app = make_app(database_url=db_url)
-    ayse, mehmet, other = Person(app, "ayse").onboard(), Person(app, "mehmet").onboard(), Person(app, "zeynep").onboard()
+    ayse, mehmet, other = Chat(app, "ayse").onboard(), Chat(app, "mehmet").onboard(), Chat(app, "zeynep").onboard()
     code = file_report(ayse)
     mehmet_id, other_id = mehmet.resident_id, other.resident_id
     with transaction(app.db) as db:
@@ -85,7 +86,7 @@ def test_withdrawing_reports_stops_the_news_of_reports(make_app, db_url):
 
 def test_withdrawing_volunteering_leaves_the_pools_and_the_calls(make_app, db_url):
     app = make_app(database_url=db_url)
-    vol, reserve = Person(app, "vol").onboard(), Person(app, "yedek").onboard()
+    vol, reserve = Chat(app, "vol").onboard(), Chat(app, "yedek").onboard()
     join(vol, "environment", ["weekends"], skills="Arıcılık bilirim")
     join(reserve, "environment", ["weekends"])
     call = new_call(app, ["environment"], SATURDAY_10, 1)
@@ -127,7 +128,7 @@ def test_withdrawing_volunteering_leaves_the_pools_and_the_calls(make_app, db_ur
 
 def test_withdrawing_reminders_drops_them_now(make_app, db_url):
     app = make_app(database_url=db_url)
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
     with transaction(app.db) as db:
         event = event_ops.create_event(db, Actor.cli("test"), title={"tr": "Atölye"},
                                        starts_at=utcnow() + timedelta(days=3),
@@ -154,8 +155,8 @@ def test_withdrawing_reminders_drops_them_now(make_app, db_url):
 
 def test_withdrawing_announcements_cancels_the_queued_ones(make_app, db_url):
     app = make_app(database_url=db_url)
-    ayse = Person(app, "501", channel="telegram").onboard()
-    stopper = Person(app, "502", channel="telegram").onboard()
+    ayse = Chat(app, "501", channel="telegram").onboard()
+    stopper = Chat(app, "502", channel="telegram").onboard()
     with transaction(app.db) as db:
         b = bc.create(db, texts={"tr": "Su kesintisi"}, audience={}, created_by="staff:1")
     assert bc.claim_due(app.db, "w1") == [b.id]
@@ -183,8 +184,8 @@ def test_the_privacy_texts_say_what_a_withdrawal_stops():
 # ---------------------------------------------------------------- staff refusals are audited
 def test_every_staff_command_refused_to_a_resident_is_audited(make_app):
     app = make_app()
-    boss = make_staff(app, Person(app, "boss")).onboard()
-    eve = Person(app, "eve").onboard()
+    boss = make_staff(app, Chat(app, "boss")).onboard()
+    eve = Chat(app, "eve").onboard()
     eve_id = eve.resident_id
     staff_commands = set()
     for alias in sorted(app.registry.spellings):
@@ -217,7 +218,7 @@ def audited(app, resident_id: int) -> int:
 # ---------------------------------------------------------------- a rating only for a resolved report
 def test_a_rating_only_for_a_resolved_report(make_app, db_url):
     app = make_app(database_url=db_url)
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
     code = file_report(ayse)
     ayse.tap(f"rr:5:{code}")                              # not resolved yet
     assert ayse.texts() == t_in("tr", "report.error.rate_not_resolved", code=code,

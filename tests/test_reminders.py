@@ -26,7 +26,7 @@ from storage.models import OutboxMessage
 from storage.participation import Event, Reminder
 from tests.conftest import test_env as subprocess_env
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.participation_support import Person
+from tests.support.chat import Chat
 from tests.support.texts import consent_needed
 
 TZ = "Europe/Istanbul"
@@ -58,7 +58,7 @@ def reminder_rows(app) -> list[OutboxMessage]:
 def test_reminders_need_consent_and_follow_the_event(make_app):
     app = make_app()
     event = add_event(app, "İklim Paneli", timedelta(days=3))
-    ayse = Person(app, "ayse").onboard(consent="none")
+    ayse = Chat(app, "ayse").onboard(consent="none")
     ayse.send(f"/start ev_{event.id}")
     ayse.tap("rsvp")  # registering needs no consent of its own
     assert t_in("tr", "event.reminders_off_hint") in ayse.texts() and "remind" in ayse.keys()
@@ -98,7 +98,7 @@ def test_reminders_need_consent_and_follow_the_event(make_app):
 
 def test_scan_sends_each_reminder_once_and_drops_what_is_past_the_grace_window(make_app, db_url):
     app = make_app(database_url=db_url)
-    people = [Person(app, f"p{i}").onboard() for i in range(3)]
+    people = [Chat(app, f"p{i}").onboard() for i in range(3)]
     event = add_event(app, "Kompost Atölyesi", timedelta(hours=1))
     offsets = [timedelta(minutes=50)]  # due 10 minutes ago
     for p in people:
@@ -212,7 +212,7 @@ def katilim_run(env: dict, cwd: Path, log) -> subprocess.Popen:
 def test_exactly_once_across_a_restart_of_katilim_run(make_app, tmp_path):
     app = make_app()
     chat = "7373"
-    person = Person(app, chat, channel="telegram").onboard()
+    person = Chat(app, chat, channel="telegram").onboard()
     log_path = tmp_path / "run.log"
     with FakeTelegramServer() as tg, log_path.open("w") as log:
         env = subprocess_env(TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_API_URL=tg.root,

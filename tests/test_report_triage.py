@@ -18,7 +18,8 @@ from storage import apikeys
 from storage import reports as rp
 from storage.db import make_engine, transaction, utcnow
 from storage.migrate import upgrade
-from tests.test_reports import CODE, Chat, _file
+from tests.support.chat import Chat
+from tests.test_reports import CODE, _file
 
 UTC = timezone.utc
 
@@ -26,7 +27,7 @@ UTC = timezone.utc
 def test_a_report_filed_in_the_chat_is_routed_with_its_due_time(make_app, db_url):
     app = make_app(database_url=db_url)
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     _file(ayse)                      # "yol": Yol ve kaldırım, fen_isleri, 40 working hours
     ayse.tap("confirm")
     code = CODE.search(ayse.said).group(0)

@@ -29,7 +29,6 @@ PHOTO_2 = plain_jpeg(160, 120, (40, 120, 60))    # what a follower adds
 AYSE, JOHN, BOSS, EVE = 7101, 7102, 7103, 7104
 
 
-Chat = TelegramChat  # kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)
 
 
 def texts(calls) -> str:

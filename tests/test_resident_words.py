@@ -12,14 +12,15 @@ from conversations.messages import Kind, Media
 from storage import reports as rp
 from storage.db import transaction
 from storage.models import Resident, Staff
-from tests.test_reports import CODE, PIN, Chat, _katilim
+from tests.support.chat import Chat
+from tests.test_reports import CODE, PIN, _katilim
 
 tr, en, ar = translator("tr"), translator("en"), translator("ar")
 
 
 def _mahalle_of(app, chat: Chat) -> str | None:
     with transaction(app.db) as db:
-        return db.get(Resident, chat.resident_id()).mahalle
+        return db.get(Resident, chat.resident_id).mahalle
 
 
 # ---------------------------------------------------------------- 6. mahalle as Turks write it
@@ -29,18 +30,18 @@ def _mahalle_of(app, chat: Chat) -> str | None:
 def test_onboarding_takes_the_mahalle_as_typed(make_app, typed, key):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr", typed)
+    chat.onboard(lang="tr", mahalle=typed)
     assert _mahalle_of(app, chat) == key
 
 
 def test_mahalle_words_in_reports_staff_filters_and_the_cli(make_app, sqlite_url):
     app = make_app(database_url=sqlite_url)
     ayse = Chat(app, "ayse")
-    ayse.onboard("tr")
+    ayse.onboard(lang="tr")
     ayse.text("/bildir")
     ayse.text("çukur")
     ayse.text("Buca Koop Mahallesi")
-    assert ayse.state() == "report.street"
+    assert ayse.state == "report.street"
     assert ayse.said == tr("report.street_prompt", mahalle="Buca Koop")
     with transaction(app.db) as db:
         db.add(Staff(console="boss"))
@@ -49,11 +50,11 @@ def test_mahalle_words_in_reports_staff_filters_and_the_cli(make_app, sqlite_url
         other = rp.create_report(db, prefix="BCA", resident_id=None, category="waste", description="çöp",
                                  mahalle="yildiz").code
     boss = Chat(app, "boss")
-    boss.onboard("tr")
+    boss.onboard(lang="tr")
     boss.text("/raporlar")
     boss.tap("mah")
     boss.text("kozağaç mh")
-    assert boss.state() == "staffreport.home"
+    assert boss.state == "staffreport.home"
     boss.tap("st:new")
     assert f"r:{code}" in boss.keys() and f"r:{other}" not in boss.keys()
     listed = _katilim(sqlite_url, "list", "--mahalle", "Yıldız Mahallesi").stdout
@@ -80,7 +81,7 @@ def _category_typed(chat: Chat, typed: str) -> str | None:
     chat.text("/bildir")
     chat.text(typed)
     with transaction(chat.app.db) as db:
-        session = db.get(ConversationSession, chat.resident_id())
+        session = db.get(ConversationSession, chat.resident_id)
         state, category = session.state, session.data.get("category")
     chat.text("/iptal")
     return category if state == "report.location" else None
@@ -135,17 +136,17 @@ def _to_describe(chat: Chat) -> None:
     chat.text("lamba")
     chat.text("Yıldız")
     chat.text("Okulun önü")
-    assert chat.state() == "report.describe"
+    assert chat.state == "report.describe"
 
 
 @pytest.mark.parametrize("text", ["👍👍👍", "🕳️🕳️", "!!! ???", "ok 😡😡😡"])
 def test_emoji_only_description_is_too_short(make_app, text):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr")
+    chat.onboard(lang="tr")
     _to_describe(chat)
     chat.text(text)
-    assert chat.state() == "report.describe"
+    assert chat.state == "report.describe"
     assert [o.text for o in chat.last] == [tr("report.describe_short"),
                                            tr("report.describe_prompt", category="Sokak aydınlatması")]
 
@@ -153,12 +154,12 @@ def test_emoji_only_description_is_too_short(make_app, text):
 def test_an_over_long_description_is_trimmed_never_refused(make_app):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr")
+    chat.onboard(lang="tr")
     _to_describe(chat)
     long = "Lamba yanmıyor. " * 400                    # 6,400 characters: over the engine's 2,000 too
     assert len(long) > app.settings.max_text_length
     chat.text(long)
-    assert chat.state() == "report.photos"
+    assert chat.state == "report.photos"
     assert chat.last[0].text == tr("report.describe_trimmed", limit=1000)
     chat.tap("done")
     chat.tap("confirm")
@@ -173,13 +174,13 @@ def test_an_over_long_description_is_trimmed_never_refused(make_app):
 def test_a_pin_gets_its_mahalle_in_one_tap_and_a_far_pin_is_questioned(make_app):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr", "kozagac")
+    chat.onboard(lang="tr", mahalle="kozagac")
     chat.text("/bildir")
     chat.text("çöp")
     assert chat.last[-1].request_location == "📍 Konumumu gönder"           # the one-tap button
     assert chat.last[-1].location_hint == tr("report.location_hint")        # how, where there is none
     chat.pin(41.01, 28.97)                                                   # Istanbul
-    assert chat.state() == "report.pin"
+    assert chat.state == "report.pin"
     assert [o.text for o in chat.last] == [tr("report.pin_outside", municipality="Buca Belediyesi")]
     assert tr("report.location_saved") not in chat.said
     assert chat.keys() == ["keep", "list"] and chat.last[-1].request_location == "📍 Konumumu gönder"
@@ -187,7 +188,7 @@ def test_a_pin_gets_its_mahalle_in_one_tap_and_a_far_pin_is_questioned(make_app)
     assert [o.text for o in chat.last] == [tr("report.pin_mahalle", mahalle="Yıldız")]
     assert chat.last[0].remove_keyboard                                      # the button goes
     chat.tap("yes")
-    assert chat.state() == "report.describe"
+    assert chat.state == "report.describe"
     chat.text("Konteyner taşmış, etrafa yayılmış")
     chat.tap("done")
     chat.tap("confirm")
@@ -199,12 +200,12 @@ def test_a_pin_gets_its_mahalle_in_one_tap_and_a_far_pin_is_questioned(make_app)
 def test_another_mahalle_for_a_pin_keeps_the_pin_and_a_far_pin_may_stay(make_app):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr")
+    chat.onboard(lang="tr")
     chat.text("/bildir")
     chat.text("köpek")
     chat.pin(38.37292, 27.17973)
     chat.text("Kozağaç mh.")                          # "no, it is Kozağaç": typed, the pin stays
-    assert chat.state() == "report.describe"
+    assert chat.state == "report.describe"
     chat.text("Yaralı bir köpek var")
     chat.tap("done")
     assert tr("report.location_mahalle", mahalle="Kozağaç") in chat.said and "38.37292" in chat.said
@@ -214,7 +215,7 @@ def test_another_mahalle_for_a_pin_keeps_the_pin_and_a_far_pin_may_stay(make_app
     chat.text("gürültü")
     chat.pin(41.01, 28.97)
     chat.tap("keep")                                 # "yes, it is there": kept, no mahalle
-    assert chat.state() == "report.describe"
+    assert chat.state == "report.describe"
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert (report.latitude, report.mahalle) == (38.37292, "kozagac")
@@ -242,7 +243,7 @@ def test_the_terminal_takes_typed_coordinates_as_a_pin(tmp_path):
 def test_after_a_photo_devam_and_typed_words_move_on(make_app, photo, word):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("tr")
+    chat.onboard(lang="tr")
     _to_describe(chat)
     chat.text("Lamba yanmıyor")
     assert chat.keys() == ["done"] and chat.last[-1].choices[0].label == tr("report.photos_skip")
@@ -253,27 +254,27 @@ def test_after_a_photo_devam_and_typed_words_move_on(make_app, photo, word):
     chat.photo(photo)
     assert chat.last[-1].text.endswith("1 fotoğraf daha ekleyebilir ya da ✅ Devam düğmesine basabilirsiniz.")
     chat.text(word)
-    assert chat.state() == "report.summary"
+    assert chat.state == "report.summary"
     chat.tap("e:description")                        # back at the photos later: still "✅ Devam"
     chat.text("Lamba hiç yanmıyor")
-    assert chat.state() == "report.summary"
+    assert chat.state == "report.summary"
 
 
 def test_photos_step_shows_devam_once_a_photo_came_with_the_description(make_app, photo):
     app = make_app()
     chat = Chat(app, "ayse")
-    chat.onboard("en")
+    chat.onboard(lang="en")
     chat.text("/report")
     chat.text("lamp")
     chat.text("Yıldız")
     chat.text("In front of the school")
     chat.send(Kind.PHOTO, text="The lamp is off", media=[Media(ref=str(photo), content_type="image/jpeg")])
-    assert chat.state() == "report.photos"
+    assert chat.state == "report.photos"
     assert [c.label for c in chat.last[-1].choices] == ["✅ Continue"]
     assert chat.last[-1].text == (en("report.photo_saved", n=1, max=3)
                                   + "\nYou can add 2 more photos, or tap ✅ Continue.")
     chat.text("done")
-    assert chat.state() == "report.summary"
+    assert chat.state == "report.summary"
 
 
 @pytest.fixture
@@ -287,8 +288,8 @@ def photo(tmp_path):
 def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app, photo):
     app = make_app()
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("tr")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="tr")
     ayse.text("/bildir")
     ayse.text("çukur")
     ayse.pin(*PIN)
@@ -303,13 +304,13 @@ def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app
     john.text("asfalt")
     john.pin(38.38530, 27.17520)
     john.tap("yes")
-    assert john.state() == "report.duplicate"
+    assert john.state == "report.duplicate"
     shown = [o for o in john.last if o.photo_path]
     assert len(shown) == 1 and shown[0].photo_path == str(photo)
     assert tr("report.detail_description", description="Kaldırımda derin bir çukur var") in shown[0].text
     assert john.keys() == [f"f:{code}", "file", "back"]
     john.tap(f"f:{code}")
-    assert john.state() == "report.support"
+    assert john.state == "report.support"
     assert [o.text for o in john.last] == [tr("report.followed", code=code), tr("report.support_prompt", code=code)]
     assert [c.label for c in john.last[-1].choices] == [tr("report.support_skip")]
     second = photo.with_name("p2.jpg")
@@ -317,8 +318,8 @@ def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app
     john.photo(second)
     assert [c.label for c in john.last[-1].choices] == [tr("report.support_done")]
     john.text("Dün akşam bir bisikletli düştü")
-    assert john.state() == "menu" and john.last[0].text == tr("report.support_saved", code=code)
-    john_id = john.resident_id()
+    assert john.state == "menu" and john.last[0].text == tr("report.support_saved", code=code)
+    john_id = john.resident_id
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
         assert rp.count_reports(db) == 1 and report.supporters == 1
@@ -331,7 +332,7 @@ def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app
     with transaction(app.db) as db:
         db.add(Staff(console="boss"))
     boss = Chat(app, "boss")
-    boss.onboard("tr")
+    boss.onboard(lang="tr")
     boss.text(f"/raporlar {code}")
     assert "Dün akşam bir bisikletli düştü" in boss.said
     assert [o.photo_path for o in boss.last if o.photo_path] == [str(photo), str(second)]
@@ -345,8 +346,8 @@ def test_following_a_similar_report_keeps_the_text_and_photos_for_staff(make_app
 def test_a_place_changed_from_the_summary_finds_a_similar_report_and_keeps_the_draft(make_app, photo):
     app = make_app()
     ayse, john = Chat(app, "ayse"), Chat(app, "john")
-    ayse.onboard("tr")
-    john.onboard("en")
+    ayse.onboard(lang="tr")
+    john.onboard(lang="en")
     ayse.text("/bildir")
     ayse.text("lamba")
     ayse.text("Yıldız")
@@ -365,9 +366,9 @@ def test_a_place_changed_from_the_summary_finds_a_similar_report_and_keeps_the_d
     john.tap("e:location")                           # oh, it was in Yıldız after all
     john.text("yildiz")
     john.text("Near the school")
-    assert john.state() == "report.duplicate"
+    assert john.state == "report.duplicate"
     john.tap(f"f:{code}")                           # what he wrote goes with the follow
-    assert john.state() == "menu"
+    assert john.state == "menu"
     assert [o.text for o in john.last][:2] == [en("report.followed", code=code), en("report.support_saved", code=code)]
     with transaction(app.db) as db:
         report = rp.get_by_code(db, code)
@@ -428,7 +429,7 @@ def test_a_supporter_comment_follows_its_writer_when_two_residents_become_one(ma
     app = make_app()
     ayse, john, john_wa = Chat(app, "ayse"), Chat(app, "john"), Chat(app, "john-2")
     for chat in (ayse, john, john_wa):
-        chat.onboard("tr")
+        chat.onboard(lang="tr")
     ayse.text("/bildir")
     ayse.text("lamba")
     ayse.text("Yıldız")
@@ -443,7 +444,7 @@ def test_a_supporter_comment_follows_its_writer_when_two_residents_become_one(ma
     john_wa.text("Okulun önü")
     john_wa.tap(f"f:{code}")
     john_wa.text("Haftalardır karanlık")
-    keep, gone = john.resident_id(), john_wa.resident_id()
+    keep, gone = john.resident_id, john_wa.resident_id
     with transaction(app.db) as db:
         merge(db, keep, gone, app.engine.config)
     john.text("/verilerim")

@@ -77,7 +77,6 @@ def buttons(call) -> dict[str, str]:
     return {data: label for row in keyboard(call) for label, data in row}
 
 
-Chat = TelegramChat  # kept for branches in flight; remove after merge (use tests.support.telegram.TelegramChat)
 
 
 def texts(calls) -> list[str]:
@@ -107,7 +106,7 @@ def hood_key(app, name: str) -> str:
     return next(n.key for n in app.catalog.neighbourhoods if n.name == name)
 
 
-async def onboard(chat: Chat, consent: str = "all", lang: str = "tr") -> None:
+async def onboard(chat: TelegramChat, consent: str = "all", lang: str = "tr") -> None:
     await chat.say("/start")
     await chat.tap(f"lang:{lang}")
     replies = await chat.tap(consent)

@@ -22,7 +22,8 @@ from storage.db import aware, transaction, utcnow
 from storage.models import AuditLog, Staff
 from storage.participation import CallResponse, PoolMembership, Reminder, VolunteerCall
 from tests.conftest import test_env as subprocess_env
-from tests.participation_support import Person, local_time, make_staff
+from tests.participation_support import local_time, make_staff
+from tests.support.chat import Chat
 from tests.support.texts import consent_needed
 
 SATURDAY_10 = "2030-11-30 10:00"     # Saturday morning, Istanbul
@@ -31,7 +32,7 @@ WEDNESDAY_19 = "2030-11-27 19:00"    # Wednesday evening
 WEDNESDAY_10 = "2030-11-27 10:00"    # Wednesday morning
 
 
-def join(person: Person, pool: str, avail: list[str], tags: list[str] = (), skills: str | None = None) -> None:
+def join(person: Chat, pool: str, avail: list[str], tags: list[str] = (), skills: str | None = None) -> None:
     person.send("/gonullu")
     person.tap(f"p:{pool}")
     person.tap("join")
@@ -68,7 +69,7 @@ def responses(app, call_id) -> dict[int, tuple[str, int | None]]:
 
 def test_join_update_and_leave_a_pool_needs_consent(make_app):
     app = make_app()
-    ayse = Person(app, "ayse").onboard(consent="none")
+    ayse = Chat(app, "ayse").onboard(consent="none")
     ayse.send("/gonullu")
     assert ayse.texts() == consent_needed(app, "tr", "volunteering")
     ayse.tap("yes")
@@ -112,15 +113,15 @@ def test_join_update_and_leave_a_pool_needs_consent(make_app):
 
 def test_calls_reach_members_of_the_pools_when_they_are_available(make_app):
     app = make_app()
-    weekend = Person(app, "weekend").onboard()
+    weekend = Chat(app, "weekend").onboard()
     join(weekend, "environment", ["weekends"])
-    evening = Person(app, "evening").onboard()
+    evening = Chat(app, "evening").onboard()
     join(evening, "environment", ["evenings"])
-    weekday = Person(app, "weekday").onboard()
+    weekday = Chat(app, "weekday").onboard()
     join(weekday, "environment", ["weekdays"])
-    other_pool = Person(app, "animals").onboard()
+    other_pool = Chat(app, "animals").onboard()
     join(other_pool, "animals", ["weekdays", "weekends", "evenings"])
-    withdrawn = Person(app, "withdrawn").onboard()
+    withdrawn = Chat(app, "withdrawn").onboard()
     join(withdrawn, "environment", ["weekdays", "weekends", "evenings"])
     withdrawn.send("/menu")
     withdrawn.tap("privacy")
@@ -143,7 +144,7 @@ def test_a_call_fills_up_then_the_reserve_list_takes_a_freed_place(make_app):
     app = make_app()
     people = []
     for name in ("ali", "berk", "cem"):
-        p = Person(app, name).onboard()
+        p = Chat(app, name).onboard()
         join(p, "environment", ["weekends"])
         people.append(p)
     ali, berk, cem = people
@@ -191,11 +192,11 @@ def test_a_call_fills_up_then_the_reserve_list_takes_a_freed_place(make_app):
 @pytest.mark.parametrize("rounds", [3])
 def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
     app = make_app(database_url=db_url)
-    holder = Person(app, "holder").onboard()
+    holder = Chat(app, "holder").onboard()
     join(holder, "environment", ["weekends"])
     racers = []
     for name in ("r1", "r2"):
-        p = Person(app, name).onboard()
+        p = Chat(app, name).onboard()
         join(p, "environment", ["weekends"])
         racers.append(p)
     for round_ in range(rounds):
@@ -207,7 +208,7 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
         barrier = threading.Barrier(2)
         results: dict[str, str] = {}
 
-        def tap(p: Person, barrier=barrier, results=results, call=call) -> None:
+        def tap(p: Chat, barrier=barrier, results=results, call=call) -> None:
             barrier.wait()
             results[p.address] = p.texts(p.tap(f"vc:{call.id}:t"))
 
@@ -227,13 +228,13 @@ def test_reserve_promotion_race_exactly_one_wins(make_app, db_url, rounds):
 
 def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
     app = make_app()
-    vol = Person(app, "vol").onboard()
+    vol = Chat(app, "vol").onboard()
     join(vol, "disaster", ["weekends"])
-    resident = Person(app, "someone").onboard()
+    resident = Chat(app, "someone").onboard()
     resident.send("/gonullucagri")
     assert resident.messages() == [t_in("tr", "staff.refused"), t_in("tr", "menu.title")]
 
-    staff = make_staff(app, Person(app, "memur").onboard())
+    staff = make_staff(app, Chat(app, "memur").onboard())
     staff.send("/gonullucagri")
     staff.tap("done")
     assert t_in("tr", "volunteer.call_new.pick_pool") in staff.texts()
@@ -255,7 +256,7 @@ def test_staff_post_a_call_on_the_chat_and_residents_cannot(make_app):
 
 def test_cli_sends_a_call_and_lists_responses(make_app, tmp_path):
     app = make_app()
-    vol = Person(app, "vol").onboard()
+    vol = Chat(app, "vol").onboard()
     join(vol, "education", ["weekdays"])
     env = subprocess_env(DATABASE_URL=app.settings.database_url, MEDIA_DIR=str(tmp_path / "media"))
 
@@ -280,7 +281,7 @@ def test_cli_sends_a_call_and_lists_responses(make_app, tmp_path):
 
 def test_export_and_erase(make_app):
     app = make_app()
-    vol = Person(app, "vol").onboard()
+    vol = Chat(app, "vol").onboard()
     join(vol, "environment", ["weekends"], skills="Bahçıvanlık")
     call = new_call(app, ["environment"], SATURDAY_10, 3)
     vol.tap(f"vc:{call.id}:y")
@@ -301,7 +302,7 @@ def test_export_and_erase(make_app):
 @pytest.mark.parametrize("page", ["p:environment", "mine"])  # a pool's page, "my duties"
 def test_a_volunteering_page_asks_again_on_text_it_does_not_understand(make_app, page):
     app = make_app()
-    ayse = Person(app, "ayse").onboard()
+    ayse = Chat(app, "ayse").onboard()
     ayse.send("/gonullu")
     ayse.tap(page)
     (shown,) = ayse.last
@@ -314,7 +315,7 @@ def test_a_volunteering_page_asks_again_on_text_it_does_not_understand(make_app,
 
 def test_a_call_for_one_volunteer_starting_tomorrow(make_app):
     app = make_app()
-    staff = make_staff(app, Person(app, "memur").onboard())
+    staff = make_staff(app, Chat(app, "memur").onboard())
     staff.send("/gonullucagri")
     staff.tap("p:environment")
     staff.tap("done")
@@ -337,7 +338,7 @@ def test_a_call_for_one_volunteer_starting_tomorrow(make_app):
         1, datetime.combine(day, time(10), tzinfo=IST), f"staff:{staff_id(app, staff)}")
 
 
-def staff_id(app, person: Person) -> int:
+def staff_id(app, person: Chat) -> int:
     with Session(app.db) as db:
         return db.exec(select(Staff.id).where(Staff.console == person.address)).one()
 
@@ -345,7 +346,7 @@ def staff_id(app, person: Person) -> int:
 # ---------------------------------------------------------------- the staff operations (domain/volunteering.py)
 def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app):
     app = make_app()
-    vol = Person(app, "vol").onboard()
+    vol = Chat(app, "vol").onboard()
     join(vol, "disaster", ["weekends"])
     call = new_call(app, ["disaster"], "2030-11-30 10:00", capacity=2)
     vol.tap(f"vc:{call.id}:y")
@@ -371,7 +372,7 @@ def test_call_operations_refuse_a_viewer_audit_it_and_cancel_for_staff(make_app)
 
 def test_cli_closes_a_call_the_accepted_keep_their_duty(make_app, tmp_path):
     app = make_app()
-    ali, berk, cem = (Person(app, name).onboard() for name in ("ali", "berk", "cem"))
+    ali, berk, cem = (Chat(app, name).onboard() for name in ("ali", "berk", "cem"))
     for person in (ali, berk, cem):
         join(person, "education", ["weekdays"])
     call = new_call(app, ["education"], WEDNESDAY_10, capacity=1, what="Etüt desteği")

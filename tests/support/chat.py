@@ -44,18 +44,6 @@ def error_texts() -> set[str]:
     return {translator(lang)("engine.error") for lang in LANGUAGES}
 
 
-# kept for branches in flight; remove after merge: the old reports driver had chat.state() and
-# chat.resident_id() as methods, the others as properties; these values work both ways.
-class _Name(str):
-    def __call__(self) -> str:
-        return str(self)
-
-
-class _Id(int):
-    def __call__(self) -> int:
-        return int(self)
-
-
 class Chat:
     """One resident (or staff member) on a channel, driven through `app.engine.handle`.
 
@@ -63,9 +51,6 @@ class Chat:
     is what the engine returned for the last message (`.duplicate`, `.replies`)."""
 
     def __init__(self, app, address: str | None = None, channel: str = "console", *, lang: str = "tr") -> None:
-        # the old engine driver's Chat(app, lang): kept for branches in flight; remove after merge
-        if address in LANGUAGES and lang == "tr":
-            address, lang = None, address
         self.app, self.channel, self.lang = app, channel, lang
         self.address = address or f"r-{uuid.uuid4().hex[:10]}"
         self.last: list[Outbound] = []
@@ -169,7 +154,7 @@ class Chat:
 
     @property
     def resident_id(self) -> int:
-        return _Id(self.rows()[0].resident_id)
+        return self.rows()[0].resident_id
 
     @property
     def session(self) -> ConversationSession:
@@ -177,7 +162,7 @@ class Chat:
 
     @property
     def state(self) -> str:
-        return _Name(self.session.state)
+        return self.session.state
 
     @property
     def data(self) -> dict[str, Any]:
@@ -220,9 +205,6 @@ class Chat:
                 first: str = "/start") -> "Chat":
         """First contact (`first`) → language (`lang`, else the chat's) → the notice → consents ("all",
         "none", or one yes/no a purpose) → the mahalle (typed, or skipped) → the menu."""
-        # the old reports driver's onboard(lang, mahalle): kept for branches in flight; remove after merge
-        if consent in LANGUAGES:
-            consent, lang, mahalle = "all", consent, mahalle if mahalle is not None else lang
         lang = lang or self.lang
         self.say(first)
         assert self.state == "onboarding.language", self.state
