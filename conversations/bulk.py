@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from conversations.domain import reports as domain
+from conversations.domain import triage
 from conversations.i18n import N_
 from conversations.permissions import Actor, Refused, can, can_some
 from storage import reports as rp
@@ -55,9 +56,10 @@ def _reports(db: Session, actor: Actor, codes: list[str], action: str, outcome: 
     return found
 
 
-def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None, *,
+def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None, *, catalog,
            now: datetime | None = None) -> Outcome:
-    """Assign the reports to a staff member (None: to nobody)."""
+    """Assign the reports to a staff member (None: to nobody): the report page's assignment
+    (conversations/domain/triage.py `assign`) for each."""
     outcome = Outcome()
     reports = _reports(db, actor, codes, "assign", outcome)
     if assignee_id is not None:
@@ -65,7 +67,9 @@ def assign(db: Session, actor: Actor, codes: list[str], assignee_id: int | None,
         if staff is None or not staff.active or staff.role == "viewer":
             raise BulkError(N_("panel.bulk.bad_assignee"))
     for report in reports:
-        if domain.assign(db, actor, report.code, assignee_id, now=now):
+        before = report.assignee_id
+        if triage.assign(db, actor, report.code, assignee_id=assignee_id or 0, catalog=catalog,
+                         now=now).assignee_id != before:
             outcome.changed.append(report.code)
     return outcome
 

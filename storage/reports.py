@@ -470,18 +470,6 @@ def set_status(db: Session, code: str, status: str, actor: str, note: str = "", 
     return report
 
 
-def assign(db: Session, report: Report, assignee_id: int | None, actor: str, *, now: datetime | None = None) -> None:
-    """Set a report's assignee (None: nobody) with its history row (the check and the audit row:
-    conversations/domain/reports.py assign)."""
-    now = now or utcnow()
-    report.assignee_id = assignee_id
-    report.updated_at = now
-    db.add(report)
-    db.add(ReportEvent(report_id=report.id, at=now, actor=actor[:64], kind="assigned",
-                       note=f"staff:{assignee_id}" if assignee_id else ""))
-    db.flush()
-
-
 def merge(db: Session, code: str, into_code: str, actor: str, *, now: datetime | None = None) -> Report:
     """Merge a duplicate into another report: its reporter and followers whose consent stands follow
     the target (and count as its supporters). Telling them is conversations/domain/reports.py's."""

@@ -83,23 +83,6 @@ def change_status(db: Session, actor: Actor, code: str, status: str, *, note: st
     return StatusChanged(report, previous, told)
 
 
-def assign(db: Session, actor: Actor, code: str, assignee_id: int | None, *,
-           now: datetime | None = None) -> bool:
-    """Assign a report to a staff member (None: to nobody): its history and audit row. False
-    when it was so already. The assignee must be an active member who may change reports."""
-    report = rp.require(db, code)
-    authorise(db, actor, "report.change", report.code, department=department_of(report),
-              assignee_id=report.assignee_id)
-    if report.assignee_id == assignee_id:
-        return False
-    now = now or utcnow()
-    before = report.assignee_id
-    rp.assign(db, report, assignee_id, actor.who, now=now)
-    audit(db, actor.who, "report.assigned", report.code, before=f"staff:{before}" if before else "",
-          after=f"staff:{assignee_id}" if assignee_id else "")
-    return True
-
-
 def merge(db: Session, actor: Actor, code: str, into_code: str, *, catalog=None, tz: str = "Europe/Istanbul",
           now: datetime | None = None) -> Merged:
     """Merge a duplicate into another report; its people follow the target and are told its code."""

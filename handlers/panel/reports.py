@@ -390,7 +390,7 @@ def router(app) -> APIRouter:
             if action == "assign":
                 target = str(form.get("assignee", ""))
                 assignee = None if target in ("", "none") else int(target) if target.isdigit() else -1
-                return bulk_actions.assign(db, signed.actor, codes, assignee)
+                return bulk_actions.assign(db, signed.actor, codes, assignee, catalog=app.catalog)
             if action == "status":
                 return bulk_actions.change_status(db, signed.actor, codes, str(form.get("status", "")),
                                             str(form.get("note", ""))[:1000], catalog=app.catalog,
