@@ -59,7 +59,7 @@ def test_a_report_from_telegram_triaged_in_the_console(running, page):
     page.wait_for_url(base + "/panel/")
 
     # -- from the list to the report page: the photo (served to this session only), the pin, the facts
-    page.get_by_role("link", name="Raporlar", exact=True).click()
+    page.get_by_role("link", name="Bildirimler", exact=True).click()
     page.wait_for_url(base + "/panel/reports")
     page.get_by_role("link", name=code, exact=True).click()
     page.wait_for_url(f"{base}/panel/reports/{code}")

@@ -99,7 +99,7 @@ def test_list_filters_bulk_live_and_map(running, page):
 
     # the list: a staff member's departments by default (fen_isleri: road, lighting, water;
     # veteriner_isleri: animals)
-    page.get_by_role("link", name="Raporlar", exact=True).click()
+    page.get_by_role("link", name="Bildirimler", exact=True).click()
     page.wait_for_url(re.compile(r".*/panel/reports$"))
     rows = page.locator("tbody#rows tr")
     assert rows.count() == 15

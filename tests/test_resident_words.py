@@ -94,7 +94,7 @@ def test_every_synonym_in_every_language_finds_its_category(make_app):
     catalog = app.catalog
     chats = {lang: Chat(app, f"r-{lang}") for lang in ("tr", "en", "ar")}
     for lang, chat in chats.items():
-        chat.onboard(lang)
+        chat.onboard(lang=lang)
     needed = {"çukur", "asfalt", "lamba", "ışık", "köpek", "kedi", "çöp"}
     assert needed <= {w for c in catalog.categories for w in c.synonyms.get("tr", ())}
     wrong = []
@@ -118,7 +118,7 @@ def test_the_examples_in_yardim_all_work(make_app, lang):
 
     app = make_app()
     chat = Chat(app, "r")
-    chat.onboard(lang)
+    chat.onboard(lang=lang)
     chat.text("/yardim" if lang == "tr" else "/help")
     t = translator(lang)
     assert t("report.command") in chat.said
@@ -392,7 +392,7 @@ def test_a_place_changed_from_the_summary_finds_a_similar_report_and_keeps_the_d
 def test_the_resident_is_told_the_usual_response_time(make_app, lang, typed, expected):
     app = make_app()
     chat = Chat(app, "r")
-    chat.onboard(lang)
+    chat.onboard(lang=lang)
     chat.text("/bildir" if lang == "tr" else "/report")
     chat.text(typed)
     chat.text("Kozağaç")

@@ -98,7 +98,7 @@ async def test_iptal_at_a_consent_question_asks_it_again(make_app):
 async def test_dur_in_the_middle_of_a_report_keeps_the_draft(make_app):
     app = make_app()
     term = await onboarded(app, "ayse")
-    await term.script("/bildir", "1")            # the first category
+    await term.script("/bildir", "1", "/konum 38.3729 27.1797", "1")   # a category, a pin in Yıldız, confirmed
     before = await term.type("Parktaki bank kırık, çocuklar için tehlikeli.")
     screen = await term.type("DUR")
     assert screen.startswith(tr("subscription.off_midway") + "\n"), screen
