@@ -898,6 +898,8 @@ def on_question_button(ctx: Ctx, msg: Inbound) -> Transition:
 @router.idle_text
 def answer_at_menu(ctx: Ctx, msg: Inbound) -> Transition | None:
     """Free text at the menu right after staff asked a question: it is the answer."""
+    if not rp.asked_since(ctx.reader, ctx.resident.id, ctx.now - triage.QUESTION_OPEN):
+        return None
     report = triage.open_question(ctx.db, ctx.resident.id, now=ctx.now)
     if report is None:
         return None

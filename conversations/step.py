@@ -151,6 +151,11 @@ class Ctx:
         self._writing()
         return self._conn
 
+    @property
+    def reader(self) -> Connection:
+        """The step's connection, for prepared statements that only read (no savepoint begun)."""
+        return self._conn
+
     def update_resident(self, **values: Any) -> None:
         if self._writes is not None:
             self._writes.update_resident(self.resident, values)

@@ -24,13 +24,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, delete, func
+from sqlalchemy import Column, Index, Text, UniqueConstraint, bindparam, delete, func
 from sqlmodel import Field, Session, SQLModel, select
 
 from storage.attachments import Erased, stored_name
 from storage.audit import audit
 from storage.consents import current_consents_many
 from storage.db import aware, utcnow
+from storage.fastsql import Prepared
 from storage.fold import fold
 from storage.models import ChannelIdentity, Resident, Staff
 
@@ -631,3 +632,16 @@ def withdraw_consent(db: Session, resident_id: int) -> None:
 
 def _iso(dt: datetime | None) -> str | None:
     return aware(dt).isoformat() if dt else None
+
+
+_ASKED_SINCE = Prepared(select(ReportEvent.id).join(Report, Report.id == ReportEvent.report_id)
+                        .where(Report.resident_id == bindparam("rid"), ReportEvent.kind == "question",
+                               ReportEvent.at >= bindparam("since")).limit(1))
+
+
+def asked_since(conn, resident_id: int, since: datetime) -> bool:
+    """Whether staff asked this resident (a reporter) a question since `since`: a prepared read on
+    the step's connection, so free text at the menu costs no ORM query when nobody asked."""
+    rows, _ = _ASKED_SINCE.execute(conn, {"rid": resident_id, "since": since})
+    return bool(rows)
+

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from sqlalchemy import bindparam, or_
 from sqlmodel import Session, select
 
 from storage.db import aware
+from storage.fastsql import Prepared
 from storage.models import ChannelIdentity, Resident, Staff
 
 
@@ -30,17 +32,23 @@ def staff_for(db: Session, channel: str, address: str) -> Staff | None:
 
 
 def chat_staff_on(conn, channel: str, address: str) -> bool:
-    """`is_chat_staff` read on a plain connection (a menu shown to everyone: no ORM session)."""
-    where = _staff_address(channel, address)
-    if where is None:
+    """`is_chat_staff` read on a plain connection with a prepared statement (every menu asks it:
+    no ORM session, no statement built)."""
+    prepared = _CHAT_STAFF.get(channel)
+    if prepared is None:
         return False
-    return conn.execute(select(Staff.id).where(where, Staff.active, Staff.role.in_(CHAT_STAFF_ROLES))
-                        .limit(1)).first() is not None
+    rows, _ = prepared.execute(conn, {"address": address.removeprefix("whatsapp:")})
+    return bool(rows)
 
 
 # Roles that may use the staff screens of the chat, which change things (a viewer only reads, in
 # the staff console).
 CHAT_STAFF_ROLES = ("admin", "staff")
+_CHAT_STAFF = {channel: Prepared(select(Staff.id).where(column == bindparam("address"), Staff.active,
+                                                         or_(*(Staff.role == role for role in CHAT_STAFF_ROLES)))
+                                                         .limit(1))
+               for channel, column in (("telegram", Staff.telegram_id), ("whatsapp", Staff.whatsapp),
+                                       ("console", Staff.console))}
 
 
 def is_chat_staff(db: Session, channel: str, address: str) -> bool:
