@@ -280,7 +280,7 @@ async def run_forever(app: App, *, http: bool = True, scheduler: bool = True, ch
         if http:
             try:
                 server = await serve_http(app)
-            except (OSError, RuntimeError, SystemExit) as exc:
+            except (OSError, RuntimeError, StartupError) as exc:
                 if until is None:
                     raise
                 # the port is taken: the terminal chat still runs, without the staff console

@@ -193,11 +193,24 @@ async def serve_http(app) -> _Server:
                             server_header=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind; in a task that would end the loop
+            raise OSError("the address is in use or cannot be bound") from None
+
+    task = asyncio.create_task(serve())
     while not server.started:
         if task.done():
-            task.result()
-            raise RuntimeError(f"the HTTP server did not start on {settings.http_host}:{settings.http_port}")
+            from bot.app import StartupError
+
+            try:
+                task.result()
+                reason = "it stopped at start-up"
+            except OSError as exc:
+                reason = str(exc)
+            raise StartupError(f"HTTP_HOST={settings.http_host} HTTP_PORT={settings.http_port}: cannot listen "
+                               f"there ({reason}); stop what uses it or choose another HTTP_PORT")
         await asyncio.sleep(0.02)
     wrapped = _Server(server, task)
     log.info("HTTP server on http://%s:%s", settings.http_host, wrapped.port)

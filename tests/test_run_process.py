@@ -224,3 +224,19 @@ def test_a_media_dir_that_cannot_be_created_stops_start_up_with_one_line(tmp_pat
     result = run_katilim(tmp_path, "run", MEDIA_DIR="/dev/null/media", TELEGRAM_BOT_TOKEN="1:x", HTTP_PORT="0",
                          DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
     one_line_failure(result, "MEDIA_DIR", "/dev/null/media")
+
+
+def test_a_port_in_use_stops_start_up_with_one_line_naming_it(tmp_path):
+    """`katilim run` whose HTTP_PORT another program holds: exit status 2 and a line saying which
+    setting to change, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_katilim(tmp_path, "run", HTTP_PORT=str(port), DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}",
+                             MEDIA_DIR=str(tmp_path / "media"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"katilim: HTTP_HOST=127.0.0.1 HTTP_PORT={port}: cannot listen there (the address is in use or cannot be "
+        "bound); stop what uses it or choose another HTTP_PORT")
